@@ -1,0 +1,1 @@
+"""The journal: ordered, durable logs (one per partition) that members tail."""

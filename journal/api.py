@@ -1,0 +1,96 @@
+"""The journal interface that members program against.
+
+Two implementations stand behind it: the local single-node journal
+(journal.local.LocalJournal, segment files on one disk) and the replicated
+multi-AZ journal client (journal.client). A member switches between them by
+configuration only.
+
+Positions are 1-based and dense within a log: the first entry of a log is at
+position 1, and position 0 means "nothing". Timestamps are milliseconds
+assigned by the log's sequencer; within a log they never move backwards, so
+members may use them to decide lease expiry deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One committed journal entry."""
+
+    position: int
+    timestamp_ms: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an appended entry landed."""
+
+    position: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatus:
+    epoch: int  # the sequencer's epoch (raft term); never decreases
+    committed: int  # highest committed position
+    leader: str  # identity of the current sequencer ("" when unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    position: int  # the blob reflects every entry at or below this position
+    blob: bytes
+
+
+class JournalError(Exception):
+    """Base class of journal failures a caller may see."""
+
+
+class PositionMismatch(JournalError):
+    """A conditional append found a tail other than the expected one."""
+
+    def __init__(self, tail: int) -> None:
+        super().__init__(f"expected position does not match the log's tail {tail}")
+        self.tail = tail
+
+
+class Unavailable(JournalError):
+    """The journal cannot commit right now (no quorum, shutting down, ...)."""
+
+
+class Journal(Protocol):
+    async def append(
+        self, log: str, entries: Sequence[bytes], expected_position: int | None = None
+    ) -> list[Appended]:
+        """Append entries atomically, in order; return once they are committed.
+
+        With expected_position set, the append succeeds only if the log's tail
+        (its last position) equals it; otherwise PositionMismatch(tail).
+        """
+        ...
+
+    def read(self, log: str, from_position: int) -> AsyncIterator[list[Entry]]:
+        """Committed entries from from_position on, in batches, following the tail forever."""
+        ...
+
+    async def barrier(self, log: str) -> int:
+        """A committed position P such that every append acknowledged before this call is <= P."""
+        ...
+
+    async def status(self, log: str) -> LogStatus: ...
+
+    async def trim(self, log: str, below: int) -> None:
+        """Allow the journal to discard entries below this position (a snapshot covers them)."""
+        ...
+
+    async def snapshot_put(self, log: str, snapshot: Snapshot) -> None: ...
+
+    async def snapshot_get(self, log: str) -> Snapshot | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,41 @@
+"""The `kvstore` command: one entry point, one subcommand per component."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: kvstore <command> [options]
+
+commands:
+  serve     run an etcd v3 compatible member (default: single node on 127.0.0.1:2379)
+  journal   run a journal node (one per availability zone)
+  bench     drive an etcd endpoint with load and report throughput and latency
+
+Run `kvstore <command> --help` for the options of each command.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        from kvstore.server import main as serve_main
+
+        return serve_main(rest)
+    if command == "journal":
+        from journal.cli import main as journal_main
+
+        return journal_main(rest)
+    if command == "bench":
+        from bench.cli import main as bench_main
+
+        return bench_main(rest)
+    print(f"kvstore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
