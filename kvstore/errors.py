@@ -1,0 +1,67 @@
+"""etcd's gRPC errors, code and message exactly as etcd sends them.
+
+Clients (clientv3, and through it kube-apiserver) map errors back to types by
+their message text, so a message that differs by one byte is a different error.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+Code = grpc.StatusCode
+
+
+class EtcdError(Exception):
+    """An error the client sees as a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EtcdError) and (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+    def __repr__(self) -> str:
+        return f"EtcdError({self.code.name}, {self.message!r})"
+
+
+def _error(code: grpc.StatusCode, message: str) -> tuple[grpc.StatusCode, str]:
+    return (code, message)
+
+
+EMPTY_KEY = _error(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
+KEY_NOT_FOUND = _error(Code.INVALID_ARGUMENT, "etcdserver: key not found")
+VALUE_PROVIDED = _error(Code.INVALID_ARGUMENT, "etcdserver: value is provided")
+LEASE_PROVIDED = _error(Code.INVALID_ARGUMENT, "etcdserver: lease is provided")
+TOO_MANY_OPS = _error(Code.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+DUPLICATE_KEY = _error(Code.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
+INVALID_SORT_OPTION = _error(Code.INVALID_ARGUMENT, "etcdserver: invalid sort option")
+COMPACTED = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+FUTURE_REV = _error(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+NO_SPACE = _error(Code.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+REQUEST_TOO_LARGE = _error(Code.INVALID_ARGUMENT, "etcdserver: request is too large")
+TOO_MANY_REQUESTS = _error(Code.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
+LEASE_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXISTS = _error(Code.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = _error(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+NO_LEADER = _error(Code.UNAVAILABLE, "etcdserver: no leader")
+TIMEOUT = _error(Code.UNAVAILABLE, "etcdserver: request timed out")
+STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
+NOT_CAPABLE = _error(Code.FAILED_PRECONDITION, "etcdserver: not capable")
+BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
+AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
+
+# Watch-create failures are not gRPC errors: they come back in the stream as a
+# canceled WatchResponse with one of these reasons.
+WATCH_RANGE_EMPTY = "mvcc: watcher range is empty"
+WATCH_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+
+
+def fail(spec: tuple[grpc.StatusCode, str]) -> EtcdError:
+    """A fresh exception for one of the specs above: `raise fail(COMPACTED)`."""
+    return EtcdError(*spec)

@@ -1,0 +1,125 @@
+"""Checks a member makes alone, before proposing (etcd's v3rpc/key.go and request size limits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvstore import errors
+from kvstore.errors import fail
+from proto.etcdserverpb import rpc_pb2 as pb
+
+DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_MAX_REQUEST_BYTES = 1_572_864  # 1.5 MiB
+# etcd wraps a request in an InternalRaftRequest (header, ID) before checking its size.
+RAFT_REQUEST_OVERHEAD_BYTES = 32
+
+_SORT_ORDERS = set(pb.RangeRequest.SortOrder.values())
+_SORT_TARGETS = set(pb.RangeRequest.SortTarget.values())
+
+
+def check_range(r: Any) -> None:
+    if not r.key:
+        raise fail(errors.EMPTY_KEY)
+    if r.sort_order not in _SORT_ORDERS or r.sort_target not in _SORT_TARGETS:
+        raise fail(errors.INVALID_SORT_OPTION)
+
+
+def check_put(r: Any) -> None:
+    if not r.key:
+        raise fail(errors.EMPTY_KEY)
+    if r.ignore_value and r.value:
+        raise fail(errors.VALUE_PROVIDED)
+    if r.ignore_lease and r.lease:
+        raise fail(errors.LEASE_PROVIDED)
+
+
+def check_delete(r: Any) -> None:
+    if not r.key:
+        raise fail(errors.EMPTY_KEY)
+
+
+def check_txn(r: Any, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
+    _check_txn_shape(r, max_txn_ops)
+    # Overlaps are checked after the shape, as etcd does, to avoid quadratic work on huge txns.
+    _check_intervals(r.success)
+    _check_intervals(r.failure)
+
+
+def _check_txn_shape(r: Any, max_txn_ops: int) -> None:
+    opc = max(len(r.compare), len(r.success), len(r.failure))
+    if opc > max_txn_ops:
+        raise fail(errors.TOO_MANY_OPS)
+    for c in r.compare:
+        if not c.key:
+            raise fail(errors.EMPTY_KEY)
+    for op in (*r.success, *r.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_range":
+            check_range(op.request_range)
+        elif kind == "request_put":
+            check_put(op.request_put)
+        elif kind == "request_delete_range":
+            check_delete(op.request_delete_range)
+        elif kind == "request_txn":
+            _check_txn_shape(op.request_txn, max_txn_ops - opc)
+        else:
+            raise fail(errors.KEY_NOT_FOUND)  # an empty RequestOp
+
+
+class _Deletes:
+    """Delete intervals of a txn branch: half-open [key, range_end) or a single key (etcd's adt intervals)."""
+
+    def __init__(self) -> None:
+        self.points: set[bytes] = set()
+        self.ranges: list[tuple[bytes, bytes]] = []
+
+    def add(self, key: bytes, range_end: bytes) -> None:
+        if range_end:
+            self.ranges.append((key, range_end))
+        else:
+            self.points.add(key)
+
+    def union(self, other: _Deletes) -> None:
+        self.points |= other.points
+        self.ranges.extend(other.ranges)
+
+    def covers(self, key: bytes) -> bool:
+        return key in self.points or any(lo <= key < hi for lo, hi in self.ranges)
+
+
+def _check_intervals(ops: Any) -> tuple[set[bytes], _Deletes]:
+    """etcd's checkIntervals: no key put twice, no put inside a delete range, nested txns included."""
+    dels = _Deletes()
+    for op in ops:
+        if op.WhichOneof("request") == "request_delete_range":
+            dels.add(op.request_delete_range.key, op.request_delete_range.range_end)
+    puts: set[bytes] = set()
+    for op in ops:
+        if op.WhichOneof("request") != "request_txn":
+            continue
+        puts_then, dels_then = _check_intervals(op.request_txn.success)
+        puts_else, dels_else = _check_intervals(op.request_txn.failure)
+        for k in puts_then:
+            if k in puts or dels.covers(k):
+                raise fail(errors.DUPLICATE_KEY)
+            puts.add(k)
+        for k in puts_else:
+            # the same key in then and else is fine: only one branch runs
+            if (k in puts and k not in puts_then) or dels.covers(k):
+                raise fail(errors.DUPLICATE_KEY)
+            puts.add(k)
+        dels.union(dels_then)
+        dels.union(dels_else)
+    for op in ops:
+        if op.WhichOneof("request") != "request_put":
+            continue
+        k = op.request_put.key
+        if k in puts or dels.covers(k):
+            raise fail(errors.DUPLICATE_KEY)
+        puts.add(k)
+    return puts, dels
+
+
+def check_size(request: Any, max_request_bytes: int) -> None:
+    if request.ByteSize() + RAFT_REQUEST_OVERHEAD_BYTES > max_request_bytes:
+        raise fail(errors.REQUEST_TOO_LARGE)
