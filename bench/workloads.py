@@ -1,0 +1,610 @@
+"""The workloads: what each client does for one operation, and the set-up each needs.
+
+A workload object lives in one load process. `populate` runs once, before any load process
+starts (it writes the keys a workload reads or updates); `prepare` runs in each process before
+the start barrier (watch streams, leases); `op` is one measured operation; `finish` runs inside
+the measured window after the clients stop (watch drain); `cleanup` runs after it.
+
+Every value written starts with the 8-byte CLOCK_MONOTONIC time of its send, so a watcher in any
+process of the machine can measure delivery latency from put to event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from bench.options import Options
+from bench.recorder import Recorder
+from proto.etcdserverpb import rpc_pb2 as pb
+from proto.etcdserverpb import rpc_pb2_grpc as rpc
+
+TS = struct.Struct(">Q")
+TXN_OPS_MAX = 100  # etcd's --max-txn-ops defaults to 128
+POPULATE_INFLIGHT_MAX = 8
+LIST_PAGES_MAX = 100_000
+EVENT_LEASE_OBJECTS_MAX = 1000  # kube-apiserver reuses one lease for at most 1000 objects
+
+
+class Exhausted(Exception):
+    """The workload has nothing left to do (every key deleted): the client stops early."""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """etcd's range_end for "every key starting with prefix"."""
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\x00"
+
+
+def endpoint_target(endpoint: str) -> str:
+    for scheme in ("http://", "https://", "grpc://"):
+        if endpoint.startswith(scheme):
+            endpoint = endpoint[len(scheme) :]
+    return endpoint.rstrip("/")
+
+
+class Conn:
+    """One gRPC connection (its own TCP connection, not shared with other channels)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.aio.insecure_channel(
+            endpoint_target(endpoint),
+            options=[
+                ("grpc.use_local_subchannel_pool", 1),  # else channels to one target share a socket
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 8 << 20),
+            ],
+        )
+        self.kv = rpc.KVStub(self.channel)
+        self.watch = rpc.WatchStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class Client:
+    """One closed-loop client: issues its next operation when the previous one finished."""
+
+    def __init__(self, gindex: int, conn: Conn, seed: int) -> None:
+        self.gindex = gindex  # unique across all processes
+        self.conn = conn
+        self.kv = conn.kv
+        self.rng = random.Random(seed * 1_000_003 + gindex)
+        self.n = 0  # per-client sequence number for unique key names
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """index's part of `total` split as evenly as possible over `parts`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+class Workload:
+    name = ""
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        self.opts = opts
+        self.proc_index = proc_index
+        self.rec = rec
+        self.timeout_s = opts.timeout_s
+        self.pad = b"x" * (opts.val_size - TS.size)
+        self.base = f"{opts.prefix}/{self.name}/".encode()
+        width = max(len(str(opts.key_space - 1)), opts.key_size - len(self.base))
+        self.key_fmt = "{:0" + str(width) + "d}"
+
+    def key(self, i: int) -> bytes:
+        return self.base + self.key_fmt.format(i).encode()
+
+    def value(self) -> bytes:
+        return TS.pack(now_ns()) + self.pad
+
+    def populate_keys(self) -> Sequence[bytes]:
+        return ()
+
+    async def populate(self, conns: Sequence[Conn]) -> None:
+        await put_many(conns, self.populate_keys(), self.value, self.timeout_s)
+
+    async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
+        pass
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        raise NotImplementedError
+
+    async def finish(self, conns: Sequence[Conn]) -> None:
+        pass
+
+    async def cleanup(self, conns: Sequence[Conn]) -> None:
+        pass
+
+
+async def put_many(conns: Sequence[Conn], keys: Sequence[bytes], value: Callable[[], bytes], timeout_s: float) -> None:
+    """Write keys in Txn batches, a few batches in flight (set-up, not measured)."""
+    if not keys:
+        return
+    val_bytes = len(value())
+    batch = max(1, min(TXN_OPS_MAX, 1_000_000 // (val_bytes + len(keys[0]) + 16)))
+    sem = asyncio.Semaphore(POPULATE_INFLIGHT_MAX)
+
+    async def one(i: int, chunk: Sequence[bytes]) -> None:
+        async with sem:
+            ops = [pb.RequestOp(request_put=pb.PutRequest(key=k, value=value())) for k in chunk]
+            await conns[i % len(conns)].kv.Txn(pb.TxnRequest(success=ops), timeout=timeout_s)
+
+    await asyncio.gather(*(one(n, keys[i : i + batch]) for n, i in enumerate(range(0, len(keys), batch))))
+
+
+def txn_update(key: bytes, rev: int, value: bytes, lease: int = 0) -> pb.TxnRequest:
+    """kube-apiserver's GuaranteedUpdate (OptimisticPut with GetOnFailure)."""
+    return pb.TxnRequest(
+        compare=[pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=rev)],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
+        failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
+    )
+
+
+def txn_create(key: bytes, value: bytes, lease: int = 0) -> pb.TxnRequest:
+    """kube-apiserver's Create (OptimisticPut with rev 0, empty failure branch)."""
+    return pb.TxnRequest(
+        compare=[pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=0)],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
+    )
+
+
+def txn_delete(key: bytes, rev: int) -> pb.TxnRequest:
+    """kube-apiserver's Delete (OptimisticDelete with GetOnFailure)."""
+    return pb.TxnRequest(
+        compare=[pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=rev)],
+        success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))],
+        failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
+    )
+
+
+def failure_rev(resp: pb.TxnResponse) -> int:
+    """The current mod_revision from a failed GuaranteedUpdate's Range (0: key gone)."""
+    kvs = resp.responses[0].response_range.kvs if resp.responses else ()
+    return kvs[0].mod_revision if kvs else 0
+
+
+class Put(Workload):
+    name = "put"
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        key = self.key(c.rng.randrange(self.opts.key_space))
+        await c.kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
+        self.rec.record("put", (now_ns() - start_ns) // 1000)
+
+
+class Range(Workload):
+    """Single-key gets over the key space, or (--range-keys N) whole-prefix ranges of N keys."""
+
+    name = "range"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.serializable = opts.consistency == "s"
+        self.label = "range-s" if self.serializable else "range-l"
+        if opts.range_keys > 1:
+            self.base = f"{opts.prefix}/range-{opts.range_keys}/".encode()
+            self.label += f"-prefix{opts.range_keys}"
+        self.base_end = prefix_end(self.base)
+
+    def populate_keys(self) -> Sequence[bytes]:
+        n = self.opts.range_keys if self.opts.range_keys > 1 else self.opts.key_space
+        return [self.key(i) for i in range(n)]
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        if self.opts.range_keys > 1:
+            req = pb.RangeRequest(key=self.base, range_end=self.base_end, serializable=self.serializable)
+            expect = self.opts.range_keys
+        else:
+            req = pb.RangeRequest(key=self.key(c.rng.randrange(self.opts.key_space)), serializable=self.serializable)
+            expect = 1
+        resp = await c.kv.Range(req, timeout=self.timeout_s)
+        self.rec.record(self.label, (now_ns() - start_ns) // 1000)
+        if len(resp.kvs) != expect:
+            self.rec.counters["range-wrong-count"] += 1  # the populated keys must all be there
+
+
+class TxnPut(Workload):
+    """Compare mod_revision then put, with a per-process cache of revisions, as kube-apiserver does
+    from its watch cache: a stale revision is a conflict whose failure Range refreshes the cache."""
+
+    name = "txn-put"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.revs: dict[bytes, int] = {}
+
+    def populate_keys(self) -> Sequence[bytes]:
+        return [self.key(i) for i in range(self.opts.key_space)]
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        key = self.key(c.rng.randrange(self.opts.key_space))
+        rev = self.revs.get(key)
+        if rev is None:  # cache miss: read first, timed separately
+            r = await c.kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
+            t = now_ns()
+            self.rec.record("get", (t - start_ns) // 1000)
+            start_ns = t
+            rev = r.kvs[0].mod_revision if r.kvs else 0
+        resp = await c.kv.Txn(txn_update(key, rev, self.value()), timeout=self.timeout_s)
+        self.rec.record("txn-put", (now_ns() - start_ns) // 1000)
+        if resp.succeeded:
+            self.revs[key] = resp.header.revision  # a Txn with one Put sets mod_revision = header.revision
+        else:
+            self.rec.counters["conflicts"] += 1
+            self.revs[key] = failure_rev(resp)
+
+
+class Delete(Workload):
+    """Deletes distinct, populated keys; stops when this process's share of the key space is gone."""
+
+    name = "delete"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.next = proc_index  # this process deletes keys proc_index, proc_index + procs, ...
+
+    def populate_keys(self) -> Sequence[bytes]:
+        return [self.key(i) for i in range(self.opts.key_space)]
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        i = self.next
+        if i >= self.opts.key_space:
+            raise Exhausted
+        self.next += self.opts.procs
+        resp = await c.kv.DeleteRange(pb.DeleteRangeRequest(key=self.key(i)), timeout=self.timeout_s)
+        self.rec.record("delete", (now_ns() - start_ns) // 1000)
+        if resp.deleted != 1:
+            self.rec.counters["delete-missing"] += 1
+
+
+class WatchStreams:
+    """Watch streams that record delivery latency of every PUT event (value starts with its send time)."""
+
+    def __init__(self, rec: Recorder, check_prev_kv: bool, sentinel: bytes = b"") -> None:
+        self.rec = rec
+        self.check_prev_kv = check_prev_kv
+        self.sentinel = sentinel
+        self.calls: list[grpc.aio.StreamStreamCall] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.sentinels_seen: dict[tuple[int, int], int] = {}
+        self.sentinels_needed = 0
+        self.watchers = 0
+        self.complete = 0
+        self.all_complete = asyncio.Event()
+
+    async def open(self, conn: Conn, creates: list[pb.WatchCreateRequest], timeout_s: float) -> None:
+        call = conn.watch.Watch()
+        self.calls.append(call)
+        for cr in creates:
+            await call.write(pb.WatchRequest(create_request=cr))
+        created = 0
+        async with asyncio.timeout(timeout_s):
+            while created < len(creates):
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise RuntimeError("watch stream ended before every watcher was created")
+                if resp.canceled:
+                    raise RuntimeError(f"watch create canceled: {resp.cancel_reason}")
+                if resp.created:
+                    created += 1
+        stream = len(self.calls) - 1
+        self.watchers += len(creates)
+        self.tasks.append(asyncio.create_task(self._read(stream, call)))
+
+    async def _read(self, stream: int, call: grpc.aio.StreamStreamCall) -> None:
+        rec = self.rec
+        counters = rec.counters
+        hist_name = "watch-delivery"
+        sentinel = self.sentinel
+        try:
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    return
+                if resp.canceled:
+                    counters["watch-canceled"] += 1
+                    return
+                t = now_ns()
+                for ev in resp.events:
+                    kv = ev.kv
+                    if sentinel and kv.key.startswith(sentinel):
+                        self._sentinel(stream, resp.watch_id)
+                        continue
+                    counters["watch-events"] += 1
+                    if ev.type == ev.PUT:
+                        if len(kv.value) >= TS.size:
+                            rec.record(hist_name, (t - TS.unpack_from(kv.value)[0]) // 1000)
+                        if self.check_prev_kv and kv.create_revision != kv.mod_revision and not ev.HasField("prev_kv"):
+                            counters["watch-missing-prev-kv"] += 1
+                    elif self.check_prev_kv and not ev.HasField("prev_kv"):
+                        counters["watch-missing-prev-kv"] += 1
+        except asyncio.CancelledError:
+            pass
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                counters[f"watch-stream-error-{e.code().name}"] += 1
+
+    def _sentinel(self, stream: int, watch_id: int) -> None:
+        k = (stream, watch_id)
+        n = self.sentinels_seen.get(k, 0) + 1
+        self.sentinels_seen[k] = n
+        if n == self.sentinels_needed:
+            self.complete += 1
+            if self.complete == self.watchers:
+                self.all_complete.set()
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class Watch(Workload):
+    """N watchers on a prefix (spread over processes and streams); clients put keys under it.
+
+    Measures delivery latency (event receive time - put send time) and fan-out throughput (events
+    received / wall time). After the clients stop, each process puts a sentinel key; the run ends
+    when every watcher has seen every process's sentinel, so no event in flight is left uncounted.
+    """
+
+    name = "watch"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.sentinel_base = self.base + b"~end/" + opts.run_id.encode() + b"/"
+        self.streams = WatchStreams(rec, check_prev_kv=False, sentinel=self.sentinel_base)
+        self.streams.sentinels_needed = opts.procs
+
+    async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
+        mine = share(self.opts.watchers, self.opts.procs, self.proc_index)
+        nstreams = min(self.opts.watch_streams, mine)
+        end = prefix_end(self.base)
+        for s in range(nstreams):
+            n = share(mine, nstreams, s)
+            creates = [pb.WatchCreateRequest(key=self.base, range_end=end) for _ in range(n)]
+            await self.streams.open(conns[s % len(conns)], creates, self.timeout_s)
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        key = self.key(c.rng.randrange(self.opts.key_space))
+        await c.kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
+        self.rec.record("put", (now_ns() - start_ns) // 1000)
+
+    async def finish(self, conns: Sequence[Conn]) -> None:
+        key = self.sentinel_base + str(self.proc_index).encode()
+        await conns[0].kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
+        try:
+            async with asyncio.timeout(self.opts.drain_timeout_s):
+                await self.streams.all_complete.wait()
+        except TimeoutError:
+            self.rec.counters["watch-drain-timeout"] += 1
+        await self.streams.close()
+
+
+class Lease(Workload):
+    """`grant`: LeaseGrant per op (leases revoked after the measured window).
+    `keepalive`: each client holds one lease and one LeaseKeepAlive stream; an op is one round trip."""
+
+    name = "lease"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.granted: list[int] = []
+        self.streams: dict[int, tuple[grpc.aio.StreamStreamCall, int]] = {}
+
+    async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
+        if self.opts.lease_mode != "keepalive":
+            return
+        for c in clients:
+            r = await c.conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=self.opts.lease_ttl_s), timeout=self.timeout_s)
+            self.granted.append(r.ID)
+            self.streams[c.gindex] = (c.conn.lease.LeaseKeepAlive(), r.ID)
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        if self.opts.lease_mode == "grant":
+            r = await c.conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=self.opts.lease_ttl_s), timeout=self.timeout_s)
+            self.rec.record("lease-grant", (now_ns() - start_ns) // 1000)
+            self.granted.append(r.ID)
+            return
+        call, lease_id = self.streams[c.gindex]
+        await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+        async with asyncio.timeout(self.timeout_s):
+            resp = await call.read()
+        if resp is grpc.aio.EOF:
+            raise RuntimeError("keepalive stream ended")
+        self.rec.record("lease-keepalive", (now_ns() - start_ns) // 1000)
+        if resp.TTL <= 0:
+            self.rec.counters["lease-expired"] += 1
+
+    async def cleanup(self, conns: Sequence[Conn]) -> None:
+        for call, _ in self.streams.values():
+            call.cancel()
+        sem = asyncio.Semaphore(POPULATE_INFLIGHT_MAX * 4)
+
+        async def revoke(i: int, lease_id: int) -> None:
+            async with sem:
+                try:
+                    await conns[i % len(conns)].lease.LeaseRevoke(
+                        pb.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout_s
+                    )
+                except grpc.aio.AioRpcError:
+                    pass  # already expired: cleanup only
+
+        await asyncio.gather(*(revoke(i, lid) for i, lid in enumerate(self.granted)))
+
+
+KUBE_MIX: tuple[tuple[str, int], ...] = (
+    # (operation, weight): node lease renewals dominate a real control plane's writes,
+    # then pod status updates and events; full lists are rare and heavy.
+    ("lease-renew", 35),
+    ("pod-update", 25),
+    ("event-create", 15),
+    ("pod-create", 10),
+    ("pod-delete", 8),
+    ("get", 6),
+    ("list", 1),
+)
+
+
+class Kube(Workload):
+    """A mixed load shaped like kube-apiserver's traffic to etcd (see KUBE_MIX and docs/benchmarks.md)."""
+
+    name = "kube"
+
+    def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
+        super().__init__(opts, proc_index, rec)
+        self.nodes_base = b"/registry/leases/kube-node-lease/"
+        self.pods_base = b"/registry/pods/"
+        self.events_base = b"/registry/events/"
+        self.static_base = self.pods_base + b"bench-static/"
+        self.revs: dict[bytes, int] = {}
+        self.client_nodes: dict[int, list[bytes]] = {}
+        self.client_pods: dict[int, list[bytes]] = {}
+        self.pods_per_client_max = 4
+        self.event_lease = 0
+        self.event_lease_uses = 0
+        self.event_lease_lock = asyncio.Lock()
+        self.watches = WatchStreams(rec, check_prev_kv=True)
+        total = sum(w for _, w in KUBE_MIX)
+        acc = 0
+        self.cumulative: list[tuple[float, str]] = []
+        for name, w in KUBE_MIX:
+            acc += w
+            self.cumulative.append((acc / total, name))
+
+    def node_key(self, j: int) -> bytes:
+        return self.nodes_base + f"node-{j:05d}".encode()
+
+    def populate_keys(self) -> Sequence[bytes]:
+        nodes = [self.node_key(j) for j in range(self.opts.kube_nodes)]
+        pods = [self.static_base + f"pod-{i:06d}".encode() for i in range(self.opts.kube_pods)]
+        return nodes + pods
+
+    async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
+        total_clients = self.opts.clients
+        self.pods_per_client_max = max(4, self.opts.kube_pods // total_clients)
+        for c in clients:
+            own = [self.node_key(j) for j in range(c.gindex, self.opts.kube_nodes, total_clients)]
+            self.client_nodes[c.gindex] = own or [self.node_key(c.gindex % self.opts.kube_nodes)]
+            self.client_pods[c.gindex] = []
+        creates = [
+            pb.WatchCreateRequest(key=p, range_end=prefix_end(p), prev_kv=True)
+            for p in (self.pods_base, self.nodes_base, self.events_base)
+        ]
+        await self.watches.open(conns[0], creates, self.timeout_s)
+
+    async def op(self, c: Client, start_ns: int) -> None:
+        x = c.rng.random()
+        what = next(name for bound, name in self.cumulative if x <= bound)
+        pods = self.client_pods[c.gindex]
+        if what == "pod-create" and len(pods) >= self.pods_per_client_max:
+            what = "pod-delete"
+        if what in ("pod-update", "pod-delete") and not pods:
+            what = "pod-create"
+        if what == "lease-renew":
+            nodes = self.client_nodes[c.gindex]
+            await self._update(c, nodes[c.n % len(nodes)], start_ns, "lease-renew")
+        elif what == "pod-update":
+            await self._update(c, pods[c.rng.randrange(len(pods))], start_ns, "pod-update")
+        elif what == "pod-create":
+            key = self.pods_base + f"bench/{self.opts.run_id}-{c.gindex}-{c.n}".encode()
+            resp = await c.kv.Txn(txn_create(key, self.value()), timeout=self.timeout_s)
+            self.rec.record("pod-create", (now_ns() - start_ns) // 1000)
+            if resp.succeeded:
+                pods.append(key)
+                self.revs[key] = resp.header.revision
+            else:
+                self.rec.counters["create-exists"] += 1
+        elif what == "pod-delete":
+            key = pods.pop(c.rng.randrange(len(pods)))
+            rev = self.revs.pop(key)
+            resp = await c.kv.Txn(txn_delete(key, rev), timeout=self.timeout_s)
+            self.rec.record("pod-delete", (now_ns() - start_ns) // 1000)
+            if not resp.succeeded:
+                self.rec.counters["conflicts"] += 1
+        elif what == "event-create":
+            lease = await self._event_lease(c)
+            key = self.events_base + f"bench/{self.opts.run_id}-{c.gindex}-{c.n}".encode()
+            resp = await c.kv.Txn(txn_create(key, self.value(), lease), timeout=self.timeout_s)
+            self.rec.record("event-create", (now_ns() - start_ns) // 1000)
+            if not resp.succeeded:
+                self.rec.counters["create-exists"] += 1
+        elif what == "get":
+            key = self.static_base + f"pod-{c.rng.randrange(max(1, self.opts.kube_pods)):06d}".encode()
+            await c.kv.Range(pb.RangeRequest(key=key, limit=1), timeout=self.timeout_s)
+            self.rec.record("get", (now_ns() - start_ns) // 1000)
+        else:
+            await self._list(c, start_ns)
+        c.n += 1
+
+    async def _update(self, c: Client, key: bytes, start_ns: int, label: str) -> None:
+        rev = self.revs.get(key)
+        if rev is None:
+            r = await c.kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
+            t = now_ns()
+            self.rec.record("get", (t - start_ns) // 1000)
+            start_ns = t
+            rev = r.kvs[0].mod_revision if r.kvs else 0
+        resp = await c.kv.Txn(txn_update(key, rev, self.value()), timeout=self.timeout_s)
+        self.rec.record(label, (now_ns() - start_ns) // 1000)
+        if resp.succeeded:
+            self.revs[key] = resp.header.revision
+        else:
+            self.rec.counters["conflicts"] += 1
+            self.revs[key] = failure_rev(resp)
+
+    async def _event_lease(self, c: Client) -> int:
+        async with self.event_lease_lock:  # one grant in flight; others reuse it
+            if self.event_lease == 0 or self.event_lease_uses >= EVENT_LEASE_OBJECTS_MAX:
+                t = now_ns()
+                ttl = 3600 + 60  # kube: --event-ttl 1h plus min(60 s, 5%)
+                r = await c.conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=self.timeout_s)
+                self.rec.record("lease-grant", (now_ns() - t) // 1000)
+                self.event_lease, self.event_lease_uses = r.ID, 0
+            self.event_lease_uses += 1
+            return self.event_lease
+
+    async def _list(self, c: Client, start_ns: int) -> None:
+        """A paginated list of every pod at one revision, as kube-apiserver's GetList does."""
+        key, end, rev = self.pods_base, prefix_end(self.pods_base), 0
+        pages = items = 0
+        while pages < LIST_PAGES_MAX:
+            t = now_ns()
+            r = await c.kv.Range(
+                pb.RangeRequest(key=key, range_end=end, limit=self.opts.page_limit, revision=rev),
+                timeout=self.timeout_s,
+            )
+            self.rec.record("list-page", (now_ns() - t) // 1000)
+            pages += 1
+            items += len(r.kvs)
+            if rev == 0:
+                rev = r.header.revision
+            if not r.more or not r.kvs:
+                break
+            key = r.kvs[-1].key + b"\x00"
+        self.rec.record("list", (now_ns() - start_ns) // 1000)
+        self.rec.counters["list-pages"] += pages
+        self.rec.counters["list-items"] += items
+
+    async def finish(self, conns: Sequence[Conn]) -> None:
+        await self.watches.close()
+
+
+WORKLOAD_CLASSES: dict[str, type[Workload]] = {w.name: w for w in (Put, Range, TxnPut, Delete, Watch, Lease, Kube)}
