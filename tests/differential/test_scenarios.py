@@ -1,0 +1,18 @@
+"""Every registered scenario, against a real etcd and the server under test (DIFF_TARGET)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.differential import sc_kv  # noqa: F401  (registers scenarios)
+from tests.differential.harness import SCENARIOS, PairPool, Scenario, render_mismatches, run_scenario
+
+
+def test_at_least_150_scenarios() -> None:
+    assert len(SCENARIOS) >= 150, len(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario(scenario: Scenario, diff_pool: PairPool) -> None:
+    pair, mismatches = run_scenario(scenario, diff_pool, SCENARIOS.index(scenario))
+    assert not mismatches, render_mismatches(scenario, pair, mismatches)

