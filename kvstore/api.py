@@ -1,0 +1,349 @@
+"""The etcd v3 gRPC servicers: requests in, member calls, responses with etcd's headers and errors out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+from kvstore import errors, validate
+from kvstore.errors import EtcdError, fail
+from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
+from kvstore.mvcc import execute_txn, txn_has_writes
+from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
+from kvstore.watch import WatchStream
+from proto.etcdserverpb import rpc_pb2 as pb
+from proto.etcdserverpb import rpc_pb2_grpc as rpc
+
+SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot stream chunk
+SNAPSHOT_MAGIC = b"KVSTORE-SNAPSHOT-1\n"
+SNAPSHOT_ALIGN_BYTES = 512  # etcdctl requires (size - 32) % 512 == 0
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def unary(handler: F) -> F:
+    """Turn EtcdError into the gRPC status etcd sends."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except EtcdError as err:
+            await context.abort(err.code, err.message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fill(member: Member, header: Any) -> None:
+    """Complete a header the state machine left with only its revision."""
+    header.cluster_id = member.cluster_id
+    header.member_id = member.member_id
+    header.raft_term = member.raft_term
+    if not header.revision:
+        header.revision = member.store.revision
+
+
+class KV(rpc.KVServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    @unary
+    async def Range(self, request: Any, context: Any) -> Any:
+        validate.check_range(request)
+        if not request.serializable:
+            await self.m.linearizable_barrier()
+        self.m.counters["ranges"] += 1
+        resp = self.m.store.range(request)
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Put(self, request: Any, context: Any) -> Any:
+        validate.check_put(request)
+        validate.check_size(request, self.m.config.max_request_bytes)
+        self.m.check_quota(put_quota_cost(request))
+        resp = await self.m.propose(Kind.PUT, request)
+        self.m.counters["puts"] += 1
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def DeleteRange(self, request: Any, context: Any) -> Any:
+        validate.check_delete(request)
+        validate.check_size(request, self.m.config.max_request_bytes)
+        resp = await self.m.propose(Kind.DELETE_RANGE, request)
+        self.m.counters["deletes"] += 1
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Txn(self, request: Any, context: Any) -> Any:
+        validate.check_txn(request, self.m.config.max_txn_ops)
+        self.m.counters["txns"] += 1
+        if not txn_has_writes(request):
+            # etcd answers read-only txns without consensus, after a read barrier unless all reads are serializable.
+            ops = (*request.success, *request.failure)
+            if not ops or not all(op.request_range.serializable for op in ops):
+                await self.m.linearizable_barrier()
+            store = self.m.store
+            txn = store.begin()
+            resp = execute_txn(store, request, txn)
+            txn.end()
+            resp.header.revision = store.revision
+            fill(self.m, resp.header)
+            return resp
+        validate.check_size(request, self.m.config.max_request_bytes)
+        self.m.check_quota(txn_quota_cost(request))
+        resp = await self.m.propose(Kind.TXN, request)
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Compact(self, request: Any, context: Any) -> Any:
+        resp = await self.m.propose(Kind.COMPACT, request)
+        fill(self.m, resp.header)
+        return resp
+
+
+class Watch(rpc.WatchServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
+        stream = WatchStream(self.m.hub)
+        done = object()
+
+        async def read_requests() -> None:
+            try:
+                async for req in request_iterator:
+                    stream.handle(req)
+            finally:
+                stream.queue.put_nowait(done)
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                resp = await stream.queue.get()
+                if resp is done:
+                    break
+                await context.write(resp)
+        finally:
+            reader.cancel()
+            stream.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+
+class Lease(rpc.LeaseServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    @unary
+    async def LeaseGrant(self, request: Any, context: Any) -> Any:
+        self.m.check_quota(LEASE_GRANT_QUOTA_COST_BYTES)
+        req = pb.LeaseGrantRequest()
+        req.CopyFrom(request)
+        if req.ID == 0:
+            req.ID = self.m.new_lease_id()
+        resp = await self.m.propose(Kind.LEASE_GRANT, req)
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def LeaseRevoke(self, request: Any, context: Any) -> Any:
+        resp = await self.m.propose(Kind.LEASE_REVOKE, request)
+        fill(self.m, resp.header)
+        return resp
+
+    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for req in request_iterator:
+            try:
+                resp = await self.m.propose(Kind.LEASE_KEEPALIVE, pb.LeaseKeepAliveRequest(ID=req.ID))
+            except EtcdError as err:
+                await context.abort(err.code, err.message)
+            fill(self.m, resp.header)
+            yield resp
+
+    @unary
+    async def LeaseTimeToLive(self, request: Any, context: Any) -> Any:
+        await self.m.linearizable_barrier()
+        resp = pb.LeaseTimeToLiveResponse(ID=request.ID)
+        lease = self.m.store.leases.get(request.ID)
+        if lease is None:
+            resp.TTL = -1
+        else:
+            resp.TTL = lease.remaining_s(now_ms())
+            resp.grantedTTL = lease.ttl_s
+            if request.keys:
+                resp.keys.extend(sorted(lease.keys))
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def LeaseLeases(self, request: Any, context: Any) -> Any:
+        await self.m.linearizable_barrier()
+        resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in self.m.store.leases.ids()])
+        fill(self.m, resp.header)
+        return resp
+
+
+class Cluster(rpc.ClusterServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    def _self(self) -> Any:
+        return pb.Member(
+            ID=self.m.member_id, name=self.m.config.name, clientURLs=list(self.m.config.advertise_client_urls)
+        )
+
+    @unary
+    async def MemberList(self, request: Any, context: Any) -> Any:
+        if request.linearizable:
+            await self.m.linearizable_barrier()
+        resp = pb.MemberListResponse(members=[self._self()])
+        fill(self.m, resp.header)
+        return resp
+
+    async def _single_member(self, request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "kvstore: members join by tailing the journal; membership changes through the Cluster API "
+            "are not supported yet",
+        )
+
+    MemberAdd = MemberRemove = MemberUpdate = MemberPromote = _single_member
+
+
+class Maintenance(rpc.MaintenanceServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    def _alarms(self) -> list[Any]:
+        return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.m.sm.alarms)]
+
+    @unary
+    async def Alarm(self, request: Any, context: Any) -> Any:
+        if request.action == pb.AlarmRequest.GET:
+            resp = pb.AlarmResponse(alarms=self._alarms())
+        else:
+            resp = await self.m.propose(Kind.ALARM, request)
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Status(self, request: Any, context: Any) -> Any:
+        m = self.m
+        resp = pb.StatusResponse(
+            version=ETCD_VERSION,
+            dbSize=m.db_size_bytes,
+            dbSizeInUse=m.store.bytes_in_use + 20_480,
+            leader=m.member_id,
+            raftIndex=max(m.committed_position, m.sm.applied_position),
+            raftTerm=m.raft_term,
+            raftAppliedIndex=m.sm.applied_position,
+            storageVersion=STORAGE_VERSION,
+            dbSizeQuota=m.config.quota_backend_bytes,
+            errors=[f"memberID:{mid} alarm:{pb.AlarmType.Name(a)} " for mid, a in sorted(m.sm.alarms)],
+        )
+        fill(m, resp.header)
+        return resp
+
+    @unary
+    async def Defragment(self, request: Any, context: Any) -> Any:
+        self.m.defragment()
+        resp = pb.DefragmentResponse()
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Hash(self, request: Any, context: Any) -> Any:
+        store = self.m.store
+        resp = pb.HashResponse(hash=store.hash_kv(store.revision))
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def HashKV(self, request: Any, context: Any) -> Any:
+        store = self.m.store
+        store.check_revision(request.revision)
+        rev = request.revision or store.revision
+        resp = pb.HashKVResponse(hash=store.hash_kv(rev), compact_revision=store.compact_revision, hash_revision=rev)
+        fill(self.m, resp.header)
+        return resp
+
+    async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        image = snapshot_image(self.m.snapshot_blob())
+        digest = hashlib.sha256(image).digest()
+        header = self.m.header(self.m.store.revision)
+        remaining = len(image)
+        for offset in range(0, len(image), SNAPSHOT_CHUNK_BYTES):
+            chunk = image[offset : offset + SNAPSHOT_CHUNK_BYTES]
+            remaining -= len(chunk)
+            yield pb.SnapshotResponse(header=header, remaining_bytes=remaining, blob=chunk, version=STORAGE_VERSION)
+        yield pb.SnapshotResponse(header=header, remaining_bytes=0, blob=digest, version=STORAGE_VERSION)
+
+    @unary
+    async def MoveLeader(self, request: Any, context: Any) -> Any:
+        if request.targetID != self.m.member_id:
+            raise fail(errors.BAD_LEADER_TRANSFEREE)
+        resp = pb.MoveLeaderResponse()
+        fill(self.m, resp.header)
+        return resp
+
+    async def Downgrade(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "kvstore: cluster downgrade is not supported")
+
+
+class Auth(rpc.AuthServicer):
+    """Authentication is not built yet: status says disabled, and the rest answers UNIMPLEMENTED."""
+
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    @unary
+    async def AuthStatus(self, request: Any, context: Any) -> Any:
+        resp = pb.AuthStatusResponse(enabled=False)
+        fill(self.m, resp.header)
+        return resp
+
+    @unary
+    async def Authenticate(self, request: Any, context: Any) -> Any:
+        raise fail(errors.AUTH_NOT_ENABLED)
+
+
+def snapshot_image(blob: bytes) -> bytes:
+    """The snapshot file body: magic, length, state, zero padding to a multiple of 512 bytes."""
+    body = SNAPSHOT_MAGIC + len(blob).to_bytes(8, "big") + blob
+    return body + b"\0" * (-len(body) % SNAPSHOT_ALIGN_BYTES)
+
+
+def read_snapshot_file(data: bytes) -> bytes:
+    """The state blob of a file written by `etcdctl snapshot save` against this server."""
+    if len(data) < 32 or (len(data) - 32) % SNAPSHOT_ALIGN_BYTES:
+        raise ValueError("not a snapshot file: its size is not a multiple of 512 plus a 32-byte checksum")
+    image, digest = data[:-32], data[-32:]
+    if hashlib.sha256(image).digest() != digest:
+        raise ValueError("snapshot checksum mismatch")
+    if not image.startswith(SNAPSHOT_MAGIC):
+        raise ValueError("not a kvstore snapshot (etcd's bbolt snapshots cannot be loaded)")
+    n = len(SNAPSHOT_MAGIC)
+    length = int.from_bytes(image[n : n + 8], "big")
+    return image[n + 8 : n + 8 + length]
+
+
+def add_servicers(server: grpc.aio.Server, member: Member) -> None:
+    rpc.add_KVServicer_to_server(KV(member), server)
+    rpc.add_WatchServicer_to_server(Watch(member), server)
+    rpc.add_LeaseServicer_to_server(Lease(member), server)
+    rpc.add_ClusterServicer_to_server(Cluster(member), server)
+    rpc.add_MaintenanceServicer_to_server(Maintenance(member), server)
+    rpc.add_AuthServicer_to_server(Auth(member), server)
+    # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
