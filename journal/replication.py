@@ -370,8 +370,7 @@ class _Pending:
 
     client_id: str
     request_seq: int
-    first_index: int
-    last_index: int
+    last_index: int  # of the proposal's last entry
     tokens: list[int]
 
 
@@ -896,8 +895,9 @@ class ReplicationCore:
             e = self._entry(i)
             if e.kind is EntryKind.DATA:
                 self._uncommitted_bytes += _entry_bytes(e)
-            if e.kind is EntryKind.DATA and e.client_id and e.batch_index == 0:
-                p = _Pending(e.client_id, e.request_seq, i, i + e.batch_size - 1, [])
+            # A proposal may straddle the commit index: key it by its first entry.
+            if e.kind is EntryKind.DATA and e.client_id and (e.batch_index == 0 or i == self.commit + 1):
+                p = _Pending(e.client_id, e.request_seq, i - e.batch_index + e.batch_size - 1, [])
                 self._pending.append(p)
                 self._pending_by_key[(e.client_id, e.request_seq)] = p
 
@@ -970,7 +970,7 @@ class ReplicationCore:
         ]
         self._append_to_log(entries)
         self._uncommitted_bytes += sum(_entry_bytes(e) for e in entries)
-        pending = _Pending(client_id, request_seq, index + 1, index + len(datas), [token])
+        pending = _Pending(client_id, request_seq, index + len(datas), [token])
         self._pending.append(pending)
         if client_id:
             self._pending_by_key[(client_id, request_seq)] = pending
@@ -1081,9 +1081,11 @@ class ReplicationCore:
             if p.last_index > self.commit:
                 break
             done += 1
+            # From the last entry alone: the first ones may be trimmed already, and a
+            # proposal's positions are dense and share one timestamp.
+            last = self._entry(p.last_index)
             appended = tuple(
-                Appended(self._entry(i).position, self._entry(i).timestamp_ms)
-                for i in range(p.first_index, p.last_index + 1)
+                Appended(last.position - last.batch_size + 1 + k, last.timestamp_ms) for k in range(last.batch_size)
             )
             for token in p.tokens:
                 self._append_results.append(AppendResult(p.client_id, p.request_seq, appended=appended, token=token))
