@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+import grpc
+
 from bench.options import WORKLOADS, Options
 from bench.report import render, summarize
 from bench.runner import cpu_count, run
@@ -112,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"kvstore bench: {e}", file=sys.stderr)
         return 2
-    results = run(opts)
+    try:
+        results = run(opts)
+    except (ConnectionError, RuntimeError, grpc.aio.AioRpcError) as e:
+        print(f"kvstore bench: {e}", file=sys.stderr)
+        return 1
     summary = summarize(opts, results, cpu_count())
     if ns.json:
         with open(ns.json, "w") as f:

@@ -13,7 +13,7 @@ CONNS_MAX = 1_000
 PROCS_MAX = 64
 WATCHERS_MAX = 100_000
 KEY_SPACE_MAX = 10_000_000
-VAL_SIZE_MAX = 1_500_000  # etcd's default max request is 1.5 MiB
+VAL_SIZE_MAX = 8 << 20  # above etcd's 1.5 MiB request limit on purpose: probing limits is a use
 DURATION_S_MAX = 24 * 3600.0
 TOTAL_MAX = 1_000_000_000
 

@@ -52,9 +52,18 @@ def _conns_for(opts: Options, proc_index: int) -> list[Conn]:
     return [Conn(eps[(proc_index * opts.conns + i) % len(eps)]) for i in range(opts.conns)]
 
 
+async def connect(conns: list[Conn], timeout_s: float) -> None:
+    for c in conns:
+        try:
+            await asyncio.wait_for(c.channel.channel_ready(), timeout_s)
+        except TimeoutError:
+            raise ConnectionError(f"cannot connect to {c.endpoint} within {timeout_s:g} s") from None
+
+
 async def populate(opts: Options) -> None:
     conns = _conns_for(opts, 0)
     try:
+        await connect(conns, opts.timeout_s)
         await WORKLOAD_CLASSES[opts.workload](opts, 0, Recorder()).populate(conns)
     finally:
         for c in conns:
@@ -76,8 +85,7 @@ async def run_process(
     total = share(opts.total, opts.procs, proc_index) if opts.total is not None else None
     interval_ns = int(1e9 * opts.procs / opts.rate) if opts.rate else 0
     try:
-        for c in conns:
-            await c.channel.channel_ready()
+        await connect(conns, opts.timeout_s)
         await wl.prepare(conns, clients)
         await start_gate()
         cpu0 = _cpu_s()

@@ -62,7 +62,7 @@ class Conn:
             options=[
                 ("grpc.use_local_subchannel_pool", 1),  # else channels to one target share a socket
                 ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 8 << 20),
+                ("grpc.max_send_message_length", 16 << 20),
             ],
         )
         self.kv = rpc.KVStub(self.channel)
