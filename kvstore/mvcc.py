@@ -523,7 +523,7 @@ def execute_txn(store: MVCCStore, req: Any, txn: WriteTxn) -> Any:
     check_txn_ops(store, req, path)
     index = 0
 
-    def run(t: Any) -> Any:
+    def run(t: Any, nested: bool) -> Any:
         nonlocal index
         ok = path[index]
         index += 1
@@ -548,8 +548,11 @@ def execute_txn(store: MVCCStore, req: Any, txn: WriteTxn) -> Any:
                 if r.prev_kv:
                     d.prev_kvs.extend(prevs)
             elif kind == "request_txn":
-                out.response_txn.CopyFrom(run(op.request_txn))
-        resp.header.revision = txn.revision if txn.changed else store.revision
+                out.response_txn.CopyFrom(run(op.request_txn, nested=True))
+        if nested:
+            resp.header.SetInParent()  # etcd leaves a nested txn's header empty
+        else:
+            resp.header.revision = txn.revision if txn.changed else store.revision
         return resp
 
-    return run(req)
+    return run(req, nested=False)

@@ -31,6 +31,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 WATCH_BATCH_REVISIONS_MAX = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
 WATCH_CACHE_REVISIONS_DEFAULT = 100_000
 STREAM_QUEUE_RESPONSES_MAX = 1024  # beyond this a stream's watchers fall back to catching up
+GRPC_OVERHEAD_BYTES = 512 * 1024
 CANCEL_REASON_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 
 
@@ -136,7 +137,8 @@ class WatchHub:
         self.cache = WatchCache(cache_revisions_max)
         self.cache.reset(store.revision + 1)
         self.streams: set[WatchStream] = set()
-        self.max_request_bytes = max_request_bytes
+        # etcd fragments watch responses at max-request-bytes plus its gRPC overhead allowance.
+        self.fragment_bytes_max = max_request_bytes + GRPC_OVERHEAD_BYTES
 
     @property
     def watcher_count(self) -> int:
@@ -310,22 +312,24 @@ class WatchStream:
 
     def _send_events(self, w: Watcher, header_rev: int, events: list[Any]) -> None:
         w.sent_since_tick = True
-        header = self.hub.header(header_rev)
-        if w.fragment and len(events) > 1:
-            limit = self.hub.max_request_bytes
-            chunks: list[list[Any]] = [[]]
-            size = 0
-            for ev in events:
-                n = ev.ByteSize()
-                if chunks[-1] and size + n > limit:
-                    chunks.append([])
-                    size = 0
-                chunks[-1].append(ev)
-                size += n
-            for i, chunk in enumerate(chunks):
-                self._send(pb.WatchResponse(header=header, watch_id=w.id, events=chunk, fragment=i < len(chunks) - 1))
+        resp = pb.WatchResponse(header=self.hub.header(header_rev), watch_id=w.id, events=events)
+        limit = self.hub.fragment_bytes_max
+        if not w.fragment or len(events) < 2 or resp.ByteSize() < limit:
+            self._send(resp)
             return
-        self._send(pb.WatchResponse(header=header, watch_id=w.id, events=events))
+        # etcd's sendFragments: fill each fragment until one more event would reach the limit.
+        index = 0
+        while index < len(events):
+            frag = pb.WatchResponse(header=resp.header, watch_id=w.id, fragment=True)
+            while index < len(events):
+                frag.events.append(events[index])
+                if len(frag.events) > 1 and frag.ByteSize() >= limit:
+                    del frag.events[-1]
+                    break
+                index += 1
+            if index == len(events):
+                frag.fragment = False
+            self._send(frag)
 
     def compacted(self, compact_revision: int) -> None:
         for w in list(self.watchers.values()):
