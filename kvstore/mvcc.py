@@ -133,10 +133,12 @@ class MVCCStore:
         if not range_end:
             return (key,) if key in self._history else ()
         if range_end == b"\0":
-            return self._keys.irange(minimum=key)
+            keys: Iterable[bytes] = self._keys.irange(minimum=key)
+            return keys
         if range_end <= key:
             return ()
-        return self._keys.irange(key, range_end, inclusive=(True, False))
+        keys = self._keys.irange(key, range_end, inclusive=(True, False))
+        return keys
 
     def iter_live(self, key: bytes, range_end: bytes, rev: int | None = None) -> Iterator[Any]:
         for k in self.iter_keys(key, range_end):
@@ -355,7 +357,8 @@ class MVCCStore:
         return store
 
     def dumps(self) -> bytes:
-        return msgpack.packb(self.to_state(), use_bin_type=True)
+        data: bytes = msgpack.packb(self.to_state(), use_bin_type=True)
+        return data
 
     @classmethod
     def loads(cls, data: bytes) -> MVCCStore:

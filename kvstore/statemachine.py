@@ -55,7 +55,8 @@ _REQUEST_TYPE: dict[Kind, Any] = {
 
 
 def encode_entry(kind: Kind, origin: int, seq: int, payload: bytes) -> bytes:
-    return msgpack.packb([int(kind), origin, seq, payload], use_bin_type=True)
+    data: bytes = msgpack.packb([int(kind), origin, seq, payload], use_bin_type=True)
+    return data
 
 
 def decode_entry(data: bytes) -> tuple[Kind, int, int, bytes]:
@@ -169,7 +170,7 @@ class StateMachine:
 
     def _end(self, txn: Any, out: Applied) -> int:
         events = txn.events
-        rev = txn.end()
+        rev: int = txn.end()
         if events:
             out.events.append(RevisionEvents(rev, events))
         return rev
@@ -229,7 +230,7 @@ class StateMachine:
     # ------------------------------------------------------------ checkpoints
 
     def dumps(self) -> bytes:
-        return msgpack.packb(
+        data: bytes = msgpack.packb(
             {
                 "format": 1,
                 "applied_position": self.applied_position,
@@ -238,6 +239,7 @@ class StateMachine:
             },
             use_bin_type=True,
         )
+        return data
 
     @classmethod
     def loads(cls, data: bytes) -> StateMachine:
