@@ -407,6 +407,27 @@ class SegmentLog:
                 self.last_timestamp_ms = rec.timestamp_ms
                 break
 
+    def reset(self, first_position: int) -> None:
+        """Drop every record and restart the log, empty, at first_position.
+
+        A replica does this when it installs a snapshot its log does not
+        reach. A crash half way leaves no segment at all, and reopening with
+        the same first_position recreates the empty log.
+        """
+        assert first_position >= 1
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+        with self._lock:
+            old, self._segments = self._segments, []
+        for seg in old:
+            os.unlink(seg.path)
+        self._dirty = False
+        self._create_segment(first_position)
+        self.last_position = self.synced_position = first_position - 1
+        self.last_epoch = 0
+        self.last_timestamp_ms = 0
+
     def _write_fd_checked(self) -> int:
         assert self._write_fd is not None
         return self._write_fd

@@ -1,0 +1,98 @@
+"""`kvstore journal ...`: run a journal node.
+
+    kvstore journal serve --id a --az a --listen 127.0.0.1:7001 \\
+        --peers b=127.0.0.1:7002,c=127.0.0.1:7003 --data-dir /var/lib/journal/a --fsync always
+
+A peer is ``id=host:port`` (its AZ is then its id) or ``id/az=host:port``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from journal.node import JournalNode, NodeConfig, PeerSpec
+from journal.segments import FSYNC_POLICIES
+
+
+def parse_peers(text: str) -> tuple[PeerSpec, ...]:
+    peers: list[PeerSpec] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        ident, sep, addr = item.partition("=")
+        if not sep or not addr:
+            raise argparse.ArgumentTypeError(f"peer must be id=host:port or id/az=host:port, not {item!r}")
+        node_id, _, az = ident.partition("/")
+        peers.append(PeerSpec(node_id, az or node_id, addr))
+    return tuple(peers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvstore journal")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run a journal node (one per availability zone)")
+    s.add_argument("--id", required=True, help="this node's id")
+    s.add_argument("--az", default=None, help="this node's availability zone (default: its id)")
+    s.add_argument("--listen", required=True, help="host:port for clients and peers")
+    s.add_argument("--peers", type=parse_peers, default=(), help="id[/az]=host:port,... (the other nodes)")
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="always (default): fsync before acknowledging; batch: fsync at most every "
+                   "--fsync-interval-ms, acknowledgements wait for it; never: UNSAFE, no fsync")  # fmt: skip
+    s.add_argument("--fsync-interval-ms", type=int, default=2)
+    s.add_argument("--tick-ms", type=int, default=50)
+    s.add_argument("--election-ticks", type=int, default=10)
+    s.add_argument("--segment-bytes-max", type=int, default=64 * 1024 * 1024)
+    s.add_argument("--log-level", default="WARNING")
+    return p
+
+
+async def _serve(cfg: NodeConfig) -> None:
+    node = JournalNode(cfg)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"journal node {cfg.node_id} (az {cfg.az}) listening on {cfg.listen}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await node.close()
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = NodeConfig(
+        node_id=args.id,
+        az=args.az or args.id,
+        listen=args.listen,
+        peers=args.peers,
+        data_dir=args.data_dir,
+        fsync=args.fsync,
+        fsync_interval_ms=args.fsync_interval_ms,
+        tick_ms=args.tick_ms,
+        election_ticks=args.election_ticks,
+        segment_bytes_max=args.segment_bytes_max,
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"kvstore journal: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_serve(cfg))
+    except ImportError:
+        asyncio.run(_serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

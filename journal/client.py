@@ -1,0 +1,418 @@
+"""Client of the replicated journal: journal.api.Journal over the wire protocol.
+
+The client finds each log's leader by itself (following ``not_leader``
+redirects, or trying the endpoints in turn) and retries through failover
+with the same (client id, request sequence), which the replication core
+deduplicates: a retried append lands once, and its caller sees only a delay.
+
+Concurrent unconditional appends to one log are coalesced into one proposal
+(client-side group commit): fewer round trips, and few proposals in flight,
+well inside the core's per-client dedup window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from journal.api import Appended, Entry, JournalError, LogStatus, PositionMismatch, Snapshot, Unavailable
+from journal.local import PositionTrimmed
+from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
+
+log = logging.getLogger(__name__)
+
+PROPOSAL_ENTRIES_MAX = 1024  # the core's proposal_entries_max
+PROPOSAL_BYTES_MAX = 768 * 1024  # below the core's append_bytes_max (1 MiB) with room for overhead
+PROPOSALS_INFLIGHT_MAX = 8  # per log; well below the core's 64-request dedup window
+PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpressure beyond)
+BACKOFF_MS_MIN = 10
+BACKOFF_MS_MAX = 500
+RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
+
+
+class RemoteError(JournalError):
+    def __init__(self, code: str, message: str, leader: str = "", tail: int = 0, first: int = 0) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.leader = leader
+        self.tail = tail
+        self.first = first
+
+
+def _parse_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be host:port, not {addr!r}")
+    return host, int(port)
+
+
+class _Conn:
+    """One TCP connection multiplexing unary requests by id."""
+
+    def __init__(self, addr: str, frame_bytes_max: int) -> None:
+        self.addr = addr
+        self.frame_bytes_max = frame_bytes_max
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
+        self._ids = itertools.count(1)
+        self._connect_lock = asyncio.Lock()
+        self.closed = False
+
+    async def _ensure(self, timeout_s: float) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            host, port = _parse_addr(self.addr)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
+            return writer
+
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(self.frame_bytes_max)
+        try:
+            while True:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                decoder.feed(data)
+                for kind, payload in decoder.frames():
+                    fut = self._waiting.pop(payload.get("id", -1), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((kind, payload))
+        except (OSError, ProtocolError) as e:
+            log.debug("connection to %s: %s", self.addr, e)
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            waiting, self._waiting = self._waiting, {}
+            for fut in waiting.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"connection to {self.addr} lost"))
+
+    async def call(self, kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        writer = await self._ensure(timeout_s)
+        rid = next(self._ids)
+        payload["id"] = rid
+        fut: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            writer.write(encode_frame(kind, payload, self.frame_bytes_max))
+            await writer.drain()
+            rkind, rpayload = await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._waiting.pop(rid, None)
+        if rkind == "error":
+            raise RemoteError(
+                str(rpayload.get("code", "")),
+                str(rpayload.get("message", "")),
+                str(rpayload.get("leader", "") or ""),
+                int(rpayload.get("tail", 0) or 0),
+                int(rpayload.get("first", 0) or 0),
+            )
+        if rkind != "ok":
+            raise ProtocolError(f"unexpected answer {rkind!r}")
+        return rpayload
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            try:
+                await self._reader_task
+            except BaseException:
+                pass  # it was cancelled or failed: either way it is gone
+
+
+@dataclass(slots=True)
+class _Waiter:
+    entries: list[bytes]
+    future: asyncio.Future[list[Appended]]
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class _LogAppender:
+    pending: deque[_Waiter] = field(default_factory=deque)
+    pending_entries: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class JournalClient:
+    """journal.api.Journal against a cluster of journal nodes."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        client_id: str | None = None,
+        *,
+        request_timeout_ms: int = 30_000,
+        rpc_timeout_ms: int = 2_000,
+        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint")
+        for e in endpoints:
+            _parse_addr(e)
+        self.endpoints = list(endpoints)
+        self.client_id = client_id or uuid.uuid4().hex
+        self.request_timeout_ms = request_timeout_ms
+        self.rpc_timeout_ms = rpc_timeout_ms
+        self.frame_bytes_max = frame_bytes_max
+        self._conns: dict[str, _Conn] = {}
+        self._leader: dict[str, str] = {}  # log -> address believed to lead it
+        self._next_endpoint = random.randrange(len(self.endpoints))
+        self._seq = 0
+        self._appenders: dict[str, _LogAppender] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # proposals in flight (strong refs)
+        self._closed = False
+        self.retries = 0  # requests re-sent after a failure or redirect (observability, tests)
+
+    # ------------------------------------------------------------- plumbing
+
+    def _conn(self, addr: str) -> _Conn:
+        c = self._conns.get(addr)
+        if c is None:
+            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max)
+        return c
+
+    def _rotate(self) -> str:
+        addr = self.endpoints[self._next_endpoint % len(self.endpoints)]
+        self._next_endpoint += 1
+        return addr
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _leader_call(self, log_name: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send to the log's leader, following redirects and retrying until the request timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_ms / 1000
+        backoff_ms = BACKOFF_MS_MIN
+        last_error: BaseException | None = None
+        for attempt in itertools.count():
+            if self._closed:
+                raise Unavailable("client is closed")
+            addr = self._leader.get(log_name) or self._rotate()
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                break
+            try:
+                return await self._conn(addr).call(kind, dict(payload), min(self.rpc_timeout_ms / 1000, remaining_s))
+            except RemoteError as e:
+                if e.code not in RETRYABLE:
+                    raise
+                last_error = e
+                if e.code == "not_leader" and e.leader and e.leader != addr:
+                    self._leader[log_name] = e.leader
+                    self.retries += 1
+                    if attempt % 4 != 3:  # follow fresh redirects at once, but not forever
+                        continue
+                else:
+                    self._leader.pop(log_name, None)
+            except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
+                last_error = e
+                self._leader.pop(log_name, None)
+            self.retries += 1
+            await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
+            backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
+        raise Unavailable(f"{kind} on log {log_name!r}: no answer within {self.request_timeout_ms} ms ({last_error})")
+
+    # --------------------------------------------------------------- append
+
+    async def append(self, log: str, entries: Sequence[bytes], expected_position: int | None = None) -> list[Appended]:
+        if not entries:
+            raise ValueError("append needs at least one entry")
+        datas = [bytes(e) for e in entries]
+        if expected_position is not None:
+            # Conditional appends go alone: their check is against the tail at
+            # the moment the leader takes them.
+            return await self._propose(log, datas, expected_position)
+        if self._closed:
+            raise Unavailable("client is closed")
+        ap = self._appenders.get(log)
+        if ap is None:
+            ap = self._appenders[log] = _LogAppender()
+            ap.space.set()
+            ap.task = asyncio.create_task(self._append_loop(log, ap))
+        while ap.pending_entries > 0 and ap.pending_entries + len(datas) > PENDING_ENTRIES_MAX:
+            ap.space.clear()
+            await ap.space.wait()
+        fut: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        ap.pending.append(_Waiter(datas, fut, sum(len(d) for d in datas)))
+        ap.pending_entries += len(datas)
+        ap.wake.set()
+        return await fut
+
+    async def _append_loop(self, log_name: str, ap: _LogAppender) -> None:
+        slots = asyncio.Semaphore(PROPOSALS_INFLIGHT_MAX)
+        while not self._closed:
+            if not ap.pending:
+                ap.wake.clear()
+                await ap.wake.wait()
+                continue
+            await slots.acquire()
+            group: list[_Waiter] = []
+            n = size = 0
+            while ap.pending:
+                w = ap.pending[0]
+                if group and (n + len(w.entries) > PROPOSAL_ENTRIES_MAX or size + w.size_bytes > PROPOSAL_BYTES_MAX):
+                    break
+                ap.pending.popleft()
+                ap.pending_entries -= len(w.entries)
+                group.append(w)
+                n += len(w.entries)
+                size += w.size_bytes
+            ap.space.set()
+            group = [w for w in group if not w.future.cancelled()]
+            if not group:
+                slots.release()
+                continue
+
+            async def send(group: list[_Waiter]) -> None:
+                try:
+                    datas = [d for w in group for d in w.entries]
+                    result = await self._propose(log_name, datas, None)
+                    at = 0
+                    for w in group:
+                        if not w.future.done():
+                            w.future.set_result(result[at : at + len(w.entries)])
+                        at += len(w.entries)
+                except BaseException as e:
+                    for w in group:
+                        if not w.future.done():
+                            w.future.set_exception(e if isinstance(e, Exception) else Unavailable("cancelled"))
+                    if not isinstance(e, Exception):
+                        raise
+                finally:
+                    slots.release()
+
+            task = asyncio.create_task(send(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _propose(self, log_name: str, datas: list[bytes], expected_position: int | None) -> list[Appended]:
+        seq = self._next_seq()
+        payload = {"log": log_name, "client": self.client_id, "seq": seq, "entries": datas,
+                   "expected": expected_position}  # fmt: skip
+        try:
+            result = await self._leader_call(log_name, "append", payload)
+        except RemoteError as e:
+            if e.code == "position_mismatch":
+                raise PositionMismatch(e.tail) from None
+            if e.code == "dedup_expired":
+                raise Unavailable(f"outcome of append unknown: {e}") from None
+            raise
+        out = [Appended(int(p), int(t)) for p, t in result["appended"]]
+        assert len(out) == len(datas), (len(out), len(datas))
+        return out
+
+    # ----------------------------------------------------------------- read
+
+    async def read(self, log: str, from_position: int) -> AsyncIterator[list[Entry]]:
+        """Follow the log from any node, reconnecting to another one on failure."""
+        if from_position < 1:
+            raise ValueError("positions start at 1")
+        position = from_position
+        loop = asyncio.get_running_loop()
+        backoff_ms = BACKOFF_MS_MIN
+        failing_since: float | None = None
+        while not self._closed:
+            addr = self._rotate()
+            writer: asyncio.StreamWriter | None = None
+            try:
+                host, port = _parse_addr(addr)
+                reader, w = await asyncio.wait_for(asyncio.open_connection(host, port), self.rpc_timeout_ms / 1000)
+                writer = w
+                w.write(encode_frame("read", {"id": 1, "log": log, "from": position}, self.frame_bytes_max))
+                await w.drain()
+                decoder = FrameDecoder(self.frame_bytes_max)
+                while True:
+                    frame = decoder.next_frame()
+                    if frame is None:
+                        data = await reader.read(256 * 1024)
+                        if not data:
+                            raise ConnectionError(f"{addr} closed the read stream")
+                        decoder.feed(data)
+                        continue
+                    kind, payload = frame
+                    if kind == "error":
+                        code = payload.get("code", "")
+                        if code == "trimmed":
+                            raise PositionTrimmed(position, int(payload.get("first", 0)))
+                        if code in RETRYABLE:
+                            raise ConnectionError(f"{addr}: {code}")
+                        raise RemoteError(code, str(payload.get("message", "")))
+                    if kind != "entries":
+                        raise ProtocolError(f"unexpected {kind!r} on a read stream")
+                    batch = [Entry(int(p), int(t), d) for p, t, d in payload["entries"]]
+                    if not batch:
+                        continue
+                    if batch[0].position != position:
+                        raise ProtocolError(f"read stream from {addr} skipped: {batch[0].position} != {position}")
+                    position = batch[-1].position + 1
+                    failing_since = None
+                    backoff_ms = BACKOFF_MS_MIN
+                    yield batch
+            except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
+                now = loop.time()
+                failing_since = failing_since if failing_since is not None else now
+                if now - failing_since > self.request_timeout_ms / 1000:
+                    raise Unavailable(f"read of {log!r}: no node reachable ({e})") from None
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
+            finally:
+                if writer is not None:
+                    writer.close()
+        raise Unavailable("client is closed")
+
+    # ------------------------------------------------------- other requests
+
+    async def barrier(self, log: str) -> int:
+        result = await self._leader_call(log, "barrier", {"log": log})
+        return int(result["position"])
+
+    async def status(self, log: str) -> LogStatus:
+        result = await self._leader_call(log, "status", {"log": log})
+        return LogStatus(int(result["epoch"]), int(result["committed"]), str(result["leader"]))
+
+    async def trim(self, log: str, below: int) -> None:
+        await self._leader_call(log, "trim", {"log": log, "below": below})
+
+    async def snapshot_put(self, log: str, snapshot: Snapshot) -> None:
+        await self._leader_call(log, "snap_put", {"log": log, "position": snapshot.position, "blob": snapshot.blob})
+
+    async def snapshot_get(self, log: str) -> Snapshot | None:
+        result = await self._leader_call(log, "snap_get", {"log": log})
+        if result.get("position") is None:
+            return None
+        return Snapshot(int(result["position"]), bytes(result["blob"]))
+
+    async def close(self) -> None:
+        self._closed = True
+        for ap in self._appenders.values():
+            ap.wake.set()
+            ap.space.set()
+            if ap.task is not None:
+                ap.task.cancel()
+            for w in ap.pending:
+                if not w.future.done():
+                    w.future.set_exception(Unavailable("client is closed"))
+        for c in list(self._conns.values()):
+            await c.close()
+        self._conns.clear()

@@ -1,0 +1,897 @@
+"""The journal node: the asyncio shell around the replication core.
+
+One node per AZ. For every log it serves, the node holds one
+journal.replication.ReplicationCore (which decides) and does what the core
+asks (which it cannot do itself):
+
+- persist: the core's Raft log goes to a SegmentLog keyed by Raft index
+  (record epoch = Raft term); hard state (term, vote) and the trimmed-prefix
+  metadata go to one small file written atomically;
+- send: messages go to peers over one outbound TCP link per peer, dropped
+  rather than queued without bound when a peer is slow or gone (Raft
+  retransmits);
+- time: every ``tick_ms`` each core gets one tick;
+- serve clients (journal.wire): append (leader only; the leader's clock gives
+  the timestamp), read following the tail (any node, committed and locally
+  durable entries only), barrier, status, trim, member snapshots.
+
+The per-log driver loop is the usual Ready cycle: ready() -> send messages ->
+persist (one write + one fsync in a worker thread for everything in the
+Ready: group commit) -> advance() -> send messages_after_persist -> answer.
+While a persist is in flight new proposals accumulate in the core and go in
+the next Ready together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from journal import replication as r
+from journal.api import Snapshot
+from journal.client import _Conn
+from journal.local import (
+    LOG_NAME_BYTES_MAX,
+    SNAPSHOT_FILE,
+    atomic_write,
+    decode_snapshot,
+    encode_snapshot,
+    log_dir_name,
+)
+from journal.segments import FSYNC_POLICIES, SEGMENT_BYTES_MAX_DEFAULT, FsyncPolicy, Record, SegmentLog
+from journal.wire import (
+    FRAME_BYTES_MAX_DEFAULT,
+    FrameDecoder,
+    ProtocolError,
+    decode_message,
+    decode_snapshot_meta,
+    encode_frame,
+    encode_message,
+    encode_snapshot_meta,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "raft_state"
+RAFT_DIR = "raft"
+READ_BATCH_ENTRIES_MAX = 1024
+READ_BATCH_BYTES_MAX = 1024 * 1024
+REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
+PEER_QUEUE_FRAMES_MAX = 8192
+PEER_BACKOFF_MS_MAX = 1000
+LOGS_MAX_DEFAULT = 256
+CONNECTIONS_MAX = 1024
+CONN_REQUESTS_INFLIGHT_MAX = 4096  # unary requests in flight on one connection
+
+_ERROR_CODES = {
+    r.ErrorCode.NOT_LEADER: "not_leader",
+    r.ErrorCode.POSITION_MISMATCH: "position_mismatch",
+    r.ErrorCode.BUSY: "busy",
+    r.ErrorCode.DEDUP_EXPIRED: "dedup_expired",
+    r.ErrorCode.TOO_LARGE: "too_large",
+    r.ErrorCode.INVALID: "invalid",
+}
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str = "", **extra: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.extra = extra
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    node_id: str
+    az: str
+    addr: str
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: str
+    az: str
+    listen: str
+    peers: tuple[PeerSpec, ...]  # the other nodes
+    data_dir: str
+    fsync: FsyncPolicy = "always"
+    fsync_interval_ms: int = 2
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
+    logs_max: int = LOGS_MAX_DEFAULT
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+
+    def validate(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
+        ids = [self.node_id, *(p.node_id for p in self.peers)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate node ids")
+        if len({self.az, *(p.az for p in self.peers)}) < 2:
+            raise ValueError("a journal needs nodes in at least two AZs")
+        assert self.tick_ms > 0 and self.election_ticks > self.heartbeat_ticks >= 1
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _encode_entry_payload(e: r.LogEntry) -> bytes:
+    data: bytes = msgpack.packb(
+        [int(e.kind), e.position, e.data, e.client_id, e.request_seq, e.batch_index, e.batch_size],
+        use_bin_type=True,
+    )
+    return data
+
+
+def _decode_record(rec: Record) -> r.LogEntry:
+    kind, position, data, client_id, seq, batch_index, batch_size = msgpack.unpackb(rec.payload, raw=False)
+    return r.LogEntry(
+        rec.position, rec.epoch, position, rec.timestamp_ms, r.EntryKind(kind), data, client_id, seq,
+        batch_index, batch_size,
+    )  # fmt: skip
+
+
+def _write_state(path: str, hs: r.HardState, snap: r.SnapshotMeta) -> None:
+    body: bytes = msgpack.packb([hs.term, hs.vote, encode_snapshot_meta(snap)], use_bin_type=True)
+    atomic_write(path, zlib.crc32(body).to_bytes(4, "little") + body)
+
+
+def _read_state(path: str) -> tuple[r.HardState, r.SnapshotMeta]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return r.HardState(), r.SnapshotMeta()
+    body = raw[4:]
+    if len(raw) < 4 or zlib.crc32(body) != int.from_bytes(raw[:4], "little"):
+        # Written atomically (tmp + fsync + rename), so this is real corruption.
+        raise RuntimeError(f"{path}: corrupt raft state")
+    term, vote, snap = msgpack.unpackb(body, raw=False)
+    return r.HardState(term, vote), decode_snapshot_meta(snap)
+
+
+class _Storage:
+    """One replica's durable state. Only the driver's worker thread touches it after load."""
+
+    def __init__(self, directory: str, fsync: FsyncPolicy, segment_bytes_max: int) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.state_path = os.path.join(directory, STATE_FILE)
+        self.hard_state, self.snap = _read_state(self.state_path)
+        self.segments = SegmentLog(
+            os.path.join(directory, RAFT_DIR),
+            fsync=fsync,
+            segment_bytes_max=segment_bytes_max,
+            first_position=self.snap.index + 1,
+        )
+        self.fsync_count_state = 0
+
+    def load(self) -> r.RestoredState:
+        """Read the log back, dropping what does not chain onto the snapshot."""
+        seg = self.segments
+        snap = self.snap
+        if seg.first_position > snap.index + 1 or seg.last_position < snap.index:
+            # The log does not reach the snapshot (a crash during a snapshot
+            # install, or entries never written here): start after it.
+            if seg.last_position != snap.index or seg.first_position > snap.index + 1:
+                log.warning("%s: log [%d, %d] does not reach snapshot %d; resetting",
+                            self.directory, seg.first_position, seg.last_position, snap.index)  # fmt: skip
+                seg.reset(snap.index + 1)
+        entries: list[r.LogEntry] = []
+        prev_index, prev_term, prev_pos, prev_ts = snap.index, snap.term, snap.position, snap.timestamp_ms
+        position = snap.index + 1
+        bad_at: int | None = None
+        while position <= seg.last_position and bad_at is None:
+            for rec in seg.read(position, seg.last_position):
+                e = _decode_record(rec)
+                step = 1 if e.kind is r.EntryKind.DATA else 0
+                if (
+                    e.index != prev_index + 1
+                    or e.term < prev_term
+                    or e.position != prev_pos + step
+                    or (e.timestamp_ms < prev_ts)
+                ):
+                    bad_at = e.index
+                    break
+                entries.append(e)
+                prev_index, prev_term, prev_pos, prev_ts = e.index, e.term, e.position, e.timestamp_ms
+                position = e.index + 1
+        if bad_at is not None:
+            log.warning("%s: entries from index %d do not chain onto the log; dropping them", self.directory, bad_at)
+            seg.truncate_suffix(bad_at)
+        return r.RestoredState(self.hard_state, snap, tuple(entries))
+
+    def persist(self, rd: r.Ready) -> None:
+        seg = self.segments
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            hs = rd.hard_state or self.hard_state
+            _write_state(self.state_path, hs, snap)  # first: the trimmed prefix is described before it goes
+            self.hard_state, self.snap = hs, snap
+            self.fsync_count_state += 1
+            keeps_prefix = seg.first_position <= snap.index <= seg.last_position and (
+                seg.read(snap.index, snap.index)[0].epoch == snap.term
+            )
+            if keeps_prefix or (seg.last_position == snap.index and seg.first_position == snap.index + 1):
+                seg.trim(snap.index + 1)
+            else:
+                seg.reset(snap.index + 1)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= seg.last_position:
+                seg.truncate_suffix(first)
+            assert seg.last_position == first - 1, (seg.last_position, first)
+            seg.append([Record(e.index, e.term, e.timestamp_ms, _encode_entry_payload(e)) for e in rd.entries])
+            seg.sync()
+        if rd.hard_state is not None and rd.snapshot is None:
+            _write_state(self.state_path, rd.hard_state, self.snap)
+            self.hard_state = rd.hard_state
+            self.fsync_count_state += 1
+
+    def close(self) -> None:
+        self.segments.close()
+
+
+# ----------------------------------------------------------------- replica
+
+
+@dataclass(slots=True)
+class _Replica:
+    name: str
+    directory: str
+    core: r.ReplicationCore
+    storage: _Storage
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    committed_event: asyncio.Event = field(default_factory=asyncio.Event)  # replaced when readable moves
+    readable_position: int = 0  # committed AND durable here: what reads may serve
+    persisted_index: int = 0
+    role: r.Role = r.Role.FOLLOWER
+    term: int = 0
+    leader: str = ""
+    appends: dict[int, asyncio.Future[r.AppendResult]] = field(default_factory=dict)
+    barriers: dict[int, asyncio.Future[r.BarrierResult]] = field(default_factory=dict)
+    driver: asyncio.Task[None] | None = None
+    failed: BaseException | None = None
+    last_fsync_monotonic: float = 0.0
+    snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _PeerLink:
+    """Outbound frames to one peer: a bounded queue, dropped while disconnected."""
+
+    def __init__(self, spec: PeerSpec, node_id: str) -> None:
+        self.spec = spec
+        self.node_id = node_id
+        self.queue: deque[bytes] = deque()
+        self.event = asyncio.Event()
+        self.connected = False
+        self.dropped = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def send(self, frame: bytes) -> None:
+        if not self.connected or len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
+            self.dropped += 1
+            return
+        self.queue.append(frame)
+        self.event.set()
+
+    async def run(self) -> None:
+        host, _, port = self.spec.addr.rpartition(":")
+        backoff_ms = 20
+        while True:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+                writer = w
+                w.write(encode_frame("hello", {"node": self.node_id}))
+                self.connected = True
+                backoff_ms = 20
+                while True:
+                    if not self.queue:
+                        self.event.clear()
+                        await self.event.wait()
+                    chunk = []
+                    size = 0
+                    while self.queue and size < 4 * 1024 * 1024:
+                        frame = self.queue.popleft()
+                        chunk.append(frame)
+                        size += len(frame)
+                    w.write(b"".join(chunk))
+                    await asyncio.wait_for(w.drain(), 5.0)
+            except (OSError, TimeoutError, ConnectionError) as e:
+                log.debug("peer %s: %s", self.spec.node_id, e)
+            finally:
+                self.connected = False
+                self.queue.clear()
+                if writer is not None:
+                    writer.close()
+            await asyncio.sleep(backoff_ms / 1000)
+            backoff_ms = min(PEER_BACKOFF_MS_MAX, backoff_ms * 2)
+
+
+class JournalNode:
+    def __init__(self, config: NodeConfig, *, clock_ms: Callable[[], int] | None = None) -> None:
+        config.validate()
+        self.cfg = config
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._replicas: dict[str, _Replica] = {}
+        self._opening: dict[str, asyncio.Future[_Replica]] = {}
+        self._peer_links = {p.node_id: _PeerLink(p, config.node_id) for p in config.peers}
+        self._peer_addr = {p.node_id: p.addr for p in config.peers}
+        self._peer_addr[config.node_id] = config.listen
+        self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max) for p in config.peers}
+        self._core_config_peers = (
+            r.Peer(config.node_id, config.az),
+            *(r.Peer(p.node_id, p.az) for p in config.peers),
+        )
+        self._tokens = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        os.makedirs(os.path.join(config.data_dir, "logs"), exist_ok=True)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        host, _, port = self.cfg.listen.rpartition(":")
+        self._server = await asyncio.start_server(self._serve_conn, host, int(port), reuse_address=True)
+        for link in self._peer_links.values():
+            link.task = self._spawn(link.run())
+        self._spawn(self._ticker())
+        # Open the logs that exist on disk, so that their elections start now.
+        for name in os.listdir(os.path.join(self.cfg.data_dir, "logs")):
+            path = os.path.join(self.cfg.data_dir, "logs", name, "name")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    await self._replica(f.read())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        # Server.close() leaves accepted connections open: close them, so
+        # that clients and peers see this node go away.
+        for w in list(self._connections):
+            w.close()
+        for t in list(self._conn_tasks):
+            t.cancel()
+        await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+        for rep in self._replicas.values():
+            if rep.driver is not None:
+                rep.driver.cancel()
+        await asyncio.gather(*self._tasks, *(p.driver for p in self._replicas.values() if p.driver),
+                             return_exceptions=True)  # fmt: skip
+        for c in self._peer_conns.values():
+            await c.close()
+        for rep in self._replicas.values():
+            await asyncio.to_thread(rep.storage.close)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    # ------------------------------------------------------------- replicas
+
+    async def _replica(self, name: str) -> _Replica:
+        rep = self._replicas.get(name)
+        if rep is not None:
+            return rep
+        if self._closed:
+            raise RequestError("unavailable", "node is shutting down")
+        opening = self._opening.get(name)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        if not name or len(name.encode()) > LOG_NAME_BYTES_MAX:
+            raise RequestError("invalid", "bad log name")
+        if len(self._replicas) >= self.cfg.logs_max:
+            raise RequestError("invalid", f"this node serves at most {self.cfg.logs_max} logs")
+        fut: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
+        self._opening[name] = fut
+        try:
+            directory = os.path.join(self.cfg.data_dir, "logs", log_dir_name(name))
+
+            def open_storage() -> tuple[_Storage, r.RestoredState]:
+                os.makedirs(directory, exist_ok=True)
+                name_path = os.path.join(directory, "name")
+                if not os.path.exists(name_path):
+                    atomic_write(name_path, name.encode())
+                st = _Storage(directory, self.cfg.fsync, self.cfg.segment_bytes_max)
+                return st, st.load()
+
+            storage, restored = await asyncio.to_thread(open_storage)
+            core_cfg = r.Config(
+                node_id=self.cfg.node_id,
+                peers=self._core_config_peers,
+                election_ticks=self.cfg.election_ticks,
+                heartbeat_ticks=self.cfg.heartbeat_ticks,
+            )
+            core = r.ReplicationCore(core_cfg, random.Random(int.from_bytes(os.urandom(8), "little")), restored)
+            rep = _Replica(name, directory, core, storage)
+            st = core.status()
+            rep.persisted_index = st.last_index
+            # Only what is known committed may be read; at start that is the snapshot.
+            rep.readable_position = st.commit_position
+            rep.term = st.term
+            rep.driver = asyncio.create_task(self._drive(rep), name=f"journal-driver-{name}")
+            self._replicas[name] = rep
+            fut.set_result(rep)
+            return rep
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            del self._opening[name]
+
+    def _send(self, rep: _Replica, messages: tuple[r.Message, ...]) -> None:
+        for m in messages:
+            link = self._peer_links.get(m.dst)
+            if link is not None:
+                link.send(encode_frame("raft", {"log": rep.name, "m": encode_message(m)}, self.cfg.frame_bytes_max))
+
+    async def _drive(self, rep: _Replica) -> None:
+        core = rep.core
+        try:
+            while True:
+                if not core.has_ready():
+                    rep.wake.clear()
+                    await rep.wake.wait()
+                    continue
+                if self.cfg.fsync == "batch":
+                    # Space fsyncs out; what arrives meanwhile joins this Ready.
+                    wait_s = rep.last_fsync_monotonic + self.cfg.fsync_interval_ms / 1000 - time.monotonic()
+                    if wait_s > 0:
+                        await asyncio.sleep(wait_s)
+                rd = core.ready()
+                self._send(rep, rd.messages)
+                if rd.must_persist():
+                    await asyncio.to_thread(rep.storage.persist, rd)
+                    rep.last_fsync_monotonic = time.monotonic()
+                    if rd.entries:
+                        rep.persisted_index = rd.entries[-1].index
+                    elif rd.snapshot is not None:
+                        rep.persisted_index = max(rep.persisted_index, rd.snapshot.index)
+                core.advance(rd)
+                self._send(rep, rd.messages_after_persist)
+                self._after_ready(rep, rd)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            # A failed write or fsync: nothing about this replica's disk is
+            # certain any more. Stop it (fail-stop); the others carry on.
+            log.critical("log %r: replica stopped: %r", rep.name, e, exc_info=True)
+            rep.failed = e
+            for afut in rep.appends.values():
+                if not afut.done():
+                    afut.set_exception(RequestError("unavailable", f"replica failed: {e}"))
+            for bfut in rep.barriers.values():
+                if not bfut.done():
+                    bfut.set_exception(RequestError("unavailable", f"replica failed: {e}"))
+
+    def _after_ready(self, rep: _Replica, rd: r.Ready) -> None:
+        rep.role, rep.term, rep.leader = rd.role, rd.term, rd.leader
+        readable_index = min(rd.commit_index, rep.persisted_index)
+        if readable_index == rd.commit_index:
+            readable = rd.commit_position
+        else:
+            readable = self._position_at(rep, readable_index)
+        if readable > rep.readable_position:
+            rep.readable_position = readable
+            rep.committed_event.set()
+            rep.committed_event = asyncio.Event()
+        for res in rd.append_results:
+            fut = rep.appends.pop(res.token, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
+        for b in rd.barrier_results:
+            bfut = rep.barriers.pop(b.request_id, None)
+            if bfut is not None and not bfut.done():
+                bfut.set_result(b)
+
+    @staticmethod
+    def _position_at(rep: _Replica, index: int) -> int:
+        snap = rep.core.snapshot_meta
+        if index <= snap.index:
+            return snap.position
+        got = rep.core.log_entries(index, index)
+        assert got, index
+        return got[0].position
+
+    async def _ticker(self) -> None:
+        interval_s = self.cfg.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            # After a pause (SIGSTOP, a long GC) deliver one tick, not a burst.
+            next_at = max(next_at + interval_s, loop.time())
+            for rep in list(self._replicas.values()):
+                if rep.failed is None:
+                    rep.core.tick()
+                    rep.wake.set()
+
+    # ---------------------------------------------------------- connections
+
+    async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= CONNECTIONS_MAX or self._closed:
+            writer.close()
+            return
+        self._connections.add(writer)
+        me = asyncio.current_task()
+        assert me is not None
+        self._conn_tasks.add(me)
+        decoder = FrameDecoder(self.cfg.frame_bytes_max)
+        write_lock = asyncio.Lock()
+        inflight: set[asyncio.Task[Any]] = set()
+        streams: dict[int, asyncio.Task[Any]] = {}
+        try:
+            while not self._closed:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                decoder.feed(data)
+                for kind, payload in decoder.frames():
+                    if kind == "raft":
+                        await self._on_raft(payload)
+                    elif kind == "hello":
+                        continue
+                    elif kind == "read":
+                        rid = int(payload.get("id", 0))
+                        streams[rid] = self._spawn(self._serve_read(payload, writer, write_lock))
+                    elif kind == "cancel":
+                        task = streams.pop(int(payload.get("id", 0)), None)
+                        if task is not None:
+                            task.cancel()
+                    elif kind == "trim_local":
+                        rep = await self._replica(str(payload["log"]))
+                        rep.core.trim(int(payload["below"]))
+                        rep.wake.set()
+                    else:
+                        if len(inflight) >= CONN_REQUESTS_INFLIGHT_MAX:
+                            # Stop reading until some finish: TCP pushes back on the client.
+                            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                        task = self._spawn(self._serve_request(kind, payload, writer, write_lock))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+        except (OSError, ProtocolError) as e:
+            log.debug("connection: %s", e)
+        except RequestError as e:
+            log.debug("connection: %s", e)
+        except asyncio.CancelledError:
+            pass  # the node is closing; end quietly
+        finally:
+            self._connections.discard(writer)
+            self._conn_tasks.discard(me)
+            for t in streams.values():
+                t.cancel()
+            for t in inflight:
+                t.cancel()
+            writer.close()
+
+    async def _on_raft(self, payload: dict[str, Any]) -> None:
+        name = str(payload["log"])
+        m = decode_message(payload["m"])
+        rep = self._replicas.get(name) or await self._replica(name)
+        if rep.failed is None:
+            rep.core.step(m)
+            rep.wake.set()
+
+    @staticmethod
+    async def _write(writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: bytes) -> None:
+        async with lock:
+            writer.write(frame)
+            await writer.drain()
+
+    async def _serve_request(
+        self, kind: str, payload: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock
+    ) -> None:
+        rid = payload.get("id", 0)
+        try:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise RequestError("invalid", f"unknown request {kind!r}")
+            result = await handler(self, payload)
+            result["id"] = rid
+            frame = encode_frame("ok", result, self.cfg.frame_bytes_max)
+        except RequestError as e:
+            frame = encode_frame("error", {"id": rid, "code": e.code, "message": str(e), **e.extra})
+        except (KeyError, TypeError, ValueError) as e:
+            frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._write(writer, lock, frame)
+
+    def _not_leader(self, rep: _Replica) -> RequestError:
+        return RequestError("not_leader", f"{self.cfg.node_id} does not lead {rep.name!r}",
+                            leader=self._peer_addr.get(rep.leader, ""))  # fmt: skip
+
+    async def _live_replica(self, payload: dict[str, Any]) -> _Replica:
+        rep = await self._replica(str(payload["log"]))
+        if rep.failed is not None:
+            raise RequestError("unavailable", f"replica failed: {rep.failed}")
+        return rep
+
+    # -------------------------------------------------------------- handlers
+
+    async def _h_append(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        if rep.core.role is not r.Role.LEADER:
+            raise self._not_leader(rep)
+        entries = payload["entries"]
+        if not isinstance(entries, list) or not all(isinstance(e, bytes) for e in entries):
+            raise RequestError("invalid", "entries must be a list of bytes")
+        expected = payload.get("expected")
+        token = next(self._tokens)
+        fut: asyncio.Future[r.AppendResult] = asyncio.get_running_loop().create_future()
+        rep.appends[token] = fut
+        rep.core.propose(
+            str(payload.get("client", "")), int(payload.get("seq", 0)), entries, self._clock_ms(),
+            None if expected is None else int(expected), token,
+        )  # fmt: skip
+        rep.wake.set()
+        try:
+            res = await asyncio.wait_for(fut, REQUEST_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            raise RequestError("unavailable", "not committed in time; retry with the same seq") from None
+        finally:
+            rep.appends.pop(token, None)
+        if res.error is not None:
+            if res.error is r.ErrorCode.NOT_LEADER:
+                raise RequestError("not_leader", "leadership lost", leader=self._peer_addr.get(res.leader, ""))
+            raise RequestError(_ERROR_CODES[res.error], res.error.value, tail=res.tail)
+        return {"appended": [[a.position, a.timestamp_ms] for a in res.appended]}
+
+    async def _h_barrier(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        if rep.core.role is not r.Role.LEADER:
+            raise self._not_leader(rep)
+        rid = next(self._tokens)
+        fut: asyncio.Future[r.BarrierResult] = asyncio.get_running_loop().create_future()
+        rep.barriers[rid] = fut
+        rep.core.barrier(rid)
+        rep.wake.set()
+        try:
+            res = await asyncio.wait_for(fut, REQUEST_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            raise RequestError("unavailable", "barrier not confirmed in time") from None
+        finally:
+            rep.barriers.pop(rid, None)
+        if res.error is not None:
+            if res.error is r.ErrorCode.NOT_LEADER:
+                raise RequestError("not_leader", "leadership lost", leader=self._peer_addr.get(res.leader, ""))
+            raise RequestError(_ERROR_CODES[res.error], res.error.value)
+        return {"position": res.position}
+
+    async def _h_status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        st = rep.core.status()
+        return {
+            "epoch": st.term,
+            "committed": st.commit_position,
+            "leader": self._peer_addr.get(st.leader, "") if st.leader else "",
+            "role": st.role.value,
+            "node": self.cfg.node_id,
+            "readable": rep.readable_position,
+        }
+
+    async def _h_trim(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        below = int(payload["below"])
+        # Each replica trims its own copy (Raft compacts independently);
+        # tell the others, best effort: a trim is only an allowance.
+        rep.core.trim(below)
+        rep.wake.set()
+        frame = encode_frame("trim_local", {"log": rep.name, "below": below})
+        for link in self._peer_links.values():
+            link.send(frame)
+        return {}
+
+    async def _h_snap_put(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        position, blob = int(payload["position"]), payload["blob"]
+        if not isinstance(blob, bytes):
+            raise RequestError("invalid", "blob must be bytes")
+        await self._store_snapshot(rep, position, blob)
+        # Durable once a quorum spanning two AZs holds it, like an entry.
+        azs = {self.cfg.az}
+        stored = 1
+        request = {"log": rep.name, "position": position, "blob": blob}
+        calls = [
+            asyncio.create_task(self._peer_conns[p.node_id].call("snap_store", dict(request), 5.0))
+            for p in self.cfg.peers
+        ]
+        needed = (len(self.cfg.peers) + 1) // 2 + 1
+        az_of = {p.node_id: p.az for p in self.cfg.peers}
+        try:
+            pending: set[asyncio.Task[Any]] = set(calls)
+            while pending and not (stored >= needed and len(azs) >= 2):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if not t.cancelled() and t.exception() is None:
+                        stored += 1
+                        azs.add(az_of[self.cfg.peers[calls.index(t)].node_id])
+        finally:
+            for t in calls:
+                t.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        if stored < needed or len(azs) < 2:
+            raise RequestError("unavailable", f"snapshot stored on {stored} nodes, {needed} needed")
+        return {}
+
+    async def _h_snap_store(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        blob = payload["blob"]
+        if not isinstance(blob, bytes):
+            raise RequestError("invalid", "blob must be bytes")
+        await self._store_snapshot(rep, int(payload["position"]), blob)
+        return {}
+
+    async def _store_snapshot(self, rep: _Replica, position: int, blob: bytes) -> None:
+        path = os.path.join(rep.directory, SNAPSHOT_FILE)
+        async with rep.snapshot_lock:
+            current = await asyncio.to_thread(self._load_snapshot, path)
+            if current is not None and current[0] > position:
+                return  # keep the newer one
+            data = encode_snapshot(Snapshot(position, blob))
+            await asyncio.to_thread(atomic_write, path, data)
+
+    @staticmethod
+    def _load_snapshot(path: str) -> tuple[int, bytes] | None:
+        try:
+            with open(path, "rb") as f:
+                s = decode_snapshot(f.read(), path)
+        except FileNotFoundError:
+            return None
+        return s.position, s.blob
+
+    async def _h_snap_load(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rep = await self._live_replica(payload)
+        async with rep.snapshot_lock:
+            got = await asyncio.to_thread(self._load_snapshot, os.path.join(rep.directory, SNAPSHOT_FILE))
+        if got is None:
+            return {"position": None}
+        return {"position": got[0], "blob": got[1]}
+
+    async def _h_snap_get(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # A put is on a majority; reading a majority sees the newest put.
+        best = await self._h_snap_load(payload)
+        answered = 1
+        needed = (len(self.cfg.peers) + 1) // 2 + 1
+        calls = [
+            asyncio.create_task(self._peer_conns[p.node_id].call("snap_load", {"log": payload["log"]}, 5.0))
+            for p in self.cfg.peers
+        ]
+        try:
+            pending: set[asyncio.Task[Any]] = set(calls)
+            while pending and answered < needed:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.cancelled() or t.exception() is not None:
+                        continue
+                    answered += 1
+                    res = t.result()
+                    if res.get("position") is not None and (
+                        best.get("position") is None or res["position"] > best["position"]
+                    ):
+                        best = {"position": res["position"], "blob": res["blob"]}
+        finally:
+            for t in calls:
+                t.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        if answered < needed:
+            raise RequestError("unavailable", "no majority answered")
+        return best
+
+    _handlers: dict[str, Any] = {
+        "append": _h_append,
+        "barrier": _h_barrier,
+        "status": _h_status,
+        "trim": _h_trim,
+        "snap_put": _h_snap_put,
+        "snap_store": _h_snap_store,
+        "snap_load": _h_snap_load,
+        "snap_get": _h_snap_get,
+    }
+
+    # ----------------------------------------------------------------- reads
+
+    async def _serve_read(self, payload: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+        rid = payload.get("id", 0)
+        try:
+            rep = await self._live_replica(payload)
+            position = int(payload["from"])
+            if position < 1:
+                raise RequestError("invalid", "positions start at 1")
+            index_hint = 0
+            while True:
+                if rep.failed is not None:
+                    raise RequestError("unavailable", "replica failed")
+                snap = rep.core.snapshot_meta
+                if position <= snap.position:
+                    raise RequestError("trimmed", f"position {position} was trimmed", first=snap.position + 1)
+                if position > rep.readable_position:
+                    event = rep.committed_event
+                    await event.wait()
+                    continue
+                batch, index_hint = self._entries_from(rep, position, rep.readable_position, index_hint)
+                assert batch and batch[0][0] == position
+                position = batch[-1][0] + 1
+                await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": batch}))
+        except RequestError as e:
+            with contextlib.suppress(OSError, ConnectionError):
+                frame = encode_frame("error", {"id": rid, "code": e.code, "message": str(e), **e.extra})
+                await self._write(writer, lock, frame)
+        except (OSError, ConnectionError):
+            pass
+        except (KeyError, TypeError, ValueError) as e:
+            with contextlib.suppress(OSError, ConnectionError):
+                frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
+                await self._write(writer, lock, frame)
+
+    @staticmethod
+    def _entries_from(rep: _Replica, position: int, upto: int, index_hint: int) -> tuple[list[list[Any]], int]:
+        """Committed DATA entries from position (<= upto), and the index to look at next time."""
+        core = rep.core
+        st = core.status()
+        lo, hi = st.first_index, st.last_index
+        index = index_hint
+        got = core.log_entries(index, index) if index >= lo else []
+        if not got or got[0].position != position or got[0].kind is not r.EntryKind.DATA:
+            # Smallest index whose position is >= position: the DATA entry
+            # holding it (a NOOP repeats the position before it).
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if core.log_entries(mid, mid)[0].position >= position:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            index = lo
+        out: list[list[Any]] = []
+        size = 0
+        for e in core.log_entries(index, index + READ_BATCH_ENTRIES_MAX - 1):
+            index = e.index + 1
+            if e.kind is not r.EntryKind.DATA:
+                continue
+            if e.position > upto or size > READ_BATCH_BYTES_MAX:
+                index = e.index
+                break
+            assert e.position == position + len(out), (e.position, position, len(out))
+            out.append([e.position, e.timestamp_ms, e.data])
+            size += len(e.data)
+        return out, index
+
+    # --------------------------------------------------------- introspection
+
+    def replica_status(self, name: str) -> r.Status | None:
+        rep = self._replicas.get(name)
+        return rep.core.status() if rep is not None else None

@@ -1,0 +1,158 @@
+"""Journal nodes in one process (real sockets, real disks): client protocol and failover."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from journal.api import Entry, Journal, PositionMismatch, Snapshot
+from journal.client import JournalClient
+from journal.local import PositionTrimmed
+from tests.journal.cluster import InProcessCluster
+
+
+async def read_until(c: JournalClient, log: str, first: int, last: int, timeout_s: float = 10.0) -> list[Entry]:
+    out: list[Entry] = []
+
+    async def run() -> None:
+        async for batch in c.read(log, first):
+            out.extend(batch)
+            if out[-1].position >= last:
+                return
+
+    await asyncio.wait_for(run(), timeout_s)
+    return out
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    cl = InProcessCluster(tmp_path)
+    await cl.start()
+    yield cl
+    await cl.close()
+
+
+async def test_append_read_barrier_status(cluster: InProcessCluster) -> None:
+    c: Journal = cluster.client()
+    a = await c.append("pods", [b"a", b"b"])
+    assert [x.position for x in a] == [1, 2]
+    many = await asyncio.gather(*(c.append("pods", [str(i).encode()]) for i in range(300)))
+    positions = sorted(x[0].position for x in many)
+    assert positions == list(range(3, 303))
+    assert await c.barrier("pods") >= 302
+    st = await c.status("pods")
+    assert st.committed >= 302 and st.leader == cluster.addr(await cluster.leader("pods"))
+    got = await read_until(c, "pods", 1, 302)  # type: ignore[arg-type]
+    assert [e.position for e in got] == list(range(1, 303))
+    by_pos = {e.position: e.data for e in got}
+    for i, x in enumerate(many):
+        assert by_pos[x[0].position] == str(i).encode()
+    ts = [e.timestamp_ms for e in got]
+    assert ts == sorted(ts)
+    await c.close()
+
+
+async def test_reads_from_every_node(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    await c.append("l", [b"x%d" % i for i in range(20)])
+    for n in cluster.ids:
+        one = JournalClient([cluster.addr(n)])
+        got = await read_until(one, "l", 5, 20)
+        assert [e.data for e in got] == [b"x%d" % i for i in range(4, 20)]
+        await one.close()
+    await c.close()
+
+
+async def test_redirect_from_follower(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    await c.append("r", [b"first"])
+    leader = await cluster.leader("r")
+    follower = next(n for n in cluster.ids if n != leader)
+    only_follower = JournalClient([cluster.addr(follower)])
+    a = await only_follower.append("r", [b"via-redirect"])
+    assert a[0].position == 2
+    await only_follower.close()
+    await c.close()
+
+
+async def test_conditional_append_and_idempotent_retry(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    assert (await c.append("c", [b"a"], expected_position=0))[0].position == 1
+    with pytest.raises(PositionMismatch) as e:
+        await c.append("c", [b"b"], expected_position=0)
+    assert e.value.tail == 1
+    # Re-sending the same (client id, seq) returns the original positions, not new ones.
+    payload = {"log": "c", "client": c.client_id, "seq": 1000, "entries": [b"once"], "expected": None}
+    first = await c._leader_call("c", "append", dict(payload))
+    again = await c._leader_call("c", "append", dict(payload))
+    assert first == {**again, "id": first["id"]}
+    assert await c.barrier("c") == 2
+    await c.close()
+
+
+async def test_leader_failover_loses_nothing(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    acked: list[tuple[int, bytes]] = []
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            data = f"w{w}-{i}".encode()
+            a = await c.append("f", [data])
+            acked.append((a[0].position, data))
+            i += 1
+
+    tasks = [asyncio.create_task(writer(w)) for w in range(4)]
+    await asyncio.sleep(0.5)
+    old = await cluster.leader("f")
+    await cluster.stop(old)
+    before = len(acked)
+    await asyncio.sleep(2.0)
+    assert len(acked) > before, "appends did not resume after the leader stopped"
+    await cluster.start(old)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    last = max(p for p, _ in acked)
+    got = await read_until(c, "f", 1, last)
+    by_pos = {e.position: e.data for e in got}
+    assert [e.position for e in got] == list(range(1, len(got) + 1))
+    for p, data in acked:
+        assert by_pos[p] == data
+    assert len(set(by_pos.values())) == len(by_pos), "an entry was appended twice"
+    await c.close()
+
+
+async def test_snapshot_and_trim(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    assert await c.snapshot_get("s") is None
+    await c.append("s", [b"%d" % i for i in range(100)])
+    await c.snapshot_put("s", Snapshot(60, b"state@60"))
+    assert await c.snapshot_get("s") == Snapshot(60, b"state@60")
+    await c.trim("s", 60)
+    await asyncio.sleep(0.2)
+    with pytest.raises(PositionTrimmed):
+        await read_until(c, "s", 1, 5)
+    got = await read_until(c, "s", 60, 100)
+    assert got[0].position == 60 and got[-1].data == b"99"
+    await c.close()
+
+
+async def test_restart_whole_cluster_keeps_log(tmp_path: Path) -> None:
+    cl = InProcessCluster(tmp_path)
+    await cl.start()
+    c = cl.client()
+    await c.append("p", [b"a", b"b", b"c"])
+    await c.close()
+    await cl.close()
+    await cl.start()
+    c = cl.client()
+    a = await c.append("p", [b"d"])
+    assert a[0].position == 4
+    got = await read_until(c, "p", 1, 4)
+    assert [e.data for e in got] == [b"a", b"b", b"c", b"d"]
+    await c.close()
+    await cl.close()
