@@ -219,8 +219,10 @@ def start_kvstore(
 ) -> ServerProcess:
     """Our `kvstore serve` on a free loopback port, data and state dirs under a temp dir on tmpfs."""
     work = make_temp_dir(f"kvstore-{name}-")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
+    # /health, /version and /metrics also live on a separate URL (default port+2, which may be taken).
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
     renamed = {_KVSTORE_FLAG_RENAMES.get(k, k): v for k, v in (flags or {}).items()}
     argv = [
         sys.executable,
@@ -232,6 +234,7 @@ def start_kvstore(
         f"--state-dir={work / 'state'}",
         f"--listen-client-urls={url}",
         f"--advertise-client-urls={url}",
+        f"--listen-metrics-urls={metrics_url}",
         *_flag_args(renamed),
         *extra_args,
     ]
@@ -239,6 +242,7 @@ def start_kvstore(
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     srv = ServerProcess("kvstore", name, argv, port, work, env)
+    srv.metrics_url = metrics_url  # type: ignore[attr-defined]
     try:
         return srv.start()
     except Exception:

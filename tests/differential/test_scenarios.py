@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.differential import sc_kv, sc_txn, sc_watch  # noqa: F401  (they register scenarios)
+from tests.differential import sc_kv, sc_lease, sc_misc, sc_txn, sc_watch  # noqa: F401  (they register scenarios)
 from tests.differential.harness import SCENARIOS, PairPool, Scenario, render_mismatches, run_scenario
 
 
