@@ -6,6 +6,7 @@ Every process started here is tracked and stopped by its own pid; nothing else i
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -16,6 +17,10 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
+
+from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -171,10 +176,18 @@ def start_kvstore(base: Path, name: str = "kvstore", extra_args: list[str] | Non
 
 
 def _healthy(endpoint: str) -> bool:
+    """etcd's HTTP /health on the client port; else (a server without HTTP/1 there) a gRPC Range."""
     try:
         with urllib.request.urlopen(endpoint + "/health", timeout=2) as r:
             return bool(r.status == 200 and b'"true"' in r.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    target = endpoint.split("://", 1)[-1]
+    try:
+        with grpc.insecure_channel(target) as ch:
+            rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
+        return True
+    except grpc.RpcError:
         return False
 
 

@@ -1,0 +1,388 @@
+"""`kvstore bench compare`: the same workloads against a real etcd and against ours, in alternation.
+
+Starts, on free loopback ports and with data under one work directory on disk:
+  etcd-1   a real etcd, single member (WAL fsync on every commit: etcd's default)
+  etcd-3   a real etcd of three members
+  kvstore  the project's server (`kvstore serve`, its default flags)
+then, for each round, for each workload, runs the load tool against every target (the target order
+rotates each round, so no target always runs first), and writes a markdown table of the medians
+over rounds with ratios ours / etcd, plus a description of the machine.
+
+    python -m bench.compare --quick          # ~2-3 minutes
+    python -m bench.compare --workloads put,kube --duration 10 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.histogram import Histogram
+from bench.servers import Server, etcd_version, start_etcd, start_kvstore
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RUN_OVERHEAD_TIMEOUT_S = 180.0
+ROUNDS_MAX = 100
+
+# name -> (load tool arguments, latency label; "*" merges every client operation)
+PRESETS: dict[str, tuple[list[str], str]] = {
+    "put": (["put", "--key-space", "10000"], "put"),
+    "range-l": (["range", "--consistency", "l", "--key-space", "10000"], "range-l"),
+    "range-s": (["range", "--consistency", "s", "--key-space", "10000"], "range-s"),
+    "range-prefix100": (["range", "--consistency", "l", "--range-keys", "100"], "range-l-prefix100"),
+    "txn-put": (["txn-put", "--key-space", "10000"], "txn-put"),
+    "delete": (["delete", "--key-space", "20000"], "delete"),
+    "watch": (["watch", "--watchers", "10", "--clients", "4", "--rate", "300"], "watch-delivery"),
+    "lease-grant": (["lease", "--lease-mode", "grant"], "lease-grant"),
+    "lease-keepalive": (["lease", "--lease-mode", "keepalive"], "lease-keepalive"),
+    "kube": (["kube", "--kube-nodes", "100", "--kube-pods", "1000"], "*"),
+}
+DEFAULT_WORKLOADS = ["put", "range-l", "range-s", "txn-put", "watch", "lease-keepalive", "kube"]
+QUICK_WORKLOADS = ["put", "range-l", "txn-put", "kube"]
+# Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
+NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
+
+
+@dataclass
+class Run:
+    target: str
+    workload: str
+    round: int
+    throughput: float  # ops/s (watch: events delivered per second)
+    p50_us: int
+    p99_us: int
+    errors: int
+    server_cpu_us_per_op: float
+    tool_cores: float
+    host_busy: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    name: str
+    server: Server | None
+    note: str = ""
+
+
+def machine_description(work_dir: Path) -> dict[str, str]:
+    def first(path: str, key: str) -> str:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "unknown"
+
+    mem_kib = first("/proc/meminfo", "MemTotal").split()[0]
+    try:
+        mem = f"{int(mem_kib) / (1 << 20):.1f} GiB"
+    except ValueError:
+        mem = "unknown"
+    try:
+        import grpc
+
+        grpc_version = grpc.__version__
+    except ImportError:
+        grpc_version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=RESULTS_DIR.parent
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cores": f"{len(os.sched_getaffinity(0))} usable of {os.cpu_count()}",
+        "memory": mem,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "grpcio": grpc_version,
+        "etcd": etcd_version(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "data directory": f"{work_dir} ({_fs_of(work_dir)})",
+        "commit": commit or "unknown",
+    }
+
+
+def _fs_of(path: Path) -> str:
+    """The filesystem type holding path (tmpfs would make etcd's fsync free)."""
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mnt = parts[1]
+                if str(path).startswith(mnt) and len(mnt) > len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def run_once(target: Target, workload: str, rnd: int, common: list[str], duration_s: float, out: Path) -> Run:
+    assert target.server is not None
+    args, label = PRESETS[workload]
+    cmd = [
+        sys.executable, "-m", "bench", args[0], *common, *args[1:],
+        "--endpoints", ",".join(target.server.endpoints),
+        "--duration", f"{duration_s:g}",
+        "--json", str(out), "--quiet",
+    ]  # fmt: skip
+    cpu0 = target.server.cpu_s()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + RUN_OVERHEAD_TIMEOUT_S)
+    cpu1 = target.server.cpu_s()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{target.name} {workload}: load tool failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    r: dict[str, Any] = json.loads(out.read_text())
+    if label == "*":
+        h = Histogram()
+        for name, data in r["histograms"].items():
+            if name not in NOT_CLIENT_OPS:
+                h.merge(Histogram.from_json(data))
+    else:
+        h = Histogram.from_json(r["histograms"][label]) if label in r["histograms"] else Histogram()
+    throughput = r["watch"]["events_per_s"] if "watch" in r else r["throughput_ops_s"]
+    ops = max(1, r["ok"])
+    return Run(
+        target=target.name,
+        workload=workload,
+        round=rnd,
+        throughput=throughput,
+        p50_us=h.percentile(0.5),
+        p99_us=h.percentile(0.99),
+        errors=r["errors_total"],
+        server_cpu_us_per_op=(cpu1 - cpu0) * 1e6 / ops,
+        tool_cores=r["tool_cpu"]["cores_used"],
+        host_busy=r["tool_cpu"]["host_busy"],
+        counters=r["counters"],
+    )
+
+
+def _fmt(x: float, kind: str) -> str:
+    if kind == "ms":
+        return f"{x / 1000:.2f}"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}"
+
+
+def render_table(runs: list[Run], targets: list[str], workloads: list[str], ours: str, bases: list[str]) -> str:
+    """Medians over rounds (with the min-max spread), ratios ours / base for every base target."""
+    metrics = [
+        ("throughput", "ops/s", "", True),
+        ("p50_us", "p50 ms", "ms", False),
+        ("p99_us", "p99 ms", "ms", False),
+        ("server_cpu_us_per_op", "server CPU µs/op", "", False),
+    ]
+    ratio_cols = [b for b in bases if b in targets and ours in targets and b != ours]
+    head = ["workload", "metric", *targets, *(f"{ours} / {b}" for b in ratio_cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in workloads:
+        for attr, name, kind, _higher_better in metrics:
+            if w == "watch" and attr == "throughput":
+                name = "events/s"
+            med: dict[str, float] = {}
+            cells = []
+            for t in targets:
+                vals = [float(getattr(r, attr)) for r in runs if r.target == t and r.workload == w]
+                if not vals:
+                    cells.append("n/a")
+                    continue
+                med[t] = statistics.median(vals)
+                spread = f" ({_fmt(min(vals), kind)} .. {_fmt(max(vals), kind)})" if len(vals) > 1 else ""
+                cells.append(_fmt(med[t], kind) + spread)
+            ratios = []
+            for b in ratio_cols:
+                if ours in med and b in med and med[b] > 0:
+                    ratios.append(f"{med[ours] / med[b]:.2f}")
+                else:
+                    ratios.append("n/a")
+            lines.append("| " + " | ".join([w, name, *cells, *ratios]) + " |")
+    return "\n".join(lines)
+
+
+def render_report(
+    runs: list[Run],
+    targets: list[Target],
+    workloads: list[str],
+    machine: dict[str, str],
+    settings: dict[str, str],
+) -> str:
+    names = [t.name for t in targets if t.server is not None]
+    out = [f"# Comparison: kvstore vs etcd ({dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')})", ""]
+    out.append("Medians over rounds, with (min .. max) over rounds; ratios are kvstore / etcd on the medians.")
+    out.append("For ops/s and events/s higher is better; for latency and server CPU per operation lower is better.")
+    out.append("")
+    out.append(render_table(runs, names, workloads, "kvstore", ["etcd-1", "etcd-3"]))
+    out.append("")
+    missing = [t for t in targets if t.server is None]
+    for t in missing:
+        out.append(f"- **{t.name} not measured**: {t.note}")
+    errs = [r for r in runs if r.errors]
+    if errs:
+        out.append(
+            "- Runs with errors: " + ", ".join(f"{r.target}/{r.workload}/round {r.round}: {r.errors}" for r in errs)
+        )
+    busy = [r for r in runs if r.host_busy >= 0.95]
+    out.append(
+        "- Load tool CPU (median cores): "
+        + ", ".join(
+            f"{t} {statistics.median([r.tool_cores for r in runs if r.target == t]):.2f}"
+            for t in names
+            if any(r.target == t for r in runs)
+        )
+        + f"; runs with the machine >= 95% busy: {len(busy)} of {len(runs)} (tool and server share the CPUs)."
+    )
+    out.append("")
+    out.append("## Settings")
+    out.append("")
+    for k, v in settings.items():
+        out.append(f"- {k}: {v}")
+    out.append("")
+    out.append("## Machine")
+    out.append("")
+    for k, v in machine.items():
+        out.append(f"- {k}: {v}")
+    out.append("")
+    out.append("## Every run")
+    out.append("")
+    out.append("| round | workload | target | throughput | p50 ms | p99 ms | server CPU µs/op | tool cores | errors |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        out.append(
+            f"| {r.round} | {r.workload} | {r.target} | {_fmt(r.throughput, '')} | {_fmt(r.p50_us, 'ms')} | "
+            f"{_fmt(r.p99_us, 'ms')} | {r.server_cpu_us_per_op:,.0f} | {r.tool_cores:.2f} | {r.errors} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvstore bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--workloads", help=f"comma-separated, from: {', '.join(PRESETS)} (default: {','.join(DEFAULT_WORKLOADS)})"
+    )
+    p.add_argument("--targets", default="etcd-1,etcd-3,kvstore", help="comma-separated subset of etcd-1,etcd-3,kvstore")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
+    p.add_argument("--quick", action="store_true", help=f"{','.join(QUICK_WORKLOADS)}, 3 s runs, 3 rounds (~2-3 min)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--conns", type=int, default=3)
+    p.add_argument("--procs", type=int, default=1)
+    p.add_argument("--val-size", type=int, default=256)
+    p.add_argument("--out", help="markdown output (default bench/results/compare-<date>.md)")
+    p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
+    p.add_argument("--kvstore-args", default="", help="extra flags for kvstore serve (shell-quoted)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if ns.quick:
+        workloads = QUICK_WORKLOADS if ns.workloads is None else ns.workloads.split(",")
+        duration_s, rounds = 3.0, max(3, ns.rounds)
+    else:
+        workloads = DEFAULT_WORKLOADS if ns.workloads is None else ns.workloads.split(",")
+        duration_s, rounds = ns.duration, ns.rounds
+    unknown = [w for w in workloads if w not in PRESETS]
+    if unknown:
+        print(f"unknown workloads {unknown}; choose from {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    if not (1 <= rounds <= ROUNDS_MAX and 0 < duration_s <= 3600):
+        print("rounds in 1..100 and duration in (0, 3600]", file=sys.stderr)
+        return 2
+    wanted = ns.targets.split(",")
+    work = Path(ns.work_dir) if ns.work_dir else Path(tempfile.mkdtemp(prefix="kvstore-compare-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
+    common += ["--val-size", str(ns.val_size)]
+    targets: list[Target] = []
+    started = time.monotonic()
+    try:
+        for name in wanted:
+            log(f"starting {name}")
+            try:
+                if name == "etcd-1":
+                    targets.append(Target(name, start_etcd(work, 1, name)))
+                elif name == "etcd-3":
+                    targets.append(Target(name, start_etcd(work, 3, name)))
+                elif name == "kvstore":
+                    targets.append(Target(name, start_kvstore(work, name, shlex.split(ns.kvstore_args))))
+                else:
+                    print(f"unknown target {name}", file=sys.stderr)
+                    return 2
+            except (OSError, RuntimeError, TimeoutError) as e:
+                log(f"{name} did not start: {str(e).splitlines()[0]}")
+                targets.append(Target(name, None, note=f"did not start: {str(e).splitlines()[0]}"))
+        live = [t for t in targets if t.server is not None]
+        if not live:
+            print("no target started", file=sys.stderr)
+            return 1
+        machine = machine_description(work)
+        runs: list[Run] = []
+        n = rounds * len(workloads) * len(live)
+        for rnd in range(1, rounds + 1):
+            for w in workloads:
+                k = (rnd - 1) % len(live)
+                for t in live[k:] + live[:k]:
+                    assert t.server is not None
+                    if not t.server.alive():
+                        raise RuntimeError(f"{t.name} died\n{t.server.log_tail()}")
+                    out = work / f"run-{rnd}-{w}-{t.name}.json"
+                    r = run_once(t, w, rnd, common, duration_s, out)
+                    runs.append(r)
+                    log(
+                        f"[{len(runs)}/{n}] round {rnd} {w:<16} {t.name:<8} {_fmt(r.throughput, '')}/s "
+                        f"p50 {_fmt(r.p50_us, 'ms')} p99 {_fmt(r.p99_us, 'ms')} ms errors {r.errors}"
+                    )
+        settings = {
+            "workloads": ", ".join(f"{w} (`{' '.join(PRESETS[w][0])}`)" for w in workloads),
+            "per run": f"{duration_s:g} s, `{' '.join(common)}`",
+            "rounds": f"{rounds}, target order rotated each round",
+            "targets": "; ".join(
+                [
+                    "etcd-1: etcd, 1 member, data on disk (fsync on commit, etcd's default)",
+                    "etcd-3: etcd, 3 members on loopback, data on disk",
+                    f"kvstore: `kvstore serve` {ns.kvstore_args or '(default flags)'}",
+                ]
+            ),
+            "latency": "of the workload's main operation (kube: every client operation merged; watch: put to event)",
+            "server CPU": "CPU seconds of the target's processes during the run / ok operations (includes set-up)",
+            "elapsed": f"{time.monotonic() - started:.0f} s",
+        }
+        report = render_report(runs, targets, workloads, machine, settings)
+        out_path = Path(ns.out) if ns.out else RESULTS_DIR / f"compare-{dt.datetime.now(dt.UTC):%Y-%m-%d}.md"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(report)
+        print(report)
+        log(f"wrote {out_path}")
+        return 0
+    finally:
+        for t in targets:
+            if t.server is not None:
+                t.server.stop()
+
+
+def log(msg: str) -> None:
+    print(f"compare: {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The compare command's table: medians over rounds and ratios ours / etcd."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.compare import Run, main, render_table
+
+
+def run(target: str, rnd: int, throughput: float, p99_us: int) -> Run:
+    return Run(
+        target=target,
+        workload="put",
+        round=rnd,
+        throughput=throughput,
+        p50_us=1000,
+        p99_us=p99_us,
+        errors=0,
+        server_cpu_us_per_op=100.0,
+        tool_cores=0.5,
+        host_busy=0.5,
+    )
+
+
+def test_table_has_medians_spreads_and_ratios() -> None:
+    runs = [
+        run("etcd-1", 1, 1000, 10_000),
+        run("etcd-1", 2, 3000, 30_000),
+        run("etcd-1", 3, 2000, 20_000),
+        run("kvstore", 1, 500, 40_000),
+        run("kvstore", 2, 700, 60_000),
+        run("kvstore", 3, 600, 50_000),
+    ]
+    table = render_table(runs, ["etcd-1", "kvstore"], ["put"], "kvstore", ["etcd-1", "etcd-3"])
+    lines = table.splitlines()
+    assert lines[0] == "| workload | metric | etcd-1 | kvstore | kvstore / etcd-1 |"
+    ops = next(line for line in lines if "| ops/s |" in line)
+    assert "2,000 (1,000 .. 3,000)" in ops and "600 (500 .. 700)" in ops and ops.endswith("| 0.30 |")
+    p99 = next(line for line in lines if "| p99 ms |" in line)
+    assert "20.00 (10.00 .. 30.00)" in p99 and p99.endswith("| 2.50 |")
+
+
+def test_missing_target_gives_no_ratio() -> None:
+    table = render_table([run("etcd-1", 1, 1000, 1000)], ["etcd-1"], ["put"], "kvstore", ["etcd-1"])
+    assert "kvstore /" not in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd")
+def test_compare_end_to_end_against_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cmp.md"
+    monkeypatch.setattr(sys, "argv", ["compare"])
+    rc = main(
+        [
+            "--targets",
+            "etcd-1,kvstore",
+            "--workloads",
+            "put,kube",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert rc == 0
+    text = out.read_text()
+    assert "| put | ops/s |" in text and "## Machine" in text
