@@ -50,6 +50,7 @@ DB_BASE_BYTES = 20_480  # a fresh etcd bbolt file; keeps dbSize honest for an em
 CHECKPOINT_FILE = "checkpoint"
 CHECKPOINT_MAGIC = b"KVCKPT01"
 IDENTITY_FILE = "member.json"
+JOURNAL_STATUS_INTERVAL_S = 1.0
 
 
 def now_ms() -> int:
@@ -164,7 +165,7 @@ class Member:
 
     async def start(self) -> None:
         status = await self.journal.status(self.log_name)
-        self.raft_term = status.epoch
+        self.raft_term = max(status.epoch, 1)
         self.committed_position = status.committed
         recovered = self._recover(status.committed)
         if not recovered:
@@ -178,6 +179,7 @@ class Member:
             loop.create_task(self._progress_loop(), name="progress-notify"),
             loop.create_task(self._checkpoint_loop(), name="checkpoint"),
             loop.create_task(self._auto_compaction_loop(), name="auto-compaction"),
+            loop.create_task(self._journal_status_loop(), name="journal-status"),
         ]
         await self.wait_applied(status.committed)
         self.ready.set()
@@ -427,6 +429,15 @@ class Member:
         while True:
             await asyncio.sleep(self.config.progress_notify_interval_s)
             self.hub.progress_tick()
+
+    async def _journal_status_loop(self) -> None:
+        """Follow the journal's epoch (reported as raft_term) and committed position."""
+        while True:
+            await asyncio.sleep(JOURNAL_STATUS_INTERVAL_S)
+            with contextlib.suppress(JournalError, OSError):
+                status = await self.journal.status(self.log_name)
+                self.raft_term = max(self.raft_term, status.epoch)
+                self.committed_position = max(self.committed_position, status.committed)
 
     async def _auto_compaction_loop(self) -> None:
         retention = self.config.auto_compaction_retention

@@ -106,7 +106,9 @@ def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     if args.journal_endpoints:
         from journal.client import JournalClient
 
-        return JournalClient(parse_urls(args.journal_endpoints), client_id=f"member-{args.name}")  # type: ignore[no-any-return]
+        # A fresh client id per process: retries are deduplicated by (client id, sequence), and
+        # the sequence restarts with the process.
+        return JournalClient(parse_urls(args.journal_endpoints), client_id=f"member-{args.name}-{os.urandom(6).hex()}")
     from journal.local import LocalJournal
 
     return LocalJournal(os.path.join(data_dir, "journal"), fsync=args.journal_fsync)
