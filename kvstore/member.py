@@ -51,6 +51,7 @@ CHECKPOINT_FILE = "checkpoint"
 CHECKPOINT_MAGIC = b"KVCKPT01"
 IDENTITY_FILE = "member.json"
 JOURNAL_STATUS_INTERVAL_S = 1.0
+CHECKPOINT_LOOP_SHARE_MAX = 0.05
 
 
 def now_ms() -> int:
@@ -263,10 +264,16 @@ class Member:
         self._checkpointed_position = self.sm.applied_position
 
     async def _checkpoint_loop(self) -> None:
+        # A checkpoint serialises the whole store on the event loop; space them so that
+        # they take at most CHECKPOINT_LOOP_SHARE_MAX of its time on a large store.
         while True:
             await asyncio.sleep(self.config.checkpoint_interval_s)
-            if self.sm.applied_position != self._checkpointed_position:
-                self.write_checkpoint()
+            if self.sm.applied_position == self._checkpointed_position:
+                continue
+            started = time.monotonic()
+            self.write_checkpoint()
+            took_s = time.monotonic() - started
+            await asyncio.sleep(max(0.0, took_s / CHECKPOINT_LOOP_SHARE_MAX - self.config.checkpoint_interval_s))
 
     # --------------------------------------------------------------- applier
 
