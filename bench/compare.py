@@ -44,12 +44,16 @@ PRESETS: dict[str, tuple[list[str], str]] = {
     "range-prefix100": (["range", "--consistency", "l", "--range-keys", "100"], "range-l-prefix100"),
     "txn-put": (["txn-put", "--key-space", "10000"], "txn-put"),
     "delete": (["delete", "--key-space", "20000"], "delete"),
-    "watch": (["watch", "--watchers", "10", "--clients", "4", "--rate", "300"], "watch-delivery"),
+    "watch": (["watch", "--watchers", "10", "--rate", "300"], "watch-delivery"),
+    "watch-fanout": (["watch", "--watchers", "100", "--clients", "4"], "watch-delivery"),
     "lease-grant": (["lease", "--lease-mode", "grant"], "lease-grant"),
     "lease-keepalive": (["lease", "--lease-mode", "keepalive"], "lease-keepalive"),
     "kube": (["kube", "--kube-nodes", "100", "--kube-pods", "1000"], "*"),
 }
 DEFAULT_WORKLOADS = ["put", "range-l", "range-s", "txn-put", "watch", "lease-keepalive", "kube"]
+ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
+# (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
+PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")]
 QUICK_WORKLOADS = ["put", "range-l", "txn-put", "kube"]
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
 NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
@@ -181,16 +185,16 @@ def _fmt(x: float, kind: str) -> str:
     return f"{x:.1f}"
 
 
-def render_table(runs: list[Run], targets: list[str], workloads: list[str], ours: str, bases: list[str]) -> str:
-    """Medians over rounds (with the min-max spread), ratios ours / base for every base target."""
+def render_table(runs: list[Run], targets: list[str], workloads: list[str], pairs: list[tuple[str, str]]) -> str:
+    """Medians over rounds (with the min-max spread), and the ratio ours / base of every pair measured."""
     metrics = [
         ("throughput", "ops/s", "", True),
         ("p50_us", "p50 ms", "ms", False),
         ("p99_us", "p99 ms", "ms", False),
         ("server_cpu_us_per_op", "server CPU µs/op", "", False),
     ]
-    ratio_cols = [b for b in bases if b in targets and ours in targets and b != ours]
-    head = ["workload", "metric", *targets, *(f"{ours} / {b}" for b in ratio_cols)]
+    ratio_cols = [(o, b) for o, b in pairs if o in targets and b in targets]
+    head = ["workload", "metric", *targets, *(f"{o} / {b}" for o, b in ratio_cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for w in workloads:
         for attr, name, kind, _higher_better in metrics:
@@ -207,9 +211,9 @@ def render_table(runs: list[Run], targets: list[str], workloads: list[str], ours
                 spread = f" ({_fmt(min(vals), kind)} .. {_fmt(max(vals), kind)})" if len(vals) > 1 else ""
                 cells.append(_fmt(med[t], kind) + spread)
             ratios = []
-            for b in ratio_cols:
-                if ours in med and b in med and med[b] > 0:
-                    ratios.append(f"{med[ours] / med[b]:.2f}")
+            for o, b in ratio_cols:
+                if o in med and b in med and med[b] > 0:
+                    ratios.append(f"{med[o] / med[b]:.2f}")
                 else:
                     ratios.append("n/a")
             lines.append("| " + " | ".join([w, name, *cells, *ratios]) + " |")
@@ -228,7 +232,7 @@ def render_report(
     out.append("Medians over rounds, with (min .. max) over rounds; ratios are kvstore / etcd on the medians.")
     out.append("For ops/s and events/s higher is better; for latency and server CPU per operation lower is better.")
     out.append("")
-    out.append(render_table(runs, names, workloads, "kvstore", ["etcd-1", "etcd-3"]))
+    out.append(render_table(runs, names, workloads, PAIRS))
     out.append("")
     missing = [t for t in targets if t.server is None]
     for t in missing:
@@ -279,7 +283,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workloads", help=f"comma-separated, from: {', '.join(PRESETS)} (default: {','.join(DEFAULT_WORKLOADS)})"
     )
-    p.add_argument("--targets", default="etcd-1,etcd-3,kvstore", help="comma-separated subset of etcd-1,etcd-3,kvstore")
+    p.add_argument(
+        "--targets", default=",".join(ALL_TARGETS), help=f"comma-separated subset of {','.join(ALL_TARGETS)}"
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
     p.add_argument("--quick", action="store_true", help=f"{','.join(QUICK_WORKLOADS)}, 3 s runs, 3 rounds (~2-3 min)")
@@ -325,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                     targets.append(Target(name, start_etcd(work, 3, name)))
                 elif name == "kvstore":
                     targets.append(Target(name, start_kvstore(work, name, shlex.split(ns.kvstore_args))))
+                elif name == "kvstore-3":
+                    server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3)
+                    targets.append(Target(name, server))
                 else:
                     print(f"unknown target {name}", file=sys.stderr)
                     return 2
@@ -360,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "etcd-1: etcd, 1 member, data on disk (fsync on commit, etcd's default)",
                     "etcd-3: etcd, 3 members on loopback, data on disk",
-                    f"kvstore: `kvstore serve` {ns.kvstore_args or '(default flags)'}",
+                    f"kvstore: `kvstore serve` {ns.kvstore_args or '(default flags)'}: local journal on disk "
+                    "(fsync before acknowledging), state checkpoints on tmpfs",
+                    "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
+                    "(3 AZs on loopback, data on disk, fsync always)",
                 ]
             ),
             "latency": "of the workload's main operation (kube: every client operation merged; watch: put to event)",

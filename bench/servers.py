@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -64,8 +65,10 @@ class Server:
 
     name: str
     endpoints: list[str]
+    health_urls: list[str] = field(default_factory=list)  # where /health is served (default: endpoints)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    cleanup_dirs: list[Path] = field(default_factory=list)  # removed after stop
 
     def cpu_s(self) -> float:
         return sum(proc_cpu_s(p.pid) for p in self.procs)
@@ -84,6 +87,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for d in self.cleanup_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     def log_tail(self, lines: int = 20) -> str:
         out = []
@@ -151,23 +156,57 @@ def start_etcd(base: Path, members: int = 1, name: str = "etcd") -> Server:
     return server
 
 
-def start_kvstore(base: Path, name: str = "kvstore", extra_args: list[str] | None = None) -> Server:
-    """The project's server, single member, as `kvstore serve` (its /health is on the client port)."""
-    port = free_port()
+def _state_dir(name: str) -> Path:
+    """The member's checkpoint directory on tmpfs, as the design puts it (removed at stop)."""
+    root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    return Path(tempfile.mkdtemp(prefix=f"kvstore-bench-{name}-", dir=root))
+
+
+def start_kvstore(
+    base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0
+) -> Server:
+    """The project's server as `kvstore serve`: one member, its journal data on disk under base.
+
+    journal_nodes=0: the member's local journal (fsync before acknowledging, its default).
+    journal_nodes=3: three `kvstore journal serve` nodes in three AZs on loopback (data on disk),
+    and the member on the replicated journal: the counterpart of a 3-member etcd.
+    """
+    assert journal_nodes in (0, 3), journal_nodes
+    port, metrics_port, *jports = free_ports(2 + journal_nodes)
     url = f"http://127.0.0.1:{port}"
-    data = base / f"{name}-data"
-    data.mkdir(parents=True, exist_ok=True)
-    log = base / f"{name}.log"
-    cmd = [
-        sys.executable, "-m", "kvstore", "serve",
-        "--name", name,
-        "--data-dir", str(data),
-        "--listen-client-urls", url,
-        "--advertise-client-urls", url,
-        *(extra_args or []),
-    ]  # fmt: skip
-    server = Server(name=name, endpoints=[url], procs=[_popen(cmd, log)], logs=[log])
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    server = Server(name=name, endpoints=[url], health_urls=[metrics])
     try:
+        ids = "abcde"[:journal_nodes]
+        for i, node in enumerate(ids):
+            peers = ",".join(f"{n}/{n}=127.0.0.1:{jports[j]}" for j, n in enumerate(ids) if n != node)
+            log = base / f"{name}-journal-{node}.log"
+            cmd = [
+                sys.executable, "-m", "kvstore", "journal", "serve",
+                "--id", node, "--az", node,
+                "--listen", f"127.0.0.1:{jports[i]}",
+                "--peers", peers,
+                "--data-dir", str(base / f"{name}-journal-{node}"),
+            ]  # fmt: skip
+            server.procs.append(_popen(cmd, log))
+            server.logs.append(log)
+        state = _state_dir(name)
+        server.cleanup_dirs.append(state)
+        journal = ["--journal-endpoints", ",".join(f"127.0.0.1:{p}" for p in jports)] if journal_nodes else []
+        log = base / f"{name}.log"
+        cmd = [
+            sys.executable, "-m", "kvstore", "serve",
+            "--name", name,
+            "--data-dir", str(base / f"{name}-data"),
+            "--state-dir", str(state),
+            "--listen-client-urls", url,
+            "--advertise-client-urls", url,
+            "--listen-metrics-urls", metrics,
+            *journal,
+            *(extra_args or []),
+        ]  # fmt: skip
+        server.procs.append(_popen(cmd, log))
+        server.logs.append(log)
         wait_ready(server)
     except BaseException:
         server.stop()
@@ -175,10 +214,10 @@ def start_kvstore(base: Path, name: str = "kvstore", extra_args: list[str] | Non
     return server
 
 
-def _healthy(endpoint: str) -> bool:
-    """etcd's HTTP /health on the client port; else (a server without HTTP/1 there) a gRPC Range."""
+def _healthy(health_url: str, endpoint: str) -> bool:
+    """etcd's HTTP /health; else (no HTTP/1 there) a gRPC Range on the client endpoint succeeds."""
     try:
-        with urllib.request.urlopen(endpoint + "/health", timeout=2) as r:
+        with urllib.request.urlopen(health_url + "/health", timeout=2) as r:
             return bool(r.status == 200 and b'"true"' in r.read())
     except (OSError, ValueError, http.client.HTTPException):
         pass
@@ -194,12 +233,12 @@ def _healthy(endpoint: str) -> bool:
 def wait_ready(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until every member's /health says true (etcd: the member has a leader and can serve)."""
     deadline = time.monotonic() + timeout_s
-    pending = list(server.endpoints)
+    pending = list(zip(server.health_urls or server.endpoints, server.endpoints, strict=False))
     while pending:
         if not server.alive():
             raise RuntimeError(f"{server.name} exited during start-up\n{server.log_tail()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{server.name} not healthy after {timeout_s:.0f} s\n{server.log_tail()}")
-        pending = [e for e in pending if not _healthy(e)]
+        pending = [(h, e) for h, e in pending if not _healthy(h, e)]
         if pending:
             time.sleep(0.1)

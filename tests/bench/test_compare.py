@@ -35,7 +35,7 @@ def test_table_has_medians_spreads_and_ratios() -> None:
         run("kvstore", 2, 700, 60_000),
         run("kvstore", 3, 600, 50_000),
     ]
-    table = render_table(runs, ["etcd-1", "kvstore"], ["put"], "kvstore", ["etcd-1", "etcd-3"])
+    table = render_table(runs, ["etcd-1", "kvstore"], ["put"], [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")])
     lines = table.splitlines()
     assert lines[0] == "| workload | metric | etcd-1 | kvstore | kvstore / etcd-1 |"
     ops = next(line for line in lines if "| ops/s |" in line)
@@ -45,7 +45,7 @@ def test_table_has_medians_spreads_and_ratios() -> None:
 
 
 def test_missing_target_gives_no_ratio() -> None:
-    table = render_table([run("etcd-1", 1, 1000, 1000)], ["etcd-1"], ["put"], "kvstore", ["etcd-1"])
+    table = render_table([run("etcd-1", 1, 1000, 1000)], ["etcd-1"], ["put"], [("kvstore", "etcd-1")])
     assert "kvstore /" not in table
 
 
