@@ -243,7 +243,7 @@ class Maintenance(rpc.MaintenanceServicer):
         resp = pb.StatusResponse(
             version=ETCD_VERSION,
             dbSize=m.db_size_bytes,
-            dbSizeInUse=m.store.bytes_in_use + 20_480,
+            dbSizeInUse=m.db_size_in_use_bytes,
             leader=m.member_id,
             raftIndex=max(m.committed_position, m.sm.applied_position),
             raftTerm=m.raft_term,

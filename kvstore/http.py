@@ -40,7 +40,7 @@ def metrics(member: Member) -> str:
         ("etcd_server_proposals_failed_total", c["proposals_failed"]),
         ("etcd_server_quota_backend_bytes", member.config.quota_backend_bytes),
         ("etcd_mvcc_db_total_size_in_bytes", member.db_size_bytes),
-        ("etcd_mvcc_db_total_size_in_use_in_bytes", store.bytes_in_use + 20_480),
+        ("etcd_mvcc_db_total_size_in_use_in_bytes", member.db_size_in_use_bytes),
         ("etcd_mvcc_put_total", c["puts"]),
         ("etcd_mvcc_delete_total", c["deletes"]),
         ("etcd_mvcc_range_total", c["ranges"]),

@@ -174,8 +174,10 @@ class Member:
             if snapshot is not None:
                 self._install(StateMachine.loads(snapshot.blob))
         loop = asyncio.get_running_loop()
+        applier = loop.create_task(self._applier(), name="applier")
+        applier.add_done_callback(self._applier_done)
         self._tasks = [
-            loop.create_task(self._applier(), name="applier"),
+            applier,
             loop.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             loop.create_task(self._progress_loop(), name="progress-notify"),
             loop.create_task(self._checkpoint_loop(), name="checkpoint"),
@@ -277,6 +279,13 @@ class Member:
 
     # --------------------------------------------------------------- applier
 
+    def _applier_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        # Fail-stop: a member that cannot apply the journal must not keep serving stale state.
+        log.critical("the applier stopped: %r; exiting", task.exception(), exc_info=task.exception())
+        os._exit(70)
+
     async def _applier(self) -> None:
         async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
             for entry in batch:
@@ -299,7 +308,7 @@ class Member:
 
     def _update_db_size(self) -> None:
         # Like a bbolt file, the reported size only grows until a defragment.
-        self.db_size_bytes = max(self.db_size_bytes, DB_BASE_BYTES + self.sm.store.bytes_in_use)
+        self.db_size_bytes = max(self.db_size_bytes, self.db_size_in_use_bytes)
 
     def _wake_apply_waiters(self) -> None:
         applied = self.sm.applied_position
@@ -404,7 +413,11 @@ class Member:
             )
 
     def defragment(self) -> None:
-        self.db_size_bytes = DB_BASE_BYTES + self.sm.store.bytes_in_use
+        self.db_size_bytes = self.db_size_in_use_bytes
+
+    @property
+    def db_size_in_use_bytes(self) -> int:
+        return DB_BASE_BYTES + self.sm.store.bytes_in_use
 
     # ------------------------------------------------------------------ leases
 
