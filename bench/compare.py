@@ -54,7 +54,7 @@ DEFAULT_WORKLOADS = ["put", "range-l", "range-s", "txn-put", "watch", "lease-kee
 ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
 PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")]
-QUICK_WORKLOADS = ["put", "range-l", "txn-put", "kube"]
+QUICK_WORKLOADS = ["put", "range-l", "kube"]
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
 NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
 
@@ -104,9 +104,19 @@ def machine_description(work_dir: Path) -> dict[str, str]:
     except ImportError:
         grpc_version = "unknown"
     try:
+        root = RESULTS_DIR.parent.parent
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=RESULTS_DIR.parent
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=root
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "kvstore", "journal", "bench", "proto"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=root,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += " (with uncommitted changes in the work tree)"
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
@@ -198,7 +208,7 @@ def render_table(runs: list[Run], targets: list[str], workloads: list[str], pair
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for w in workloads:
         for attr, name, kind, _higher_better in metrics:
-            if w == "watch" and attr == "throughput":
+            if w.startswith("watch") and attr == "throughput":
                 name = "events/s"
             med: dict[str, float] = {}
             cells = []
