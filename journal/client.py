@@ -106,7 +106,12 @@ class _Conn:
         fut: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
-            writer.write(encode_frame(kind, payload, self.frame_bytes_max))
+            if writer.is_closing():
+                raise ConnectionError(f"connection to {self.addr} closed")
+            try:
+                writer.write(encode_frame(kind, payload, self.frame_bytes_max))
+            except RuntimeError as e:  # uvloop, on a transport closed under us
+                raise ConnectionError(str(e)) from None
             await writer.drain()
             rkind, rpayload = await asyncio.wait_for(fut, timeout_s)
         finally:
@@ -369,7 +374,7 @@ class JournalClient:
                     failing_since = None
                     backoff_ms = BACKOFF_MS_MIN
                     yield batch
-            except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
+            except (OSError, ConnectionError, TimeoutError, ProtocolError, RuntimeError) as e:
                 now = loop.time()
                 failing_since = failing_since if failing_since is not None else now
                 if now - failing_since > self.request_timeout_ms / 1000:

@@ -310,10 +310,15 @@ class _PeerLink:
                         frame = self.queue.popleft()
                         chunk.append(frame)
                         size += len(frame)
+                    if w.is_closing():
+                        raise ConnectionError("closed")
                     w.write(b"".join(chunk))
                     await asyncio.wait_for(w.drain(), 5.0)
-            except (OSError, TimeoutError, ConnectionError) as e:
+            except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
+                # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)
+            except Exception:
+                log.exception("peer %s: link failed; reconnecting", self.spec.node_id)
             finally:
                 self.connected = False
                 self.queue.clear()
@@ -610,7 +615,12 @@ class JournalNode:
     @staticmethod
     async def _write(writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: bytes) -> None:
         async with lock:
-            writer.write(frame)
+            if writer.is_closing():
+                raise ConnectionError("connection closed")
+            try:
+                writer.write(frame)
+            except RuntimeError as e:  # uvloop, on a transport closed under us
+                raise ConnectionError(str(e)) from None
             await writer.drain()
 
     async def _serve_request(
