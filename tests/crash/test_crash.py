@@ -1,0 +1,240 @@
+"""Crash safety of `kvstore serve`: kill -9 under a write load, restart on the same data and state dirs.
+
+After every restart: every acknowledged put is readable with its value and mod_revision, the
+revision never went down, a new put gets the next revision, and a watch resumed from the last
+revision a watcher saw before the crash delivers exactly the following events (no gap, no
+duplicate). Restarts come in every flavour: after kill -9 with the checkpoint on the state dir,
+after a graceful stop (which writes a checkpoint), with the state dir wiped (a full journal
+replay), and with a torn or garbage tail appended to the journal's last segment file.
+
+The server runs with its default journal fsync policy (`always`). The kill points are random,
+from a seed (KVSTORE_CRASH_SEED, printed on failure), and every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journal.segments import HEADER, HEADER_BYTES, Record, encode_record
+from tests.crash.load import (
+    History,
+    Watcher,
+    check_store,
+    current_revision,
+    put,
+    read_all,
+    run_load_until_killed,
+)
+from tests.servers import ServerProcess, kvstore_available, start_kvstore
+
+SEED = int(os.environ.get("KVSTORE_CRASH_SEED", "20261123"))
+WRITERS = 4
+MIN_ACKS_PER_CYCLE = 20  # the kill waits for at least this many acknowledged puts: a load, not an idle server
+OPS_PER_WRITER_MAX = 20_000
+
+pytestmark = pytest.mark.skipif(not kvstore_available(), reason="kvstore.server does not exist yet")
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    srv = start_kvstore("crash")  # default --journal-fsync (always)
+    yield srv
+    srv.stop()
+
+
+def state_dir(srv: ServerProcess) -> Path:
+    return srv.work_dir / "state"
+
+
+def last_segment(srv: ServerProcess) -> Path:
+    segments = sorted((srv.work_dir / "data").rglob("*.seg"))
+    assert segments, f"no journal segment under {srv.work_dir / 'data'}"
+    dirs = {p.parent for p in segments}
+    assert len(dirs) == 1, f"expected one journal log, found {sorted(dirs)}"
+    return segments[-1]  # names are the zero-padded first position: the last sorts last
+
+
+def _last_record_header(data: bytes) -> tuple[int, int, int]:
+    """(position, epoch, timestamp_ms) of the last whole record in a segment file's bytes."""
+    at, last = 0, (0, 0, 0)
+    while at + HEADER_BYTES <= len(data):
+        payload_len, _crc, position, epoch, ts = HEADER.unpack_from(data, at)
+        if at + HEADER_BYTES + payload_len > len(data):
+            break
+        last = (position, epoch, ts)
+        at += HEADER_BYTES + payload_len
+    assert at == len(data), "the segment already ends in a partial record"
+    return last
+
+
+def tail_bytes(kind: str, segment: bytes, rng: random.Random) -> bytes:
+    """What a crash can leave after the last whole record."""
+    position, epoch, ts = _last_record_header(segment)
+    assert position > 0
+    record = encode_record(Record(position + 1, epoch, ts + 1, rng.randbytes(200)))
+    if kind == "garbage":  # random bytes, as from a file system that grew the file but not its data
+        return rng.randbytes(rng.randint(1, 4096))
+    if kind == "zeros":  # a preallocated or zero-filled tail
+        return bytes(rng.randint(HEADER_BYTES, 4096))
+    if kind == "torn-record":  # the next record, cut mid-payload: the write the kill interrupted
+        return record[: rng.randint(1, len(record) - 1)]
+    if kind == "bad-crc":  # the next record, whole, one payload bit flipped
+        flip = rng.randrange(HEADER_BYTES, len(record))
+        return record[:flip] + bytes([record[flip] ^ 0x01]) + record[flip + 1 :]
+    if kind == "huge-length":  # a header that claims a payload far beyond any limit
+        return struct.pack("<IIQQQ", 0xFFFFFFF0, 0, position + 1, epoch, ts) + rng.randbytes(64)
+    raise ValueError(kind)
+
+
+TAILS = ("garbage", "zeros", "torn-record", "bad-crc", "huge-length")
+
+
+def crash_cycle(
+    srv: ServerProcess,
+    history: History,
+    rng: random.Random,
+    cycle: int,
+    *,
+    graceful: bool = False,
+    before_restart: Callable[[], None] | None = None,
+    writers: int = WRITERS,
+) -> None:
+    """One load, one kill (or SIGTERM) at a random point while it runs, one restart, every check."""
+    endpoint = srv.endpoint
+    watcher = Watcher(endpoint, history.last_event_revision + 1)
+    kill = (lambda: srv.stop(cleanup=False)) if graceful else srv.kill
+    acks, in_doubt, alive = run_load_until_killed(
+        endpoint,
+        writers,
+        cycle,
+        kill_after_s=rng.uniform(0.05, 1.0),
+        kill=kill,
+        ops_max=OPS_PER_WRITER_MAX,
+        min_acks=MIN_ACKS_PER_CYCLE,
+    )
+    assert alive == writers, f"cycle {cycle}: only {alive}/{writers} writers were running at the kill"
+    assert len(acks) >= MIN_ACKS_PER_CYCLE, f"cycle {cycle}: {len(acks)} acks before the kill"
+    history.add_acks(acks)
+    history.in_doubt |= in_doubt
+    seen = watcher.drain()
+    watcher.close()
+    history.extend_events(seen, f"cycle {cycle}: watch before the crash")
+
+    if before_restart is not None:
+        before_restart()
+    srv.restart()
+
+    revision, _ = check_store(endpoint, history)
+    now = current_revision(endpoint)
+    assert now >= revision >= history.max_seen_revision
+
+    # the watch resumes from the last revision it saw; a new put continues the revisions
+    resumed = Watcher(endpoint, history.last_event_revision + 1)
+    marker = put(endpoint, b"/crash/marker/%d" % cycle, b"after restart %d" % cycle)
+    assert marker.revision == now + 1, (
+        f"cycle {cycle}: first put after restart at {marker.revision}, store was at {now}"
+    )
+    history.add_acks([marker])
+    events = resumed.take_until(marker.revision)
+    resumed.close()
+    history.extend_events(events, f"cycle {cycle}: watch resumed after restart")
+    print(
+        f"cycle {cycle}: {len(acks)} acks, {len(in_doubt)} in doubt, {len(seen)} events seen before the crash, "
+        f"{len(events)} after; revision {marker.revision}"
+    )
+
+
+def final_checks(srv: ServerProcess, history: History) -> None:
+    """History from revision 1 equals what the watchers saw across all crashes; a full journal replay
+    (state dir wiped) rebuilds the same store, revision for revision."""
+    endpoint = srv.endpoint
+    check_store(endpoint, history)
+    full = Watcher(endpoint, 1)
+    replayed = full.take_until(history.last_event_revision)
+    full.close()
+    assert replayed == history.events, "the history from revision 1 differs from what the watchers saw"
+
+    before = read_all(endpoint)
+    srv.stop(cleanup=False)
+    shutil.rmtree(state_dir(srv))
+    srv.start()
+    after = read_all(endpoint)
+    assert after[0] == before[0], f"revision {before[0]} before the full replay, {after[0]} after"
+    assert after[1] == before[1], "the store rebuilt from the journal alone differs"
+
+
+def test_kill9_under_write_load(server: ServerProcess) -> None:
+    print(f"KVSTORE_CRASH_SEED={SEED}")
+    rng = random.Random(SEED)
+    history = History()
+
+    crash_cycle(server, history, rng, 0)  # no checkpoint yet: replay from the start of the journal
+    crash_cycle(server, history, rng, 1, graceful=True)  # SIGTERM under load: a checkpoint is written
+    assert any(state_dir(server).iterdir()), "no checkpoint in the state dir after a graceful stop"
+    crash_cycle(server, history, rng, 2)  # checkpoint + the journal's tail
+    crash_cycle(server, history, rng, 3, before_restart=lambda: shutil.rmtree(state_dir(server)))
+    crash_cycle(server, history, rng, 4)
+    final_checks(server, history)
+    assert len(history.acks) >= 5 * MIN_ACKS_PER_CYCLE
+
+
+@pytest.mark.parametrize("tail", TAILS)
+def test_torn_tail_recovered(server: ServerProcess, tail: str) -> None:
+    print(f"KVSTORE_CRASH_SEED={SEED} tail={tail}")
+    rng = random.Random(f"{SEED}:{tail}")
+    history = History()
+    appended: dict[str, Any] = {}
+
+    def damage() -> None:
+        seg = last_segment(server)
+        data = seg.read_bytes()
+        junk = tail_bytes(tail, data, rng)
+        with open(seg, "ab") as f:
+            f.write(junk)
+        appended.update(path=seg, size=len(data), junk=junk, prefix=data)
+
+    crash_cycle(server, history, rng, 0, before_restart=damage)
+    seg, size = appended["path"], appended["size"]
+    data = seg.read_bytes()
+    assert data[:size] == appended["prefix"], "recovery changed records before the damage"
+    assert not data[size:].startswith(appended["junk"]), f"the {tail} tail is still in {seg.name}"
+    final_checks(server, history)
+
+
+@pytest.mark.slow
+def test_kill9_soak(server: ServerProcess) -> None:
+    """Many crashes at random points, with every kind of restart mixed in."""
+    cycles = int(os.environ.get("KVSTORE_CRASH_CYCLES", "30"))
+    print(f"KVSTORE_CRASH_SEED={SEED} cycles={cycles}")
+    rng = random.Random(SEED)
+    history = History()
+
+    def wipe() -> None:
+        shutil.rmtree(state_dir(server))
+
+    def damage() -> None:
+        seg = last_segment(server)
+        junk = tail_bytes(rng.choice(TAILS), seg.read_bytes(), rng)
+        with open(seg, "ab") as f:
+            f.write(junk)
+
+    for cycle in range(cycles):
+        flavour = rng.choice(("kill", "kill", "kill", "graceful", "wipe", "tail"))
+        crash_cycle(
+            server,
+            history,
+            rng,
+            cycle,
+            graceful=flavour == "graceful",
+            before_restart={"wipe": wipe, "tail": damage}.get(flavour),
+            writers=rng.randint(2, 8),
+        )
+    final_checks(server, history)
