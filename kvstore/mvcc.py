@@ -304,7 +304,11 @@ class MVCCStore:
                 kv = hist[j]
                 if end_rev is not None and kv.mod_revision > end_rev:
                     break
-                prev = hist[j - 1] if j > 0 and hist[j - 1].version else None
+                # etcd's prev_kv is the key's state at mod_revision - 1, before the whole txn.
+                i_prev = j - 1
+                while i_prev >= 0 and hist[i_prev].mod_revision == kv.mod_revision:
+                    i_prev -= 1
+                prev = hist[i_prev] if i_prev >= 0 and hist[i_prev].version else None
                 if kv.version:
                     ev = Event(type=EVENT_PUT, kv=kv)
                 else:
@@ -424,10 +428,7 @@ class WriteTxn:
             store.leases.detach(old_lease, key)
             store.leases.attach(lease, key)
             self._lease_undo.append((key, old_lease, lease))
-        ev = Event(type=EVENT_PUT, kv=kv)
-        if prev is not None:
-            ev.prev_kv.CopyFrom(prev)
-        self.events.append(ev)
+        self._add_event(EVENT_PUT, kv)
         return prev
 
     def delete_range(self, key: bytes, range_end: bytes) -> list[Any]:
@@ -441,10 +442,17 @@ class WriteTxn:
             if prev.lease:
                 store.leases.detach(prev.lease, prev.key)
                 self._lease_undo.append((prev.key, prev.lease, 0))
-            ev = Event(type=EVENT_DELETE, kv=tomb)
-            ev.prev_kv.CopyFrom(prev)
-            self.events.append(ev)
+            self._add_event(EVENT_DELETE, tomb)
         return prevs
+
+    def _add_event(self, event_type: Any, kv: Any) -> None:
+        ev = Event(type=event_type, kv=kv)
+        # etcd's watch prev_kv is the key's state at mod_revision - 1: before the txn,
+        # not an earlier op of the same txn.
+        before = self.store.get(kv.key, self.revision - 1)
+        if before is not None:
+            ev.prev_kv.CopyFrom(before)
+        self.events.append(ev)
 
     def abort(self) -> None:
         store = self.store

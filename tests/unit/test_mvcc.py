@@ -374,3 +374,14 @@ def test_same_entries_give_same_state() -> None:
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+def test_watch_prev_kv_is_the_state_before_the_txn() -> None:
+    # etcd reads prev_kv at mod_revision - 1: a key created and deleted in one txn has none.
+    # (A from-key delete escapes the duplicate-key check, as in etcd: its interval is empty there.)
+    d = Driver()
+    d.txn(pb.TxnRequest(success=[put_op(b"k"), del_op(b"k", b"\0")]))
+    events = d.last.events[0].events
+    assert [(ev.type, ev.HasField("prev_kv")) for ev in events] == [(0, False), (1, False)]
+    (rebuilt,) = d.store.events_since(2, b"k", b"")
+    assert [(ev.type, ev.HasField("prev_kv")) for ev in rebuilt.events] == [(0, False), (1, False)]
