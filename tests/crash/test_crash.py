@@ -186,26 +186,27 @@ def test_kill9_under_write_load(server: ServerProcess) -> None:
     assert len(history.acks) >= 5 * MIN_ACKS_PER_CYCLE
 
 
-@pytest.mark.parametrize("tail", TAILS)
-def test_torn_tail_recovered(server: ServerProcess, tail: str) -> None:
-    print(f"KVSTORE_CRASH_SEED={SEED} tail={tail}")
-    rng = random.Random(f"{SEED}:{tail}")
+def test_torn_tails_recovered(server: ServerProcess) -> None:
+    """One crash per kind of damaged tail, each appended to the last segment before the restart."""
+    print(f"KVSTORE_CRASH_SEED={SEED}")
+    rng = random.Random(f"{SEED}:tails")
     history = History()
-    appended: dict[str, Any] = {}
+    for cycle, tail in enumerate(TAILS):
+        appended: dict[str, Any] = {}
 
-    def damage() -> None:
-        seg = last_segment(server)
+        def damage(tail: str = tail, appended: dict[str, Any] = appended) -> None:
+            seg = last_segment(server)
+            data = seg.read_bytes()
+            junk = tail_bytes(tail, data, rng)
+            with open(seg, "ab") as f:
+                f.write(junk)
+            appended.update(path=seg, size=len(data), junk=junk, prefix=data)
+
+        crash_cycle(server, history, rng, cycle, before_restart=damage)
+        seg, size = appended["path"], appended["size"]
         data = seg.read_bytes()
-        junk = tail_bytes(tail, data, rng)
-        with open(seg, "ab") as f:
-            f.write(junk)
-        appended.update(path=seg, size=len(data), junk=junk, prefix=data)
-
-    crash_cycle(server, history, rng, 0, before_restart=damage)
-    seg, size = appended["path"], appended["size"]
-    data = seg.read_bytes()
-    assert data[:size] == appended["prefix"], "recovery changed records before the damage"
-    assert not data[size:].startswith(appended["junk"]), f"the {tail} tail is still in {seg.name}"
+        assert data[:size] == appended["prefix"], f"{tail}: recovery changed records before the damage"
+        assert not data[size:].startswith(appended["junk"]), f"the {tail} tail is still in {seg.name}"
     final_checks(server, history)
 
 
