@@ -50,6 +50,7 @@ class Options:
     kube_pods: int = 1000
     page_limit: int = 500
     progress: bool = True
+    server_pids: list[int] = field(default_factory=list)  # processes whose CPU is reported (the server's)
 
     def validate(self) -> None:
         def need(ok: bool, what: str) -> None:

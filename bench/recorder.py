@@ -34,6 +34,7 @@ class ProcessResult:
     end_ns: int
     ops: int  # operations the clients issued and finished (ok or error)
     cpu_s: float  # user + system CPU of this process over [start_ns, end_ns]
+    server_cpu_s: float = 0.0  # CPU of opts.server_pids over this process's window (process 0 only)
     host_busy: float = 0.0  # fraction of the machine's CPU time busy (any process) over the same window
     hists: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -47,6 +48,7 @@ class ProcessResult:
             "ops": self.ops,
             "cpu_s": self.cpu_s,
             "host_busy": self.host_busy,
+            "server_cpu_s": self.server_cpu_s,
             "hists": self.hists,
             "errors": self.errors,
             "counters": self.counters,
@@ -67,6 +69,7 @@ class Merged:
     cpu_s: float
     proc_core_fraction_max: float  # the busiest process's CPU time / wall time
     host_busy: float  # the machine's busy CPU fraction while the load ran (max over processes)
+    server_cpu_s: float
 
 
 def merge(results: list[ProcessResult]) -> Merged:
@@ -97,4 +100,5 @@ def merge(results: list[ProcessResult]) -> Merged:
         cpu_s=sum(r.cpu_s for r in results),
         proc_core_fraction_max=frac,
         host_busy=max(r.host_busy for r in results),
+        server_cpu_s=sum(r.server_cpu_s for r in results),
     )

@@ -43,6 +43,12 @@ def summarize(opts: Options, results: list[ProcessResult], host_cores: int) -> d
             "host_busy": round(m.host_busy, 3),
             "host_saturated": m.host_busy >= HOST_BUSY_WARN,
         },
+        "server_cpu": {
+            "pids": opts.server_pids,
+            "cpu_s": round(m.server_cpu_s, 3),
+            "cores_used": round(m.server_cpu_s / m.wall_s, 3),
+            "us_per_op": round(m.server_cpu_s * 1e6 / ok, 1) if ok else 0.0,
+        },
         "histograms": {label: h.to_json() for label, h in sorted(m.hists.items())},
     }
     if opts.workload == "watch":
@@ -97,6 +103,12 @@ def render(summary: dict[str, Any]) -> str:
         f"(busiest process {t['busiest_proc_core_fraction'] * 100:.0f}% of a core); "
         f"machine {t['host_busy'] * 100:.0f}% busy over {t['host_cores']} cores"
     )
+    s = summary["server_cpu"]
+    if s["pids"]:
+        lines.append(
+            f"server cpu (pids {','.join(map(str, s['pids']))}): {s['cpu_s']:.2f} s = {s['cores_used']:.2f} cores, "
+            f"{s['us_per_op']:,.0f} µs per ok op"
+        )
     if t["saturated"]:
         lines.append(
             "WARNING: a load process used nearly a full core; the tool may be the bottleneck "

@@ -35,6 +35,20 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def pids_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of the given live processes (Linux /proc); gone ones count 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+    return total / ticks
+
+
 def host_cpu_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine from /proc/stat (Linux), (0, 0) elsewhere."""
     try:
@@ -89,6 +103,7 @@ async def run_process(
         await wl.prepare(conns, clients)
         await start_gate()
         cpu0 = _cpu_s()
+        server0 = pids_cpu_s(opts.server_pids) if proc_index == 0 else 0.0
         host0 = host_cpu_ticks()
         start = now_ns()
         deadline = start + int(opts.duration_s * 1e9) if opts.duration_s is not None else None
@@ -136,6 +151,7 @@ async def run_process(
         end = now_ns()
         cpu_s = _cpu_s() - cpu0
         host1 = host_cpu_ticks()
+        server_cpu_s = pids_cpu_s(opts.server_pids) - server0 if proc_index == 0 else 0.0
         host_busy = (host1[0] - host0[0]) / max(1, host1[1] - host0[1])
         report_done(rec.done)
         await wl.cleanup(conns)
@@ -149,6 +165,7 @@ async def run_process(
         ops=rec.done,
         cpu_s=cpu_s,
         host_busy=host_busy,
+        server_cpu_s=server_cpu_s,
         hists={k: h.to_json() for k, h in rec.hists.items()},
         errors=dict(rec.errors),
         counters=dict(rec.counters),

@@ -47,18 +47,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (from /proc, Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    # fields after the comm: state is [0]; utime, stime are stat fields 14, 15 -> [11], [12]
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 @dataclass
 class Server:
     """A running server under test: one or more member processes and their client endpoints."""
@@ -70,8 +58,8 @@ class Server:
     logs: list[Path] = field(default_factory=list)
     cleanup_dirs: list[Path] = field(default_factory=list)  # removed after stop
 
-    def cpu_s(self) -> float:
-        return sum(proc_cpu_s(p.pid) for p in self.procs)
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
