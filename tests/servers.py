@@ -78,7 +78,7 @@ class ServerProcess:
     def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log = open(self.log_path, "ab")
         try:
             log.write(f"\n===== start #{self.starts}: {' '.join(self.argv)}\n".encode())
             log.flush()
@@ -98,7 +98,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise ServerStartError(f"{self.kind} {self.name} exited with {self.proc.returncode}\n{self.stderr_tail()}")
+                raise ServerStartError(
+                    f"{self.kind} {self.name} exited with {self.proc.returncode}\n{self.stderr_tail()}"
+                )
             ch = grpc.insecure_channel(self.endpoint)
             try:
                 grpc.channel_ready_future(ch).result(timeout=1.0)

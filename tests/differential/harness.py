@@ -676,8 +676,14 @@ class Mismatch:
         lines = [f"step #{self.index}: {self.label}"]
         if self.note:
             lines.append(f"  note: {self.note}")
-        lines.append(f"  {a_name}: {self.a!r}")
-        lines.append(f"  {b_name}: {self.b!r}")
+        a, b = self.a, self.b
+        if isinstance(a, list) and isinstance(b, list) and len(repr(a)) > 2000:
+            # long sequences: show where they part
+            i = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            lines.append(f"  lengths {a_name}={len(a)} {b_name}={len(b)}; first difference at element {i}")
+            a, b = a[max(0, i - 1): i + 2], b[max(0, i - 1): i + 2]
+        lines.append(f"  {a_name}: {a!r}")
+        lines.append(f"  {b_name}: {b!r}")
         return "\n".join(lines)
 
 
@@ -704,6 +710,28 @@ def align_revisions(a: grpc.Channel, b: grpc.Channel) -> int:
     return n
 
 
+def _run_parallel(step: Step, sa: Session, sb: Session) -> tuple[Any, Any]:
+    """Run a waiting step on both servers at once (so two 5 s waits cost 5 s)."""
+    res: list[Any] = [None, None]
+    errs: list[BaseException | None] = [None, None]
+
+    def go(idx: int, sess: Session) -> None:
+        try:
+            res[idx] = step.run(sess)
+        except BaseException as e:  # re-raised below, in the test's thread
+            errs[idx] = e
+
+    threads = [threading.Thread(target=go, args=(0, sa)), threading.Thread(target=go, args=(1, sb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for err in errs:
+        if err is not None:
+            raise err
+    return res[0], res[1]
+
+
 def run_steps(
     steps: list[Step], sa: Session, sb: Session, stop_at_first: bool = False
 ) -> list[Mismatch]:
@@ -725,24 +753,7 @@ def run_steps(
                 mismatches.append(Mismatch(i, step.label, want, rb, "expected (etcd 3.6): " + step.note))
             continue
         if step.parallel:
-            res: list[Any] = [None, None]
-            errs: list[BaseException | None] = [None, None]
-
-            def go(idx: int, sess: Session, st: Step = step) -> None:
-                try:
-                    res[idx] = st.run(sess)
-                except BaseException as e:  # re-raised below, in the test's thread
-                    errs[idx] = e
-
-            threads = [threading.Thread(target=go, args=(0, sa)), threading.Thread(target=go, args=(1, sb))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            for e in errs:
-                if e is not None:
-                    raise e
-            ra, rb = res
+            ra, rb = _run_parallel(step, sa, sb)
         else:
             ra = step.run(sa)
             rb = step.run(sb)

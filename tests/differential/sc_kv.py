@@ -37,7 +37,8 @@ def sc_range_single_key() -> list:
 
 @scenario()
 def sc_range_half_open() -> list:
-    return [*_abc(), put("d", "4"), range_("a", range_end="c"), range_("b", range_end="d"), range_("a", range_end="a\0")]
+    return [*_abc(), put("d", "4"), range_("a", range_end="c"), range_("b", range_end="d"),
+            range_("a", range_end="a\0")]
 
 
 @scenario()
@@ -398,3 +399,13 @@ def sc_write_unicode_and_slash_keys() -> list:
             range_("/registry/pods/default/", range_end=PREFIX_END, limit=1),
             unary("Range", {"key": "/registry/pods/default/p1\0", "range_end": "/registry/pods/default0",
                             "revision": R(3)}, label="pagination continue key")]
+
+
+@scenario(note="etcd quirk (3.5 and 3.6 rangeLimit): with sort_order NONE the limit is applied while reading "
+               "(limit+1 keys in key order), and only those are sorted by the non-KEY target and truncated")
+def sc_range_sort_none_nonkey_target_with_limit() -> list:
+    return [put("a", "z"), put("b", "y"), put("c", "x"), put("d", "w"), put("e", "v"),
+            range_("a", range_end="z", sort_target="VALUE", limit=2),
+            range_("a", range_end="z", sort_target="VALUE", sort_order="ASCEND", limit=2),
+            range_("a", range_end="z", sort_target="MOD", limit=1),
+            range_("a", range_end="z", sort_target="VERSION", limit=3, keys_only=True)]
