@@ -180,11 +180,19 @@ class ProgressBar:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.enabled = opts.progress and sys.stderr.isatty()
-        self.start = time.monotonic()
+        self.start: float | None = None  # time.monotonic() when the load began (after set-up)
         self.drawn = False
+
+    def begin(self, start: float) -> None:
+        self.start = start
 
     def update(self, done: int) -> None:
         if not self.enabled:
+            return
+        if self.start is None:
+            sys.stderr.write(f"\rsetting up {self.opts.procs} load process(es)...")
+            sys.stderr.flush()
+            self.drawn = True
             return
         elapsed = time.monotonic() - self.start
         if self.opts.total is not None:
@@ -220,12 +228,12 @@ async def _run_single(opts: Options, bar: ProgressBar) -> ProcessResult:
     await populate(opts)
 
     async def gate() -> None:
-        bar.start = time.monotonic()
+        bar.begin(time.monotonic())
 
     return await run_process(opts, 0, bar.update, gate)
 
 
-def _child(opts: Options, proc_index: int, progress: Any, barrier: Any, out: Any) -> None:
+def _child(opts: Options, proc_index: int, progress: Any, started: Any, barrier: Any, out: Any) -> None:
     """Entry point of a spawned load process: runs its share and sends back its result as JSON."""
     _install_uvloop()
 
@@ -234,6 +242,8 @@ def _child(opts: Options, proc_index: int, progress: Any, barrier: Any, out: Any
 
     async def gate() -> None:
         await asyncio.get_running_loop().run_in_executor(None, barrier.wait, BARRIER_TIMEOUT_S)
+        if proc_index == 0:
+            started.value = time.monotonic()  # CLOCK_MONOTONIC: the parent's clock too
 
     try:
         result = asyncio.run(run_process(opts, proc_index, report, gate))
@@ -260,9 +270,13 @@ def run(opts: Options) -> list[ProcessResult]:
 def _run_multi(opts: Options, bar: ProgressBar) -> list[ProcessResult]:
     ctx = mp.get_context("spawn")  # gRPC's core does not survive fork()
     progress = ctx.Array("q", opts.procs, lock=False)
+    started = ctx.Value("d", 0.0, lock=False)
     barrier = ctx.Barrier(opts.procs, action=None)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(opts, i, progress, barrier, out), daemon=True) for i in range(opts.procs)]
+    procs = [
+        ctx.Process(target=_child, args=(opts, i, progress, started, barrier, out), daemon=True)
+        for i in range(opts.procs)
+    ]
     for p in procs:
         p.start()
     results: list[ProcessResult] = []
@@ -280,13 +294,14 @@ def _run_multi(opts: Options, bar: ProgressBar) -> list[ProcessResult]:
             except queue.Empty:
                 if not any(p.is_alive() for p in procs) and out.empty():
                     raise RuntimeError("a load process died without a result") from None
+                if started.value and bar.start is None:
+                    bar.begin(started.value)
                 bar.update(sum(progress))
                 continue
             if status == "ok":
                 results.append(ProcessResult.from_json(payload))
             else:
                 errors.append(f"process {idx}:\n{payload}")
-            bar.update(sum(progress))
     finally:
         for p in procs:
             p.join(timeout=5)
