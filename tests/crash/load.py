@@ -28,6 +28,8 @@ PREFIX = b"/crash/"
 PREFIX_END = b"/crash0"  # PREFIX with its last byte incremented
 HOT_KEYS = 8  # keys that every writer overwrites, so the latest acknowledged value is what must survive
 HOT_EVERY = 4  # one put in this many goes to a hot key
+COUNTER_KEY = PREFIX + b"counter"
+COUNTERS = 2  # compare-and-swap incrementers per load
 PUT_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 20.0
 WAIT_S = 20.0
@@ -107,7 +109,8 @@ class History:
 
 
 class Writer(threading.Thread):
-    """Puts until stopped, until the server fails it, or until ops_max; records acks and the put in doubt."""
+    """Puts until stopped, until the server fails it, or until ops_max; records acks and the put in doubt.
+    Odd writers put through a Txn (an always-true compare, one put), so both write paths face the kill."""
 
     def __init__(self, endpoint: str, writer_id: int, cycle: int, stop: threading.Event, ops_max: int) -> None:
         super().__init__(name=f"writer-{writer_id}", daemon=True)
@@ -126,6 +129,16 @@ class Writer(threading.Thread):
             return PREFIX + b"hot/%d" % (seq % HOT_KEYS)
         return PREFIX + b"w%d/c%d/%d" % (self.writer_id, self.cycle, seq)
 
+    def _put(self, stub: rpc_pb2_grpc.KVStub, key: bytes, value: bytes) -> int:
+        """One put; its revision."""
+        if self.writer_id % 2 == 0:
+            return int(stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=PUT_TIMEOUT_S).header.revision)
+        always = rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.LESS, mod_revision=1 << 62)
+        op = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))
+        resp = stub.Txn(rpc_pb2.TxnRequest(compare=[always], success=[op]), timeout=PUT_TIMEOUT_S)
+        assert resp.succeeded, f"always-true compare failed: {resp}"
+        return int(resp.header.revision)
+
     def run(self) -> None:
         ch = _channel(self.endpoint)
         stub = rpc_pb2_grpc.KVStub(ch)
@@ -136,14 +149,63 @@ class Writer(threading.Thread):
                 key = self._key(seq)
                 value = b"%d:%d:%d" % (self.writer_id, self.cycle, seq)
                 try:
-                    resp = stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=PUT_TIMEOUT_S)
+                    revision = self._put(stub, key, value)
                 except grpc.RpcError as e:
                     self.in_doubt.append((key, value))
                     self.error = e
                     return
-                self.acks.append(Ack(key, value, resp.header.revision))
+                self.acks.append(Ack(key, value, revision))
         finally:
             ch.close()
+
+
+class CounterWriter(Writer):
+    """Increments COUNTER_KEY by compare-and-swap (read, then Txn on its mod_revision), contending with
+    the other counter writers. Every committed increment builds on the one before, so the counter's
+    values in the watch log must be 1, 2, 3, ... across every crash (see counter_problems)."""
+
+    def run(self) -> None:
+        ch = _channel(self.endpoint)
+        stub = rpc_pb2_grpc.KVStub(ch)
+        try:
+            for _ in range(self.ops_max):
+                if self.stop_event.is_set():
+                    return
+                try:
+                    got = stub.Range(rpc_pb2.RangeRequest(key=COUNTER_KEY), timeout=PUT_TIMEOUT_S)
+                except grpc.RpcError as e:
+                    self.error = e  # a read: nothing in doubt
+                    return
+                current = int(got.kvs[0].value) if got.kvs else 0
+                mod = got.kvs[0].mod_revision if got.kvs else 0
+                value = b"%d" % (current + 1)
+                cas = rpc_pb2.Compare(
+                    key=COUNTER_KEY, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.EQUAL, mod_revision=mod
+                )
+                op = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=COUNTER_KEY, value=value))
+                try:
+                    resp = stub.Txn(rpc_pb2.TxnRequest(compare=[cas], success=[op]), timeout=PUT_TIMEOUT_S)
+                except grpc.RpcError as e:
+                    self.in_doubt.append((COUNTER_KEY, value))
+                    self.error = e
+                    return
+                if resp.succeeded:
+                    self.acks.append(Ack(COUNTER_KEY, value, int(resp.header.revision)))
+        finally:
+            ch.close()
+
+
+def counter_problems(history: History) -> list[str]:
+    """The counter's committed values, in revision order, must be exactly 1, 2, 3, ...: no increment
+    lost (a gap), none applied twice or on a stale read (a repeat)."""
+    values = [int(ev.value) for ev in history.events if ev.key == COUNTER_KEY]
+    expected = list(range(1, len(values) + 1))
+    if values == expected:
+        return []
+    at = next(i for i, (v, e) in enumerate(zip(values, expected, strict=True)) if v != e)
+    return [
+        f"counter value #{at + 1} is {values[at]}, expected {expected[at]} (values {values[max(0, at - 3) : at + 3]})"
+    ]
 
 
 class Watcher:
@@ -222,11 +284,13 @@ class Watcher:
 def run_load_until_killed(
     endpoint: str, writers: int, cycle: int, kill_after_s: float, kill: object, ops_max: int, min_acks: int
 ) -> tuple[list[Ack], set[tuple[bytes, bytes]], int]:
-    """Start `writers` writers, wait until kill_after_s has passed and min_acks puts were acknowledged,
-    call kill() while they run, and collect what they saw. Returns (acks, in doubt, writers alive at kill)."""
+    """Start `writers` writers and COUNTERS counter writers, wait until kill_after_s has passed and
+    min_acks puts were acknowledged, call kill() while they run, and collect what they saw.
+    Returns (acks, in doubt, threads alive at the kill) and asserts they all stopped."""
     assert callable(kill)
     stop = threading.Event()
     threads = [Writer(endpoint, i, cycle, stop, ops_max) for i in range(writers)]
+    threads += [CounterWriter(endpoint, writers + i, cycle, stop, ops_max) for i in range(COUNTERS)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + WAIT_S

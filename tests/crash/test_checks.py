@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from proto.mvccpb import kv_pb2
-from tests.crash.load import Ack, Event, History, store_problems
+from tests.crash.load import COUNTER_KEY, Ack, Event, History, counter_problems, store_problems
 
 
 def _kv(key: bytes, value: bytes, mod: int, create: int | None = None) -> kv_pb2.KeyValue:
@@ -91,3 +91,13 @@ def test_two_acks_at_one_revision_are_rejected() -> None:
     h.add_acks([Ack(b"/crash/c", b"c", 4)])
     with pytest.raises(AssertionError, match="two acknowledged puts at revision 4"):
         h.ack_by_revision()
+
+
+@pytest.mark.parametrize(
+    ("values", "ok"),
+    [([1, 2, 3], True), ([], True), ([1, 3], False), ([1, 2, 2], False), ([2], False)],
+)
+def test_counter_increments_must_be_consecutive(values: list[int], ok: bool) -> None:
+    h = History()
+    h.events = [Event(2 + i, COUNTER_KEY, b"%d" % v, False) for i, v in enumerate(values)]
+    assert (counter_problems(h) == []) is ok

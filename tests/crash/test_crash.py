@@ -25,9 +25,12 @@ import pytest
 
 from journal.segments import HEADER, HEADER_BYTES, Record, encode_record
 from tests.crash.load import (
+    COUNTER_KEY,
+    COUNTERS,
     History,
     Watcher,
     check_store,
+    counter_problems,
     current_revision,
     put,
     read_all,
@@ -120,7 +123,7 @@ def crash_cycle(
         ops_max=OPS_PER_WRITER_MAX,
         min_acks=MIN_ACKS_PER_CYCLE,
     )
-    assert alive == writers, f"cycle {cycle}: only {alive}/{writers} writers were running at the kill"
+    assert alive == writers + COUNTERS, f"cycle {cycle}: only {alive} load threads were running at the kill"
     assert len(acks) >= MIN_ACKS_PER_CYCLE, f"cycle {cycle}: {len(acks)} acks before the kill"
     history.add_acks(acks)
     history.in_doubt |= in_doubt
@@ -161,6 +164,8 @@ def final_checks(srv: ServerProcess, history: History) -> None:
     replayed = full.take_until(history.last_event_revision)
     full.close()
     assert replayed == history.events, "the history from revision 1 differs from what the watchers saw"
+    assert not counter_problems(history), counter_problems(history)
+    assert sum(ev.key == COUNTER_KEY for ev in history.events) > 0, "no counter increment committed"
 
     before = read_all(endpoint)
     srv.stop(cleanup=False)
