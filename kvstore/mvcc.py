@@ -183,8 +183,9 @@ class MVCCStore:
             resp.count = count
             return resp
         # Without sorting or filters only limit+1 records are needed (the +1 tells `more`);
-        # every key is still counted.
-        keep = req.limit + 1 if req.limit > 0 and sort_order == pb.RangeRequest.NONE and not filtered else 0
+        # every key is still counted. Like etcd, this looks at the *requested* order: a sort
+        # target with order NONE sorts only the first limit+1 keys.
+        keep = req.limit + 1 if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not filtered else 0
         for kv in self.iter_live(req.key, req.range_end, read_at):
             count += 1
             if not keep or len(kvs) < keep:
@@ -304,17 +305,7 @@ class MVCCStore:
                 kv = hist[j]
                 if end_rev is not None and kv.mod_revision > end_rev:
                     break
-                # etcd's prev_kv is the key's state at mod_revision - 1, before the whole txn.
-                i_prev = j - 1
-                while i_prev >= 0 and hist[i_prev].mod_revision == kv.mod_revision:
-                    i_prev -= 1
-                prev = hist[i_prev] if i_prev >= 0 and hist[i_prev].version else None
-                if kv.version:
-                    ev = Event(type=EVENT_PUT, kv=kv)
-                else:
-                    ev = Event(type=EVENT_DELETE, kv=kv)
-                if prev is not None:
-                    ev.prev_kv.CopyFrom(prev)
+                ev = self.watch_event(EVENT_PUT if kv.version else EVENT_DELETE, kv)
                 by_rev.setdefault(kv.mod_revision, []).append((k, ev))
         out = []
         for rev in sorted(by_rev):
@@ -325,6 +316,19 @@ class MVCCStore:
                 pairs.sort(key=lambda p: position.get(p[0], 0))
             out.append(RevisionEvents(rev, [ev for _, ev in pairs]))
         return out
+
+    def watch_event(self, event_type: Any, kv: Any) -> Any:
+        """The event for a change, with prev_kv as etcd's watch attaches it.
+
+        etcd reads prev_kv at mod_revision - 1 (the state before the whole txn, not an
+        earlier op of it) and never for a create (create_revision == mod_revision).
+        """
+        ev = Event(type=event_type, kv=kv)
+        if event_type == EVENT_DELETE or kv.create_revision != kv.mod_revision:
+            before = self.get(kv.key, kv.mod_revision - 1)
+            if before is not None:
+                ev.prev_kv.CopyFrom(before)
+        return ev
 
     # --------------------------------------------------- hashing and snapshot
 
@@ -446,13 +450,7 @@ class WriteTxn:
         return prevs
 
     def _add_event(self, event_type: Any, kv: Any) -> None:
-        ev = Event(type=event_type, kv=kv)
-        # etcd's watch prev_kv is the key's state at mod_revision - 1: before the txn,
-        # not an earlier op of the same txn.
-        before = self.store.get(kv.key, self.revision - 1)
-        if before is not None:
-            ev.prev_kv.CopyFrom(before)
-        self.events.append(ev)
+        self.events.append(self.store.watch_event(event_type, kv))
 
     def abort(self) -> None:
         store = self.store
@@ -495,25 +493,30 @@ def txn_path(store: MVCCStore, req: Any) -> list[bool]:
 
 
 def check_txn_ops(store: MVCCStore, req: Any, path: Sequence[bool]) -> None:
-    """etcd's apply-time checks on the chosen branches: leases, ignore_* targets, range revisions."""
-    index = 0
+    """etcd's apply-time checks on the chosen branches, in its order: every put (lease,
+    ignore_* target) first, then every range revision."""
 
-    def walk(t: Any) -> None:
-        nonlocal index
+    def walk(t: Any, index: int, check: Any) -> int:
         ok = path[index]
         index += 1
         for op in t.success if ok else t.failure:
             kind = op.WhichOneof("request")
-            if kind == "request_put":
-                check_put(store, op.request_put)
-            elif kind == "request_range":
-                rev = op.request_range.revision
-                if rev > 0:
-                    store.check_revision(rev)
-            elif kind == "request_txn":
-                walk(op.request_txn)
+            if kind == "request_txn":
+                index = walk(op.request_txn, index, check)
+            else:
+                check(kind, op)
+        return index
 
-    walk(req)
+    def check_puts(kind: str, op: Any) -> None:
+        if kind == "request_put":
+            check_put(store, op.request_put)
+
+    def check_ranges(kind: str, op: Any) -> None:
+        if kind == "request_range" and op.request_range.revision > 0:
+            store.check_revision(op.request_range.revision)
+
+    walk(req, 0, check_puts)
+    walk(req, 0, check_ranges)
 
 
 def check_put(store: MVCCStore, req: Any) -> None:

@@ -385,3 +385,21 @@ def test_watch_prev_kv_is_the_state_before_the_txn() -> None:
     assert [(ev.type, ev.HasField("prev_kv")) for ev in events] == [(0, False), (1, False)]
     (rebuilt,) = d.store.events_since(2, b"k", b"")
     assert [(ev.type, ev.HasField("prev_kv")) for ev in rebuilt.events] == [(0, False), (1, False)]
+
+
+def test_sort_target_with_order_none_sorts_only_the_first_limit_plus_one_keys() -> None:
+    # etcd decides "fetch everything" on the requested order, NONE here: it takes limit+1
+    # keys in key order, sorts those ascending, then truncates.
+    d = Driver()
+    for k, v in ((b"a", b"z"), (b"b", b"y"), (b"c", b"x"), (b"d", b"a")):
+        d.put(k, v)
+    resp = d.range(b"a", b"e", limit=2, sort_target=pb.RangeRequest.VALUE)
+    assert keys(resp) == [b"c", b"b"] and resp.more
+
+
+def test_recreate_in_one_txn_has_no_prev_kv_but_the_delete_does() -> None:
+    d = Driver()
+    d.put(b"k", b"old")
+    d.txn(pb.TxnRequest(success=[del_op(b"a", b"\0"), put_op(b"k", b"new")]))
+    delete, create = d.last.events[0].events
+    assert delete.prev_kv.value == b"old" and not create.HasField("prev_kv")
