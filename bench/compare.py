@@ -1,14 +1,15 @@
 """`kvstore bench compare`: the same workloads against a real etcd and against ours, in alternation.
 
 Starts, on free loopback ports and with data under one work directory on disk:
-  etcd-1   a real etcd, single member (WAL fsync on every commit: etcd's default)
-  etcd-3   a real etcd of three members
-  kvstore  the project's server (`kvstore serve`, its default flags)
+  etcd-1     a real etcd, single member (WAL fsync on every commit: etcd's default)
+  kvstore    the project's server (`kvstore serve`, default flags: local journal, fsync always)
+  etcd-3     a real etcd of three members
+  kvstore-3  one `kvstore serve` member on three `kvstore journal serve` nodes (three AZs)
 then, for each round, for each workload, runs the load tool against every target (the target order
 rotates each round, so no target always runs first), and writes a markdown table of the medians
-over rounds with ratios ours / etcd, plus a description of the machine.
+over rounds with the ratios kvstore / etcd-1 and kvstore-3 / etcd-3, plus the machine's description.
 
-    python -m bench.compare --quick          # ~2-3 minutes
+    python -m bench.compare --quick          # put, range-l, kube; 3 s runs, 3 rounds: ~3 minutes
     python -m bench.compare --workloads put,kube --duration 10 --rounds 5
 """
 
