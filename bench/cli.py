@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=d.prefix, help="key prefix of the benchmark's keys")
     p.add_argument("--consistency", choices=("l", "s"), default=d.consistency, help="range: linearizable|serializable")
     p.add_argument("--range-keys", type=int, default=d.range_keys, help="range: keys per range (1 = single key)")
+    p.add_argument(
+        "--txn-read",
+        choices=("cached", "always"),
+        default=d.txn_read,
+        help="txn-put: use cached mod_revisions (kube's watch cache) or Range the key before every txn",
+    )
     p.add_argument("--watchers", type=int, default=d.watchers, help="watch: watchers over all processes")
     p.add_argument("--watch-streams", type=int, default=d.watch_streams, help="watch: streams per process")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="watch: seconds to wait for events")
@@ -90,6 +96,7 @@ def options_from(ns: argparse.Namespace) -> Options:
         timeout_s=ns.timeout,
         consistency=ns.consistency,
         range_keys=ns.range_keys,
+        txn_read=ns.txn_read,
         watchers=ns.watchers,
         watch_streams=ns.watch_streams,
         drain_timeout_s=ns.drain_timeout,

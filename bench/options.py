@@ -38,6 +38,8 @@ class Options:
     # range
     consistency: str = "l"  # "l" linearizable, "s" serializable
     range_keys: int = 1  # 1: single-key gets over the key space; N > 1: ranges over a prefix of N keys
+    # txn-put: "cached" revisions (kube's watch cache), or read the key "always" before the txn
+    txn_read: str = "cached"
     # watch
     watchers: int = 10
     watch_streams: int = 1  # per process
@@ -71,6 +73,7 @@ class Options:
         need(1 <= self.key_size <= 4096, "--key-size in 1..4096")
         need(8 <= self.val_size <= VAL_SIZE_MAX, f"--val-size in 8..{VAL_SIZE_MAX} (values carry an 8-byte timestamp)")
         need(self.consistency in ("l", "s"), "--consistency is l or s")
+        need(self.txn_read in ("cached", "always"), "--txn-read is cached or always")
         need(1 <= self.range_keys <= KEY_SPACE_MAX, "--range-keys in 1..key space max")
         need(1 <= self.watchers <= WATCHERS_MAX, f"--watchers in 1..{WATCHERS_MAX}")
         need(self.watchers >= self.procs or self.workload != "watch", "--watchers must be >= --procs")

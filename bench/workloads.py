@@ -234,8 +234,8 @@ class TxnPut(Workload):
 
     async def op(self, c: Client, start_ns: int) -> None:
         key = self.key(c.rng.randrange(self.opts.key_space))
-        rev = self.revs.get(key)
-        if rev is None:  # cache miss: read first, timed separately
+        rev = self.revs.get(key) if self.opts.txn_read == "cached" else None
+        if rev is None:  # cache miss (or --txn-read always): read first, timed separately
             r = await c.kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
             t = now_ns()
             self.rec.record("get", (t - start_ns) // 1000)

@@ -69,6 +69,14 @@ def test_txn_put_counts_conflicts_on_a_hot_key(etcd: Server, tmp_path: Path) -> 
     assert r["counters"].get("conflicts", 0) > 0
 
 
+def test_txn_put_reading_before_every_txn(etcd: Server, tmp_path: Path) -> None:
+    r = bench(
+        etcd, tmp_path, "txn-put", "--total", "200", "--key-space", "50", "--clients", "4", "--txn-read", "always"
+    )
+    assert r["by_op"]["txn-put"]["latency_us"]["count"] == 200
+    assert r["by_op"]["get"]["latency_us"]["count"] == 200  # one read per txn
+
+
 def test_delete_stops_when_the_key_space_is_gone(etcd: Server, tmp_path: Path) -> None:
     r = bench(etcd, tmp_path, "delete", "--duration", "20", "--key-space", "150", "--clients", "4")
     assert r["by_op"]["delete"]["latency_us"]["count"] == 150
