@@ -109,6 +109,7 @@ def crash_cycle(
     graceful: bool = False,
     before_restart: Callable[[], None] | None = None,
     writers: int = WRITERS,
+    kill_window_s: tuple[float, float] = (0.05, 1.0),
 ) -> None:
     """One load, one kill (or SIGTERM) at a random point while it runs, one restart, every check."""
     endpoint = srv.endpoint
@@ -118,7 +119,7 @@ def crash_cycle(
         endpoint,
         writers,
         cycle,
-        kill_after_s=rng.uniform(0.05, 1.0),
+        kill_after_s=rng.uniform(*kill_window_s),
         kill=kill,
         ops_max=OPS_PER_WRITER_MAX,
         min_acks=MIN_ACKS_PER_CYCLE,
@@ -186,7 +187,15 @@ def test_kill9_under_write_load(server: ServerProcess) -> None:
     crash_cycle(server, history, rng, 0)  # no checkpoint yet: replay from the start of the journal
     crash_cycle(server, history, rng, 1, graceful=True)  # SIGTERM under load: a checkpoint is written
     assert any(state_dir(server).iterdir()), "no checkpoint in the state dir after a graceful stop"
-    crash_cycle(server, history, rng, 2)  # checkpoint + the journal's tail
+    checkpoint = next(state_dir(server).iterdir())
+    graceful_mtime_ns = checkpoint.stat().st_mtime_ns
+
+    def periodic_checkpoint_written() -> None:
+        assert checkpoint.stat().st_mtime_ns > graceful_mtime_ns, "no periodic checkpoint during a 6 s load"
+
+    # a load longer than the checkpoint interval (5 s): killed after a periodic checkpoint, so the
+    # restart loads that checkpoint and replays the journal's tail after it
+    crash_cycle(server, history, rng, 2, before_restart=periodic_checkpoint_written, kill_window_s=(5.5, 6.5))
     crash_cycle(server, history, rng, 3, before_restart=lambda: shutil.rmtree(state_dir(server)))
     crash_cycle(server, history, rng, 4)
     final_checks(server, history)
@@ -251,7 +260,7 @@ def test_kill9_soak(server: ServerProcess) -> None:
             f.write(junk)
 
     for cycle in range(cycles):
-        flavour = rng.choice(("kill", "kill", "kill", "graceful", "wipe", "tail"))
+        flavour = rng.choice(("kill", "kill", "kill", "graceful", "wipe", "tail", "long"))
         crash_cycle(
             server,
             history,
@@ -260,5 +269,6 @@ def test_kill9_soak(server: ServerProcess) -> None:
             graceful=flavour == "graceful",
             before_restart={"wipe": wipe, "tail": damage}.get(flavour),
             writers=rng.randint(2, 8),
+            kill_window_s=(4.0, 8.0) if flavour == "long" else (0.05, 1.0),  # around the 5 s checkpoints
         )
     final_checks(server, history)
