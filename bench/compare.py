@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.histogram import Histogram
+from bench.runner import pids_cpu_s
 from bench.servers import Server, etcd_binary, etcd_version, start_etcd, start_kvstore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_OVERHEAD_TIMEOUT_S = 180.0
+IDLE_SAMPLE_S = 3.0
 ROUNDS_MAX = 100
 
 # name -> (load tool arguments, latency label; "*" merges every client operation)
@@ -149,6 +151,17 @@ def _fs_of(path: Path) -> str:
     return fstype
 
 
+def idle_cores(targets: list[Target]) -> dict[str, float]:
+    """CPU each started target burns doing nothing (heartbeats, ticks), sampled together.
+
+    Idle targets run beside the one under load, so this is also what they take from it.
+    """
+    live = [t for t in targets if t.server is not None]
+    before = {t.name: pids_cpu_s(t.server.pids()) for t in live if t.server is not None}
+    time.sleep(IDLE_SAMPLE_S)
+    return {t.name: (pids_cpu_s(t.server.pids()) - before[t.name]) / IDLE_SAMPLE_S for t in live if t.server}
+
+
 def run_once(target: Target, workload: str, rnd: int, common: list[str], duration_s: float, out: Path) -> Run:
     assert target.server is not None
     args, label = PRESETS[workload]
@@ -235,6 +248,7 @@ def render_report(
     workloads: list[str],
     machine: dict[str, str],
     settings: dict[str, str],
+    idle: dict[str, float] | None = None,
 ) -> str:
     names = [t.name for t in targets if t.server is not None]
     out = [f"# Comparison: kvstore vs etcd ({dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')})", ""]
@@ -261,6 +275,11 @@ def render_report(
         )
         + f"; runs with the machine >= 95% busy: {len(busy)} of {len(runs)} (tool and server share the CPUs)."
     )
+    if idle:
+        out.append(
+            "- Idle CPU of each target before the runs (cores; idle targets run beside the one under load): "
+            + ", ".join(f"{name} {cores:.3f}" for name, cores in idle.items())
+        )
     out.append("")
     out.append("## Settings")
     out.append("")
@@ -355,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             print("no target started", file=sys.stderr)
             return 1
         machine = machine_description(work, ns.etcd)
+        time.sleep(1.0)  # let start-up work (elections, first checkpoints) settle
+        idle = idle_cores(targets)
+        log("idle cores: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
         runs: list[Run] = []
         n = rounds * len(workloads) * len(live)
         for rnd in range(1, rounds + 1):
@@ -389,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "server CPU": "CPU seconds of every process of the target over the measured window / ok operations",
             "elapsed": f"{time.monotonic() - started:.0f} s",
         }
-        report = render_report(runs, targets, workloads, machine, settings)
+        report = render_report(runs, targets, workloads, machine, settings, idle)
         out_path = Path(ns.out) if ns.out else RESULTS_DIR / f"compare-{dt.datetime.now(dt.UTC):%Y-%m-%d}.md"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(report)
