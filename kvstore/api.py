@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health, health_pb2_grpc
 
 from kvstore import errors, validate
@@ -41,12 +44,12 @@ def unary(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def fill(member: Member, header: Any) -> None:
+def fill(member: Member, header: Any, *, with_revision: bool = True) -> None:
     """Complete a header the state machine left with only its revision."""
     header.cluster_id = member.cluster_id
     header.member_id = member.member_id
     header.raft_term = member.raft_term
-    if not header.revision:
+    if with_revision and not header.revision:
         header.revision = member.store.revision
 
 
@@ -208,7 +211,7 @@ class Cluster(rpc.ClusterServicer):
         if request.linearizable:
             await self.m.linearizable_barrier()
         resp = pb.MemberListResponse(members=[self._self()])
-        fill(self.m, resp.header)
+        fill(self.m, resp.header, with_revision=False)  # cluster calls carry no revision
         return resp
 
     async def _single_member(self, request: Any, context: Any) -> Any:
@@ -258,9 +261,7 @@ class Maintenance(rpc.MaintenanceServicer):
     @unary
     async def Defragment(self, request: Any, context: Any) -> Any:
         self.m.defragment()
-        resp = pb.DefragmentResponse()
-        fill(self.m, resp.header)
-        return resp
+        return pb.DefragmentResponse()  # etcd sends no header here
 
     @unary
     async def Hash(self, request: Any, context: Any) -> Any:
@@ -338,12 +339,106 @@ def read_snapshot_file(data: bytes) -> bytes:
     return image[n + 8 : n + 8 + length]
 
 
+class Malformed:
+    """A request payload that did not parse; the handler answers as grpc-go does for etcd."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def abort(self, context: Any) -> None:
+        await context.abort(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {self.reason}")
+
+
+def strict_parser(message_type: Any) -> Callable[[bytes], Any]:
+    """Parse like etcd's gogoproto: a known field with the wrong wire type is an error (upb would
+    keep it as an unknown field); truly unknown fields are ignored."""
+    known = set(message_type.DESCRIPTOR.fields_by_number)
+
+    def parse(data: bytes) -> Any:
+        try:
+            msg = message_type.FromString(data)
+        except DecodeError as err:
+            return Malformed(str(err))
+        size = msg.ByteSize()
+        msg.DiscardUnknownFields()
+        if msg.ByteSize() != size:  # rare: look closer only when something unknown was there
+            wrong = [f.field_number for f in UnknownFieldSet(message_type.FromString(data)) if f.field_number in known]
+            if wrong:
+                return Malformed(f"proto: wrong wireType for field number {wrong[0]}")
+        return msg
+
+    return parse
+
+
+def _unary(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
+        if isinstance(request, Malformed):
+            await request.abort(context)
+        return await behavior(request, context)
+
+    return handler
+
+
+def _request_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    # grpc.aio tells a handler that writes through the context (a coroutine) from one that
+    # yields responses (an async generator) by the function's kind: keep the kind.
+    async def checked(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in request_iterator:
+            if isinstance(request, Malformed):
+                await request.abort(context)
+            yield request
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for response in behavior(checked(request_iterator, context), context):
+                yield response
+
+        return generator
+
+    async def coroutine(request_iterator: AsyncIterator[Any], context: Any) -> Any:
+        return await behavior(checked(request_iterator, context), context)
+
+    return coroutine
+
+
+def _unary_stream(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
+        if isinstance(request, Malformed):
+            await request.abort(context)
+        async for response in behavior(request, context):
+            yield response
+
+    return handler
+
+
+def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None:
+    """Register every method of an etcdserverpb service, with strict request parsing."""
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        behavior = getattr(servicer, method.name)
+        parse = strict_parser(getattr(pb, method.input_type.name))
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming and method.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(_request_stream(behavior), parse, serialize)
+        elif method.server_streaming:
+            handler = grpc.unary_stream_rpc_method_handler(_unary_stream(behavior), parse, serialize)
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(_unary(behavior), parse, serialize)
+        handlers[method.name] = handler
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def add_servicers(server: grpc.aio.Server, member: Member) -> None:
-    rpc.add_KVServicer_to_server(KV(member), server)
-    rpc.add_WatchServicer_to_server(Watch(member), server)
-    rpc.add_LeaseServicer_to_server(Lease(member), server)
-    rpc.add_ClusterServicer_to_server(Cluster(member), server)
-    rpc.add_MaintenanceServicer_to_server(Maintenance(member), server)
-    rpc.add_AuthServicer_to_server(Auth(member), server)
+    for servicer, name in (
+        (KV(member), "KV"),
+        (Watch(member), "Watch"),
+        (Lease(member), "Lease"),
+        (Cluster(member), "Cluster"),
+        (Maintenance(member), "Maintenance"),
+        (Auth(member), "Auth"),
+    ):
+        _register(server, servicer, name)
     # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
