@@ -188,6 +188,50 @@ async def run(endpoint: str, prefix: str, t: Transcript) -> None:
         await later
         t.record("watch_once", _event(t, ev, with_prev=False))
 
+        # -- compaction: a watch from below the compaction point fails with the library's error --------
+        await c.put(p + b"k", b"v1")
+        kept = (await c.put(p + b"k", b"v2")).header.revision
+        await c.put(p + b"k", b"v3")
+        await c.compact(kept, physical=True)
+        below = await c.watch(p + b"k", start_revision=kept - 1)
+        try:
+            await _take(below, 1)
+            t.record("watch below compaction", "no error")
+        except aetcd.RevisionCompactedError as e:
+            t.record("watch below compaction", {"error": type(e).__name__, "compacted": t.rev(e.compacted_revision)})
+        at = await c.watch(p + b"k", start_revision=kept)
+        t.record("watch at compaction", [t.text(e.kv.value) for e in await _take(at, 2)])
+        await at.cancel()
+        try:
+            await c.compact(kept)
+            t.record("compact again", "no error")
+        except aetcd.ClientError as e:
+            t.record("compact again", {"error": type(e).__name__})
+
+        # -- lock (a lease + a create-revision txn + a watch for the holder's delete) ---------------
+        name = p + b"lock"
+        holder = c.lock(name, ttl=60)
+        t.record("lock acquire", await holder.acquire(timeout=5))
+        t.record("lock is_acquired", await holder.is_acquired())
+        rival = c.lock(name, ttl=60)
+        t.record("rival acquire while held", await rival.acquire(timeout=1))
+        t.record("lock release", await holder.release())
+        t.record("rival acquire after release", await rival.acquire(timeout=5))
+        t.record("rival release", await rival.release())
+
+        # -- status and members (values differ by design: version, ids, names; shapes must not) --------
+        st = await c.status()
+        t.record(
+            "status",
+            {
+                "has_version": bool(st.version),
+                "leader_found": st.leader is not None,
+                "raft_index_positive": st.raft_index > 0,
+            },
+        )
+        members = [m async for m in c.members()]
+        t.record("members", [{"client_urls_given": bool(m.client_urls), "named": bool(m.name)} for m in members])
+
         # -- lease expiry: the key goes, with a DELETE event (last: its timing shifts no other revision)
         short = await c.lease(2)
         t.record("short lease granted ttl", short.ttl)

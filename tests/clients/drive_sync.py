@@ -1,5 +1,5 @@
 """Drive one of the synchronous client libraries (`etcd3`, or `pyetcd` from etcd-sdk-python) through
-put/get/prefix/delete/txn/lease/watch against one server, and print the transcript as JSON.
+put/get/prefix/delete/txn/lease/watch/compaction/lock/status against one server, and print the transcript as JSON.
 
     python -m tests.clients.drive_sync --lib etcd3 --endpoint 127.0.0.1:2379 --prefix /t/1/
 
@@ -207,6 +207,53 @@ def run(lib: Any, host: str, port: int, p: str, t: Transcript) -> None:
     c.put(p + "w/6", "after cancel")
     time.sleep(0.2)
     t.check("cancelled", live.q.empty() and hist.q.empty(), "events after cancel")
+
+    # -- compaction: a watch from below the compaction point fails with the library's error ----------
+    c.put(p + "k", "v1")
+    kept = c.put(p + "k", "v2").header.revision
+    c.put(p + "k", "v3")
+    c.compact(kept, physical=True)
+    compacted = _Collector()
+    c.add_watch_callback(p + "k", compacted, start_revision=kept - 1)
+    try:
+        compacted.take(1)
+        t.record("watch below compaction", "no error")
+    except lib.exceptions.RevisionCompactedError as e:
+        t.record("watch below compaction", {"error": type(e).__name__, "compacted": t.rev(e.compacted_revision)})
+    at = _Collector()
+    wid = c.add_watch_callback(p + "k", at, start_revision=kept)
+    t.record("watch at compaction", [_event(t, e, with_prev=False)["kv"]["value"] for e in at.take(2)])
+    c.cancel_watch(wid)
+    try:
+        c.compact(kept)
+        t.record("compact again", "no error")
+    except Exception as e:  # etcd3 passes OUT_OF_RANGE through as the grpc error
+        t.record("compact again", {"error": type(e).__name__, "details": getattr(e, "details", lambda: "")()})
+
+    # -- lock (a lease + a create-revision txn + a watch for the holder's delete) --------------------
+    name = p.strip("/").replace("/", "-")
+    holder = c.lock(name, ttl=60)
+    t.record("lock acquire", holder.acquire(timeout=5))
+    t.record("lock is_acquired", holder.is_acquired())
+    rival = c.lock(name, ttl=60)
+    if lib.__name__ != "etcd3":  # etcd3 0.12 retries a held lock with a tenacity API that tenacity 9 removed
+        t.record("rival acquire while held", rival.acquire(timeout=1))
+    t.record("lock release", holder.release())
+    t.record("rival acquire after release", rival.acquire(timeout=5))
+    t.record("rival release", rival.release())
+
+    # -- status and members (values differ by design: version, ids, names; shapes must not) -----------
+    st = c.status()
+    t.record(
+        "status",
+        {
+            "has_version": bool(st.version),
+            "leader_found": st.leader is not None,
+            "raft_index_positive": st.raft_index > 0,
+        },
+    )
+    members = list(c.members)
+    t.record("members", [{"client_urls_given": bool(m.client_urls), "named": bool(m.name)} for m in members])
 
     # -- lease expiry: the key goes, with a DELETE event (last: its timing shifts no other revision) --
     short = c.lease(2)
