@@ -71,7 +71,8 @@ class _Conn:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
             host, port = _parse_addr(self.addr)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(host, port)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
@@ -113,7 +114,8 @@ class _Conn:
             except RuntimeError as e:  # uvloop, on a transport closed under us
                 raise ConnectionError(str(e)) from None
             await writer.drain()
-            rkind, rpayload = await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                rkind, rpayload = await fut
         finally:
             self._waiting.pop(rid, None)
         if rkind == "error":
@@ -342,7 +344,8 @@ class JournalClient:
             writer: asyncio.StreamWriter | None = None
             try:
                 host, port = _parse_addr(addr)
-                reader, w = await asyncio.wait_for(asyncio.open_connection(host, port), self.rpc_timeout_ms / 1000)
+                async with asyncio.timeout(self.rpc_timeout_ms / 1000):
+                    reader, w = await asyncio.open_connection(host, port)
                 writer = w
                 w.write(encode_frame("read", {"id": 1, "log": log, "from": position}, self.frame_bytes_max))
                 await w.drain()

@@ -265,6 +265,7 @@ class _Replica:
     appends: dict[int, asyncio.Future[r.AppendResult]] = field(default_factory=dict)
     barriers: dict[int, asyncio.Future[r.BarrierResult]] = field(default_factory=dict)
     driver: asyncio.Task[None] | None = None
+    persisting: asyncio.Future[None] | None = None
     failed: BaseException | None = None
     last_fsync_monotonic: float = 0.0
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -280,6 +281,7 @@ class _PeerLink:
         self.event = asyncio.Event()
         self.connected = False
         self.dropped = 0
+        self.closed = False
         self.task: asyncio.Task[None] | None = None
 
     def send(self, frame: bytes) -> None:
@@ -292,15 +294,16 @@ class _PeerLink:
     async def run(self) -> None:
         host, _, port = self.spec.addr.rpartition(":")
         backoff_ms = 20
-        while True:
+        while not self.closed:
             writer: asyncio.StreamWriter | None = None
             try:
-                _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+                async with asyncio.timeout(2.0):
+                    _, w = await asyncio.open_connection(host, int(port))
                 writer = w
                 w.write(encode_frame("hello", {"node": self.node_id}))
                 self.connected = True
                 backoff_ms = 20
-                while True:
+                while not self.closed:
                     if not self.queue:
                         self.event.clear()
                         await self.event.wait()
@@ -313,7 +316,8 @@ class _PeerLink:
                     if w.is_closing():
                         raise ConnectionError("closed")
                     w.write(b"".join(chunk))
-                    await asyncio.wait_for(w.drain(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await w.drain()
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
                 # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)
@@ -383,6 +387,11 @@ class JournalNode:
         for t in list(self._conn_tasks):
             t.cancel()
         await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        for link in self._peer_links.values():
+            # Python 3.11's asyncio.wait_for can swallow a cancel (gh-86296);
+            # the flag ends the loop whatever happens to the cancel.
+            link.closed = True
+            link.event.set()
         for t in list(self._tasks):
             t.cancel()
         for rep in self._replicas.values():
@@ -393,10 +402,14 @@ class JournalNode:
         for c in self._peer_conns.values():
             await c.close()
         for rep in self._replicas.values():
+            if rep.persisting is not None:
+                with contextlib.suppress(Exception):
+                    await rep.persisting
             await asyncio.to_thread(rep.storage.close)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -481,7 +494,10 @@ class JournalNode:
                 rd = core.ready()
                 self._send(rep, rd.messages)
                 if rd.must_persist():
-                    await asyncio.to_thread(rep.storage.persist, rd)
+                    # Shielded: a close() must not run while a write is half done.
+                    rep.persisting = asyncio.ensure_future(asyncio.to_thread(rep.storage.persist, rd))
+                    await asyncio.shield(rep.persisting)
+                    rep.persisting = None
                     rep.last_fsync_monotonic = time.monotonic()
                     if rd.entries:
                         rep.persisted_index = rd.entries[-1].index
@@ -670,7 +686,8 @@ class JournalNode:
         )  # fmt: skip
         rep.wake.set()
         try:
-            res = await asyncio.wait_for(fut, REQUEST_TIMEOUT_MS / 1000)
+            async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000):
+                res = await fut
         except TimeoutError:
             raise RequestError("unavailable", "not committed in time; retry with the same seq") from None
         finally:
@@ -691,7 +708,8 @@ class JournalNode:
         rep.core.barrier(rid)
         rep.wake.set()
         try:
-            res = await asyncio.wait_for(fut, REQUEST_TIMEOUT_MS / 1000)
+            async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000):
+                res = await fut
         except TimeoutError:
             raise RequestError("unavailable", "barrier not confirmed in time") from None
         finally:
