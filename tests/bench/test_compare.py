@@ -84,3 +84,14 @@ def test_compare_end_to_end_against_etcd(tmp_path: Path, monkeypatch: pytest.Mon
     assert rc == 0
     text = out.read_text()
     assert "| put | ops/s |" in text and "## Machine" in text
+
+
+def test_default_pytest_run_does_not_collect_the_micro_benchmarks() -> None:
+    """`pytest` from the root collects tests/ only and skips benchmarks; bench/micro needs --benchmark-only."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert cfg["testpaths"] == ["tests"]
+    assert "--benchmark-skip" in cfg["addopts"]
+    assert (root / "bench" / "micro" / "conftest.py").exists()
