@@ -92,6 +92,12 @@ def test_watch_delivers_every_event_to_every_watcher(etcd: Server, tmp_path: Pat
     assert r["by_op"]["watch-delivery"]["latency_us"]["count"] == 1000
 
 
+def test_watch_over_two_processes_waits_for_every_sentinel(etcd: Server, tmp_path: Path) -> None:
+    r = bench(etcd, tmp_path, "watch", "--total", "300", "--watchers", "4", "--clients", "4", "--procs", "2")
+    w = r["watch"]
+    assert w["drained"] and w["events_expected"] == 1200 and w["events"] == 1200
+
+
 @pytest.mark.parametrize("mode", ["grant", "keepalive"])
 def test_lease(etcd: Server, tmp_path: Path, mode: str) -> None:
     r = bench(etcd, tmp_path, "lease", "--total", "100", "--lease-mode", mode, "--clients", "4")
