@@ -7,8 +7,8 @@ import pytest
 from tests.differential.harness import PairPool
 from tests.differential.randomops import DEFAULT_OPS, run_seed
 
-CI_SEEDS = [1, 2, 3]
-SLOW_SEEDS = list(range(100, 120))
+CI_SEEDS = [1, 2]  # ~30 s each against kvstore serve on 2 busy cores; more seeds run with -m slow
+SLOW_SEEDS = [3, *range(100, 119)]
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS, ids=lambda s: f"seed={s}")
