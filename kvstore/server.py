@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restore-snapshot",
         default="",
-        help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server",
+        help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server "
+        "(ignored once the data dir holds data)",
     )
     return p
 
@@ -192,8 +193,10 @@ async def run(args: argparse.Namespace) -> int:
 async def restore_snapshot(member: Member, path: str) -> None:
     """Seed a fresh journal with a snapshot's state so a new server starts from it."""
     status = await member.journal.status(member.log_name)
-    if status.committed:
-        raise SystemExit(f"kvstore: --restore-snapshot needs an empty data dir; {member.config.data_dir} has data")
+    if status.committed or await member.journal.snapshot_get(member.log_name) is not None:
+        # Like etcd's --initial-* flags: it bootstraps an empty data dir and is ignored afterwards.
+        log.warning("--restore-snapshot ignored: %s already holds data", member.config.data_dir)
+        return
     with open(path, "rb") as f:
         sm = StateMachine.loads(read_snapshot_file(f.read()))
     # The restored state starts a new journal: it sits at position 0 of it.
