@@ -134,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(summary, f, indent=1)
             f.write("\n")
     if not ns.quiet:
-        print(render(summary))
+        try:
+            print(render(summary), flush=True)
+        except BrokenPipeError:  # `kvstore bench ... | head`: the reader left, the result is still in --json
+            sys.stdout = None  # no second error when Python flushes stdout at exit
     return 0
 
 
