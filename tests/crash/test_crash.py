@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from tests.crash.load import (
     read_all,
     run_load_until_killed,
 )
-from tests.servers import ServerProcess, kvstore_available, start_etcd, start_kvstore
+from tests.servers import ServerProcess, kvstore_available, start_etcd
 
 SEED = int(os.environ.get("KVSTORE_CRASH_SEED", "20261123"))
 WRITERS = 4
@@ -44,13 +44,6 @@ MIN_ACKS_PER_CYCLE = 20  # the kill waits for at least this many acknowledged pu
 OPS_PER_WRITER_MAX = 20_000
 
 pytestmark = pytest.mark.skipif(not kvstore_available(), reason="kvstore.server does not exist yet")
-
-
-@pytest.fixture
-def server() -> Iterator[ServerProcess]:
-    srv = start_kvstore("crash")  # default --journal-fsync (always)
-    yield srv
-    srv.stop()
 
 
 def state_dir(srv: ServerProcess) -> Path:

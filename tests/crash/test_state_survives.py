@@ -9,27 +9,17 @@ cancelled with compact_revision); revisions continue after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from tests.servers import ServerProcess, kvstore_available, start_etcd, start_kvstore
+from tests.servers import ServerProcess
 
 WAIT_S = 20.0
 LONG_TTL_S = 600
 SHORT_TTL_S = 3
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
-
-
-@pytest.fixture(params=["etcd", "kvstore"])
-def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    if request.param == "kvstore" and not kvstore_available():
-        pytest.skip("kvstore.server does not exist yet")
-    srv = start_etcd("crash-state") if request.param == "etcd" else start_kvstore("crash-state")
-    yield srv
-    srv.stop()
 
 
 def _watch_once(ch: grpc.Channel, key: bytes, start_revision: int) -> rpc_pb2.WatchResponse:
@@ -46,7 +36,8 @@ def _watch_once(ch: grpc.Channel, key: bytes, start_revision: int) -> rpc_pb2.Wa
         call.cancel()
 
 
-def test_leases_and_compaction_survive_kill9(server: ServerProcess) -> None:
+def test_leases_and_compaction_survive_kill9(either_server: ServerProcess) -> None:
+    server = either_server
     kv = rpc_pb2_grpc.KVStub(server.channel())
     lease = rpc_pb2_grpc.LeaseStub(server.channel())
     long_id = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=LONG_TTL_S), timeout=WAIT_S).ID
