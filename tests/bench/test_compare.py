@@ -60,6 +60,17 @@ def test_compare_writes_a_table_for_etcd(tmp_path: Path) -> None:
     assert "## Machine" in text and "etcd: 3." in text and "## Every run" in text
 
 
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd")
+def test_a_target_that_does_not_start_is_reported_not_fatal(tmp_path: Path) -> None:
+    out = tmp_path / "cmp.md"
+    args = ["--targets", "etcd-1,kvstore", "--workloads", "put", "--duration", "0.5", "--rounds", "1"]
+    args += ["--kvstore-args=--no-such-flag", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    assert main(args) == 0
+    text = out.read_text()
+    assert "- **kvstore**: did not start" in text
+    assert "| put | ops/s |" in text and "kvstore / etcd-1" not in text
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd")
 def test_compare_end_to_end_against_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
