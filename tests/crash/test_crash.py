@@ -17,6 +17,8 @@ import os
 import random
 import shutil
 import struct
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,12 +38,13 @@ from tests.crash.load import (
     read_all,
     run_load_until_killed,
 )
-from tests.servers import ServerProcess, kvstore_available, start_etcd
+from tests.servers import ServerProcess, ServerStartError, kvstore_available, start_etcd
 
 SEED = int(os.environ.get("KVSTORE_CRASH_SEED", "20261123"))
 WRITERS = 4
 MIN_ACKS_PER_CYCLE = 20  # the kill waits for at least this many acknowledged puts: a load, not an idle server
 OPS_PER_WRITER_MAX = 20_000
+STARTUP_JOIN_S = 60.0
 
 pytestmark = pytest.mark.skipif(not kvstore_available(), reason="kvstore.server does not exist yet")
 
@@ -216,6 +219,68 @@ def test_torn_tails_recovered(server: ServerProcess) -> None:
         data = seg.read_bytes()
         assert data[:size] == appended["prefix"], f"{tail}: recovery changed records before the damage"
         assert not data[size:].startswith(appended["junk"]), f"the {tail} tail is still in {seg.name}"
+    final_checks(server, history)
+
+
+def kill_during_startup(srv: ServerProcess, delay_s: float) -> None:
+    """Start the server and SIGKILL it after delay_s, while it loads its checkpoint or replays the
+    journal (or, if it was quick, once it serves)."""
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            srv.start()
+        except ServerStartError:
+            pass  # the kill landed before it was ready: the point of the exercise
+        except BaseException as e:  # pragma: no cover - surfaced below
+            failed.append(e)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    time.sleep(delay_s)
+    srv.kill()
+    starter.join(STARTUP_JOIN_S)
+    assert not starter.is_alive() and not failed, failed
+
+
+def test_damaged_state_dir_and_interrupted_recovery(server: ServerProcess) -> None:
+    """The state dir is only a cache: a corrupt, truncated or stale checkpoint costs a longer replay,
+    never data. A kill during recovery (checkpoint load or journal replay) leaves a recoverable server."""
+    print(f"KVSTORE_CRASH_SEED={SEED}")
+    rng = random.Random(f"{SEED}:state")
+    history = History()
+    state = state_dir(server)
+
+    crash_cycle(server, history, rng, 0, graceful=True)  # writes a checkpoint
+    (checkpoint,) = [p for p in state.iterdir() if not p.name.endswith(".tmp")]
+    stale = checkpoint.read_bytes()
+
+    def flip_byte() -> None:
+        data = bytearray(checkpoint.read_bytes())
+        at = rng.randrange(len(data) // 2, len(data))
+        data[at] ^= 0xFF
+        checkpoint.write_bytes(bytes(data))
+
+    def truncate() -> None:
+        data = checkpoint.read_bytes()
+        checkpoint.write_bytes(data[: rng.randrange(1, len(data))])
+
+    def restore_stale() -> None:
+        checkpoint.write_bytes(stale)  # an older, valid checkpoint: replay from further back
+
+    crash_cycle(server, history, rng, 1, graceful=True, before_restart=flip_byte)
+    crash_cycle(server, history, rng, 2, graceful=True, before_restart=truncate)
+    crash_cycle(server, history, rng, 3, before_restart=restore_stale)
+
+    # killed while recovering, from a checkpoint and then from the journal alone, several times
+    server.stop(cleanup=False)
+    for attempt in range(3):
+        kill_during_startup(server, rng.uniform(0.1, 1.5))
+        if attempt == 1:
+            shutil.rmtree(state, ignore_errors=True)
+    server.start()
+    check_store(server.endpoint, history)
+    crash_cycle(server, history, rng, 4)
     final_checks(server, history)
 
 
