@@ -225,6 +225,23 @@ def canonical_sorted_range(resp: dict[str, Any], req: rpc_pb2.RangeRequest) -> d
     return {**resp, "kvs": out}
 
 
+def canonical_txn(resp: dict[str, Any], req: rpc_pb2.TxnRequest) -> dict[str, Any]:
+    """Apply canonical_sorted_range to the Range results inside a Txn (and nested Txns)."""
+    ops = req.success if resp.get("succeeded") else req.failure
+    subs = resp.get("responses", [])
+    if len(subs) != len(ops):
+        return resp
+    out = []
+    for op, sub in zip(ops, subs, strict=True):
+        which = op.WhichOneof("request")
+        if which == "request_range" and "response_range" in sub:
+            sub = {"response_range": canonical_sorted_range(sub["response_range"], op.request_range)}
+        elif which == "request_txn" and "response_txn" in sub:
+            sub = {"response_txn": canonical_txn(sub["response_txn"], op.request_txn)}
+        out.append(sub)
+    return {**resp, "responses": out}
+
+
 # ---------------------------------------------------------------------------------------------------
 # results
 
@@ -301,6 +318,14 @@ class Session:
     server: Any = None  # the ServerProcess, for steps that restart it
 
     def __post_init__(self) -> None:
+        self.rebind(self.channel)
+
+    def rebind(self, channel: grpc.Channel) -> None:
+        """Use a new channel (after the server restarted); open streams died with the old process."""
+        for st in self.streams.values():
+            st.close()
+        self.streams.clear()
+        self.channel = channel
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
@@ -428,6 +453,8 @@ def call(s: Session, rpc: str, spec: dict[str, Any] | Message) -> tuple[Message 
     out = s.norm(resp)
     if rpc == "Range":
         out = canonical_sorted_range(out, req)  # type: ignore[arg-type]
+    if rpc == "Txn":
+        out = canonical_txn(out, req)  # type: ignore[arg-type]
     if rpc == "LeaseGrant" and resp.ID:
         s.granted.append(resp.ID)
     return resp, out
@@ -523,6 +550,21 @@ def sleep(seconds: float, label: str = "") -> Step:
         return None
 
     return Step(label or f"sleep {seconds}s", run, once=True, compare=False)
+
+
+def restart(kill: bool = False) -> Step:
+    """Restart both servers on the same ports and data (kill=True: SIGKILL first, as a crash)."""
+
+    def run(s: Session) -> Any:
+        if kill:
+            s.server.kill()
+            s.server.start()
+        else:
+            s.server.restart()
+        s.rebind(s.server.channel())
+        return None
+
+    return Step("kill -9 and restart" if kill else "restart", run, parallel=True, compare=False)
 
 
 def custom(label: str, fn: Callable[[Session], Any], parallel: bool = False, note: str = "") -> Step:
@@ -661,7 +703,7 @@ class Scenario:
     fresh: bool = False  # needs its own empty servers (revisions from 1, compaction of 0, lease lists...)
     flags: dict[str, object] = field(default_factory=dict)  # etcd flags for both servers (implies fresh)
     note: str = ""  # e.g. where etcd 3.5.1 differs from the 3.6 behaviour we target
-    tags: tuple[str, ...] = ()
+    slow: bool = False  # long (restarts, waits): excluded from the CI run, run with -m slow
 
 
 @dataclass
@@ -881,13 +923,14 @@ SCENARIOS: list[Scenario] = []
 
 
 def scenario(fresh: bool = False, flags: dict[str, object] | None = None, note: str = "",
-             name: str | None = None) -> Callable[[Callable[[], list[Step]]], Callable[[], list[Step]]]:
+             name: str | None = None, slow: bool = False) -> Callable[[Callable[[], list[Step]]], Callable[[], list[Step]]]:
     """Register `build` as a scenario named after the function (without a leading `sc_`)."""
 
     def deco(build: Callable[[], list[Step]]) -> Callable[[], list[Step]]:
         n = name or build.__name__.removeprefix("sc_")
         assert all(s.name != n for s in SCENARIOS), f"duplicate scenario {n}"
-        SCENARIOS.append(Scenario(n, build, fresh=fresh or bool(flags), flags=dict(flags or {}), note=note))
+        SCENARIOS.append(Scenario(n, build, fresh=fresh or bool(flags), flags=dict(flags or {}), note=note,
+                                  slow=slow))
         return build
 
     return deco
