@@ -663,7 +663,8 @@ class ReplicationCore:
 
     def has_ready(self) -> bool:
         return bool(
-            self._msgs
+            self._read_round_wanted
+            or self._msgs
             or self._msgs_after
             or self._append_results
             or self._barrier_results

@@ -75,10 +75,12 @@ class SimParams:
     conditional: float = 0.15  # share of appends with an expected_position
     barrier: float = 0.2  # share of client operations that are barriers
     trim: float = 0.02  # chance per fault tick that a node trims its log
+    crash_on_vote: float = 0.05  # chance a node crashes soon after changing its term or vote
 
     @staticmethod
     def draw(rng: random.Random, nodes: int, duration_ms: int) -> SimParams:
-        azs = nodes if rng.random() < 0.7 else max(2, nodes - 2)  # sometimes several nodes per AZ
+        # Mostly one node per AZ; sometimes 2 AZs, where a bare majority could sit in one AZ.
+        azs = nodes if rng.random() < 0.7 else 2
         return SimParams(
             nodes=nodes,
             azs=azs,
@@ -147,6 +149,8 @@ class _Node:
     clock_offset_ms: int = 0
     clock_drift: float = 0.0
     checked_commit: int = 0  # committed prefix already compared with the reference
+    paused_until_ms: int = 0  # SIGSTOP: events wait until then
+    led_term: int = 0  # the last term this node was seen leading (in this incarnation)
 
 
 @dataclass(slots=True)
@@ -190,11 +194,15 @@ class Simulation:
         self.clients = [_Client(i, f"client-{i}") for i in range(params.clients)]
         self.faults_on = True
         # Checker state.
-        self.leaders: dict[int, str] = {}  # term -> the one leader of that term
+        # term -> the one leader of that term, with its incarnation: a node that restarts
+        # must not lead the same term twice either (its term and vote are durable).
+        self.leaders: dict[int, tuple[str, int]] = {}
+        self.commit_terms: list[int] = []  # the term in which each reference entry was first seen committed
         self.committed: list[LogEntry] = []  # the reference committed log (index i at [i-1])
         self.acked: list[_Request] = []
         self.acked_position_max = 0
         self.tokens: dict[int, tuple[int, int]] = {}  # token -> (client index, seq)
+        self.barrier_floors: dict[int, int] = {}  # barrier id -> highest acked position at its call
         self._token_seq = 0
         self.barriers_answered = 0
         self.appends_acked = 0
@@ -229,6 +237,7 @@ class Simulation:
         node.clock_offset_ms = self.rng.randint(-self.p.clock_skew_ms, self.p.clock_skew_ms)
         node.clock_drift = self.rng.uniform(-0.05, 0.05)
         node.checked_commit = node.core.commit
+        node.led_term = 0
         self.log(f"{node.node_id} start (incarnation {node.incarnation}) term={node.core.term}")
         self._schedule_tick(node, node.incarnation)
 
@@ -241,7 +250,18 @@ class Simulation:
             node.disk.write(rd)
         self.log(f"{node.node_id} CRASH ({len(node.unsynced)} unsynced readies, {survivors} survive)")
         node.core = None
+        node.paused_until_ms = 0
         node.unsynced = []
+
+    def _crash_soon(self, node: _Node) -> None:
+        incarnation = node.incarnation
+
+        def crash() -> None:
+            if node.core is not None and node.incarnation == incarnation:
+                self.crash_node(node)
+                self._at(self.rng.randint(5, 100), lambda: self.start_node(node) if node.core is None else None)
+
+        self._at(self.rng.randint(0, self.p.fsync_ms_max), crash)
 
     def _node_now_ms(self, node: _Node) -> int:
         """The node's wall clock: skewed and drifting, as the shell would pass it."""
@@ -252,6 +272,8 @@ class Simulation:
 
         def tick() -> None:
             if node.core is None or node.incarnation != incarnation:
+                return
+            if self._deferred(node, tick):
                 return
             node.core.tick()
             self._drain(node)
@@ -271,6 +293,8 @@ class Simulation:
                 self._reply_append(node, r)
             for b in rd.barrier_results:
                 self._reply_barrier(node, b)
+            if rd.hard_state is not None and self.faults_on and self.rng.random() < self.p.crash_on_vote:
+                self._crash_soon(node)  # inside the window where a new term/vote is not yet durable
             delay = self.rng.randint(0, self.p.fsync_ms_max) if rd.must_persist() else 0
             node.fsync_done_at_ms = max(node.fsync_done_at_ms, self.now_ms + delay)
             node.unsynced.append(rd)
@@ -280,6 +304,8 @@ class Simulation:
     def _schedule_fsync(self, node: _Node, incarnation: int, rd: Ready) -> None:
         def done() -> None:
             if node.core is None or node.incarnation != incarnation:
+                return
+            if self._deferred(node, done):
                 return
             assert node.unsynced and node.unsynced[0] is rd
             node.unsynced.pop(0)
@@ -305,9 +331,18 @@ class Simulation:
                 delay *= self.rng.randint(2, 10)
             self._at(delay, lambda: self._deliver(m))
 
+    def _deferred(self, node: _Node, action: Callable[[], None]) -> bool:
+        """A paused (SIGSTOPped) process handles nothing until it resumes, then all of it."""
+        if self.now_ms >= node.paused_until_ms:
+            return False
+        self._at(node.paused_until_ms - self.now_ms, action)
+        return True
+
     def _deliver(self, m: Message) -> None:
         node = self.nodes[m.dst]
         if node.core is None or (m.src, m.dst) in self.cut:
+            return
+        if self._deferred(node, lambda: self._deliver(m)):
             return
         if self.verbose:
             self.log(f"{m.src}->{m.dst} {_describe(m)}")
@@ -342,6 +377,12 @@ class Simulation:
         elif kind < 0.52:
             az = self.rng.choice(sorted({n.az for n in nodes}))
             self._isolate({n.node_id for n in nodes if n.az == az})
+        elif kind < 0.55:
+            leaders = [n for n in nodes if n.core is not None and n.core.role is Role.LEADER]
+            node = leaders[0] if leaders and self.rng.random() < 0.7 else self.rng.choice(nodes)
+            # Never shorten a pause: events already deferred to its end must keep their order.
+            node.paused_until_ms = max(node.paused_until_ms, self.now_ms + self.rng.randint(50, 800))
+            self.log(f"{node.node_id} PAUSE until {node.paused_until_ms}")
         elif kind < 0.62:
             a, b = self.rng.sample([n.node_id for n in nodes], 2)
             self.cut.add((a, b))  # one-way link cut
@@ -389,9 +430,12 @@ class Simulation:
                 self._token_seq += 1
                 client.barrier_id = self._token_seq
                 client.barrier_floor = self.acked_position_max
+                self.barrier_floors[client.barrier_id] = client.barrier_floor
             else:
                 self._new_request(client)
         target = client.leader_guess or self.rng.choice(sorted(self.nodes))
+        if client.request is None and self.rng.random() < 0.3:
+            target = self.rng.choice(sorted(self.nodes))  # barriers also probe possibly stale leaders
         node = self.nodes[target]
         if client.request is not None:
             req = client.request
@@ -421,14 +465,14 @@ class Simulation:
         client.request = _Request(client.index, seq, datas, expected, self.now_ms, self.acked_position_max)
 
     def _node_propose(self, node: _Node, client_id: str, req: _Request, token: int) -> None:
-        if node.core is None:
+        if node.core is None or self._deferred(node, lambda: self._node_propose(node, client_id, req, token)):
             return
         self.log(f"{node.node_id} propose {client_id} seq {req.seq} x{len(req.datas)} expected={req.expected_position}")
         node.core.propose(client_id, req.seq, req.datas, self._node_now_ms(node), req.expected_position, token)
         self._drain(node)
 
     def _node_barrier(self, node: _Node, barrier_id: int) -> None:
-        if node.core is None:
+        if node.core is None or self._deferred(node, lambda: self._node_barrier(node, barrier_id)):
             return
         node.core.barrier(barrier_id)
         self._drain(node)
@@ -493,10 +537,9 @@ class Simulation:
             return
         client = self.clients[client_index]
         if b.error is None:
-            if b.position < client.barrier_floor:
-                self.fail(
-                    f"barrier {b.request_id} answered {b.position} < {client.barrier_floor} acked before the call"
-                )
+            floor = self.barrier_floors[b.request_id]
+            if b.position < floor:
+                self.fail(f"barrier {b.request_id} answered {b.position} < {floor} acked before the call")
             if b.position > self._committed_position():
                 self.fail(f"barrier answered {b.position}, beyond the committed position {self._committed_position()}")
             self.barriers_answered += 1
@@ -522,9 +565,13 @@ class Simulation:
         core = node.core
         assert core is not None
         if core.role is Role.LEADER:
-            other = self.leaders.setdefault(core.term, node.node_id)
-            if other != node.node_id:
-                self.fail(f"two leaders in term {core.term}: {other} and {node.node_id}")
+            me = (node.node_id, node.incarnation)
+            other = self.leaders.setdefault(core.term, me)
+            if other != me:
+                self.fail(f"two leaders in term {core.term}: {other} and {me}")
+            if node.led_term != core.term:
+                node.led_term = core.term
+                self._check_leader_completeness(node)
         if core.commit <= node.checked_commit:
             node.checked_commit = min(node.checked_commit, core.commit)
             return
@@ -540,6 +587,17 @@ class Simulation:
             if ref != e:
                 self.fail(f"{node.node_id} committed {e} but the reference holds {ref}")
         node.checked_commit = core.commit
+
+    def _check_leader_completeness(self, node: _Node) -> None:
+        """Raft's Leader Completeness: a new leader holds every entry committed in earlier terms."""
+        core = node.core
+        assert core is not None
+        held = {e.index: e.term for e in core.log_entries(1, len(self.committed))}
+        for ref, commit_term in zip(self.committed, self.commit_terms, strict=True):
+            if commit_term >= core.term or ref.index <= core.snapshot_meta.index:
+                continue
+            if held.get(ref.index) != ref.term:
+                self.fail(f"{node.node_id} leads term {core.term} without committed entry {ref.index}@{ref.term}")
 
     def _check_against_reference(self, node: _Node, index: int, term: int, position: int, ts: int) -> None:
         if index > len(self.committed):
@@ -563,6 +621,8 @@ class Simulation:
             if e.position != prev.position + step:
                 self.fail(f"positions not dense at index {e.index}")
         self.committed.append(e)
+        assert node.core is not None
+        self.commit_terms.append(node.core.term)
 
     def _final_check(self) -> None:
         by_data: dict[bytes, LogEntry] = {}
