@@ -74,6 +74,7 @@ class Run:
     server_cpu_us_per_op: float
     tool_cores: float
     host_busy: float
+    stall_ms: float = 0.0  # longest span with no completion (100 ms resolution)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -195,6 +196,7 @@ def run_once(target: Target, workload: str, rnd: int, common: list[str], duratio
         server_cpu_us_per_op=r["server_cpu"]["us_per_op"],
         tool_cores=r["tool_cpu"]["cores_used"],
         host_busy=r["tool_cpu"]["host_busy"],
+        stall_ms=r["timeline"]["stall_ms_max"],
         counters=r["counters"],
     )
 
@@ -296,12 +298,16 @@ def render_report(
     out.append("")
     out.append("## Every run")
     out.append("")
-    out.append("| round | workload | target | throughput | p50 ms | p99 ms | server CPU µs/op | tool cores | errors |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append(
+        "| round | workload | target | throughput | p50 ms | p99 ms | server CPU µs/op | tool cores | "
+        "longest stall ms | errors |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         out.append(
             f"| {r.round} | {r.workload} | {r.target} | {_fmt(r.throughput, '')} | {_fmt(r.p50_us, 'ms')} | "
-            f"{_fmt(r.p99_us, 'ms')} | {r.server_cpu_us_per_op:,.0f} | {r.tool_cores:.2f} | {r.errors} |"
+            f"{_fmt(r.p99_us, 'ms')} | {r.server_cpu_us_per_op:,.0f} | {r.tool_cores:.2f} | {r.stall_ms:.0f} | "
+            f"{r.errors} |"
         )
     out.append("")
     return "\n".join(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.options import Options
-from bench.recorder import Merged, ProcessResult, merge
+from bench.recorder import Merged, ProcessResult, merge, timeline_stats
 
 # A load process near a full core cannot issue requests faster: its numbers measure the tool.
 TOOL_CORE_FRACTION_WARN = 0.85
@@ -32,6 +32,7 @@ def summarize(opts: Options, results: list[ProcessResult], host_cores: int) -> d
         "errors": dict(sorted(m.errors.items())),
         "throughput_ops_s": round(ok / m.wall_s, 1),
         "by_op": by_op,
+        "timeline": timeline_stats(m.timeline, m.start_ns, m.end_ns),
         "counters": dict(sorted(m.counters.items())),
         "tool_cpu": {
             "procs": opts.procs,
@@ -93,6 +94,12 @@ def render(summary: dict[str, Any]) -> str:
             f"expected {w['events_expected']}, missing {w['events_missing']}"
             + ("" if w["drained"] else " (drain timed out)")
         )
+    tl = summary["timeline"]
+    lines.append(
+        f"ok ops per 1 s window: min {tl['per_s_min']:,.0f} / median {tl['per_s_median']:,.0f} / "
+        f"max {tl['per_s_max']:,.0f}; "
+        f"longest stall with no completion: {tl['stall_ms_max']:.0f} ms (100 ms resolution)"
+    )
     errs = summary["errors"]
     lines.append("errors: " + (", ".join(f"{k}={v}" for k, v in errs.items()) if errs else "none"))
     if summary["counters"]:

@@ -135,6 +135,8 @@ async def run_process(
                     rec.errors["DEADLINE_EXCEEDED"] += 1
                 except Exhausted:
                     return
+                else:
+                    rec.completed(now_ns())
                 rec.done += 1
 
         async def progress() -> None:
@@ -169,6 +171,7 @@ async def run_process(
         hists={k: h.to_json() for k, h in rec.hists.items()},
         errors=dict(rec.errors),
         counters=dict(rec.counters),
+        timeline={str(b): c for b, c in rec.timeline.items()},
     )
 
 

@@ -116,3 +116,17 @@ def test_process_results_merge_spans_wall_time_and_adds_counts() -> None:
     assert m.counters == {"conflicts": 3}
     assert m.cpu_s == pytest.approx(1.0)
     assert m.proc_core_fraction_max == pytest.approx(0.25)
+
+
+def test_timeline_finds_the_slowest_second_and_the_longest_stall() -> None:
+    from collections import Counter
+
+    from bench.recorder import TIMELINE_BUCKET_NS, timeline_stats
+
+    b0 = 1000  # a run from bucket 1000 (partial) to 1031 (partial): 30 whole buckets = 3 seconds
+    counts = [10] * 10 + [10, 10, 0, 0, 0, 10, 10, 10, 10, 10] + [20] * 10
+    timeline = Counter({b0 + 1 + i: c for i, c in enumerate(counts) if c})
+    timeline[b0] = 999  # partial buckets at both ends are ignored
+    timeline[b0 + 31] = 999
+    stats = timeline_stats(timeline, b0 * TIMELINE_BUCKET_NS + 5, (b0 + 31) * TIMELINE_BUCKET_NS + 5)
+    assert stats == {"per_s_min": 70.0, "per_s_median": 100.0, "per_s_max": 200.0, "stall_ms_max": 300.0}
