@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from proto.etcdserverpb import rpc_pb2
 from tests.differential.harness import (
     FROM_KEY,
     LID,
@@ -25,6 +26,7 @@ from tests.differential.harness import (
     PairPool,
     Session,
     Step,
+    Stream,
     cmp,
     op_del,
     op_put,
@@ -209,7 +211,40 @@ class Generator:
             return unary("LeaseTimeToLive", {"ID": self.lease_ref(), "keys": rng.random() < 0.7})
         if r < 0.98:
             return unary("LeaseLeases")
+        if r < 0.99:
+            return self.history_watch()
         return unary("Range", {"key": self.key(), "revision": Rel(rng.randrange(0, 200))})
+
+    def history_watch(self) -> Step:
+        """A watch replaying history from a past (or compacted, or future) revision on a new stream."""
+        rng = self.rng
+        spec: dict[str, Any] = {**self.key_range(), "start_revision": Rel(rng.randrange(-1, 60))}
+        if rng.random() < 0.5:
+            spec["prev_kv"] = True
+        if rng.random() < 0.2:
+            spec["filters"] = [rng.choice(["NOPUT", "NODELETE"])]
+
+        def run(s: Session) -> Any:
+            stream = Stream(s.watch.Watch)
+            try:
+                stream.send(rpc_pb2.WatchRequest(create_request=s.resolve(rpc_pb2.WatchCreateRequest, spec)))
+                out: list[Any] = []
+                for _ in range(HISTORY_RESPONSES_MAX):
+                    r = stream.recv(HISTORY_QUIET_S)
+                    if r is None or isinstance(r, tuple):
+                        break
+                    resp = s.norm(r)
+                    if resp.get("created"):
+                        out.append({"created": resp})
+                    elif resp.get("canceled"):
+                        out.append({"canceled": resp.get("compact_revision", 0)})
+                    # catch-up batches may split differently (etcd: up to 1000 revisions per response)
+                    out.extend(resp.get("events", []))
+                return out
+            finally:
+                stream.close()
+
+        return Step(f"history watch {spec}", run, parallel=True)
 
 
 def build(seed: int, ops: int) -> tuple[list[Step], int]:
@@ -224,6 +259,8 @@ def build(seed: int, ops: int) -> tuple[list[Step], int]:
 
 
 DRAIN_QUIET_S = 1.0
+HISTORY_QUIET_S = 0.25
+HISTORY_RESPONSES_MAX = 1000
 DRAIN_RESPONSES_MAX = 100_000
 
 
