@@ -409,3 +409,13 @@ def sc_range_sort_none_nonkey_target_with_limit() -> list:
             range_("a", range_end="z", sort_target="VALUE", sort_order="ASCEND", limit=2),
             range_("a", range_end="z", sort_target="MOD", limit=1),
             range_("a", range_end="z", sort_target="VERSION", limit=3, keys_only=True)]
+
+
+@scenario(note="found by random seed 3: a plain Put checks the lease before ignore_value/ignore_lease "
+               "(applierV3backend.Put), a Put inside a Txn checks the key first (checkRequestPut)")
+def sc_put_error_precedence() -> list:
+    return [put("nokey", ignore_value=True, lease=LID(77)),
+            unary("Txn", {"success": [{"request_put": {"key": "nokey", "ignore_value": True, "lease": LID(77)}}]}),
+            put("nokey", "v", ignore_lease=True, lease=LID(77)),
+            put(b"", "v", lease=LID(77)),
+            put("k", "x" * 10, ignore_value=True, lease=LID(77))]
