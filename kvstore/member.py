@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 
 from journal.api import Journal, JournalError, Snapshot
+from journal.local import PositionTrimmed
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.mvcc import MVCCStore
@@ -79,6 +80,8 @@ class MemberConfig:
     auto_compaction_retention: str = "0"  # "0" disables
     progress_notify_interval_s: float = 600.0  # etcd's default: 10 minutes
     checkpoint_interval_s: float = 5.0
+    snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
+    snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
     watch_cache_revisions: int = 100_000
 
 
@@ -124,6 +127,8 @@ class Member:
         self._lease_proposed_ms: dict[int, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._checkpointed_position = 0
+        self._snapshot_position = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.counters: dict[str, int] = {
             "proposals_committed": 0,
@@ -185,6 +190,7 @@ class Member:
             loop.create_task(self._journal_status_loop(), name="journal-status"),
         ]
         await self.wait_applied(status.committed)
+        self._snapshot_position = self.sm.applied_position
         self.ready.set()
         log.info(
             "member %x ready: revision %d, journal position %d, term %d",
@@ -287,11 +293,46 @@ class Member:
         os._exit(70)
 
     async def _applier(self) -> None:
-        async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
-            for entry in batch:
-                self._apply_one(entry.position, entry.timestamp_ms, entry.data)
-            self.committed_position = max(self.committed_position, self.sm.applied_position)
-            self._wake_apply_waiters()
+        while True:
+            try:
+                async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
+                    for entry in batch:
+                        self._apply_one(entry.position, entry.timestamp_ms, entry.data)
+                    self.committed_position = max(self.committed_position, self.sm.applied_position)
+                    self._wake_apply_waiters()
+                    self._maybe_snapshot()
+            except PositionTrimmed:
+                # This member fell behind the journal's trim point: start again from its snapshot.
+                snapshot = await self.journal.snapshot_get(self.log_name)
+                if snapshot is None or snapshot.position <= self.sm.applied_position:
+                    raise
+                log.warning(
+                    "journal trimmed past position %d; installing its snapshot at %d",
+                    self.sm.applied_position,
+                    snapshot.position,
+                )
+                self._install(StateMachine.loads(snapshot.blob))
+                self._wake_apply_waiters()
+
+    def _maybe_snapshot(self) -> None:
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        if self.sm.applied_position - self._snapshot_position >= self.config.snapshot_count > 0:
+            self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot_and_trim())
+
+    async def _snapshot_and_trim(self) -> None:
+        """etcd's --snapshot-count: put the state in the journal, then let it drop what the
+        snapshot covers, keeping snapshot_catchup_entries for members slightly behind."""
+        position = self.sm.applied_position
+        try:
+            await self.journal.snapshot_put(self.log_name, Snapshot(position, self.sm.dumps()))
+            keep = self.config.snapshot_catchup_entries
+            if position - keep > 1:
+                await self.journal.trim(self.log_name, position - keep)
+            self._snapshot_position = position
+            log.info("snapshot at journal position %d; trimmed below %d", position, position - keep)
+        except (JournalError, OSError) as exc:
+            log.warning("snapshot at %d failed: %s", position, exc)
 
     def _apply_one(self, position: int, timestamp_ms: int, data: bytes) -> None:
         applied = self.sm.apply(position, timestamp_ms, data)

@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
     p.add_argument("--max-request-bytes", type=parse_size, default=1_572_864, help="largest request accepted")
     p.add_argument("--max-txn-ops", type=int, default=128, help="most operations in one txn")
+    p.add_argument(
+        "--snapshot-count",
+        type=int,
+        default=100_000,
+        help="journal entries between snapshots; the journal is trimmed below each",
+    )
+    p.add_argument(
+        "--snapshot-catchup-entries",
+        "--experimental-snapshot-catchup-entries",
+        dest="snapshot_catchup_entries",
+        type=int,
+        default=5000,
+        help="journal entries kept below a snapshot for members slightly behind (default 5000)",
+    )
     p.add_argument("--auto-compaction-mode", choices=["periodic", "revision"], default="periodic")
     p.add_argument(
         "--auto-compaction-retention",
@@ -129,6 +143,8 @@ async def run(args: argparse.Namespace) -> int:
         quota_backend_bytes=args.quota_backend_bytes,
         max_request_bytes=args.max_request_bytes,
         max_txn_ops=args.max_txn_ops,
+        snapshot_count=args.snapshot_count,
+        snapshot_catchup_entries=args.snapshot_catchup_entries,
         auto_compaction_mode=args.auto_compaction_mode,
         auto_compaction_retention=args.auto_compaction_retention,
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),

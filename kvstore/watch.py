@@ -145,9 +145,15 @@ class WatchHub:
         return sum(len(s.watchers) for s in self.streams)
 
     def rebind(self, store: MVCCStore) -> None:
-        """The member replaced its store (restored from a snapshot)."""
+        """The member replaced its store (installed a snapshot): every watcher catches up
+        from the new store's history, or is cancelled as compacted if that history is gone."""
         self.store = store
         self.cache.reset(store.revision + 1)
+        for stream in self.streams:
+            for w in list(stream.watchers.values()):
+                if w.live:
+                    w.live = False
+                    stream._start_catch_up(w)
 
     def publish(self, rev_events: RevisionEvents) -> None:
         self.cache.add(rev_events)
