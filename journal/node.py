@@ -32,7 +32,6 @@ import os
 import random
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +68,7 @@ RAFT_DIR = "raft"
 READ_BATCH_ENTRIES_MAX = 1024
 READ_BATCH_BYTES_MAX = 1024 * 1024
 REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
-PEER_QUEUE_FRAMES_MAX = 8192
+PEER_BUFFER_BYTES_MAX = 8 * 1024 * 1024  # unsent bytes to one peer before frames are dropped
 PEER_BACKOFF_MS_MAX = 1000
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
@@ -272,24 +271,35 @@ class _Replica:
 
 
 class _PeerLink:
-    """Outbound frames to one peer: a bounded queue, dropped while disconnected."""
+    """Outbound frames to one peer, written straight to the socket.
+
+    Frames are written at once (no queue, no task hop: a leader's appends
+    leave before its own fsync starts), and dropped while the peer is
+    disconnected or its socket buffer holds more than PEER_BUFFER_BYTES_MAX
+    (Raft retransmits what is lost).
+    """
 
     def __init__(self, spec: PeerSpec, node_id: str) -> None:
         self.spec = spec
         self.node_id = node_id
-        self.queue: deque[bytes] = deque()
-        self.event = asyncio.Event()
-        self.connected = False
+        self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.closed = False
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def connected(self) -> bool:
+        return self.writer is not None
+
     def send(self, frame: bytes) -> None:
-        if not self.connected or len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
+        w = self.writer
+        if w is None or w.is_closing() or w.transport.get_write_buffer_size() > PEER_BUFFER_BYTES_MAX:
             self.dropped += 1
             return
-        self.queue.append(frame)
-        self.event.set()
+        try:
+            w.write(frame)
+        except RuntimeError:  # uvloop, on a transport closed under us
+            self.dropped += 1
 
     async def run(self) -> None:
         host, _, port = self.spec.addr.rpartition(":")
@@ -298,34 +308,21 @@ class _PeerLink:
             writer: asyncio.StreamWriter | None = None
             try:
                 async with asyncio.timeout(2.0):
-                    _, w = await asyncio.open_connection(host, int(port))
-                writer = w
-                w.write(encode_frame("hello", {"node": self.node_id}))
-                self.connected = True
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(encode_frame("hello", {"node": self.node_id}))
+                self.writer = writer
                 backoff_ms = 20
-                while not self.closed:
-                    if not self.queue:
-                        self.event.clear()
-                        await self.event.wait()
-                    chunk = []
-                    size = 0
-                    while self.queue and size < 4 * 1024 * 1024:
-                        frame = self.queue.popleft()
-                        chunk.append(frame)
-                        size += len(frame)
-                    if w.is_closing():
-                        raise ConnectionError("closed")
-                    w.write(b"".join(chunk))
-                    async with asyncio.timeout(5.0):
-                        await w.drain()
+                # The peer never writes on this connection: reading only
+                # notices when it goes away.
+                while not self.closed and await reader.read(4096):
+                    pass
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
                 # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)
             except Exception:
                 log.exception("peer %s: link failed; reconnecting", self.spec.node_id)
             finally:
-                self.connected = False
-                self.queue.clear()
+                self.writer = None
                 if writer is not None:
                     writer.close()
             await asyncio.sleep(backoff_ms / 1000)
@@ -391,7 +388,8 @@ class JournalNode:
             # Python 3.11's asyncio.wait_for can swallow a cancel (gh-86296);
             # the flag ends the loop whatever happens to the cancel.
             link.closed = True
-            link.event.set()
+            if link.writer is not None:
+                link.writer.close()
         for t in list(self._tasks):
             t.cancel()
         for rep in self._replicas.values():
@@ -486,8 +484,10 @@ class JournalNode:
                     rep.wake.clear()
                     await rep.wake.wait()
                     continue
-                if self.cfg.fsync == "batch":
+                if self.cfg.fsync == "batch" and core.status().last_index > rep.persisted_index:
                     # Space fsyncs out; what arrives meanwhile joins this Ready.
+                    # (Only when there is something to write: a Ready of
+                    # messages and answers alone goes at once.)
                     wait_s = rep.last_fsync_monotonic + self.cfg.fsync_interval_ms / 1000 - time.monotonic()
                     if wait_s > 0:
                         await asyncio.sleep(wait_s)

@@ -156,3 +156,31 @@ async def test_restart_whole_cluster_keeps_log(tmp_path: Path) -> None:
     assert [e.data for e in got] == [b"a", b"b", b"c", b"d"]
     await c.close()
     await cl.close()
+
+
+async def test_lagging_follower_catches_up_through_a_snapshot(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    await c.append("g", [b"a%d" % i for i in range(10)])
+    leader = await cluster.leader("g")
+    lagging = next(n for n in cluster.ids if n != leader)
+    await cluster.stop(lagging)
+    for i in range(5):
+        await c.append("g", [b"b%d-%d" % (i, j) for j in range(20)])
+    await c.trim("g", 80)  # the leader no longer holds what the stopped node lacks
+    await asyncio.sleep(0.3)
+    await cluster.start(lagging)
+    # The restarted node installs the leader's snapshot, then serves reads from there.
+    one = JournalClient([cluster.addr(lagging)])
+    got = await read_until(one, "g", 80, 110)
+    assert [e.position for e in got] == list(range(80, 111))
+    assert got[-1].data == b"b4-19"
+    with pytest.raises(PositionTrimmed):
+        await read_until(one, "g", 1, 2)
+    await one.close()
+    # And it restarts cleanly from what it persisted.
+    await cluster.stop(lagging)
+    await cluster.start(lagging)
+    one = JournalClient([cluster.addr(lagging)])
+    assert (await read_until(one, "g", 100, 110))[-1].data == b"b4-19"
+    await one.close()
+    await c.close()
