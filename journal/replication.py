@@ -670,7 +670,8 @@ class ReplicationCore:
             or self._barrier_results
             or self._persist_from is not None
             or self._snap_to_persist is not None
-            or self._hs_handed != HardState(self.term, self.vote)
+            or self._hs_handed.term != self.term
+            or self._hs_handed.vote != self.vote
             or self._last_ready_commit != self.commit
             or self._last_ready_soft != (self.role, self.term, self.leader)
         )
