@@ -184,3 +184,21 @@ async def test_lagging_follower_catches_up_through_a_snapshot(cluster: InProcess
     assert (await read_until(one, "g", 100, 110))[-1].data == b"b4-19"
     await one.close()
     await c.close()
+
+
+async def test_five_nodes_survive_two_failures(tmp_path: Path) -> None:
+    cl = InProcessCluster(tmp_path, ids="abcde")
+    await cl.start()
+    c = cl.client()
+    try:
+        await c.append("five", [b"a"])
+        leader = await cl.leader("five")
+        for n in [leader, next(n for n in cl.ids if n != leader)]:
+            await cl.stop(n)
+        a = await c.append("five", [b"b"])
+        assert a[0].position == 2
+        got = await read_until(c, "five", 1, 2)
+        assert [e.data for e in got] == [b"a", b"b"]
+    finally:
+        await c.close()
+        await cl.close()
