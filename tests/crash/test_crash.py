@@ -3,8 +3,9 @@
 After every restart: every acknowledged put is readable with its value and mod_revision, the
 revision never went down, a new put gets the next revision, and a watch resumed from the last
 revision a watcher saw before the crash delivers exactly the following events (no gap, no
-duplicate). Restarts come in every flavour: after kill -9 with the checkpoint on the state dir,
-after a graceful stop (which writes a checkpoint), with the state dir wiped (a full journal
+duplicate), and compare-and-swap increments form an unbroken 1, 2, 3, ... Restarts come in every
+flavour: after kill -9 with a checkpoint on the state dir (written at a graceful stop or
+periodically), with the state dir wiped or its checkpoint corrupt, cut short or stale (a longer
 replay), and with a torn or garbage tail appended to the journal's last segment file.
 
 The server runs with its default journal fsync policy (`always`). The kill points are random,
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +50,13 @@ pytestmark = pytest.mark.skipif(not kvstore_available(), reason="kvstore.server 
 
 def state_dir(srv: ServerProcess) -> Path:
     return srv.work_dir / "state"
+
+
+def checkpoint_file(srv: ServerProcess) -> Path:
+    """The one checkpoint in the state dir (its name is the server's business)."""
+    files = [p for p in state_dir(srv).iterdir() if not p.name.endswith(".tmp")]
+    assert len(files) == 1, f"expected one checkpoint file, found {files}"
+    return files[0]
 
 
 def last_segment(srv: ServerProcess) -> Path:
@@ -88,7 +95,7 @@ def tail_bytes(kind: str, segment: bytes, rng: random.Random) -> bytes:
         flip = rng.randrange(HEADER_BYTES, len(record))
         return record[:flip] + bytes([record[flip] ^ 0x01]) + record[flip + 1 :]
     if kind == "huge-length":  # a header that claims a payload far beyond any limit
-        return struct.pack("<IIQQQ", 0xFFFFFFF0, 0, position + 1, epoch, ts) + rng.randbytes(64)
+        return HEADER.pack(0xFFFFFFF0, 0, position + 1, epoch, ts) + rng.randbytes(64)
     raise ValueError(kind)
 
 
@@ -181,8 +188,7 @@ def test_kill9_under_write_load(server: ServerProcess) -> None:
 
     crash_cycle(server, history, rng, 0)  # no checkpoint yet: replay from the start of the journal
     crash_cycle(server, history, rng, 1, graceful=True)  # SIGTERM under load: a checkpoint is written
-    assert any(state_dir(server).iterdir()), "no checkpoint in the state dir after a graceful stop"
-    checkpoint = next(state_dir(server).iterdir())
+    checkpoint = checkpoint_file(server)  # the graceful stop wrote it
     graceful_mtime_ns = checkpoint.stat().st_mtime_ns
 
     def periodic_checkpoint_written() -> None:
@@ -223,7 +229,7 @@ def test_torn_tails_and_damaged_checkpoints(server: ServerProcess) -> None:
     state = state_dir(server)
 
     crash_cycle(server, history, rng, 0, graceful=True)  # writes a checkpoint
-    (checkpoint,) = [p for p in state.iterdir() if not p.name.endswith(".tmp")]
+    checkpoint = checkpoint_file(server)
     stale = checkpoint.read_bytes()
 
     def flip_byte() -> None:
