@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key-size", type=int, default=d.key_size, help="bytes per key")
     p.add_argument("--val-size", type=int, default=d.val_size, help="bytes per value (>= 8)")
     p.add_argument("--key-space", type=int, default=d.key_space, help="number of distinct keys")
+    p.add_argument("--seq-keys", action="store_true", help="keys in sequence instead of uniformly at random")
     p.add_argument("--procs", type=int, default=d.procs, help="load processes (clients spread over them)")
     p.add_argument("--json", metavar="FILE", help="write the full result (with histograms) as JSON")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -89,6 +90,7 @@ def options_from(ns: argparse.Namespace) -> Options:
         key_size=ns.key_size,
         val_size=ns.val_size,
         key_space=ns.key_space,
+        seq_keys=ns.seq_keys,
         procs=ns.procs,
         seed=ns.seed,
         prefix=ns.prefix,

@@ -30,6 +30,7 @@ class Options:
     key_size: int = 32
     val_size: int = 256
     key_space: int = 10_000
+    seq_keys: bool = False  # walk the key space in order instead of picking keys at random
     procs: int = 1
     seed: int = 1
     prefix: str = "/bench"

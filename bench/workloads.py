@@ -105,9 +105,19 @@ class Workload:
         self.base = f"{opts.prefix}/{self.name}/".encode()
         width = max(len(str(opts.key_space - 1)), opts.key_size - len(self.base))
         self.key_fmt = "{:0" + str(width) + "d}"
+        self.seq_next = proc_index  # --seq-keys: this process's next key index
 
     def key(self, i: int) -> bytes:
         return self.base + self.key_fmt.format(i).encode()
+
+    def pick(self, c: Client) -> int:
+        """The key index of c's next operation: uniform at random, or (--seq-keys) the next key in
+        order; process p of P takes keys p, p + P, p + 2P, ... so together they walk the key space."""
+        if self.opts.seq_keys:
+            i = self.seq_next
+            self.seq_next += self.opts.procs
+            return i % self.opts.key_space
+        return c.rng.randrange(self.opts.key_space)
 
     def value(self) -> bytes:
         return TS.pack(now_ns()) + self.pad
@@ -183,7 +193,7 @@ class Put(Workload):
     name = "put"
 
     async def op(self, c: Client, start_ns: int) -> None:
-        key = self.key(c.rng.randrange(self.opts.key_space))
+        key = self.key(self.pick(c))
         await c.kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
         self.rec.record("put", (now_ns() - start_ns) // 1000)
 
@@ -211,7 +221,7 @@ class Range(Workload):
             req = pb.RangeRequest(key=self.base, range_end=self.base_end, serializable=self.serializable)
             expect = self.opts.range_keys
         else:
-            req = pb.RangeRequest(key=self.key(c.rng.randrange(self.opts.key_space)), serializable=self.serializable)
+            req = pb.RangeRequest(key=self.key(self.pick(c)), serializable=self.serializable)
             expect = 1
         resp = await c.kv.Range(req, timeout=self.timeout_s)
         self.rec.record(self.label, (now_ns() - start_ns) // 1000)
@@ -233,7 +243,7 @@ class TxnPut(Workload):
         return [self.key(i) for i in range(self.opts.key_space)]
 
     async def op(self, c: Client, start_ns: int) -> None:
-        key = self.key(c.rng.randrange(self.opts.key_space))
+        key = self.key(self.pick(c))
         rev = self.revs.get(key) if self.opts.txn_read == "cached" else None
         if rev is None:  # cache miss (or --txn-read always): read first, timed separately
             r = await c.kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
@@ -383,7 +393,7 @@ class Watch(Workload):
             await self.streams.open(conns[s % len(conns)], creates, self.timeout_s)
 
     async def op(self, c: Client, start_ns: int) -> None:
-        key = self.key(c.rng.randrange(self.opts.key_space))
+        key = self.key(self.pick(c))
         await c.kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
         self.rec.record("put", (now_ns() - start_ns) // 1000)
 

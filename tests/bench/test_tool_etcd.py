@@ -26,9 +26,9 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-def bench(server: Server, tmp_path: Path, *args: str) -> dict[str, Any]:
+def bench(server: Server, tmp_path: Path, *args: str, prefix: str = "/t") -> dict[str, Any]:
     out = tmp_path / "result.json"
-    rc = main([*args, "--endpoints", server.endpoints[0], "--json", str(out), "--quiet", "--prefix", "/t"])
+    rc = main([*args, "--endpoints", server.endpoints[0], "--json", str(out), "--quiet", "--prefix", prefix])
     assert rc == 0
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["errors"] == {}, result["errors"]
@@ -45,6 +45,20 @@ def test_put_for_a_second(etcd: Server, tmp_path: Path) -> None:
     assert r["throughput_ops_s"] == pytest.approx(r["ok"] / r["wall_s"], rel=0.01)
     assert r["tool_cpu"]["cpu_s"] > 0
     assert r["server_cpu"]["cpu_s"] > 0 and r["server_cpu"]["us_per_op"] > 0  # etcd worked for those puts
+
+
+def test_seq_keys_cover_the_key_space(etcd: Server, tmp_path: Path) -> None:
+    bench(etcd, tmp_path, "put", "--total", "120", "--clients", "4", "--key-space", "120", "--seq-keys", prefix="/s")
+
+    async def count() -> int:
+        conn = Conn(etcd.endpoints[0])
+        try:
+            req = pb.RangeRequest(key=b"/s/put/", range_end=prefix_end(b"/s/put/"), count_only=True)
+            return int((await conn.kv.Range(req, timeout=5)).count)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == 120  # 120 puts in key order: every key exactly once
 
 
 def test_put_total_is_exact(etcd: Server, tmp_path: Path) -> None:
