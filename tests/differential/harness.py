@@ -922,11 +922,14 @@ def render_mismatches(scenario: Scenario, pair: Pair, mismatches: list[Mismatch]
 SCENARIOS: list[Scenario] = []
 
 
+Build = Callable[[], list[Step]]
+
+
 def scenario(fresh: bool = False, flags: dict[str, object] | None = None, note: str = "",
-             name: str | None = None, slow: bool = False) -> Callable[[Callable[[], list[Step]]], Callable[[], list[Step]]]:
+             name: str | None = None, slow: bool = False) -> Callable[[Build], Build]:
     """Register `build` as a scenario named after the function (without a leading `sc_`)."""
 
-    def deco(build: Callable[[], list[Step]]) -> Callable[[], list[Step]]:
+    def deco(build: Build) -> Build:
         n = name or build.__name__.removeprefix("sc_")
         assert all(s.name != n for s in SCENARIOS), f"duplicate scenario {n}"
         SCENARIOS.append(Scenario(n, build, fresh=fresh or bool(flags), flags=dict(flags or {}), note=note,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.differential import (  # noqa: F401  (they register scenarios)
+    sc_kube,
     sc_kv,
     sc_lease,
     sc_misc,
