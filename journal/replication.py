@@ -660,6 +660,9 @@ class ReplicationCore:
         self._log = self._log[index - self._snap.index :]
         self._snap = SnapshotMeta(index, e.term, e.position, e.timestamp_ms, dedup.state())
         self._snap_to_persist = self._snap
+        if self._persist_from is not None and self._persist_from <= index:
+            # Not handed to the shell yet, and now covered by the snapshot: write what remains.
+            self._persist_from = index + 1 if self._log else None
 
     def has_ready(self) -> bool:
         return bool(

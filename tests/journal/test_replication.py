@@ -585,3 +585,18 @@ def test_ready_must_be_advanced_in_order() -> None:
         core.advance(second)
     core.advance(first)
     core.advance(second)
+
+
+def test_trim_of_entries_not_yet_handed_to_the_shell() -> None:
+    net = Net()
+    net.elect("n0")
+    net.propose("n0", "c", 1, [b"a"])
+    follower = net.cores["n1"]
+    last = follower.status().last_index
+    e1 = LogEntry(last + 1, follower.term, 2, 1000, EntryKind.DATA, b"b")
+    e2 = LogEntry(last + 2, follower.term, 3, 1000, EntryKind.DATA, b"c")
+    follower.step(Append(follower.term, "n0", "n1", last, follower.term, (e1, e2), last + 1))
+    follower.trim(3)  # drops b (committed) before any Ready carried it
+    rd = follower.ready()
+    assert rd.snapshot is not None and rd.snapshot.index == last + 1 and rd.snapshot.position == 2
+    assert [e.data for e in rd.entries] == [b"c"]
