@@ -244,6 +244,30 @@ def render_table(runs: list[Run], targets: list[str], workloads: list[str], pair
     return "\n".join(lines)
 
 
+def _median(runs: list[Run], target: str, workload: str, attr: str) -> float | None:
+    vals = [float(getattr(r, attr)) for r in runs if r.target == target and r.workload == workload]
+    return statistics.median(vals) if vals else None
+
+
+def render_summary(runs: list[Run], targets: list[str], workloads: list[str], pairs: list[tuple[str, str]]) -> str:
+    """The headline: per workload and pair, ours / etcd for throughput, p99 and server CPU per operation."""
+    measured = [(o, b) for o, b in pairs if o in targets and b in targets]
+    if not measured:
+        return ""
+    head = ["workload"]
+    for o, b in measured:
+        head += [f"{o} / {b} ops/s", "p99", "CPU/op"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in workloads:
+        cells = [w]
+        for o, b in measured:
+            for attr in ("throughput", "p99_us", "server_cpu_us_per_op"):
+                mo, mb = _median(runs, o, w, attr), _median(runs, b, w, attr)
+                cells.append(f"{mo / mb:.2f}" if mo is not None and mb else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_report(
     runs: list[Run],
     targets: list[Target],
@@ -255,9 +279,19 @@ def render_report(
 ) -> str:
     names = [t.name for t in targets if t.server is not None]
     out = [f"# Comparison: kvstore vs etcd ({dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')})", ""]
-    out.append("Medians over rounds, with (min .. max) over rounds; ratios are kvstore / etcd on the medians.")
-    out.append("For ops/s and events/s higher is better; for latency and server CPU per operation lower is better.")
+    out.append("Each workload ran on every target in every round (target order rotated each round); settings, machine")
+    out.append("and every run are below.")
     out.append("")
+    summary = render_summary(runs, names, workloads, PAIRS)
+    if summary:
+        out.append(
+            "Ratios ours / etcd of the medians (ops/s: higher is better; p99 and server CPU per op: lower is better):"
+        )
+        out.append("")
+        out.append(summary)
+        out.append("")
+        out.append("Medians (min .. max over rounds):")
+        out.append("")
     out.append(render_table(runs, names, workloads, PAIRS))
     out.append("")
     for t in targets:

@@ -44,6 +44,16 @@ def test_table_has_medians_spreads_and_ratios() -> None:
     assert "20.00 (10.00 .. 30.00)" in p99 and p99.endswith("| 2.50 |")
 
 
+def test_summary_has_one_ratio_row_per_workload() -> None:
+    from bench.compare import render_summary
+
+    runs = [run("etcd-1", 1, 1000, 10_000), run("kvstore", 1, 250, 40_000)]
+    text = render_summary(runs, ["etcd-1", "kvstore"], ["put"], [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")])
+    lines = text.splitlines()
+    assert lines[0] == "| workload | kvstore / etcd-1 ops/s | p99 | CPU/op |"
+    assert lines[2] == "| put | 0.25 | 4.00 | 1.00 |"
+
+
 def test_missing_target_gives_no_ratio() -> None:
     table = render_table([run("etcd-1", 1, 1000, 1000)], ["etcd-1"], ["put"], [("kvstore", "etcd-1")])
     assert "kvstore /" not in table
