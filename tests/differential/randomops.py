@@ -77,6 +77,24 @@ def _track(step: Step) -> Step:
     return step
 
 
+def _no_query_of_death(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop ignore_value/ignore_lease from Puts in a branch with a from-key DeleteRange.
+
+    Such a delete escapes etcd's duplicate-key check (it compares range_end "\\0" bytewise), so a later
+    ignore_* Put can find its key deleted at apply time, and etcd 3.5 panics ("unexpected error during
+    txn"), killing the reference. The scenario txn_ignore_lease_after_from_key_delete covers it instead."""
+    if not any(op.get("request_delete_range", {}).get("range_end") is FROM_KEY for op in ops):
+        return ops
+    out = []
+    for op in ops:
+        if "request_put" in op:
+            put = {k: v for k, v in op["request_put"].items() if k not in ("ignore_value", "ignore_lease")}
+            put.setdefault("value", "")
+            op = {"request_put": put}
+        out.append(op)
+    return out
+
+
 class Generator:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -176,8 +194,8 @@ class Generator:
     def txn_parts(self, depth: int) -> tuple[list[Any], list[Any], list[Any]]:
         rng = self.rng
         compares = [self.compare() for _ in range(rng.randrange(0, 4))]
-        success = [self.txn_op(depth) for _ in range(rng.randrange(0, 5))]
-        failure = [self.txn_op(depth) for _ in range(rng.randrange(0, 4))]
+        success = _no_query_of_death([self.txn_op(depth) for _ in range(rng.randrange(0, 5))])
+        failure = _no_query_of_death([self.txn_op(depth) for _ in range(rng.randrange(0, 4))])
         return compares, success, failure
 
     # -- one operation -----------------------------------------------------------------------------------
