@@ -99,7 +99,8 @@ async def bench_policy(
                 results.append(r)
                 print(
                     f"fsync={fsync:<6} entry={size:>5} B  appenders={conc:>3}  {r.appends_per_s:>8.0f} appends/s  "
-                    f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms  max {r.max_ms:7.2f} ms",
+                    f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms  max {r.max_ms:7.2f} ms  "
+                    f"(load avg {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
     finally:

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tick-ms", type=int, default=50)
     s.add_argument("--election-ticks", type=int, default=10)
     s.add_argument("--segment-bytes-max", type=int, default=64 * 1024 * 1024)
+    s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop implementation")
     s.add_argument("--log-level", default="WARNING")
     return p
 
@@ -85,12 +86,15 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"kvstore journal: {e}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        uvloop.run(_serve(cfg))
-    except ImportError:
-        asyncio.run(_serve(cfg))
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print("kvstore journal: uvloop is not installed; using asyncio", file=sys.stderr)
+        else:
+            uvloop.run(_serve(cfg))
+            return 0
+    asyncio.run(_serve(cfg))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import signal
 import socket
 import subprocess
@@ -63,6 +64,7 @@ class NodeProc:
             *self.prefix, sys.executable, "-m", "journal.cli", "serve", "--id", self.node_id,
             "--listen", self.addr, "--peers", peers, "--data-dir", str(self.data_dir),
             "--fsync", self.fsync, "--tick-ms", str(self.tick_ms), "--log-level", "WARNING",
+            "--loop", os.environ.get("JOURNAL_TEST_LOOP", "uvloop"),
         ]  # fmt: skip
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         err = open(self.log_path, "ab")
