@@ -79,6 +79,7 @@ class Cluster:
             p.node_id: r.ReplicationCore(r.Config(p.node_id, peers), random.Random(i)) for i, p in enumerate(peers)
         }
         self.results: list[r.AppendResult] = []
+        self.barriers: list[r.BarrierResult] = []
 
     def pump(self) -> None:
         for _ in range(self.STEPS_MAX):
@@ -92,6 +93,7 @@ class Cluster:
                 core.advance(rd)
                 msgs.extend(rd.messages_after_persist)
                 self.results.extend(rd.append_results)
+                self.barriers.extend(rd.barrier_results)
                 for m in msgs:
                     self.cores[m.dst].step(m)
             if not busy:
@@ -128,5 +130,23 @@ def test_replication_commit_round_trip(benchmark: Any, batch: int) -> None:
             for core in cluster.cores.values():
                 core.trim(core.status().commit_position)
             cluster.pump()
+
+    benchmark(step)
+
+
+def test_replication_barrier_round_trip(benchmark: Any) -> None:
+    """A read barrier (read index): leader heartbeat round to a majority, answered without a tick."""
+    cluster = Cluster()
+    leader = cluster.elect()
+    leader.propose("bench", 1, [PAYLOAD], 1_700_000_000_000)
+    cluster.pump()
+    rid = iter(range(1, 10**9))
+
+    def step() -> None:
+        i = next(rid)
+        leader.barrier(i)
+        cluster.pump()
+        got = cluster.barriers.pop()
+        assert got.request_id == i and got.error is None and not cluster.barriers, got
 
     benchmark(step)
