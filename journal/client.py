@@ -101,16 +101,20 @@ class _Conn:
                     fut.set_exception(ConnectionError(f"connection to {self.addr} lost"))
 
     async def call(self, kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        writer = await self._ensure(timeout_s)
         rid = next(self._ids)
         payload["id"] = rid
+        try:
+            frame = encode_frame(kind, payload, self.frame_bytes_max)
+        except ProtocolError as e:  # too big for any node: retrying cannot help
+            raise ValueError(f"{kind}: {e}") from None
+        writer = await self._ensure(timeout_s)
         fut: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
             if writer.is_closing():
                 raise ConnectionError(f"connection to {self.addr} closed")
             try:
-                writer.write(encode_frame(kind, payload, self.frame_bytes_max))
+                writer.write(frame)
             except RuntimeError as e:  # uvloop, on a transport closed under us
                 raise ConnectionError(str(e)) from None
             await writer.drain()
