@@ -183,3 +183,19 @@ def test_prefix_end() -> None:
     assert prefix_end(b"/a/") == b"/a0"
     assert prefix_end(b"a\xff") == b"b"
     assert prefix_end(b"\xff") == b"\x00"
+
+
+@pytest.mark.slow
+def test_three_member_etcd_over_all_endpoints(tmp_path: Path) -> None:
+    server = start_etcd(tmp_path / "etcd3", members=3)
+    try:
+        out = tmp_path / "r.json"
+        eps = ",".join(server.endpoints)
+        for args in (["put"], ["range", "--consistency", "l"], ["kube", "--kube-pods", "100"]):
+            assert (
+                main([*args, "--endpoints", eps, "--conns", "3", "--total", "300", "--json", str(out), "--quiet"]) == 0
+            )
+            r = json.loads(out.read_text())
+            assert r["errors"] == {} and r["ok"] == 300, (args, r["errors"])
+    finally:
+        server.stop()
