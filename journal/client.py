@@ -174,7 +174,10 @@ class JournalClient:
         request_timeout_ms: int = 30_000,
         rpc_timeout_ms: int = 2_000,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+        read_from: str = "leader",
     ) -> None:
+        if read_from not in ("leader", "any"):
+            raise ValueError("read_from is 'leader' or 'any'")
         if not endpoints:
             raise ValueError("at least one endpoint")
         for e in endpoints:
@@ -184,6 +187,10 @@ class JournalClient:
         self.request_timeout_ms = request_timeout_ms
         self.rpc_timeout_ms = rpc_timeout_ms
         self.frame_bytes_max = frame_bytes_max
+        # Followers learn a new commit position with the next append or heartbeat
+        # (up to a heartbeat interval later), so a tail read from the leader sees
+        # entries sooner; "any" spreads read streams over the nodes instead.
+        self.read_from = read_from
         self._conns: dict[str, _Conn] = {}
         self._leader: dict[str, str] = {}  # log -> address believed to lead it
         self._next_endpoint = random.randrange(len(self.endpoints))
@@ -344,7 +351,7 @@ class JournalClient:
         backoff_ms = BACKOFF_MS_MIN
         failing_since: float | None = None
         while not self._closed:
-            addr = self._rotate()
+            addr = (await self._read_target(log)) if failing_since is None else self._rotate()
             writer: asyncio.StreamWriter | None = None
             try:
                 host, port = _parse_addr(addr)
@@ -392,6 +399,19 @@ class JournalClient:
                 if writer is not None:
                     writer.close()
         raise Unavailable("client is closed")
+
+    async def _read_target(self, log_name: str) -> str:
+        if self.read_from == "leader":
+            leader = self._leader.get(log_name)
+            if leader is None:
+                try:  # learn it: one status round trip per (re)connect
+                    async with asyncio.timeout(self.rpc_timeout_ms / 1000):
+                        leader = (await self._conn(self._rotate()).call("status", {"log": log_name}, 1.0)).get("leader")
+                except (OSError, ConnectionError, TimeoutError, ProtocolError, RemoteError, RuntimeError):
+                    leader = None
+            if leader:
+                return str(leader)
+        return self._rotate()
 
     # ------------------------------------------------------- other requests
 
