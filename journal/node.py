@@ -186,10 +186,14 @@ class _Storage:
         if seg.first_position > snap.index + 1 or seg.last_position < snap.index:
             # The log does not reach the snapshot (a crash during a snapshot
             # install, or entries never written here): start after it.
-            if seg.last_position != snap.index or seg.first_position > snap.index + 1:
-                log.warning("%s: log [%d, %d] does not reach snapshot %d; resetting",
-                            self.directory, seg.first_position, seg.last_position, snap.index)  # fmt: skip
-                seg.reset(snap.index + 1)
+            log.warning("%s: log [%d, %d] does not reach snapshot %d; resetting",
+                        self.directory, seg.first_position, seg.last_position, snap.index)  # fmt: skip
+            seg.reset(snap.index + 1)
+        elif snap.index >= seg.first_position and seg.read(snap.index, snap.index)[0].epoch != snap.term:
+            # What follows the snapshot here is from another history (a crash
+            # between writing an installed snapshot and resetting the log).
+            log.warning("%s: entry %d disagrees with the snapshot; resetting", self.directory, snap.index)
+            seg.reset(snap.index + 1)
         entries: list[r.LogEntry] = []
         prev_index, prev_term, prev_pos, prev_ts = snap.index, snap.term, snap.position, snap.timestamp_ms
         position = snap.index + 1
