@@ -572,6 +572,9 @@ class Simulation:
             if node.led_term != core.term:
                 node.led_term = core.term
                 self._check_leader_completeness(node)
+                if node.disk.hard_state != HardState(core.term, node.node_id):
+                    # Else a crash could make it forget the term and vote again in it.
+                    self.fail(f"{node.node_id} leads term {core.term} before its vote is durable")
         if core.commit <= node.checked_commit:
             node.checked_commit = min(node.checked_commit, core.commit)
             return

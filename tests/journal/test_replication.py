@@ -600,3 +600,32 @@ def test_trim_of_entries_not_yet_handed_to_the_shell() -> None:
     rd = follower.ready()
     assert rd.snapshot is not None and rd.snapshot.index == last + 1 and rd.snapshot.position == 2
     assert [e.data for e in rd.entries] == [b"c"]
+
+
+def test_entries_of_an_earlier_term_commit_only_with_one_of_the_current_term() -> None:
+    """Raft figure 8: a majority copy of an old-term entry is not enough to commit it."""
+    net = Net(cfg={"append_entries_max": 1})
+    net.elect("n0")
+    net.isolated.update({"n1", "n2"})
+    net.propose("n0", "c", 1, [b"x"])  # index 2, term 1: on n0 only
+    net.tick(2 * net.cores["n0"].cfg.election_ticks + 1, only="n0")  # check-quorum: n0 steps down
+    assert net.cores["n0"].role is Role.FOLLOWER
+    net.isolated = {"n2"}
+    net.hold.add("n1")  # n1's acks leave only when the test flushes its writes
+    net.cores["n1"]._election_elapsed = net.cores["n1"].cfg.election_ticks
+    n0 = net.cores["n0"]
+    for _ in range(80):
+        net.tick(only="n0")
+        net.flush("n1")
+        net.pump()
+        if n0.role is Role.LEADER:
+            break
+    assert n0.role is Role.LEADER and n0.term == 2
+    seen = []
+    for _ in range(10):
+        net.flush("n1")
+        net.pump()
+        seen.append(n0.status().commit_index)
+    # n1 acknowledged index 2 (term 1) one step before index 3 (term 2): commit jumps 1 -> 3.
+    assert 2 not in seen and seen[-1] == 3, seen
+    assert net.result("c", 1).error is ErrorCode.NOT_LEADER  # its first leader could not know
