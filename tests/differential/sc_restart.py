@@ -19,7 +19,6 @@ from tests.differential.harness import (
     restart,
     revoke,
     scenario,
-    ttl,
     txn,
     unary,
     watch_create,
@@ -48,12 +47,22 @@ def sc_kill9_restart_revisions_continue() -> list:
     return [*_history(), restart(kill=True), *_after()]
 
 
-@scenario(fresh=True, note="etcd without lease checkpointing gives every lease its full TTL again on restart")
+def _remaining_plausible(s: Session) -> Any:
+    from proto.etcdserverpb import rpc_pb2
+
+    r = s.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=s.value(LID(1))), timeout=10)
+    return {"0 < remaining <= granted": 0 < r.TTL <= r.grantedTTL}
+
+
+@scenario(fresh=True, note="etcd 3.5.1 (no lease checkpoint persisted) gives every lease its full TTL again on "
+                           "restart; ours counts expiry from journal timestamps, so the remaining TTL carries "
+                           "on: a deliberate difference, remaining TTLs are not compared after the restart")
 def sc_restart_leases_survive() -> list:
     return [grant(600, LID(1)), grant(600, LID(2)), put("k1", "v", lease=LID(1)), put("k2", "v", lease=LID(1)),
             restart(kill=True),
-            ttl(LID(1), keys=True), ttl(LID(2)), unary("LeaseLeases"), revoke(LID(1)), range_("k", range_end="l"),
-            grant(600, LID(2))]
+            unary("LeaseTimeToLive", {"ID": LID(1), "keys": True}, drop=("TTL",)),
+            unary("LeaseTimeToLive", {"ID": LID(2)}, drop=("TTL",)), custom("remaining TTL", _remaining_plausible),
+            unary("LeaseLeases"), revoke(LID(1)), range_("k", range_end="l"), grant(600, LID(2))]
 
 
 @scenario(fresh=True, slow=True)

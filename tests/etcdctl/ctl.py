@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class Result:
     out: Any
     err: str
     ttls: list[int] = field(default_factory=list)  # remaining TTLs printed, compared within a tolerance
+    raw: str = field(default="", compare=False)
 
     def as_tuple(self) -> tuple[int, Any, str]:
         return (self.rc, self.out, self.err)
@@ -65,17 +67,33 @@ class Ctl:
         argv = [ETCDCTL, f"--endpoints={self.server.endpoint}", "watch", *args]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    def watch_result(self, p: subprocess.Popen[str], args: list[str], seconds: float) -> Result:
-        """Let the watch run `seconds`, stop it; the printed events are the result."""
-        try:
-            out, err = p.communicate(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            p.terminate()
-            out, err = p.communicate(timeout=10)
+    def watch_result(self, p: subprocess.Popen[str], args: list[str], seconds: float,
+                     want_lines: int | None = None) -> Result:
+        """Let the watch run `seconds` (or until it printed `want_lines` lines), stop it; the printed
+        events are the result."""
+        assert p.stdout is not None
+        lines: list[str] = []
+
+        def read() -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and (want_lines is None or len(lines) < want_lines):
+            time.sleep(0.02)
+        if want_lines is not None and len(lines) >= want_lines:
+            time.sleep(0.2)  # anything extra the server under test would print shows up too
+        p.terminate()
+        _, err = p.communicate(timeout=10)
+        reader.join(10)
+        out = "".join(lines)
         self._ttls = []
         json_out = "-w" in args and args[args.index("-w") + 1] == "json"
         norm: Any = self.norm_json(out) if json_out and out.strip() else self.norm_text(out)
-        return Result(0, norm, self.norm_err(err), self._ttls)
+        return Result(0, norm, self.norm_err(err), self._ttls, raw=out)
 
     # -- normalisation ------------------------------------------------------------------------------------
     def norm_text(self, text: str) -> str:
@@ -140,11 +158,13 @@ class Compare:
         self.check(" ".join(args), ra, rb, expect_rc)
         return ra
 
-    def watch(self, args: list[str], seconds: float = 1.0) -> Result:
-        pa, pb = self.a.watch_start(args), self.b.watch_start(args)  # both at once: one wait
-        t0 = time.monotonic()
+    def watch(self, args: list[str], seconds: float = 1.0, catch_up_s: float = 8.0) -> Result:
+        """Both watches run at once; the reference for `seconds`, the server under test until it printed
+        as many lines as the reference did (or `catch_up_s` more), so a loaded machine does not flake."""
+        pa, pb = self.a.watch_start(args), self.b.watch_start(args)
         ra = self.a.watch_result(pa, args, seconds)
-        rb = self.b.watch_result(pb, args, max(0.1, seconds - (time.monotonic() - t0)))
+        want_lines = len(ra.raw.splitlines())
+        rb = self.b.watch_result(pb, args, catch_up_s, want_lines=want_lines)
         self.check("watch " + " ".join(args), ra, rb, None)
         return ra
 
