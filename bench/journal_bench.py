@@ -110,6 +110,51 @@ async def bench_policy(
     return results
 
 
+async def bench_failover(fsync: str, kills: int, appenders: int, data_dir: Path) -> list[float]:
+    """kill -9 the leader under load, `kills` times; return each stall (longest gap between acks), in ms."""
+    base = Path(tempfile.mkdtemp(prefix="journal-bench-failover-", dir=data_dir))
+    cluster = ProcCluster(base, "abc", fsync=fsync, tick_ms=50)
+    cluster.start()
+    client = JournalClient(cluster.endpoints, rpc_timeout_ms=1000)
+    loop = asyncio.get_running_loop()
+    acks: list[float] = []
+    stop = asyncio.Event()
+
+    async def appender() -> None:
+        while not stop.is_set():
+            await client.append("failover", [b"x" * 256])
+            acks.append(loop.time())
+
+    stalls: list[float] = []
+    tasks = []
+    try:
+        await client.append("failover", [b"x"])
+        tasks = [asyncio.create_task(appender()) for _ in range(appenders)]
+        for _ in range(kills):
+            await asyncio.sleep(1.0)
+            leader = await cluster.leader(client, "failover")
+            killed_at = loop.time()
+            leader.kill()
+            n = len(acks)
+            while len(acks) < n + 50:
+                await asyncio.sleep(0.01)
+            after = [t for t in acks if t >= killed_at]
+            before = [t for t in acks if t < killed_at]
+            gap = max(b - a for a, b in zip([*before[-1:], *after], after, strict=False)) if after else float("nan")
+            stalls.append(gap * 1000)
+            print(f"failover: kill -9 of leader {leader.node_id}: appends stalled {gap * 1000:.0f} ms "
+                  f"(load avg {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+            leader.start()
+            leader.wait_listening()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return stalls
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.journal_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--fsync", default="always,batch", help="policies, comma separated (always, batch, never)")
@@ -119,10 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=0.5)
     p.add_argument("--data-dir", default="/var/tmp", help="where the nodes' data goes (use a real disk)")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--failover", type=int, default=0, metavar="N",
+                   help="instead: kill -9 the leader N times under load (16 appenders) and report the stalls")
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     concs = [int(x) for x in args.concurrency.split(",")]
     started = time.time()
+    if args.failover:
+        stalls = asyncio.run(bench_failover(args.fsync.split(",")[0], args.failover, 16, Path(args.data_dir)))
+        stalls.sort()
+        print(f"failover stalls: median {stalls[len(stalls) // 2]:.0f} ms, max {stalls[-1]:.0f} ms over {len(stalls)}")
+        return 0
     results: list[Result] = []
     for policy in args.fsync.split(","):
         results += asyncio.run(bench_policy(policy, sizes, concs, args.seconds, args.warmup_s, Path(args.data_dir)))

@@ -33,7 +33,7 @@ PROPOSAL_BYTES_MAX = 768 * 1024  # below the core's append_bytes_max (1 MiB) wit
 PROPOSALS_INFLIGHT_MAX = 8  # per log; well below the core's 64-request dedup window
 PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpressure beyond)
 BACKOFF_MS_MIN = 10
-BACKOFF_MS_MAX = 500
+BACKOFF_MS_MAX = 200  # elections end within ~1 s: poll often, with at most 8 proposals in flight per log
 RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 
 
@@ -249,7 +249,7 @@ class JournalClient:
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
             backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
-        raise Unavailable(f"{kind} on log {log_name!r}: no answer within {self.request_timeout_ms} ms ({last_error})")
+        raise Unavailable(f"{kind} on log {log_name!r}: no answer within {self.request_timeout_ms} ms ({last_error!r})")
 
     # --------------------------------------------------------------- append
 
