@@ -240,3 +240,22 @@ async def test_log_names_are_escaped(tmp_path: Path) -> None:
     await j.append("a/b", [b"b"])
     assert sorted(os.listdir(tmp_path / "logs")) == ["%2E%2E%2Fevil", "a%2Fb"]
     await j.close()
+
+
+async def test_failed_fsync_is_fail_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = LocalJournal(str(tmp_path))
+    await j.append("e", [b"ok"])
+    from journal.segments import SegmentLog
+
+    def broken_sync(self: SegmentLog) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(SegmentLog, "sync", broken_sync)
+    with pytest.raises(Unavailable):
+        await j.append("e", [b"lost"])
+    monkeypatch.undo()
+    # Even with the disk "back", the log refuses: after a failed fsync the page cache is not to be trusted.
+    with pytest.raises(Unavailable):
+        await j.append("e", [b"later"])
+    assert await j.barrier("e") == 1
+    await j.close()
