@@ -2,6 +2,7 @@
 
     kvstore journal serve --id a --az a --listen 127.0.0.1:7001 \\
         --peers b=127.0.0.1:7002,c=127.0.0.1:7003 --data-dir /var/lib/journal/a --fsync always
+    kvstore journal status --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --log pods
 
 A peer is ``id=host:port`` (its AZ is then its id) or ``id/az=host:port``.
 """
@@ -48,7 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--segment-bytes-max", type=int, default=64 * 1024 * 1024)
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop implementation")
     s.add_argument("--log-level", default="WARNING")
+    st = sub.add_parser("status", help="print each node's view of a log")
+    st.add_argument("--endpoints", required=True, help="host:port,... of the journal nodes")
+    st.add_argument("--log", required=True)
     return p
+
+
+async def _status(endpoints: list[str], log_name: str) -> int:
+    from journal.client import JournalClient
+
+    worst = 0
+    for addr in endpoints:
+        one = JournalClient([addr], request_timeout_ms=2000, rpc_timeout_ms=1000)
+        try:
+            answer = await one._leader_call(log_name, "status", {"log": log_name})
+            leader = answer["leader"] or "-"
+            print(
+                f"{addr}: node {answer['node']} {answer['role']} epoch {answer['epoch']} "
+                f"committed {answer['committed']} readable {answer['readable']} leader {leader}"
+            )
+        except Exception as e:  # report every node, reachable or not
+            print(f"{addr}: unreachable ({e})")
+            worst = 1
+        finally:
+            await one.close()
+    return worst
 
 
 async def _serve(cfg: NodeConfig) -> None:
@@ -68,6 +93,8 @@ async def _serve(cfg: NodeConfig) -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return asyncio.run(_status(args.endpoints.split(","), args.log))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(
         node_id=args.id,
