@@ -440,6 +440,11 @@ _UNARY: dict[str, tuple[str, str, type[Message]]] = {
     "Hash": ("maint", "Hash", rpc_pb2.HashRequest),
     "MemberList": ("cluster", "MemberList", rpc_pb2.MemberListRequest),
     "MoveLeader": ("maint", "MoveLeader", rpc_pb2.MoveLeaderRequest),
+    "Downgrade": ("maint", "Downgrade", rpc_pb2.DowngradeRequest),
+    "MemberAdd": ("cluster", "MemberAdd", rpc_pb2.MemberAddRequest),
+    "MemberRemove": ("cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest),
+    "MemberUpdate": ("cluster", "MemberUpdate", rpc_pb2.MemberUpdateRequest),
+    "MemberPromote": ("cluster", "MemberPromote", rpc_pb2.MemberPromoteRequest),
 }
 
 
@@ -704,6 +709,9 @@ class Scenario:
     flags: dict[str, object] = field(default_factory=dict)  # etcd flags for both servers (implies fresh)
     note: str = ""  # e.g. where etcd 3.5.1 differs from the 3.6 behaviour we target
     slow: bool = False  # long (restarts, waits): excluded from the CI run, run with -m slow
+    # A difference the design accepts (the issue says so): the test must fail against our server
+    # (strict xfail), so it shows up if the server ever changes; against etcd it must pass.
+    deliberate: str = ""
 
 
 @dataclass
@@ -927,14 +935,14 @@ Build = Callable[[], list[Step]]
 
 
 def scenario(fresh: bool = False, flags: dict[str, object] | None = None, note: str = "",
-             name: str | None = None, slow: bool = False) -> Callable[[Build], Build]:
+             name: str | None = None, slow: bool = False, deliberate: str = "") -> Callable[[Build], Build]:
     """Register `build` as a scenario named after the function (without a leading `sc_`)."""
 
     def deco(build: Build) -> Build:
         n = name or build.__name__.removeprefix("sc_")
         assert all(s.name != n for s in SCENARIOS), f"duplicate scenario {n}"
         SCENARIOS.append(Scenario(n, build, fresh=fresh or bool(flags), flags=dict(flags or {}), note=note,
-                                  slow=slow))
+                                  slow=slow, deliberate=deliberate))
         return build
 
     return deco

@@ -276,3 +276,22 @@ def sc_malformed_watch_stream() -> list:
 def sc_empty_key_errors() -> list:
     return [range_(b""), put(b"", "v"), delete(b""), txn([{"key": b"", "target": "VERSION", "result": "EQUAL"}]),
             unary("Range", {"key": b"", "range_end": b"\0"})]
+
+
+@scenario(note="member changes on a single node: only requests that cannot change etcd's membership are sent "
+               "(an added member would cost the reference its quorum)",
+          deliberate="issue 3: member calls give clear errors until multi-member support exists")
+def sc_member_change_errors() -> list:
+    return [unary("MemberAdd", {"peerURLs": ["not a url"]}),
+            unary("MemberAdd", {"peerURLs": []}),
+            unary("MemberRemove", {"ID": 12345}),
+            unary("MemberUpdate", {"ID": 12345, "peerURLs": ["http://127.0.0.1:1"]}),
+            unary("MemberPromote", {"ID": 12345}),
+            put("k", "v")]
+
+
+@scenario(deliberate="issue 3: Downgrade answers honestly that it is not supported")
+def sc_downgrade_errors() -> list:
+    return [unary("Downgrade", {"action": "VALIDATE", "version": "not-a-version"}),
+            unary("Downgrade", {"action": "CANCEL"}),
+            put("k", "v")]
