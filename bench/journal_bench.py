@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=0.5)
     p.add_argument("--data-dir", default="/var/tmp", help="where the nodes' data goes (use a real disk)")
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--failover", type=int, default=0, metavar="N",
-                   help="instead: kill -9 the leader N times under load (16 appenders) and report the stalls")
+    p.add_argument(
+        "--failover",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: kill -9 the leader N times under load (16 appenders) and report the stalls",
+    )
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     concs = [int(x) for x in args.concurrency.split(",")]
