@@ -248,7 +248,10 @@ class Generator:
                 stream.send(rpc_pb2.WatchRequest(create_request=s.resolve(rpc_pb2.WatchCreateRequest, spec)))
                 out: list[Any] = []
                 for _ in range(HISTORY_RESPONSES_MAX):
-                    r = stream.recv(HISTORY_QUIET_S)
+                    # etcd syncs an unsynced watcher every 100 ms and sends its catch-up in one response;
+                    # on a busy machine that first response can take a while, later ones come promptly
+                    only_created = len(out) == 1 and "created" in out[0]
+                    r = stream.recv(HISTORY_FIRST_BATCH_S if only_created else HISTORY_QUIET_S)
                     if r is None or isinstance(r, tuple):
                         break
                     resp = s.norm(r)
@@ -278,6 +281,7 @@ def build(seed: int, ops: int) -> tuple[list[Step], int]:
 
 DRAIN_QUIET_S = 1.0
 HISTORY_QUIET_S = 0.25
+HISTORY_FIRST_BATCH_S = 1.5
 HISTORY_RESPONSES_MAX = 1000
 DRAIN_RESPONSES_MAX = 100_000
 
