@@ -161,6 +161,7 @@ class LocalJournal:
         self._logs: dict[str, _Log] = {}
         self._opening: dict[str, asyncio.Future[_Log]] = {}
         self._closed = False
+        self.disk_reads = 0  # read batches served from segment files, not the tail cache
         os.makedirs(os.path.join(data_dir, "logs"), exist_ok=True)
         # The epoch goes up by one per open, so it never decreases across restarts.
         epoch_path = os.path.join(data_dir, EPOCH_FILE)
@@ -345,6 +346,7 @@ class LocalJournal:
                 continue
             batch = self._from_cache(lg, position)
             if batch is None:
+                self.disk_reads += 1
                 try:
                     records = await asyncio.to_thread(
                         lg.segments.read,

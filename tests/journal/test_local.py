@@ -147,6 +147,7 @@ async def test_read_follows_the_tail(tmp_path: Path) -> None:
                 return
 
     task = asyncio.create_task(reader())
+    assert j.disk_reads == 0
     for i in range(100):
         await j.append("f", [str(i).encode()])
         if i % 10 == 0:
@@ -155,8 +156,10 @@ async def test_read_follows_the_tail(tmp_path: Path) -> None:
     await task
     assert [e.position for e in seen] == list(range(1, 101))
     assert [e.data for e in seen] == [str(i).encode() for i in range(100)]
+    assert j.disk_reads == 0, "a reader at the tail must be served from the cache"
     # Older entries (out of the 16-entry cache) come from disk.
     assert [e.data for e in await collect(j, "f", 5, 7)][:3] == [b"4", b"5", b"6"]
+    assert j.disk_reads >= 1
     await j.close()
 
 
