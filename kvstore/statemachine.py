@@ -115,6 +115,9 @@ class StateMachine:
         store = self.store
         if kind == Kind.PUT:
             self._check_space()
+            # etcd's Put checks the lease before the ignore_* target (a txn checks them the other way).
+            if req.lease and req.lease not in store.leases:
+                raise fail(errors.LEASE_NOT_FOUND)
             check_put(store, req)
             txn = store.begin()
             prev = txn.put(req.key, req.value, req.lease, ignore_value=req.ignore_value, ignore_lease=req.ignore_lease)
