@@ -330,3 +330,32 @@ def sc_watch_fragment() -> list:
 def sc_watch_prev_kv_put_then_delete_same_txn() -> list:
     return [put("b", "old"), *_synced(key="a", range_end="z", prev_kv=True),
             txn([], [op_put("a", "1"), op_del("a", range_end=FROM_KEY, prev_kv=True)]), watch_recv()]
+
+
+@scenario(note="prev_kv is read at mod_revision-1; once that revision is compacted it is omitted")
+def sc_watch_prev_kv_compacted() -> list:
+    return [put("k", "v1"), put("k", "v2"), put("j", "x"), compact(R(2)),
+            *_synced(key="k", start_revision=R(2), prev_kv=True), watch_recv(),
+            put("k", "v3"), watch_recv()]
+
+
+def _many_puts(n: int) -> object:
+    from typing import Any
+
+    from proto.etcdserverpb import rpc_pb2
+    from tests.differential.harness import Session, custom
+
+    def run(s: Session) -> Any:
+        last = 0
+        for i in range(n):
+            last = s.kv.Put(rpc_pb2.PutRequest(key=s.key(f"m/{i % 7}"), value=b"%d" % i), timeout=10).header.revision
+        return {"last_revision": last}
+
+    return custom(f"{n} puts", run)
+
+
+@scenario(slow=True, note="a catch-up of more than 1000 revisions goes out in batches of at most 1000 revisions "
+                          "(watchBatchMaxRevs), a revision never split")
+def sc_watch_catch_up_batches_of_1000_revisions() -> list:
+    return [_many_puts(1150), *_synced(key="m/", range_end=PREFIX_END, start_revision=R(1)),
+            watch_recv(n=2, timeout_s=10), watch_quiet(seconds=1.0)]
