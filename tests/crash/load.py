@@ -1,14 +1,15 @@
 """Write load, watchers and the checks of the crash tests.
 
 Writers are threads with their own gRPC channel and KV stub (the generated etcd stubs), each putting
-keys under PREFIX. Every put has a value no other put has (`writer:cycle:seq`), so any value read
-back names the attempt that wrote it. A put that answered is *acknowledged* (key, value, revision);
-a put that raised (the server died under it) is *in doubt*: it may or may not have been committed,
-and both outcomes are correct.
+keys under PREFIX, and now and then deleting one of the hot keys. Every put has a value no other put
+has (`writer:cycle:seq`), so any value read back names the attempt that wrote it. A write that
+answered is *acknowledged* (key, value or deletion, revision); a write that raised (the server died
+under it) is *in doubt*: it may or may not have been committed, and both outcomes are correct.
 
-The only writes to the server are these puts, one revision each, so the store's history under
-PREFIX is exactly one PUT event per revision from 2 to the current revision: a watch that resumes
-from revision R must deliver R, R+1, R+2, ... with no gap and no duplicate.
+The only writes to the server are these puts and single-key deletes, one revision and one event
+each (a delete that found nothing makes neither), so the store's history under PREFIX is exactly one
+event per revision from 2 to the current revision: a watch that resumes from revision R must deliver
+R, R+1, R+2, ... with no gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from proto.mvccpb import kv_pb2
 PREFIX = b"/crash/"
 PREFIX_END = b"/crash0"  # PREFIX with its last byte incremented
 HOT_KEYS = 8  # keys that every writer overwrites, so the latest acknowledged value is what must survive
-HOT_EVERY = 4  # one put in this many goes to a hot key
+HOT_EVERY = 4  # one write in this many goes to a hot key
+DELETE_EVERY = 2  # one pass over the hot keys in this many deletes them
 COUNTER_KEY = PREFIX + b"counter"
 COUNTERS = 2  # compare-and-swap incrementers per load
 PUT_TIMEOUT_S = 10.0
@@ -40,8 +42,13 @@ WATCH_QUEUE_MAX = 1_000_000
 @dataclass(frozen=True, slots=True)
 class Ack:
     key: bytes
-    value: bytes
+    value: bytes  # b"" for a delete
     revision: int
+    deleted: bool = False
+
+
+# what an unacknowledged write may have done: (key, value) for a put, (key, None) for a delete
+Doubt = tuple[bytes, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +71,7 @@ class History:
     """Everything the clients learned, across all crashes of one server."""
 
     acks: list[Ack] = field(default_factory=list)
-    in_doubt: set[tuple[bytes, bytes]] = field(default_factory=set)
+    in_doubt: set[Doubt] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)  # the watch log: one event per revision, from 2
     max_seen_revision: int = 0  # the highest revision any answer carried
 
@@ -83,7 +90,7 @@ class History:
     def ack_by_revision(self) -> dict[int, Ack]:
         out: dict[int, Ack] = {}
         for a in self.acks:
-            assert a.revision not in out, f"two acknowledged puts at revision {a.revision}: {out[a.revision]} and {a}"
+            assert a.revision not in out, f"two acknowledged writes at revision {a.revision}: {out[a.revision]} and {a}"
             out[a.revision] = a
         return out
 
@@ -96,12 +103,14 @@ class History:
                 f"{what}: event at revision {ev.revision} where {expected} was expected "
                 f"({'duplicate' if ev.revision < expected else 'gap'})"
             )
-            assert not ev.deleted, f"{what}: unexpected DELETE event {ev}"
             ack = acks.get(ev.revision)
             if ack is not None:
-                assert (ev.key, ev.value) == (ack.key, ack.value), f"{what}: event {ev} but the put there was {ack}"
+                assert (ev.key, ev.value, ev.deleted) == (ack.key, ack.value, ack.deleted), (
+                    f"{what}: event {ev} but the write there was {ack}"
+                )
             else:
-                assert (ev.key, ev.value) in self.in_doubt, f"{what}: event {ev} matches no put any client made"
+                doubt = (ev.key, None if ev.deleted else ev.value)
+                assert doubt in self.in_doubt, f"{what}: event {ev} matches no write any client made"
             expected += 1
         self.events.extend(events)
         if events:
@@ -121,40 +130,70 @@ class Writer(threading.Thread):
         self.stop_event = stop
         self.ops_max = ops_max
         self.acks: list[Ack] = []
-        self.in_doubt: list[tuple[bytes, bytes]] = []
-        self.error: grpc.RpcError | None = None
+        self.in_doubt: list[Doubt] = []
+        self.error: grpc.RpcError | None = None  # the server went away: expected at the kill
+        self.failure: BaseException | None = None  # anything else: reported by run_load_until_killed
 
-    def _key(self, seq: int) -> bytes:
-        if seq % HOT_EVERY == HOT_EVERY - 1:
-            return PREFIX + b"hot/%d" % (seq % HOT_KEYS)
-        return PREFIX + b"w%d/c%d/%d" % (self.writer_id, self.cycle, seq)
+    def run(self) -> None:
+        try:
+            self.load()
+        except BaseException as e:
+            self.failure = e
+
+    def _key(self, seq: int) -> tuple[bytes, bool]:
+        """The key of write `seq`, and whether the write deletes it: one write in HOT_EVERY goes to
+        the hot keys in turn, and every DELETE_EVERY-th pass over them deletes instead of putting."""
+        if seq % HOT_EVERY != HOT_EVERY - 1:
+            return PREFIX + b"w%d/c%d/%d" % (self.writer_id, self.cycle, seq), False
+        hot = seq // HOT_EVERY
+        passes = hot // HOT_KEYS + self.writer_id  # writers out of phase: one deletes what another put
+        return PREFIX + b"hot/%d" % (hot % HOT_KEYS), passes % DELETE_EVERY == DELETE_EVERY - 1
 
     def _put(self, stub: rpc_pb2_grpc.KVStub, key: bytes, value: bytes) -> int:
         """One put; its revision."""
         if self.writer_id % 2 == 0:
             return int(stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=PUT_TIMEOUT_S).header.revision)
-        always = rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.LESS, mod_revision=1 << 62)
         op = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))
+        return int(self._txn(stub, key, op).header.revision)
+
+    def _delete_key(self, stub: rpc_pb2_grpc.KVStub, key: bytes) -> tuple[int, int]:
+        """One single-key delete; (keys deleted, revision)."""
+        if self.writer_id % 2 == 0:
+            resp = stub.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key), timeout=PUT_TIMEOUT_S)
+            return int(resp.deleted), int(resp.header.revision)
+        op = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
+        txn = self._txn(stub, key, op)
+        return int(txn.responses[0].response_delete_range.deleted), int(txn.header.revision)
+
+    @staticmethod
+    def _txn(stub: rpc_pb2_grpc.KVStub, key: bytes, op: rpc_pb2.RequestOp) -> rpc_pb2.TxnResponse:
+        always = rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.LESS, mod_revision=1 << 62)
         resp = stub.Txn(rpc_pb2.TxnRequest(compare=[always], success=[op]), timeout=PUT_TIMEOUT_S)
         assert resp.succeeded, f"always-true compare failed: {resp}"
-        return int(resp.header.revision)
+        return resp
 
-    def run(self) -> None:
+    def load(self) -> None:
         ch = _channel(self.endpoint)
         stub = rpc_pb2_grpc.KVStub(ch)
         try:
             for seq in range(self.ops_max):
                 if self.stop_event.is_set():
                     return
-                key = self._key(seq)
-                value = b"%d:%d:%d" % (self.writer_id, self.cycle, seq)
+                key, delete = self._key(seq)
+                value = b"" if delete else b"%d:%d:%d" % (self.writer_id, self.cycle, seq)
                 try:
-                    revision = self._put(stub, key, value)
+                    if delete:
+                        deleted, revision = self._delete_key(stub, key)
+                    else:
+                        deleted, revision = 0, self._put(stub, key, value)
                 except grpc.RpcError as e:
-                    self.in_doubt.append((key, value))
+                    self.in_doubt.append((key, None if delete else value))
                     self.error = e
                     return
-                self.acks.append(Ack(key, value, revision))
+                if delete and deleted == 0:
+                    continue  # nothing there: no revision, no event
+                assert deleted <= 1, f"a single-key delete removed {deleted} keys"
+                self.acks.append(Ack(key, value, revision, deleted=delete))
         finally:
             ch.close()
 
@@ -164,7 +203,7 @@ class CounterWriter(Writer):
     the other counter writers. Every committed increment builds on the one before, so the counter's
     values in the watch log must be 1, 2, 3, ... across every crash (see counter_problems)."""
 
-    def run(self) -> None:
+    def load(self) -> None:
         ch = _channel(self.endpoint)
         stub = rpc_pb2_grpc.KVStub(ch)
         try:
@@ -283,7 +322,7 @@ class Watcher:
 
 def run_load_until_killed(
     endpoint: str, writers: int, cycle: int, kill_after_s: float, kill: object, ops_max: int, min_acks: int
-) -> tuple[list[Ack], set[tuple[bytes, bytes]], int]:
+) -> tuple[list[Ack], set[Doubt], int]:
     """Start `writers` writers and COUNTERS counter writers, wait until kill_after_s has passed and
     min_acks puts were acknowledged, call kill() while they run, and collect what they saw.
     Returns (acks, in doubt, threads alive at the kill) and asserts they all stopped."""
@@ -303,6 +342,7 @@ def run_load_until_killed(
     for t in threads:
         t.join(JOIN_TIMEOUT_S)
         assert not t.is_alive(), f"{t.name} still running after the kill"
+        assert t.failure is None, f"{t.name} failed: {t.failure!r}"
     acks = [a for t in threads for a in t.acks]
     in_doubt = {kv for t in threads for kv in t.in_doubt}
     return acks, in_doubt, alive
@@ -342,9 +382,10 @@ def put(endpoint: str, key: bytes, value: bytes) -> Ack:
 def store_problems(revision: int, kvs: dict[bytes, kv_pb2.KeyValue], history: History) -> list[str]:
     """What is wrong with a store read at `revision` given what the clients were told (empty: nothing).
 
-    Every acknowledged put is readable: the key's value is its latest acknowledged put, with that
-    put's revision as mod_revision, or a put in doubt made after it. Nothing else is in the store,
-    and the revision is not below any revision a client saw."""
+    Every acknowledged write is there: a key holds its latest acknowledged put, with that put's
+    revision as mod_revision, or a write in doubt made after it; a key whose latest acknowledged
+    write is a delete is absent unless a put in doubt came after. Nothing else is in the store, and
+    the revision is not below any revision a client saw."""
     problems: list[str] = []
     if revision < history.max_seen_revision:
         problems.append(f"revision went down: the server says {revision}, clients saw {history.max_seen_revision}")
@@ -354,8 +395,12 @@ def store_problems(revision: int, kvs: dict[bytes, kv_pb2.KeyValue], history: Hi
             latest[a.key] = a
     for key, a in latest.items():
         kv = kvs.get(key)
-        if kv is None:
-            problems.append(f"lost: {a} (key missing)")
+        if a.deleted:
+            if kv is not None and not (kv.mod_revision > a.revision and (key, kv.value) in history.in_doubt):
+                problems.append(f"resurrected: {a}, the store has {kv.value!r} at mod_revision {kv.mod_revision}")
+        elif kv is None:
+            if (key, None) not in history.in_doubt:
+                problems.append(f"lost: {a} (key missing)")
         elif kv.mod_revision < a.revision:
             problems.append(f"lost: {a}, the store has {kv.value!r} at mod_revision {kv.mod_revision}")
         elif kv.mod_revision == a.revision and kv.value != a.value:

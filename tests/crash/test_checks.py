@@ -1,5 +1,5 @@
-"""The crash tests' checks catch what they claim to catch: lost, altered and invented writes, a revision
-that went down, and watch gaps, duplicates and foreign events. No server needed."""
+"""The crash tests' checks catch what they claim to catch: lost, altered, invented and resurrected
+writes, a revision that went down, and watch gaps, duplicates and foreign events. No server needed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _kv(key: bytes, value: bytes, mod: int, create: int | None = None) -> kv_pb2
 def _history() -> History:
     h = History()
     h.add_acks([Ack(b"/crash/a", b"1", 2), Ack(b"/crash/hot", b"x", 3), Ack(b"/crash/hot", b"y", 4)])
-    h.in_doubt = {(b"/crash/hot", b"z"), (b"/crash/b", b"maybe")}
+    h.in_doubt = {(b"/crash/hot", b"z"), (b"/crash/b", b"maybe"), (b"/crash/a", None)}
     return h
 
 
@@ -37,12 +37,28 @@ def test_a_faithful_store_passes() -> None:
     assert (
         store_problems(6, _store(hot=_kv(b"/crash/hot", b"z", 6, 3), b=_kv(b"/crash/b", b"maybe", 5)), _history()) == []
     )
+    # a delete in doubt may have landed
+    assert store_problems(5, _store(a=None), _history()) == []
+
+
+def _deleted_history() -> History:
+    h = _history()
+    h.add_acks([Ack(b"/crash/hot", b"", 5, deleted=True)])
+    return h
+
+
+def test_an_acknowledged_delete_must_stick() -> None:
+    assert store_problems(5, _store(hot=None), _deleted_history()) == []
+    # a put in doubt after the delete may have recreated it
+    assert store_problems(6, _store(hot=_kv(b"/crash/hot", b"z", 6)), _deleted_history()) == []
+    problems = store_problems(5, _store(), _deleted_history())
+    assert any("resurrected" in p for p in problems), problems
 
 
 @pytest.mark.parametrize(
     ("revision", "store", "expected"),
     [
-        (4, _store(a=None), "lost"),
+        (4, _store(hot=None), "lost"),
         (4, _store(hot=_kv(b"/crash/hot", b"x", 3)), "lost"),
         (4, _store(a=_kv(b"/crash/a", b"2", 2)), "wrong value"),
         (5, _store(hot=_kv(b"/crash/hot", b"q", 5, 3)), "which no client wrote"),
@@ -57,9 +73,13 @@ def test_store_problems_are_found(revision: int, store: dict[bytes, kv_pb2.KeyVa
 
 def test_watch_log_accepts_exactly_the_next_revisions() -> None:
     h = _history()
+    h.in_doubt.add((b"/crash/hot", None))
     h.extend_events([Event(2, b"/crash/a", b"1", False), Event(3, b"/crash/hot", b"x", False)], "ok")
     h.extend_events([Event(4, b"/crash/hot", b"y", False), Event(5, b"/crash/b", b"maybe", False)], "ok")
-    assert h.last_event_revision == 5
+    h.extend_events([Event(6, b"/crash/hot", b"", True)], "a delete in doubt")
+    h.add_acks([Ack(b"/crash/b", b"", 7, deleted=True)])
+    h.extend_events([Event(7, b"/crash/b", b"", True)], "an acknowledged delete")
+    assert h.last_event_revision == 7
 
 
 @pytest.mark.parametrize(
@@ -67,8 +87,9 @@ def test_watch_log_accepts_exactly_the_next_revisions() -> None:
     [
         ([Event(3, b"/crash/hot", b"x", False)], "gap"),
         ([Event(2, b"/crash/a", b"1", False), Event(2, b"/crash/a", b"1", False)], "duplicate"),
-        ([Event(2, b"/crash/a", b"other", False)], "but the put there was"),
-        ([Event(2, b"/crash/a", b"1", False), Event(3, b"/crash/x", b"1", False)], "but the put there was"),
+        ([Event(2, b"/crash/a", b"other", False)], "but the write there was"),
+        ([Event(2, b"/crash/a", b"1", False), Event(3, b"/crash/x", b"1", False)], "but the write there was"),
+        ([Event(2, b"/crash/a", b"", True)], "but the write there was"),
         (
             [
                 Event(2, b"/crash/a", b"1", False),
@@ -76,9 +97,8 @@ def test_watch_log_accepts_exactly_the_next_revisions() -> None:
                 Event(4, b"/crash/hot", b"y", False),
                 Event(5, b"/crash/b", b"never", False),
             ],
-            "matches no put",
+            "matches no write",
         ),
-        ([Event(2, b"/crash/a", b"", True)], "DELETE"),
     ],
 )
 def test_watch_log_rejects(events: list[Event], expected: str) -> None:
@@ -89,7 +109,7 @@ def test_watch_log_rejects(events: list[Event], expected: str) -> None:
 def test_two_acks_at_one_revision_are_rejected() -> None:
     h = _history()
     h.add_acks([Ack(b"/crash/c", b"c", 4)])
-    with pytest.raises(AssertionError, match="two acknowledged puts at revision 4"):
+    with pytest.raises(AssertionError, match="two acknowledged writes at revision 4"):
         h.ack_by_revision()
 
 

@@ -45,7 +45,11 @@ MIN_ACKS_PER_CYCLE = 20  # the kill waits for at least this many acknowledged pu
 OPS_PER_WRITER_MAX = 20_000
 STARTUP_JOIN_S = 60.0
 
-pytestmark = pytest.mark.skipif(not kvstore_available(), reason="kvstore.server does not exist yet")
+pytestmark = [
+    pytest.mark.skipif(not kvstore_available(), reason="kvstore.server does not exist yet"),
+    # an exception in a load or watch thread must fail the test, not scroll by as a warning
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def state_dir(srv: ServerProcess) -> Path:
@@ -153,7 +157,8 @@ def crash_cycle(
     resumed.close()
     history.extend_events(events, f"cycle {cycle}: watch resumed after restart")
     print(
-        f"cycle {cycle}: {len(acks)} acks, {len(in_doubt)} in doubt, {len(seen)} events seen before the crash, "
+        f"cycle {cycle}: {len(acks)} acks ({sum(a.deleted for a in acks)} deletes), {len(in_doubt)} in doubt, "
+        f"{len(seen)} events seen before the crash, "
         f"{len(events)} after; revision {marker.revision}"
     )
 
