@@ -478,7 +478,18 @@ def unary(rpc: str, spec: dict[str, Any] | None = None, *, label: str = "", save
             out.pop(d, None)
         return out
 
-    return Step(label or f"{rpc} {spec}", run, note=note)
+    return Step(label or f"{rpc} {_short(spec)}", run, note=note)
+
+
+def _short(v: Any) -> Any:
+    """A request spec for labels: long keys and values abbreviated."""
+    if isinstance(v, dict):
+        return {k: _short(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_short(x) for x in v] if len(v) <= 8 else [*(_short(x) for x in v[:3]), f"... {len(v)} ops"]
+    if isinstance(v, str | bytes) and len(v) > 48:
+        return f"<{len(v)} x {v[:8]!r}...>"
+    return v
 
 
 def range_(key: Any, **kw: Any) -> Step:

@@ -295,3 +295,11 @@ def sc_downgrade_errors() -> list:
     return [unary("Downgrade", {"action": "VALIDATE", "version": "not-a-version"}),
             unary("Downgrade", {"action": "CANCEL"}),
             put("k", "v")]
+
+
+@scenario(flags={"max-request-bytes": 4096},
+          note="etcd compares the size of the marshalled raft request (the Put plus a small header with a "
+               "request id) with --max-request-bytes; with a 1-byte key etcd accepts values up to 4073 bytes")
+def sc_request_size_boundary() -> list:
+    return [put(b"k", "x" * 4000), put(b"k", "x" * 4060), put(b"k", "x" * 4070), put(b"k", "x" * 4090),
+            txn([], [op_put(b"t", "x" * 4060)]), range_(b"k", keys_only=True)]
