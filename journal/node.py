@@ -68,7 +68,11 @@ RAFT_DIR = "raft"
 READ_BATCH_ENTRIES_MAX = 1024
 READ_BATCH_BYTES_MAX = 1024 * 1024
 REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
-PEER_BUFFER_BYTES_MAX = 8 * 1024 * 1024  # unsent bytes to one peer before frames are dropped
+# Unsent bytes to one peer before frames are dropped. Above what the core's
+# flow control keeps in flight (inflight_appends_max x append_bytes_max =
+# 64 MiB), so that only a stuck peer loses frames: a dropped Append costs a
+# Raft retransmission round, a latency spike for every append behind it.
+PEER_BUFFER_BYTES_MAX = 80 * 1024 * 1024
 PEER_BACKOFF_MS_MAX = 1000
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
@@ -734,6 +738,7 @@ class JournalNode:
             "role": st.role.value,
             "node": self.cfg.node_id,
             "readable": rep.readable_position,
+            "peer_frames_dropped": {p: link.dropped for p, link in self._peer_links.items()},
         }
 
     async def _h_trim(self, payload: dict[str, Any]) -> dict[str, Any]:
