@@ -1,8 +1,8 @@
 """Real journal node processes on loopback under faults.
 
 A client appends without pause while nodes are killed (-9), paused
-(SIGSTOP/SIGCONT) and restarted with a torn segment tail. After each fault
-appends must flow again, and at the end every acknowledged entry must be in
+(SIGSTOP/SIGCONT, leader and follower) and restarted with a torn segment
+tail. After each fault appends must flow again, and at the end every acknowledged entry must be in
 the log exactly once, at the position its acknowledgement gave, on every node.
 """
 
@@ -68,6 +68,14 @@ async def run_faults(tmp_path: Path, rounds: int, writers: int) -> None:
             victim.wait_listening()
             await load.progress(50, 20, f"restart of {victim.node_id} with a torn tail")
             assert "truncating segment" in victim.stderr_tail(20_000), victim.stderr_tail()
+            # 5. SIGSTOP a follower for a while (the leader keeps committing with the
+            #    third node), then SIGCONT: it catches up.
+            leader = await cluster.leader(client, LOG)
+            follower = next(n for n in cluster.nodes.values() if n is not leader)
+            follower.pause()
+            await load.progress(100, 20, f"SIGSTOP of follower {follower.node_id}")
+            follower.cont()
+            await load.progress(50, 20, f"SIGCONT of follower {follower.node_id}")
         await load.stop()
         await verify_cluster(cluster, load.acked)
     finally:
