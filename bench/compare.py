@@ -42,6 +42,8 @@ ROUNDS_MAX = 100
 # name -> (load tool arguments, latency label; "*" merges every client operation)
 PRESETS: dict[str, tuple[list[str], str]] = {
     "put": (["put", "--key-space", "10000"], "put"),
+    # One client, one request in flight: the latency floor of a write (no batching can hide a timer).
+    "put-1client": (["put", "--key-space", "10000", "--clients", "1", "--conns", "1"], "put"),
     "range-l": (["range", "--consistency", "l", "--key-space", "10000"], "range-l"),
     "range-s": (["range", "--consistency", "s", "--key-space", "10000"], "range-s"),
     "range-prefix100": (["range", "--consistency", "l", "--range-keys", "100"], "range-l-prefix100"),
@@ -53,7 +55,7 @@ PRESETS: dict[str, tuple[list[str], str]] = {
     "lease-keepalive": (["lease", "--lease-mode", "keepalive"], "lease-keepalive"),
     "kube": (["kube", "--kube-nodes", "100", "--kube-pods", "1000"], "*"),
 }
-DEFAULT_WORKLOADS = ["put", "range-l", "range-s", "txn-put", "watch", "lease-keepalive", "kube"]
+DEFAULT_WORKLOADS = ["put", "put-1client", "range-l", "range-s", "txn-put", "watch", "lease-keepalive", "kube"]
 ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
 PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")]
