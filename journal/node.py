@@ -68,10 +68,11 @@ RAFT_DIR = "raft"
 READ_BATCH_ENTRIES_MAX = 1024
 READ_BATCH_BYTES_MAX = 1024 * 1024
 REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
-# Unsent bytes to one peer before frames are dropped. Above what the core's
-# flow control keeps in flight (inflight_appends_max x append_bytes_max =
-# 64 MiB), so that only a stuck peer loses frames: a dropped Append costs a
-# Raft retransmission round, a latency spike for every append behind it.
+# Unsent bytes to one peer before frames are dropped. The core's flow control
+# bounds what is in flight (inflight_appends_max Appends of at most
+# append_bytes_max); with entries of a few KiB that is far below this, so in
+# practice only a stuck peer loses frames. A dropped Append costs a Raft
+# retransmission round: a latency spike for every append behind it.
 PEER_BUFFER_BYTES_MAX = 80 * 1024 * 1024
 PEER_BACKOFF_MS_MAX = 1000
 LOGS_MAX_DEFAULT = 256
@@ -115,6 +116,9 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
+    # Largest entry, and largest Append message to a follower. Above etcd's
+    # default request limit (1.5 MiB), as a member appends one entry per request.
+    append_bytes_max: int = 4 * 1024 * 1024
     logs_max: int = LOGS_MAX_DEFAULT
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
 
@@ -459,6 +463,7 @@ class JournalNode:
                 peers=self._core_config_peers,
                 election_ticks=self.cfg.election_ticks,
                 heartbeat_ticks=self.cfg.heartbeat_ticks,
+                append_bytes_max=self.cfg.append_bytes_max,
             )
             core = r.ReplicationCore(core_cfg, random.Random(int.from_bytes(os.urandom(8), "little")), restored)
             rep = _Replica(name, directory, core, storage)

@@ -210,3 +210,13 @@ async def test_oversized_request_fails_fast(cluster: InProcessCluster) -> None:
         await c.snapshot_put("big", Snapshot(0, b"x" * 100_000))
     assert c.retries == 0
     await c.close()
+
+
+async def test_entries_larger_than_etcds_request_limit(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    big = bytes(range(256)) * (2 * 1024 * 1024 // 256)  # 2 MiB: etcd accepts requests up to 1.5 MiB
+    a = await c.append("big", [b"small", big])
+    assert [x.position for x in a] == [1, 2]
+    got = await read_until(c, "big", 1, 2)
+    assert got[1].data == big
+    await c.close()
