@@ -29,7 +29,7 @@ from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, e
 log = logging.getLogger(__name__)
 
 PROPOSAL_ENTRIES_MAX = 1024  # the core's proposal_entries_max
-PROPOSAL_BYTES_MAX = 768 * 1024  # below the core's append_bytes_max (1 MiB) with room for overhead
+PROPOSAL_BYTES_MAX = 768 * 1024  # coalesced bytes per proposal: one Append message, one frame
 PROPOSALS_INFLIGHT_MAX = 8  # per log; well below the core's 64-request dedup window
 PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpressure beyond)
 BACKOFF_MS_MIN = 10
