@@ -429,6 +429,11 @@ class _Dedup:
         return tuple((client_id, tuple(records.values())) for client_id, records in self._table.items())
 
 
+def _ends_proposal(entry: LogEntry) -> bool:
+    """True if a commit index may stop at this entry (proposals commit whole)."""
+    return entry.kind is EntryKind.NOOP or entry.batch_index == entry.batch_size - 1
+
+
 def _entry_bytes(entry: LogEntry) -> int:
     return len(entry.data) + len(entry.client_id) + 64  # 64: a rough per-entry overhead
 
@@ -531,6 +536,9 @@ class ReplicationCore:
 
     def _position_at(self, index: int) -> int:
         return self._snap.position if index == self._snap.index else self._entry(index).position
+
+    def _timestamp_at(self, index: int) -> int:
+        return self._snap.timestamp_ms if index == self._snap.index else self._entry(index).timestamp_ms
 
     def _append_to_log(self, entries: Sequence[LogEntry]) -> None:
         """Append entries, truncating a conflicting (never committed) suffix first."""
@@ -885,13 +893,19 @@ class ReplicationCore:
         self.leader = self.id
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        # An earlier leader's proposal that reached us only in part can never complete
+        # here (we only append our own entries after it), and it is not committed (commit
+        # never stops inside a proposal): drop it, or our NOOP would commit half of it.
         last = self._last_index()
+        if self._log and not _ends_proposal(self._log[-1]):
+            last = self._log[-1].index - self._log[-1].batch_index - 1
+            assert last >= self.commit, "a committed prefix never ends inside a proposal"
         self._progress = {p: _Progress(match=0, next=last + 1) for p in self._others}
         self._read_seq = 0
-        self._inherit_uncommitted()
         # Raft 5.4.2: a leader commits earlier terms' entries only through one of its own.
-        noop = LogEntry(last + 1, self.term, self._tail_position(), self._last_timestamp_ms(), EntryKind.NOOP)
-        self._append_to_log([noop])
+        noop = LogEntry(last + 1, self.term, self._position_at(last), self._timestamp_at(last), EntryKind.NOOP)
+        self._append_to_log([noop])  # truncates the partial proposal, if any
+        self._inherit_uncommitted()
         self._broadcast_append()
 
     def _inherit_uncommitted(self) -> None:
@@ -1055,9 +1069,13 @@ class ReplicationCore:
                 break
             holders = [p for p, m in matches.items() if m >= index]
             if len(holders) >= self._majority and len({self._az[p] for p in holders}) >= 2:
-                # The highest index with such a quorum. If it is from an older term, so is
-                # every lower one (terms never decrease along the log): nothing to commit yet.
-                if self._term_at(index) == self.term:
+                # The highest index with such a quorum. Appends are atomic: never stop
+                # inside a proposal (ours are whole in our log, so its end is near).
+                while index > self.commit and not _ends_proposal(self._entry(index)):
+                    index -= 1
+                # If it is from an older term, so is every lower index (terms never
+                # decrease along the log): nothing to commit yet.
+                if index > self.commit and self._term_at(index) == self.term:
                     self._commit_to(index)
                 break
 

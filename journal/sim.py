@@ -36,6 +36,7 @@ from journal.replication import (
     EntryKind,
     ErrorCode,
     HardState,
+    InstallSnapshot,
     LogEntry,
     Message,
     Peer,
@@ -74,7 +75,7 @@ class SimParams:
     client_timeout_ms: int = 400
     conditional: float = 0.15  # share of appends with an expected_position
     barrier: float = 0.2  # share of client operations that are barriers
-    trim: float = 0.02  # chance per fault tick that a node trims its log
+    trim: float = 0.1  # chance per fault tick that every live node trims its log
     crash_on_vote: float = 0.05  # chance a node crashes soon after changing its term or vote
 
     @staticmethod
@@ -93,7 +94,7 @@ class SimParams:
             fault_every_ms=rng.choice((80, 150, 300)),
             clock_skew_ms=rng.choice((0, 50, 2_000)),
             conditional=rng.choice((0.0, 0.15, 0.5)),
-            trim=rng.choice((0.0, 0.05)),
+            trim=rng.choice((0.0, 0.1, 0.3)),
         )
 
 
@@ -207,6 +208,7 @@ class Simulation:
         self.barriers_answered = 0
         self.appends_acked = 0
         self.events = 0
+        self.snapshots_sent = 0
 
     # ------------------------------------------------------------------ scheduling
 
@@ -320,6 +322,8 @@ class Simulation:
     # ------------------------------------------------------------------ network
 
     def _send(self, m: Message) -> None:
+        if isinstance(m, InstallSnapshot):
+            self.snapshots_sent += 1
         if (m.src, m.dst) in self.cut:
             return
         if self.faults_on and self.rng.random() < self.p.loss:
@@ -391,14 +395,15 @@ class Simulation:
             if self.cut:
                 self.log("HEAL")
             self.cut.clear()
-        elif self.rng.random() < self.p.trim * 10:
-            node = self.rng.choice(nodes)
-            if node.core is not None:
-                status = node.core.status()
-                below = self.rng.randint(0, status.commit_position + 1)
-                self.log(f"{node.node_id} trim below position {below}")
-                node.core.trim(below)
-                self._drain(node)
+        if self.rng.random() < self.p.trim:
+            # As the node shell does: every live replica trims below a position close to the tail.
+            committed = self._committed_position()
+            below = max(0, committed + 1 - self.rng.randint(0, 20))
+            self.log(f"TRIM below position {below}")
+            for node in nodes:
+                if node.core is not None and node.paused_until_ms <= self.now_ms:
+                    node.core.trim(below)
+                    self._drain(node)
 
     def _isolate(self, group: set[str]) -> None:
         self.log(f"PARTITION {sorted(group)} from the rest")
@@ -635,6 +640,15 @@ class Simulation:
             if e.data in by_data:
                 self.fail(f"{e.data!r} committed twice, at {by_data[e.data].position} and {e.position}")
             by_data[e.data] = e
+        # Appends are atomic: a proposal's entries are all committed, contiguous, or none is.
+        batches: dict[bytes, list[LogEntry]] = {}
+        for e in by_data.values():
+            batches.setdefault(e.data.rsplit(b"/", 1)[0], []).append(e)
+        for key, entries in batches.items():
+            positions = sorted(e.position for e in entries)
+            size = entries[0].batch_size
+            if len(entries) != size or positions != list(range(positions[0], positions[0] + size)):
+                self.fail(f"proposal {key!r} committed partially or split: positions {positions} of {size}")
         for req in self.acked:
             assert req.result is not None
             for data, (position, ts) in zip(req.datas, req.result, strict=True):
@@ -677,6 +691,7 @@ class Simulation:
             "barriers": self.barriers_answered,
             "committed": len(self.committed),
             "terms": max(self.leaders, default=0),
+            "snapshots": self.snapshots_sent,
         }
 
     def _settled(self) -> bool:

@@ -629,3 +629,35 @@ def test_entries_of_an_earlier_term_commit_only_with_one_of_the_current_term() -
     # n1 acknowledged index 2 (term 1) one step before index 3 (term 2): commit jumps 1 -> 3.
     assert 2 not in seen and seen[-1] == 3, seen
     assert net.result("c", 1).error is ErrorCode.NOT_LEADER  # its first leader could not know
+
+
+def test_commit_never_stops_inside_a_proposal() -> None:
+    net = Net()
+    net.elect("n0")
+    net.isolated.update({"n1", "n2"})
+    net.propose("n0", "c", 1, [b"a", b"b", b"c"])  # indexes 2, 3, 4
+    n0 = net.cores["n0"]
+    n0.step(AppendResponse(n0.term, "n1", "n0", True, 3, 3))  # n1 holds a and b only
+    assert n0.commit == 1 and not net.results
+    n0.step(AppendResponse(n0.term, "n1", "n0", True, 4, 4))
+    net.pump()
+    assert n0.commit == 4
+    assert net.result("c", 1).appended == tuple(Appended(p, 1000) for p in (1, 2, 3))
+
+
+def test_new_leader_drops_an_earlier_leaders_partial_proposal() -> None:
+    net = Net()
+    net.elect("n0")
+    net.isolated.update({"n1", "n2"})
+    net.propose("n0", "c", 1, [b"a", b"b", b"c"])
+    n0, n1 = net.cores["n0"], net.cores["n1"]
+    # n1 received the first two entries of the proposal only.
+    n1.step(Append(n0.term, "n0", "n1", 1, n0.term, tuple(n0.log_entries(2, 3)), 1))
+    net.pump()
+    assert net.data_log("n1") == [b"a", b"b"]
+    net.isolated = {"n0"}
+    net.elect("n1")
+    assert net.data_log("n1") == [] and net.data_log("n2") == []
+    net.propose("n1", "c", 1, [b"a", b"b", b"c"])  # the client's retry appends it whole
+    assert net.result("c", 1).appended == tuple(Appended(p, 1000) for p in (1, 2, 3))
+    assert net.data_log("n2") == [b"a", b"b", b"c"]
