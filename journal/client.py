@@ -350,15 +350,19 @@ class JournalClient:
         loop = asyncio.get_running_loop()
         backoff_ms = BACKOFF_MS_MIN
         failing_since: float | None = None
+        redirects = 0  # in a row without an entry in between (bounds a redirect loop)
         while not self._closed:
-            addr = (await self._read_target(log)) if failing_since is None else self._rotate()
+            if failing_since is not None:
+                self._leader.pop(log, None)  # it may be the node that just failed
+            addr = await self._read_target(log)
             writer: asyncio.StreamWriter | None = None
             try:
                 host, port = _parse_addr(addr)
                 async with asyncio.timeout(self.rpc_timeout_ms / 1000):
                     reader, w = await asyncio.open_connection(host, port)
                 writer = w
-                w.write(encode_frame("read", {"id": 1, "log": log, "from": position}, self.frame_bytes_max))
+                request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}
+                w.write(encode_frame("read", request, self.frame_bytes_max))
                 await w.drain()
                 decoder = FrameDecoder(self.frame_bytes_max)
                 while True:
@@ -374,6 +378,13 @@ class JournalClient:
                         code = payload.get("code", "")
                         if code == "trimmed":
                             raise PositionTrimmed(position, int(payload.get("first", 0)))
+                        leader = str(payload.get("leader", "") or "")
+                        if code == "not_leader" and leader and leader != addr and redirects < 4:
+                            # Caught up on a follower: go on at the leader, at once.
+                            self._leader[log] = leader
+                            redirects += 1
+                            self.retries += 1
+                            break
                         if code in RETRYABLE:
                             raise ConnectionError(f"{addr}: {code}")
                         raise RemoteError(code, str(payload.get("message", "")))
@@ -386,6 +397,7 @@ class JournalClient:
                         raise ProtocolError(f"read stream from {addr} skipped: {batch[0].position} != {position}")
                     position = batch[-1].position + 1
                     failing_since = None
+                    redirects = 0
                     backoff_ms = BACKOFF_MS_MIN
                     yield batch
             except (OSError, ConnectionError, TimeoutError, ProtocolError, RuntimeError) as e:

@@ -362,6 +362,7 @@ class JournalNode:
         self._connections: set[asyncio.StreamWriter] = set()
         self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.entries_served = 0  # by read streams (observability, tests)
         os.makedirs(os.path.join(config.data_dir, "logs"), exist_ok=True)
 
     # ------------------------------------------------------------ lifecycle
@@ -534,14 +535,16 @@ class JournalNode:
                     bfut.set_exception(RequestError("unavailable", f"replica failed: {e}"))
 
     def _after_ready(self, rep: _Replica, rd: r.Ready) -> None:
+        leadership_changed = (rep.role, rep.leader) != (rd.role, rd.leader)
         rep.role, rep.term, rep.leader = rd.role, rd.term, rd.leader
         readable_index = min(rd.commit_index, rep.persisted_index)
         if readable_index == rd.commit_index:
             readable = rd.commit_position
         else:
             readable = self._position_at(rep, readable_index)
-        if readable > rep.readable_position:
-            rep.readable_position = readable
+        if readable > rep.readable_position or leadership_changed:
+            # (A leadership change wakes the readers too: leader-only tails move on.)
+            rep.readable_position = max(rep.readable_position, readable)
             rep.committed_event.set()
             rep.committed_event = asyncio.Event()
         for res in rd.append_results:
@@ -872,6 +875,7 @@ class JournalNode:
         try:
             rep = await self._live_replica(payload)
             position = int(payload["from"])
+            leader_only = bool(payload.get("leader_only", False))
             if position < 1:
                 raise RequestError("invalid", "positions start at 1")
             index_hint = 0
@@ -882,11 +886,16 @@ class JournalNode:
                 if position <= snap.position:
                     raise RequestError("trimmed", f"position {position} was trimmed", first=snap.position + 1)
                 if position > rep.readable_position:
+                    if leader_only and rep.role is not r.Role.LEADER and rep.leader not in ("", self.cfg.node_id):
+                        # Caught up on a follower, which learns commits a heartbeat
+                        # late: send the reader on to the leader for the tail.
+                        raise self._not_leader(rep)
                     event = rep.committed_event
                     await event.wait()
                     continue
                 batch, index_hint = self._entries_from(rep, position, rep.readable_position, index_hint)
                 assert batch and batch[0][0] == position
+                self.entries_served += len(batch)
                 position = batch[-1][0] + 1
                 await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": batch}))
         except RequestError as e:

@@ -220,3 +220,37 @@ async def test_entries_larger_than_etcds_request_limit(cluster: InProcessCluster
     got = await read_until(c, "big", 1, 2)
     assert got[1].data == big
     await c.close()
+
+
+async def test_leader_reads_catch_up_anywhere_then_move_to_the_leader(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    await c.append("mv", [b"%d" % i for i in range(50)])
+    leader = await cluster.leader("mv")
+    follower = next(n for n in cluster.ids if n != leader)
+    for _ in range(500):  # until the follower knows all 50 are committed
+        if cluster.nodes[follower]._replicas["mv"].readable_position >= 50:
+            break
+        await asyncio.sleep(0.01)
+    r = cluster.client()
+    assert r.read_from == "leader"
+    r._leader["mv"] = cluster.addr(follower)  # as if the leader had moved since we learnt it
+    got: list[Entry] = []
+
+    async def tail() -> None:
+        async for batch in r.read("mv", 1):
+            got.extend(batch)
+            if got[-1].position >= 60:
+                return
+
+    task = asyncio.create_task(tail())
+    while len(got) < 50:
+        await asyncio.sleep(0.01)
+    await c.append("mv", [b"%d" % i for i in range(50, 60)])
+    await asyncio.wait_for(task, 10)
+    # The history came from the follower; at the tail it sent the stream on to the leader.
+    assert cluster.nodes[follower].entries_served == 50
+    assert cluster.nodes[leader].entries_served == 10
+    assert r.retries == 1 and r._leader["mv"] == cluster.addr(leader)
+    assert [e.data for e in got[:60]] == [b"%d" % i for i in range(60)]
+    await r.close()
+    await c.close()
