@@ -359,3 +359,26 @@ def _many_puts(n: int) -> object:
 def sc_watch_catch_up_batches_of_1000_revisions() -> list:
     return [_many_puts(1150), *_synced(key="m/", range_end=PREFIX_END, start_revision=R(1)),
             watch_recv(n=2, timeout_s=10), watch_quiet(seconds=1.0)]
+
+
+@scenario(note="etcd 3.6 (#20221) sends nothing, not even progress, to a watch waiting for a future revision; "
+               "a progress request on its stream is not answered while it waits")
+def sc_watch_future_start_progress_request() -> list:
+    note = "3.6: no progress for a stream whose watcher waits for a future revision"
+    return [put("k", "1"), *_synced(key="k", start_revision=R(5)), watch_progress(),
+            expect36(watch_quiet(), [], note),
+            put("k", "2"), put("k", "3"), put("k", "4"), put("k", "5"), watch_recv(), watch_progress(),
+            watch_recv()]
+
+
+@scenario(flags={"experimental-watch-progress-notify-interval": "1s"},
+          note="periodic progress notifications skip a watch waiting for a future revision (3.6, #20221)")
+def sc_watch_future_start_no_periodic_progress() -> list:
+    note = "3.6: no periodic progress for a watch waiting for a future revision"
+    return [put("k", "1"), *_synced(key="k", start_revision=R(4), progress_notify=True),
+            expect36(watch_quiet(seconds=2.5), [], note),
+            put("k", "2"), put("k", "3"), put("k", "4"),
+            # 3.5.1 keeps interleaving progress notifications here, so the event is checked against 3.6
+            expect36(watch_recv(), lambda s: [{"header": {"revision": s.base_rev + 4}, "events": [
+                {"kv": {"key": s.key("k").decode(), "create_revision": s.base_rev + 1, "mod_revision": s.base_rev + 4,
+                        "version": 4, "value": "4"}}]}], note)]
