@@ -16,7 +16,7 @@ every batch of a read stream) echoes it. Kinds:
 request (client -> node)  payload
 ========================  ====================================================
 ``append``                id, log, client, seq, entries: [bytes], expected: int|None
-``read``                  id, log, from: int (answered by a stream of ``entries``)
+``read``                  id, log, from: int, leader_only: bool (a stream of ``entries``)
 ``cancel``                id (stop a read stream)
 ``barrier``               id, log
 ``status``                id, log
