@@ -407,7 +407,10 @@ class WriteTxn:
         store = self.store
         prev = store.get(key)
         if ignore_value or ignore_lease:
-            assert prev is not None, "ignore_value/ignore_lease on a missing key must be rejected before apply"
+            if prev is None:
+                # Checked before the txn ran, but an earlier op of the same txn can delete the key
+                # (a from-key delete escapes the duplicate-key rule). etcd 3.5 panics here.
+                raise fail(errors.KEY_NOT_FOUND)
             if ignore_value:
                 value = prev.value
             if ignore_lease:

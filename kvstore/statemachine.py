@@ -13,6 +13,7 @@ result back to the waiting client; `payload` is the etcd request, serialised.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -24,6 +25,8 @@ from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 from kvstore.mvcc import MVCCStore, RevisionEvents, check_put, execute_txn
 from proto.etcdserverpb import rpc_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 # etcd's kvOverhead in its quota cost of a put (server/storage/quota.go).
 PUT_QUOTA_OVERHEAD_BYTES = 256
@@ -109,6 +112,13 @@ class StateMachine:
                 out.result = self._apply_request(kind, req, timestamp_ms, out)
         except EtcdError as err:
             out.result = err
+        except Exception as exc:
+            # Every member applies this entry and fails the same way: answer an error rather than
+            # let one request stop every member. A write txn was rolled back already; a single
+            # put or delete fails before it writes.
+            log.exception("unexpected error applying journal entry %d", position)
+            out.result = EtcdError(errors.Code.UNKNOWN, f"etcdserver: unexpected error during apply: {exc!r}")
+            out.events.clear()
         return out
 
     def _apply_request(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:

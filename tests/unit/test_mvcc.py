@@ -403,3 +403,20 @@ def test_recreate_in_one_txn_has_no_prev_kv_but_the_delete_does() -> None:
     d.txn(pb.TxnRequest(success=[del_op(b"a", b"\0"), put_op(b"k", b"new")]))
     delete, create = d.last.events[0].events
     assert delete.prev_kv.value == b"old" and not create.HasField("prev_kv")
+
+
+def test_ignore_lease_put_after_a_from_key_delete_of_its_key_fails_cleanly() -> None:
+    # The from-key delete escapes the duplicate-key rule; the put then finds its key gone.
+    # etcd 3.5 panics here; we answer "key not found" and write nothing.
+    d = Driver()
+    d.put(b"b", b"v")
+    for flag in ("ignore_lease", "ignore_value"):
+        req = pb.TxnRequest(
+            success=[del_op(b"a", b"\0"), pb.RequestOp(request_put=pb.PutRequest(key=b"b", **{flag: True}))]
+        )
+        with pytest.raises(EtcdError) as e:
+            d.txn(req)
+        assert e.value.message == errors.KEY_NOT_FOUND[1]
+        assert d.store.revision == 2 and d.range(b"b").kvs[0].value == b"v"
+    d.put(b"c")
+    assert d.store.revision == 3
