@@ -261,10 +261,10 @@ class Stream:
 
     QUEUE_MAX = 10_000
 
-    def __init__(self, method: Callable[..., Any]) -> None:
+    def __init__(self, method: Callable[..., Any], metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self._out: queue.Queue[Message | None] = queue.Queue(self.QUEUE_MAX)
         self._in: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
-        self._call = method(self._requests(), timeout=600)
+        self._call = method(self._requests(), timeout=600, metadata=metadata or None)
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
         self.closed_with: dict[str, Any] | None = None
@@ -590,12 +590,14 @@ def custom(label: str, fn: Callable[[Session], Any], parallel: bool = False, not
 # -- watch streams -------------------------------------------------------------------------------------
 
 
-def watch_open(name: str = "w") -> Step:
+def watch_open(name: str = "w", metadata: tuple[tuple[str, str], ...] = ()) -> Step:
+    """Open a Watch stream (with gRPC metadata, e.g. kube's `hasleader: true`)."""
+
     def run(s: Session) -> Any:
-        s.streams[name] = Stream(s.watch.Watch)
+        s.streams[name] = Stream(s.watch.Watch, metadata)
         return None
 
-    return Step(f"open watch stream {name}", run, compare=False)
+    return Step(f"open watch stream {name} {dict(metadata) or ''}", run, compare=False)
 
 
 def watch_create(name: str = "w", **spec: Any) -> Step:

@@ -99,3 +99,15 @@ def sc_kube_guaranteed_update_conflict() -> list:
             txn([cmp(key, "MOD", "EQUAL", R(2))], [op_put(key, "v3")], [op_range(key)]),
             txn([cmp(key, "MOD", "EQUAL", R(3))], [op_del(key)], [op_range(key)]),
             txn([cmp(key, "MOD", "EQUAL", R(3))], [op_del(key)], [op_range(key)])]
+
+
+@scenario(note="kube-apiserver sets `hasleader: true` on every watch (WithRequireLeader), and `source: cache` "
+               "on cacher requests in some versions")
+def sc_kube_watch_stream_metadata() -> list:
+    md = (("hasleader", "true"), ("source", "cache"))
+    return [_create("m", "v1"), watch_open("k", metadata=md),
+            watch_create("k", key=PODS, range_end=PREFIX_END, start_revision=R(1), prev_kv=True,
+                         progress_notify=True),
+            watch_recv("k", n=2), watch_progress("k"), watch_recv("k"),
+            txn([cmp(PODS + "m", "MOD", "EQUAL", R(1))], [op_put(PODS + "m", "v2")], [op_range(PODS + "m")]),
+            watch_recv("k")]

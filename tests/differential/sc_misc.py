@@ -303,3 +303,25 @@ def sc_downgrade_errors() -> list:
 def sc_request_size_boundary() -> list:
     return [put(b"k", "x" * 4000), put(b"k", "x" * 4060), put(b"k", "x" * 4070), put(b"k", "x" * 4090),
             txn([], [op_put(b"t", "x" * 4060)]), range_(b"k", keys_only=True)]
+
+
+def _health(s: Session) -> Any:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        r = health_pb2_grpc.HealthStub(s.channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        return {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}
+    except grpc.RpcError as e:
+        return rpc_error(e)
+
+
+@scenario()
+def sc_grpc_health_service() -> list:
+    return [custom("grpc.health.v1.Health/Check", _health)]
+
+
+@scenario(note="responses are not limited by the request limit (etcd: MaxSendMsgSize = MaxInt32)")
+def sc_large_range_response() -> list:
+    values = [put(f"big/{i}", chr(ord("a") + i) * 1_000_000) for i in range(6)]
+    return [*values, range_("big/", range_end=PREFIX_END, keys_only=True),
+            range_("big/", range_end=PREFIX_END), delete("big/", range_end=PREFIX_END, prev_kv=True)]
