@@ -150,6 +150,8 @@ class LocalJournal:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {fsync!r}")
         assert fsync_interval_ms >= 0 and queue_entries_max >= 1
+        if fsync == "never":
+            log.warning("journal %s: fsync=never is UNSAFE: a machine crash loses acknowledged entries", data_dir)
         self.data_dir = data_dir
         self.fsync_policy: FsyncPolicy = fsync
         self.fsync_interval_ms = fsync_interval_ms

@@ -344,6 +344,9 @@ class _PeerLink:
 class JournalNode:
     def __init__(self, config: NodeConfig, *, clock_ms: Callable[[], int] | None = None) -> None:
         config.validate()
+        if config.fsync == "never":
+            log.warning("journal node %s: fsync=never is UNSAFE: a machine crash loses acknowledged entries",
+                        config.node_id)  # fmt: skip
         self.cfg = config
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._replicas: dict[str, _Replica] = {}
