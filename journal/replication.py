@@ -460,6 +460,10 @@ class ReplicationCore:
         self._snap = restored.snapshot
         self._log: list[LogEntry] = list(restored.entries)
         self._check_log()
+        if self._last_term() > self.term:
+            # Entries reached the disk but the hard state written after them did not:
+            # currentTerm is never below a term in the log, and we voted in none of it.
+            self.term, self.vote = self._last_term(), ""
         # ... and as known durable (advance() moves these).
         self._hs_handed = restored.hard_state
         self._hs_durable = restored.hard_state

@@ -661,3 +661,10 @@ def test_new_leader_drops_an_earlier_leaders_partial_proposal() -> None:
     net.propose("n1", "c", 1, [b"a", b"b", b"c"])  # the client's retry appends it whole
     assert net.result("c", 1).appended == tuple(Appended(p, 1000) for p in (1, 2, 3))
     assert net.data_log("n2") == [b"a", b"b", b"c"]
+
+
+def test_restart_with_entries_newer_than_the_hard_state() -> None:
+    peers = (Peer("n0", "a"), Peer("n1", "b"), Peer("n2", "c"))
+    entries = (LogEntry(1, 4, 0, 0, EntryKind.NOOP),)
+    core = ReplicationCore(Config("n0", peers), random.Random(0), RestoredState(HardState(2, "n1"), entries=entries))
+    assert core.term == 4 and core.vote == ""
