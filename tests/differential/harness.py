@@ -217,8 +217,9 @@ def canonical_sorted_range(resp: dict[str, Any], req: rpc_pb2.RangeRequest) -> d
     out: list[Any] = []
     for i, g in enumerate(groups):
         g = sorted(g, key=lambda kv: kv.get("key", ""))
-        if i == len(groups) - 1 and resp.get("more") and len(g) > 1:
-            # A limit cut through this tie: which members made it is unspecified; compare the count.
+        if i == len(groups) - 1 and resp.get("more"):
+            # A limit may cut through this tie (the response cannot tell): which members made it is
+            # unspecified, so compare the sort value and how many.
             out.append({"tie": g[0].get(field_name), "n": len(g)})
         else:
             out.extend(g)
