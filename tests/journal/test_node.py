@@ -254,3 +254,23 @@ async def test_leader_reads_catch_up_anywhere_then_move_to_the_leader(cluster: I
     assert [e.data for e in got[:60]] == [b"%d" % i for i in range(60)]
     await r.close()
     await c.close()
+
+
+async def test_append_rides_through_a_full_outage(tmp_path: Path) -> None:
+    cl = InProcessCluster(tmp_path)
+    await cl.start()
+    c = cl.client(request_timeout_ms=20_000)
+    try:
+        await c.append("o", [b"before"])
+        for n in list(cl.ids):
+            await cl.stop(n)
+        pending = asyncio.create_task(c.append("o", [b"during"]))
+        await asyncio.sleep(1.0)
+        assert not pending.done()
+        await cl.start()
+        a = await asyncio.wait_for(pending, 15)
+        assert a[0].position == 2
+        assert [e.data for e in await read_until(c, "o", 1, 2)] == [b"before", b"during"]
+    finally:
+        await c.close()
+        await cl.close()
