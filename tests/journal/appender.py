@@ -4,8 +4,9 @@ Also runnable as a process (the netns test runs it inside a namespace):
 
     python -m tests.journal.appender --endpoints 10.0.0.1:7000,... --log p --seconds 10 --progress FILE
 
-It appends without pause for --seconds, writing "<monotonic_s> <acked>" lines to
-FILE (and "leader <addr>" whenever it learns the leader), then checks the
+It appends without pause for --seconds (or until --stop-file exists), writing
+"<monotonic_s> <acked>" lines to FILE (and "leader <addr> <epoch>" whenever
+that changes), then checks the
 history on every node and exits 0 (ok) or 1 (with the reason on stderr).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
@@ -118,15 +120,15 @@ async def _main(args: argparse.Namespace) -> int:
     with open(args.progress, "a", buffering=1) as out:
         load = Load(client, args.log, args.writers)
         end = time.monotonic() + args.seconds
-        leader = ""
-        while time.monotonic() < end:
+        leader = ("", 0)
+        while time.monotonic() < end and not (args.stop_file and os.path.exists(args.stop_file)):
             await asyncio.sleep(0.1)
             out.write(f"{time.monotonic():.3f} {len(load.acked)}\n")
             try:
                 st = await asyncio.wait_for(client.status(args.log), 0.5)
-                if st.leader and st.leader != leader:
-                    leader = st.leader
-                    out.write(f"leader {leader}\n")
+                if st.leader and (st.leader, st.epoch) != leader:
+                    leader = (st.leader, st.epoch)
+                    out.write(f"leader {st.leader} {st.epoch}\n")
             except Exception:  # a status probe may fail during a partition
                 pass
             if load.errors:
@@ -150,6 +152,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--writers", type=int, default=4)
     p.add_argument("--progress", required=True)
+    p.add_argument("--stop-file", default="", help="stop early once this file exists")
     return asyncio.run(_main(p.parse_args(argv)))
 
 

@@ -6,8 +6,10 @@ runner's own namespace. Cutting an AZ off = taking its veth end in the hub
 down. The client runs inside its namespace as a process
 (tests.journal.appender) that appends without pause and checks the history
 at the end; the test cuts the leader's AZ off, checks that appends continue
-on the other two, heals, checks that they continue, and requires the
-history check to pass. Skipped, saying why, where namespaces cannot be made.
+on the other two, heals, checks that they continue; then cuts a follower's
+AZ off past its election timeout and heals it, and checks the leader and its
+epoch did not change (pre-vote); finally it requires the history check to
+pass. Skipped, saying why, where namespaces cannot be made.
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ def wait_more(progress: Path, n: int, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def latest_leader(progress: Path) -> tuple[str, int]:
+    lines = [ln.split() for ln in progress.read_text().splitlines() if ln.startswith("leader ")]
+    assert lines, "the client never learnt a leader"
+    return lines[-1][1], int(lines[-1][2])
+
+
 def test_partition_one_az(namespaces: None, tmp_path: Path) -> None:
     addrs = {z: f"{ADDR[z]}:{PORT}" for z in AZS}
     nodes = {
@@ -112,21 +120,33 @@ def test_partition_one_az(namespaces: None, tmp_path: Path) -> None:
             n.wait_listening()
         cmd = [
             "ip", "netns", "exec", ns("cl"), sys.executable, "-m", "tests.journal.appender",
-            "--endpoints", ",".join(addrs.values()), "--log", "p", "--seconds", "14", "--progress", str(progress),
+            "--endpoints", ",".join(addrs.values()), "--log", "p", "--seconds", "90", "--progress", str(progress),
+            "--stop-file", str(tmp_path / "stop"),
         ]  # fmt: skip
         client_err = tmp_path / "client.stderr"
         with open(client_err, "wb") as err:
             client = subprocess.Popen(cmd, stdout=err, stderr=err, cwd=Path(__file__).parents[2])
         _STARTED.add(client)
         wait_more(progress, 50, 20, "at start")
-        leader_lines = [ln for ln in progress.read_text().splitlines() if ln.startswith("leader ")]
-        leader_addr = leader_lines[-1].split()[1] if leader_lines else addrs["a"]
-        victim = next(z for z in AZS if addrs[z] == leader_addr)
+        victim = next(z for z in AZS if addrs[z] == latest_leader(progress)[0])
         cut(victim, up=False)
         wait_more(progress, 50, 15, f"with AZ {victim} (the leader's) cut off")
         time.sleep(1.0)
         cut(victim, up=True)
         wait_more(progress, 50, 15, "after healing")
+        # Pre-vote: a follower cut off past its election timeout, then healed,
+        # must not depose the healthy leader (no new epoch).
+        time.sleep(1.0)
+        before = latest_leader(progress)
+        follower = next(z for z in AZS if addrs[z] != before[0])
+        cut(follower, up=False)
+        wait_more(progress, 50, 15, f"with follower AZ {follower} cut off")
+        time.sleep(2.5)  # > 2x the longest election timeout (20 ticks of 50 ms)
+        cut(follower, up=True)
+        wait_more(progress, 50, 15, "after healing the follower")
+        time.sleep(1.5)
+        assert latest_leader(progress) == before, "a healed follower deposed the leader"
+        (tmp_path / "stop").touch()
         rc = client.wait(timeout=90)
         _STARTED.discard(client)
         assert rc == 0, client_err.read_text()[-3000:]
