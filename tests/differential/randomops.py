@@ -102,8 +102,10 @@ def _parallel(step: Step) -> Step:
 
 
 class Generator:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, restarts: bool = False) -> None:
         self.rng = random.Random(seed)
+        # etcd gives leases their full TTL again on restart, ours keeps counting: TTLs not compared then
+        self.ttl_drop: tuple[str, ...] = ("TTL",) if restarts else ()
         self.leases: list[int] = []  # LID numbers granted so far (client-chosen, never expire in a run)
         self.next_lease = 1
 
@@ -232,7 +234,7 @@ class Generator:
                 return unary("LeaseRevoke", {"ID": LID(n)})
             return unary("LeaseRevoke", {"ID": LID(900 + rng.randrange(5))})
         if r < 0.97:
-            return unary("LeaseTimeToLive", {"ID": self.lease_ref(), "keys": rng.random() < 0.7})
+            return unary("LeaseTimeToLive", {"ID": self.lease_ref(), "keys": rng.random() < 0.7}, drop=self.ttl_drop)
         if r < 0.98:
             return unary("LeaseLeases")
         if r < 0.99:
@@ -274,15 +276,37 @@ class Generator:
         return Step(f"history watch {spec}", run, parallel=True)
 
 
-def build(seed: int, ops: int) -> tuple[list[Step], int]:
+def build(seed: int, ops: int, restarts: int = 0) -> tuple[list[Step], int]:
     """The steps of a run: a whole-keyspace watch first (its events are compared at the end), then `ops`
-    random operations. Returns (steps, index of the first operation)."""
-    gen = Generator(seed)
-    steps: list[Step] = [watch_open(), watch_create(key=b"\0", range_end=b"\0", prev_kv=True), watch_recv()]
+    random operations. Returns (steps, index of the first operation).
+
+    restarts > 0: that many operations, at seeded positions, first SIGKILL and restart both servers
+    (the whole-run watch is then left out: it dies with the process)."""
+    gen = Generator(seed, restarts=restarts > 0)
+    at = set(random.Random(seed ^ 0x5EED).sample(range(1, ops), restarts)) if restarts else set()
+    steps: list[Step] = []
+    if not restarts:
+        steps += [watch_open(), watch_create(key=b"\0", range_end=b"\0", prev_kv=True), watch_recv()]
     first = len(steps)
-    steps += [_parallel(_track(gen.op())) for _ in range(ops)]
-    steps.append(Step("every watch event of the run, in order", _drain_events, parallel=True))
+    steps += [_parallel(_track(_after_crash(gen.op()) if i in at else gen.op())) for i in range(ops)]
+    if not restarts:
+        steps.append(Step("every watch event of the run, in order", _drain_events, parallel=True))
     return steps, first
+
+
+def _after_crash(step: Step) -> Step:
+    """SIGKILL the server, start it again on the same data, then run the operation."""
+    inner = step.run
+
+    def run(s: Session) -> Any:
+        s.server.kill()
+        s.server.start()
+        s.rebind(s.server.channel())
+        return inner(s)
+
+    step.run = run
+    step.label = "[after kill -9 and restart] " + step.label
+    return step
 
 
 DRAIN_QUIET_S = 1.0
@@ -316,10 +340,11 @@ def _drain_watch_label(m: Mismatch, ops: int, first: int) -> str:
     return f"operation #{m.index - first}"
 
 
-def run_seed(pool: PairPool, seed: int, ops: int = DEFAULT_OPS) -> tuple[str, list[Mismatch]]:
+def run_seed(pool: PairPool, seed: int, ops: int = DEFAULT_OPS, restarts: int = 0,
+             flags: dict[str, object] | None = None) -> tuple[str, list[Mismatch]]:
     """Run one seed on a fresh pair; returns (report, mismatches) with the first operation mismatch."""
-    steps, first = build(seed, ops)
-    pair = pool.fresh()
+    steps, first = build(seed, ops, restarts)
+    pair = pool.fresh(flags)
     try:
         sa = RandomSession(pair.a.channel(), b"", 1, 0, label=pair.a.kind, server=pair.a)
         sb = RandomSession(pair.b.channel(), b"", 1, 0, label=pair.b.kind, server=pair.b)
@@ -335,7 +360,10 @@ def run_seed(pool: PairPool, seed: int, ops: int = DEFAULT_OPS) -> tuple[str, li
             report = (f"seed {seed}: {_drain_watch_label(m, ops, first)} differs\n"
                       f"{m.render(pair.a.kind, pair.b.kind)}\n"
                       f"reproduce: DIFF_TARGET={pair.b.kind} python -m tests.differential.randomops "
-                      f"--seed {seed} --ops {ops}\n{pair.b.stderr_tail(1500)}")
+                      f"--seed {seed} --ops {ops}"
+                      + (f" --restarts {restarts}" if restarts else "")
+                      + "".join(f" --flag {k}={v}" for k, v in (flags or {}).items())
+                      + f"\n{pair.b.stderr_tail(1500)}")
         return report, mismatches
     finally:
         pair.stop()
@@ -360,17 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", type=int, default=DEFAULT_OPS)
     p.add_argument("--target", default=None, help="kvstore or etcd (default: $DIFF_TARGET or kvstore)")
     p.add_argument("--show", type=int, default=-1, help="print the operation with this index and exit")
+    p.add_argument("--restarts", type=int, default=0, help="kill -9 and restart both servers this many times")
+    p.add_argument("--flag", action="append", default=[], help="server flag for both, e.g. snapshot-count=200")
     a = p.parse_args(argv)
+    flags = dict(f.split("=", 1) for f in a.flag)
     import os
 
     target = a.target or os.environ.get("DIFF_TARGET", "kvstore")
     if a.show >= 0:
-        steps, first = build(a.seed, a.ops)
+        steps, first = build(a.seed, a.ops, a.restarts)
         print(steps[first + a.show].label)
         return 0
     pool = PairPool(target, lambda kind, name, flags: start_server(kind, name, flags))
     try:
-        report, mismatches = run_seed(pool, a.seed, a.ops)
+        report, mismatches = run_seed(pool, a.seed, a.ops, a.restarts, flags)
     finally:
         pool.close()
     print(report or f"seed {a.seed}: {a.ops} operations, no mismatch")

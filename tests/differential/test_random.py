@@ -22,3 +22,15 @@ def test_random_ops(seed: int, diff_pool: PairPool) -> None:
 def test_random_ops_slow(seed: int, diff_pool: PairPool) -> None:
     report, mismatches = run_seed(diff_pool, seed, 5 * DEFAULT_OPS)
     assert not mismatches, report
+
+
+RESTART_SEEDS = [11, 12]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", RESTART_SEEDS, ids=lambda s: f"seed={s}")
+def test_random_ops_with_crashes_and_snapshots(seed: int, diff_pool: PairPool) -> None:
+    """Random operations with 4 kill -9 + restarts of both servers, and a snapshot every 200 entries
+    (etcd: raft snapshots; ours: journal snapshots and trimming below them)."""
+    report, mismatches = run_seed(diff_pool, seed, 3000, restarts=4, flags={"snapshot-count": 200})
+    assert not mismatches, report
