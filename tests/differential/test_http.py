@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -75,3 +76,37 @@ def test_our_metrics_url_serves_health_livez_readyz(diff_pool: PairPool) -> None
     for path in ("/health", "/livez", "/readyz", "/version", "/metrics"):
         r = _get(b.metrics_url + path)  # type: ignore[attr-defined]
         assert r.get("status") == 200, (path, r)
+
+
+def _metric_names(text: str) -> set[str]:
+    names = set(re.findall(r"(?m)^# TYPE (\S+)", text))
+    for n in re.findall(r"(?m)^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text):
+        names.add(re.sub(r"_(bucket|sum|count)$", "", n) if n not in names else n)
+    return names
+
+
+# what etcd alerts and dashboards (etcd-mixin) and `etcdctl check datascale` read first
+METRICS_EXPECTED = (
+    "etcd_server_has_leader",
+    "etcd_server_is_leader",
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_server_quota_backend_bytes",
+    "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_mvcc_db_total_size_in_use_in_bytes",
+    "etcd_debugging_mvcc_keys_total",
+)
+
+
+def test_metric_names_are_etcds(diff_pool: PairPool) -> None:
+    """Every metric we expose carries a name etcd also exposes (or a process_/python_ one), and the ones
+    monitoring reads first exist."""
+    pair = diff_pool.shared()
+    texts = []
+    for s in (pair.a, pair.b):
+        with urllib.request.urlopen(getattr(s, "metrics_url", s.client_url) + "/metrics", timeout=5) as r:
+            texts.append(r.read().decode())
+    etcd_names, ours = _metric_names(texts[0]), _metric_names(texts[1])
+    foreign = sorted(n for n in ours - etcd_names if not n.startswith(("process_", "python_", "kvstore_")))
+    missing = [n for n in METRICS_EXPECTED if n not in ours]
+    assert not foreign and not missing, f"names etcd does not have: {foreign}; missing: {missing}"
