@@ -429,6 +429,10 @@ class _Dedup:
         return tuple((client_id, tuple(records.values())) for client_id, records in self._table.items())
 
 
+# Retries of one pending proposal waiting for its outcome (more get BUSY).
+_RETRY_WAITERS_MAX = 64
+
+
 def _ends_proposal(entry: LogEntry) -> bool:
     """True if a commit index may stop at this entry (proposals commit whole)."""
     return entry.kind is EntryKind.NOOP or entry.batch_index == entry.batch_size - 1
@@ -967,7 +971,10 @@ class ReplicationCore:
             return True
         pending = self._pending_by_key.get((client_id, request_seq))
         if pending is not None:
-            pending.tokens.append(token)  # answered when the original commits
+            if len(pending.tokens) >= _RETRY_WAITERS_MAX:
+                self._append_results.append(AppendResult(client_id, request_seq, error=ErrorCode.BUSY, token=token))
+            else:
+                pending.tokens.append(token)  # answered when the original commits
             return True
         return False
 
