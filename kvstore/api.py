@@ -115,9 +115,43 @@ class KV(rpc.KVServicer):
         return resp
 
 
+WATCH_WRITE_BATCH_MAX = 256  # queued responses looked at together before writing
+
+
+def _plain_events(resp: Any) -> bool:
+    return bool(resp.events) and not (resp.created or resp.canceled or resp.fragment or resp.compact_revision)
+
+
+def merge_event_responses(responses: list[Any], limit_bytes: int) -> list[Any]:
+    """Coalesce consecutive event responses of the same watcher that are already queued.
+
+    Only when the client reads slower than events arrive: one write instead of many, as etcd
+    batches a catch-up. Order is kept, a revision is never split, and a progress or cancel
+    response stays where it was (it is never merged), so it cannot overtake an event.
+    """
+    out: list[Any] = []
+    for resp in responses:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and _plain_events(prev)
+            and _plain_events(resp)
+            and prev.watch_id == resp.watch_id
+            and prev.ByteSize() + resp.ByteSize() < limit_bytes
+        ):
+            merged = pb.WatchResponse(header=resp.header, watch_id=resp.watch_id)
+            merged.events.extend(prev.events)
+            merged.events.extend(resp.events)
+            out[-1] = merged
+        else:
+            out.append(resp)
+    return out
+
+
 class Watch(rpc.WatchServicer):
     def __init__(self, member: Member) -> None:
         self.m = member
+        self.limit_bytes = member.config.max_request_bytes
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
         stream = WatchStream(self.m.hub)
@@ -133,10 +167,14 @@ class Watch(rpc.WatchServicer):
         reader = asyncio.get_running_loop().create_task(read_requests())
         try:
             while True:
-                resp = await stream.queue.get()
-                if resp is done:
+                backlog = [await stream.queue.get()]
+                while not stream.queue.empty() and len(backlog) < WATCH_WRITE_BATCH_MAX:
+                    backlog.append(stream.queue.get_nowait())
+                finished = done in backlog
+                for resp in merge_event_responses([r for r in backlog if r is not done], self.limit_bytes):
+                    await context.write(resp)
+                if finished:
                     break
-                await context.write(resp)
         finally:
             reader.cancel()
             stream.close()
