@@ -6,8 +6,11 @@ A failure prints the one command that replays it, e.g.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from journal.replication import Ready, ReplicationCore
 from journal.sim import InvariantViolation, run_seed
 
 CHUNK = 25  # seeds per test case: small enough to localise, large enough to amortise
@@ -46,3 +49,30 @@ def test_five_nodes(first: int) -> None:
 @pytest.mark.parametrize("first", range(100_000, 102_000, 500))
 def test_many_long_runs(nodes: int, first: int) -> None:
     _run_chunk(nodes, first, 500, 6_000)
+
+
+def _first_failure(nodes: int, seeds: range) -> str | None:
+    for seed in seeds:
+        try:
+            run_seed(seed, nodes, 1_500)
+        except AssertionError as e:
+            return str(e)
+    return None
+
+
+def test_the_simulator_catches_acks_sent_before_the_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell that sends acknowledgements before its writes are durable must be caught."""
+    real_ready = ReplicationCore.ready
+
+    def leaky_ready(self: ReplicationCore) -> Ready:
+        rd = real_ready(self)
+        return replace(rd, messages=rd.messages + rd.messages_after_persist, messages_after_persist=())
+
+    monkeypatch.setattr(ReplicationCore, "ready", leaky_ready)
+    failure = _first_failure(3, range(20))
+    assert failure is not None and "durable only on" in failure
+
+
+def test_the_simulator_catches_a_missing_election_restriction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ReplicationCore, "_up_to_date", lambda self, last_index, last_term: True)
+    assert _first_failure(5, range(60)) is not None
