@@ -60,6 +60,15 @@ class PositionMismatch(JournalError):
         self.tail = tail
 
 
+class PositionTrimmed(JournalError):
+    """A read asked for entries that were trimmed; fetch the snapshot instead."""
+
+    def __init__(self, position: int, first_position: int) -> None:
+        super().__init__(f"position {position} was trimmed; the log starts at {first_position}")
+        self.position = position
+        self.first_position = first_position
+
+
 class Unavailable(JournalError):
     """The journal cannot commit right now (no quorum, shutting down, ...)."""
 

@@ -22,8 +22,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from journal.api import Appended, Entry, JournalError, LogStatus, PositionMismatch, Snapshot, Unavailable
-from journal.local import PositionTrimmed
+from journal.api import (
+    Appended,
+    Entry,
+    JournalError,
+    LogStatus,
+    PositionMismatch,
+    PositionTrimmed,
+    Snapshot,
+    Unavailable,
+)
 from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from journal.api import Appended, Entry, JournalError, LogStatus, PositionMismatch, Snapshot, Unavailable
+from journal.api import (
+    Appended,
+    Entry,
+    JournalError,
+    LogStatus,
+    PositionMismatch,
+    PositionTrimmed,
+    Snapshot,
+    Unavailable,
+)
 from journal.segments import (
     FSYNC_POLICIES,
     RECORD_PAYLOAD_BYTES_MAX,
@@ -55,15 +64,6 @@ SNAPSHOT_MAGIC = b"KVSNAP01"
 SNAPSHOT_HEADER = struct.Struct("<8sQQI")  # magic, position, blob length, crc32(blob)
 SNAPSHOT_FILE = "snapshot"
 EPOCH_FILE = "epoch"
-
-
-class PositionTrimmed(JournalError):
-    """A read asked for entries that were trimmed; fetch the snapshot instead."""
-
-    def __init__(self, position: int, first_position: int) -> None:
-        super().__init__(f"position {position} was trimmed; the log starts at {first_position}")
-        self.position = position
-        self.first_position = first_position
 
 
 def atomic_write(path: str, data: bytes) -> None:

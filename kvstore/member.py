@@ -28,8 +28,7 @@ from typing import Any
 
 import msgpack
 
-from journal.api import Journal, JournalError, Snapshot
-from journal.local import PositionTrimmed
+from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.mvcc import MVCCStore

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from journal.api import Entry, Journal, PositionMismatch, Snapshot, Unavailable
-from journal.local import LocalJournal, PositionTrimmed
+from journal.api import Entry, Journal, PositionMismatch, PositionTrimmed, Snapshot, Unavailable
+from journal.local import LocalJournal
 
 
 async def collect(j: LocalJournal, log: str, first: int, last: int, timeout_s: float = 5.0) -> list[Entry]:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from journal.api import Entry, Journal, PositionMismatch, Snapshot
+from journal.api import Entry, Journal, PositionMismatch, PositionTrimmed, Snapshot
 from journal.client import JournalClient
-from journal.local import PositionTrimmed
 from tests.journal.cluster import InProcessCluster
 
 
