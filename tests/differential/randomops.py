@@ -22,6 +22,7 @@ from tests.differential.harness import (
     FROM_KEY,
     LID,
     PREFIX_END,
+    STREAM_RECV_TIMEOUT_S,
     Mismatch,
     PairPool,
     Session,
@@ -259,7 +260,9 @@ class Generator:
                     # etcd syncs an unsynced watcher every 100 ms and sends its catch-up in one response;
                     # on a busy machine that first response can take a while, later ones come promptly
                     only_created = len(out) == 1 and "created" in out[0]
-                    r = stream.recv(HISTORY_FIRST_BATCH_S if only_created else HISTORY_QUIET_S)
+                    wait_s = STREAM_RECV_TIMEOUT_S if not out else HISTORY_FIRST_BATCH_S if only_created else (
+                        HISTORY_QUIET_S)
+                    r = stream.recv(wait_s)
                     if r is None or isinstance(r, tuple):
                         break
                     resp = s.norm(r)
