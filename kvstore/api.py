@@ -71,7 +71,7 @@ class KV(rpc.KVServicer):
     async def Put(self, request: Any, context: Any) -> Any:
         validate.check_put(request)
         validate.check_size(request, self.m.config.max_request_bytes)
-        self.m.check_quota(put_quota_cost(request))
+        await self.m.check_quota(put_quota_cost(request))
         resp = await self.m.propose(Kind.PUT, request)
         self.m.counters["puts"] += 1
         fill(self.m, resp.header)
@@ -103,7 +103,7 @@ class KV(rpc.KVServicer):
             fill(self.m, resp.header)
             return resp
         validate.check_size(request, self.m.config.max_request_bytes)
-        self.m.check_quota(txn_quota_cost(request))
+        await self.m.check_quota(txn_quota_cost(request))
         resp = await self.m.propose(Kind.TXN, request)
         fill(self.m, resp.header)
         return resp
@@ -188,7 +188,7 @@ class Lease(rpc.LeaseServicer):
 
     @unary
     async def LeaseGrant(self, request: Any, context: Any) -> Any:
-        self.m.check_quota(LEASE_GRANT_QUOTA_COST_BYTES)
+        await self.m.check_quota(LEASE_GRANT_QUOTA_COST_BYTES)
         req = pb.LeaseGrantRequest()
         req.CopyFrom(request)
         if req.ID == 0:

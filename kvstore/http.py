@@ -49,7 +49,7 @@ def metrics(member: Member) -> str:
         ("etcd_debugging_mvcc_compact_revision", max(store.compact_revision, 0)),
         ("etcd_debugging_mvcc_watcher_total", member.hub.watcher_count),
         ("etcd_debugging_mvcc_watch_stream_total", len(member.hub.streams)),
-        ("etcd_debugging_lease_total", len(store.leases)),
+        ("etcd_debugging_mvcc_keys_total", store.live_keys),
     ]
     out = [f'etcd_server_version{{server_version="{ETCD_VERSION}"}} 1']
     out += [f"{name} {value}" for name, value in lines]

@@ -435,22 +435,19 @@ class Member:
 
     # ------------------------------------------------------------------ quota
 
-    def check_quota(self, cost: int) -> None:
-        """etcd's quota gate before proposing a write that adds data."""
+    async def check_quota(self, cost: int) -> None:
+        """etcd's quota gate before proposing a write that adds data: raise the NOSPACE alarm
+        (through the journal, so every member sees it) before answering the error."""
         quota = self.config.quota_backend_bytes
         if cost <= 0 or quota <= 0:
             return
         if self.db_size_bytes + cost >= quota:
             if (self.member_id, pb.NOSPACE) not in self.sm.alarms:
-                asyncio.get_running_loop().create_task(self._raise_nospace())
+                await self.propose(
+                    Kind.ALARM,
+                    pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE),
+                )
             raise fail(errors.NO_SPACE)
-
-    async def _raise_nospace(self) -> None:
-        with contextlib.suppress(EtcdError):
-            await self.propose(
-                Kind.ALARM,
-                pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE),
-            )
 
     def defragment(self) -> None:
         self.db_size_bytes = self.db_size_in_use_bytes

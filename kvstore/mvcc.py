@@ -102,6 +102,7 @@ class MVCCStore:
         self.compact_revision = -1  # etcd allows compacting revision 0 once
         self.leases = LeaseTable()
         self.bytes_in_use = 0
+        self.live_keys = 0  # keys whose newest record is not a tombstone
         self._history: dict[bytes, list[Any]] = {}
         self._keys: SortedList = SortedList()
         # Keys whose history holds something compaction may drop.
@@ -247,7 +248,9 @@ class MVCCStore:
             self._keys.add(key)
             if not kv.version:
                 self._compactable.add(key)
+            self.live_keys += bool(kv.version)
         else:
+            self.live_keys += bool(kv.version) - bool(hist[-1].version)
             hist.append(kv)
             self._compactable.add(key)
         self.bytes_in_use += record_bytes(kv)
@@ -257,6 +260,7 @@ class MVCCStore:
         hist = self._history[key]
         kv = hist.pop()
         self.bytes_in_use -= record_bytes(kv)
+        self.live_keys += (bool(hist[-1].version) if hist else 0) - bool(kv.version)
         if not hist:
             del self._history[key]
             self._keys.remove(key)

@@ -10,8 +10,10 @@ from proto.etcdserverpb import rpc_pb2 as pb
 
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_REQUEST_BYTES = 1_572_864  # 1.5 MiB
-# etcd wraps a request in an InternalRaftRequest (header, ID) before checking its size.
-RAFT_REQUEST_OVERHEAD_BYTES = 32
+# etcd checks the size of the InternalRaftRequest that wraps a request: a RequestHeader with
+# a 64-bit ID (field 100: 2-byte tag, length, 1-byte tag, up to 9-byte varint), plus the
+# request's own 1-byte tag and length prefix.
+RAFT_REQUEST_HEADER_BYTES = 13
 
 _SORT_ORDERS = set(pb.RangeRequest.SortOrder.values())
 _SORT_TARGETS = set(pb.RangeRequest.SortTarget.values())
@@ -120,6 +122,15 @@ def _check_intervals(ops: Any) -> tuple[set[bytes], _Deletes]:
     return puts, dels
 
 
+def _varint_bytes(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
 def check_size(request: Any, max_request_bytes: int) -> None:
-    if request.ByteSize() + RAFT_REQUEST_OVERHEAD_BYTES > max_request_bytes:
+    n = request.ByteSize()
+    if RAFT_REQUEST_HEADER_BYTES + 1 + _varint_bytes(n) + n > max_request_bytes:
         raise fail(errors.REQUEST_TOO_LARGE)

@@ -420,3 +420,17 @@ def test_ignore_lease_put_after_a_from_key_delete_of_its_key_fails_cleanly() -> 
         assert d.store.revision == 2 and d.range(b"b").kvs[0].value == b"v"
     d.put(b"c")
     assert d.store.revision == 3
+
+
+def test_live_key_count_follows_puts_deletes_aborts_and_compaction() -> None:
+    d = Driver()
+    d.put(b"a")
+    d.put(b"b")
+    d.put(b"a")
+    d.delete(b"b")
+    assert d.store.live_keys == 1
+    with pytest.raises(EtcdError):
+        d.txn(pb.TxnRequest(success=[put_op(b"c"), pb.RequestOp(request_put=pb.PutRequest(key=b"d", lease=9))]))
+    assert d.store.live_keys == 1
+    d.apply(Kind.COMPACT, pb.CompactionRequest(revision=d.store.revision))
+    assert d.store.live_keys == 1 == StateMachine.loads(d.sm.dumps()).store.live_keys
