@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 from kvstore.member import CLUSTER_VERSION, ETCD_VERSION, STORAGE_VERSION, Member
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -70,7 +71,9 @@ def route(member: Member, path: str, query: dict[str, list[str]]) -> tuple[int, 
     return 404, "text/plain", b"404 page not found\n"
 
 
-async def serve_http(member: Member, host: str, port: int) -> asyncio.Server:
+def http_handler(member: Member) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The connection handler, shared by HTTP-only listeners and the client-URL multiplexer."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -100,4 +103,8 @@ async def serve_http(member: Member, host: str, port: int) -> asyncio.Server:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(handle, host, port, limit=REQUEST_HEAD_BYTES_MAX)
+    return handle
+
+
+async def serve_http(member: Member, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(http_handler(member), host, port, limit=REQUEST_HEAD_BYTES_MAX)

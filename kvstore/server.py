@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import signal
 import sys
+import tempfile
 import urllib.parse
 
 import grpc
@@ -59,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-client-urls", default="http://127.0.0.1:2379", help="URLs to serve etcd's gRPC API on")
     p.add_argument("--advertise-client-urls", default=None, help="client URLs shown in MemberList (default: listen)")
     p.add_argument(
+        "--listen-client-http-urls",
+        default="",
+        help="serve the HTTP endpoints (/health, /livez, /readyz, /version, /metrics) only on these URLs; "
+        "gRPC then owns the client URLs alone (no multiplexer in its path)",
+    )
+    p.add_argument(
         "--listen-metrics-urls",
-        default=None,
-        help="URLs for /health, /livez, /readyz, /version and /metrics (default: the first client URL's host, "
-        "port + 2, e.g. http://127.0.0.1:2381; 'none' disables)",
+        default="",
+        help="additional URLs for the HTTP endpoints, e.g. http://127.0.0.1:2381 as kubeadm probes ('none': none)",
     )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
@@ -117,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def grpc_socket_path(state_dir: str) -> str:
+    """Where gRPC listens behind the client-URL multiplexer (a unix socket path must stay short)."""
+    path = os.path.join(os.path.abspath(state_dir), "grpc.sock")
+    if len(path) < 100:
+        return path
+    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"kvstore-{digest}.sock")
+
+
 def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     if args.journal_endpoints:
         from journal.client import JournalClient
@@ -167,27 +184,40 @@ async def run(args: argparse.Namespace) -> int:
     ]
     server = grpc.aio.server(options=options)
     add_servicers(server, member)
-    for url in listen:
-        host, port = host_port(url)
-        if server.add_insecure_port(f"{host}:{port}") == 0:
-            raise SystemExit(f"kvstore: cannot listen on {url}")
-    await server.start()
+    from kvstore.http import http_handler, serve_http
 
-    http_servers = []
-    metrics_urls = args.listen_metrics_urls
-    if metrics_urls is None:
-        host, port = host_port(listen[0])
-        metrics_urls = f"http://{host}:{port + 2}"
-    if metrics_urls != "none":
-        from kvstore.http import serve_http
-
-        for url in parse_urls(metrics_urls):
+    listeners = []
+    if args.listen_client_http_urls:
+        # etcd's split: gRPC alone on the client URLs, HTTP on its own.
+        for url in listen:
             host, port = host_port(url)
-            http_servers.append(await serve_http(member, host, port))
+            if server.add_insecure_port(f"{host}:{port}") == 0:
+                raise SystemExit(f"kvstore: cannot listen on {url}")
+        http_urls = parse_urls(args.listen_client_http_urls)
+    else:
+        # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
+        from kvstore.cmux import serve_mux
+
+        grpc_socket = grpc_socket_path(member.state_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(grpc_socket)
+        if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
+            raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
+        handler = http_handler(member)
+        for url in listen:
+            host, port = host_port(url)
+            listeners.append(await serve_mux(host, port, grpc_socket, handler))
+        http_urls = []
+    await server.start()
+    if args.listen_metrics_urls and args.listen_metrics_urls != "none":
+        http_urls += parse_urls(args.listen_metrics_urls)
+    for url in http_urls:
+        host, port = host_port(url)
+        listeners.append(await serve_http(member, host, port))
     log.info(
-        "serving etcd v3 gRPC on %s, HTTP on %s (member %x, cluster %x)",
+        "serving etcd v3 on %s%s (member %x, cluster %x)",
         ",".join(listen),
-        metrics_urls,
+        f", HTTP also on {','.join(http_urls)}" if http_urls else "",
         member.member_id,
         member.cluster_id,
     )
@@ -198,8 +228,8 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    for http_server in http_servers:
-        http_server.close()
+    for listener in listeners:
+        listener.close()
     await server.stop(grace=1.0)
     await member.stop()
     await journal.close()
