@@ -18,6 +18,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -102,9 +103,10 @@ class MVCCStore:
         self.compact_revision = -1  # etcd allows compacting revision 0 once
         self.leases = LeaseTable()
         self.bytes_in_use = 0
-        self.live_keys = 0  # keys whose newest record is not a tombstone
         self._history: dict[bytes, list[Any]] = {}
         self._keys: SortedList = SortedList()
+        # Keys whose newest record is live: current reads page and count with bisects.
+        self._live: SortedList = SortedList()
         # Keys whose history holds something compaction may drop.
         self._compactable: set[bytes] = set()
         # Revisions that changed more than one key, with the keys in sub order:
@@ -141,6 +143,30 @@ class MVCCStore:
         keys = self._keys.irange(key, range_end, inclusive=(True, False))
         return keys
 
+    def _iter_live_keys(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
+        """Keys live now in etcd's range [key, range_end)."""
+        if not range_end:
+            return iter((key,) if key in self._live else ())
+        if range_end == b"\0":
+            keys: Iterator[bytes] = self._live.irange(minimum=key)
+            return keys
+        if range_end <= key:
+            return iter(())
+        keys = self._live.irange(key, range_end, inclusive=(True, False))
+        return keys
+
+    def _count_live(self, key: bytes, range_end: bytes) -> int:
+        live = self._live
+        if not range_end:
+            return int(key in live)
+        start: int = live.bisect_left(key)
+        if range_end == b"\0":
+            return len(live) - start
+        if range_end <= key:
+            return 0
+        n: int = live.bisect_left(range_end) - start
+        return n
+
     def iter_live(self, key: bytes, range_end: bytes, rev: int | None = None) -> Iterator[Any]:
         for k in self.iter_keys(key, range_end):
             kv = self._at(k, rev)
@@ -176,21 +202,28 @@ class MVCCStore:
         elif req.sort_target == pb.RangeRequest.KEY and sort_order == pb.RangeRequest.ASCEND:
             sort_order = pb.RangeRequest.NONE  # already in key order
 
-        count = 0
-        kvs: list[Any] = []
-        if req.count_only:
-            for _ in self.iter_live(req.key, req.range_end, read_at):
-                count += 1
-            resp.count = count
-            return resp
         # Without sorting or filters only limit+1 records are needed (the +1 tells `more`);
         # every key is still counted. Like etcd, this looks at the *requested* order: a sort
         # target with order NONE sorts only the first limit+1 keys.
         keep = req.limit + 1 if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not filtered else 0
-        for kv in self.iter_live(req.key, req.range_end, read_at):
-            count += 1
-            if not keep or len(kvs) < keep:
-                kvs.append(kv)
+        kvs: list[Any] = []
+        if read_at is None:
+            count = self._count_live(req.key, req.range_end)
+            if req.count_only:
+                resp.count = count
+                return resp
+            keys = self._iter_live_keys(req.key, req.range_end)
+            history = self._history
+            kvs = [history[k][-1] for k in (islice(keys, keep) if keep else keys)]
+        else:
+            count = 0
+            for kv in self.iter_live(req.key, req.range_end, read_at):
+                count += 1
+                if not req.count_only and (not keep or len(kvs) < keep):
+                    kvs.append(kv)
+            if req.count_only:
+                resp.count = count
+                return resp
         if filtered:
             kvs = [kv for kv in kvs if _passes_filters(req, kv)]
         if sort_order != pb.RangeRequest.NONE:
@@ -243,24 +276,35 @@ class MVCCStore:
 
     def _append(self, key: bytes, kv: Any) -> None:
         hist = self._history.get(key)
+        was_live = hist is not None and bool(hist[-1].version)
         if hist is None:
             self._history[key] = [kv]
             self._keys.add(key)
             if not kv.version:
                 self._compactable.add(key)
-            self.live_keys += bool(kv.version)
         else:
-            self.live_keys += bool(kv.version) - bool(hist[-1].version)
             hist.append(kv)
             self._compactable.add(key)
+        self._set_live(key, was_live, bool(kv.version))
         self.bytes_in_use += record_bytes(kv)
+
+    def _set_live(self, key: bytes, was_live: bool, is_live: bool) -> None:
+        if is_live and not was_live:
+            self._live.add(key)
+        elif was_live and not is_live:
+            self._live.remove(key)
+
+    @property
+    def live_keys(self) -> int:
+        """Keys whose newest record is not a tombstone."""
+        return len(self._live)
 
     def _drop_last(self, key: bytes) -> None:
         """Undo the newest record of key (a write txn that must not land)."""
         hist = self._history[key]
         kv = hist.pop()
         self.bytes_in_use -= record_bytes(kv)
-        self.live_keys += (bool(hist[-1].version) if hist else 0) - bool(kv.version)
+        self._set_live(key, bool(kv.version), bool(hist) and bool(hist[-1].version))
         if not hist:
             del self._history[key]
             self._keys.remove(key)

@@ -434,3 +434,26 @@ def test_live_key_count_follows_puts_deletes_aborts_and_compaction() -> None:
     assert d.store.live_keys == 1
     d.apply(Kind.COMPACT, pb.CompactionRequest(revision=d.store.revision))
     assert d.store.live_keys == 1 == StateMachine.loads(d.sm.dumps()).store.live_keys
+
+
+def test_current_reads_from_the_live_index_match_reads_from_history() -> None:
+    import random
+
+    rng = random.Random(7)
+    d = Driver()
+    keys_ = [b"k%02d" % i for i in range(30)]
+    for step in range(400):
+        k = rng.choice(keys_)
+        if rng.random() < 0.6:
+            d.put(k)
+        else:
+            d.delete(k, rng.choice([b"", rng.choice(keys_), b"\0"]))
+        if step % 97 == 0:
+            d.apply(Kind.COMPACT, pb.CompactionRequest(revision=d.store.revision))
+        lo, hi = sorted(rng.sample(keys_, 2))
+        for range_end in (b"", hi, b"\0", lo):
+            for limit in (0, 1, 5):
+                now = d.range(lo, range_end, limit=limit)
+                old = d.range(lo, range_end, limit=limit, revision=d.store.revision)
+                assert (list(now.kvs), now.count, now.more) == (list(old.kvs), old.count, old.more)
+                assert d.range(lo, range_end, count_only=True).count == now.count
