@@ -9,6 +9,7 @@ here reads a clock.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ class Lease:
 class LeaseTable:
     def __init__(self) -> None:
         self._leases: dict[int, Lease] = {}
+        # (deadline_ms, lease id), with stale pairs left behind by renewals and revokes:
+        # `due` skips and drops them, so finding what is due never scans every lease.
+        self._deadlines: list[tuple[int, int]] = []
 
     def __contains__(self, lease_id: int) -> bool:
         return lease_id in self._leases
@@ -50,6 +54,7 @@ class LeaseTable:
         assert lease_id != 0 and lease_id not in self._leases
         lease = Lease(lease_id, ttl_s, now_ms + ttl_s * 1000)
         self._leases[lease_id] = lease
+        heapq.heappush(self._deadlines, (lease.deadline_ms, lease_id))
         return lease
 
     def renew(self, lease_id: int, now_ms: int) -> Lease | None:
@@ -58,6 +63,7 @@ class LeaseTable:
         if lease is None or now_ms >= lease.deadline_ms:
             return None
         lease.deadline_ms = now_ms + lease.ttl_s * 1000
+        heapq.heappush(self._deadlines, (lease.deadline_ms, lease_id))
         return lease
 
     def remove(self, lease_id: int) -> Lease | None:
@@ -77,8 +83,16 @@ class LeaseTable:
 
     def due(self, now_ms: int, limit: int) -> list[int]:
         """Up to `limit` lease ids whose deadline has passed at now_ms, earliest first."""
-        due = sorted((lease.deadline_ms, lease.id) for lease in self._leases.values() if lease.deadline_ms <= now_ms)
-        return [lease_id for _, lease_id in due[:limit]]
+        heap = self._deadlines
+        found: list[tuple[int, int]] = []
+        while heap and heap[0][0] <= now_ms and len(found) < limit:
+            deadline_ms, lease_id = heapq.heappop(heap)
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.deadline_ms == deadline_ms:
+                found.append((deadline_ms, lease_id))
+        for pair in found:  # still live until a revoke is applied: keep them findable
+            heapq.heappush(heap, pair)
+        return [lease_id for _, lease_id in found]
 
     def to_state(self) -> list[list[Any]]:
         return [[lease.id, lease.ttl_s, lease.deadline_ms, sorted(lease.keys)] for lease in self._leases.values()]
@@ -88,4 +102,6 @@ class LeaseTable:
         table = cls()
         for lease_id, ttl_s, deadline_ms, keys in state:
             table._leases[lease_id] = Lease(lease_id, ttl_s, deadline_ms, set(keys))
+            table._deadlines.append((deadline_ms, lease_id))
+        heapq.heapify(table._deadlines)
         return table

@@ -457,3 +457,17 @@ def test_current_reads_from_the_live_index_match_reads_from_history() -> None:
                 old = d.range(lo, range_end, limit=limit, revision=d.store.revision)
                 assert (list(now.kvs), now.count, now.more) == (list(old.kvs), old.count, old.more)
                 assert d.range(lo, range_end, count_only=True).count == now.count
+
+
+def test_due_leases_follow_renewals_and_revokes() -> None:
+    from kvstore.lease import LeaseTable
+
+    t = LeaseTable()
+    for i in range(1, 6):
+        t.grant(i, 10, now_ms=i * 1000)  # deadlines 11s .. 15s
+    t.renew(1, now_ms=5000)  # 1 now due at 15s
+    t.remove(2)
+    assert t.due(13_500, limit=10) == [3]
+    assert t.due(15_000, limit=2) == [3, 4]
+    assert t.due(15_000, limit=10) == [3, 4, 1, 5]
+    assert LeaseTable.from_state(t.to_state()).due(15_000, limit=10) == [3, 4, 1, 5]
