@@ -126,12 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def grpc_socket_path(state_dir: str) -> str:
-    """Where gRPC listens behind the client-URL multiplexer (a unix socket path must stay short)."""
-    path = os.path.join(os.path.abspath(state_dir), "grpc.sock")
-    if len(path) < 100:
-        return path
-    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"kvstore-{digest}.sock")
+    """Where gRPC listens behind the client-URL multiplexer: a unix socket in the temp dir,
+    named after the state dir (one per member; the state dir holds only state)."""
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"kvstore-grpc-{digest}.sock")
 
 
 def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
@@ -187,6 +185,7 @@ async def run(args: argparse.Namespace) -> int:
     from kvstore.http import http_handler, serve_http
 
     listeners = []
+    grpc_socket = ""
     if args.listen_client_http_urls:
         # etcd's split: gRPC alone on the client URLs, HTTP on its own.
         for url in listen:
@@ -231,6 +230,9 @@ async def run(args: argparse.Namespace) -> int:
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)
+    if grpc_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(grpc_socket)
     await member.stop()
     await journal.close()
     return 0

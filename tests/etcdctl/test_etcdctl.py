@@ -241,8 +241,10 @@ def test_watch_interactive_progress(cmp: Compare) -> None:
     outs = []
     for p, c in zip(procs, (cmp.a, cmp.b), strict=True):
         p.terminate()
-        out, err = p.communicate(timeout=10)
-        outs.append(Result(0, c.norm_text(out), c.norm_err(err)))
+        out, _ = p.communicate(timeout=10)
+        # stderr is not compared: both etcdctls are stopped by a signal, and whether one printed
+        # "error reading watch request line: EOF" first depends only on when the signal landed.
+        outs.append(Result(0, c.norm_text(out), ""))
     cmp.check("watch -i (watch, progress, put, progress)", outs[0], outs[1], None)
     assert "progress notify:" in outs[0].out, outs[0]
     assert not cmp.diffs, cmp.report()
