@@ -44,6 +44,13 @@ def unary(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+async def proposed(member: Member, kind: Kind, request: Any) -> Any:
+    """Propose a request through the journal; answer with its applied result and a full header."""
+    resp = await member.propose(kind, request)
+    fill(member, resp.header)
+    return resp
+
+
 def fill(member: Member, header: Any, *, with_revision: bool = True) -> None:
     """Complete a header the state machine left with only its revision."""
     header.cluster_id = member.cluster_id
@@ -72,18 +79,16 @@ class KV(rpc.KVServicer):
         validate.check_put(request)
         validate.check_size(request, self.m.config.max_request_bytes)
         await self.m.check_quota(put_quota_cost(request))
-        resp = await self.m.propose(Kind.PUT, request)
+        resp = await proposed(self.m, Kind.PUT, request)
         self.m.counters["puts"] += 1
-        fill(self.m, resp.header)
         return resp
 
     @unary
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         validate.check_delete(request)
         validate.check_size(request, self.m.config.max_request_bytes)
-        resp = await self.m.propose(Kind.DELETE_RANGE, request)
+        resp = await proposed(self.m, Kind.DELETE_RANGE, request)
         self.m.counters["deletes"] += 1
-        fill(self.m, resp.header)
         return resp
 
     @unary
@@ -104,15 +109,11 @@ class KV(rpc.KVServicer):
             return resp
         validate.check_size(request, self.m.config.max_request_bytes)
         await self.m.check_quota(txn_quota_cost(request))
-        resp = await self.m.propose(Kind.TXN, request)
-        fill(self.m, resp.header)
-        return resp
+        return await proposed(self.m, Kind.TXN, request)
 
     @unary
     async def Compact(self, request: Any, context: Any) -> Any:
-        resp = await self.m.propose(Kind.COMPACT, request)
-        fill(self.m, resp.header)
-        return resp
+        return await proposed(self.m, Kind.COMPACT, request)
 
 
 WATCH_WRITE_BATCH_MAX = 256  # queued responses looked at together before writing
@@ -193,15 +194,11 @@ class Lease(rpc.LeaseServicer):
         req.CopyFrom(request)
         if req.ID == 0:
             req.ID = self.m.new_lease_id()
-        resp = await self.m.propose(Kind.LEASE_GRANT, req)
-        fill(self.m, resp.header)
-        return resp
+        return await proposed(self.m, Kind.LEASE_GRANT, req)
 
     @unary
     async def LeaseRevoke(self, request: Any, context: Any) -> Any:
-        resp = await self.m.propose(Kind.LEASE_REVOKE, request)
-        fill(self.m, resp.header)
-        return resp
+        return await proposed(self.m, Kind.LEASE_REVOKE, request)
 
     async def LeaseKeepAlive(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for req in request_iterator:
@@ -271,10 +268,9 @@ class Maintenance(rpc.MaintenanceServicer):
 
     @unary
     async def Alarm(self, request: Any, context: Any) -> Any:
-        if request.action == pb.AlarmRequest.GET:
-            resp = pb.AlarmResponse(alarms=self._alarms())
-        else:
-            resp = await self.m.propose(Kind.ALARM, request)
+        if request.action != pb.AlarmRequest.GET:
+            return await proposed(self.m, Kind.ALARM, request)
+        resp = pb.AlarmResponse(alarms=self._alarms())
         fill(self.m, resp.header)
         return resp
 
