@@ -34,7 +34,6 @@ from journal.api import (
     JournalError,
     LogStatus,
     PositionMismatch,
-    PositionTrimmed,
     Snapshot,
     Unavailable,
 )
@@ -45,7 +44,6 @@ from journal.segments import (
     FsyncPolicy,
     Record,
     SegmentLog,
-    TrimmedError,
     fsync_dir,
 )
 
@@ -349,15 +347,12 @@ class LocalJournal:
             batch = self._from_cache(lg, position)
             if batch is None:
                 self.disk_reads += 1
-                try:
-                    records = await asyncio.to_thread(
-                        lg.segments.read,
-                        position,
-                        min(lg.committed, position + READ_BATCH_ENTRIES_MAX - 1),
-                        READ_BATCH_BYTES_MAX,
-                    )
-                except TrimmedError as e:
-                    raise PositionTrimmed(e.position, e.first_position) from None
+                records = await asyncio.to_thread(
+                    lg.segments.read,
+                    position,
+                    min(lg.committed, position + READ_BATCH_ENTRIES_MAX - 1),
+                    READ_BATCH_BYTES_MAX,
+                )
                 batch = [Entry(r.position, r.timestamp_ms, r.payload) for r in records]
             assert batch and batch[0].position == position, (position, batch[:1])
             position = batch[-1].position + 1

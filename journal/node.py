@@ -703,17 +703,8 @@ class JournalNode:
             str(payload.get("client", "")), int(payload.get("seq", 0)), entries, self._clock_ms(),
             None if expected is None else int(expected), token,
         )  # fmt: skip
-        rep.wake.set()
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000):
-                res = await fut
-        except TimeoutError:
-            raise RequestError("unavailable", "not committed in time; retry with the same seq") from None
-        finally:
-            rep.appends.pop(token, None)
+        res = await self._core_result(rep, rep.appends, token, fut, "not committed in time; retry with the same seq")
         if res.error is not None:
-            if res.error is r.ErrorCode.NOT_LEADER:
-                raise RequestError("not_leader", "leadership lost", leader=self._peer_addr.get(res.leader, ""))
             raise RequestError(_ERROR_CODES[res.error], res.error.value, tail=res.tail)
         return {"appended": [[a.position, a.timestamp_ms] for a in res.appended]}
 
@@ -725,19 +716,26 @@ class JournalNode:
         fut: asyncio.Future[r.BarrierResult] = asyncio.get_running_loop().create_future()
         rep.barriers[rid] = fut
         rep.core.barrier(rid)
+        res = await self._core_result(rep, rep.barriers, rid, fut, "barrier not confirmed in time")
+        if res.error is not None:
+            raise RequestError(_ERROR_CODES[res.error], res.error.value)
+        return {"position": res.position}
+
+    async def _core_result(
+        self, rep: _Replica, waiting: dict[int, Any], key: int, fut: asyncio.Future[Any], timeout_message: str
+    ) -> Any:
+        """Wake the replica's loop, wait for the core's answer to one request, map lost leadership."""
         rep.wake.set()
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000):
                 res = await fut
         except TimeoutError:
-            raise RequestError("unavailable", "barrier not confirmed in time") from None
+            raise RequestError("unavailable", timeout_message) from None
         finally:
-            rep.barriers.pop(rid, None)
-        if res.error is not None:
-            if res.error is r.ErrorCode.NOT_LEADER:
-                raise RequestError("not_leader", "leadership lost", leader=self._peer_addr.get(res.leader, ""))
-            raise RequestError(_ERROR_CODES[res.error], res.error.value)
-        return {"position": res.position}
+            waiting.pop(key, None)
+        if res.error is r.ErrorCode.NOT_LEADER:
+            raise RequestError("not_leader", "leadership lost", leader=self._peer_addr.get(res.leader, ""))
+        return res
 
     async def _h_status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rep = await self._live_replica(payload)

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from journal.api import PositionTrimmed
+
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "batch", "never"]
@@ -54,15 +56,6 @@ POSITION_DIGITS = 20
 
 class CorruptionError(Exception):
     """A record before the tail of the log failed its checks."""
-
-
-class TrimmedError(Exception):
-    """The requested position is below the log's first retained position."""
-
-    def __init__(self, position: int, first_position: int) -> None:
-        super().__init__(f"position {position} was trimmed; the log starts at {first_position}")
-        self.position = position
-        self.first_position = first_position
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +486,7 @@ class SegmentLog:
         with self._lock:
             segments = list(self._segments)
         if from_position < segments[0].first_position:
-            raise TrimmedError(from_position, segments[0].first_position)
+            raise PositionTrimmed(from_position, segments[0].first_position)
         i = bisect.bisect_right([s.first_position for s in segments], from_position) - 1
         seg = segments[i]
         try:
@@ -532,7 +525,7 @@ class SegmentLog:
             return out
         except FileNotFoundError:
             # Trimmed under our feet.
-            raise TrimmedError(from_position, self.first_position) from None
+            raise PositionTrimmed(from_position, self.first_position) from None
 
     def segment_paths(self) -> list[str]:
         with self._lock:

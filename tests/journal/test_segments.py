@@ -7,12 +7,12 @@ import struct
 
 import pytest
 
+from journal.api import PositionTrimmed
 from journal.segments import (
     HEADER_BYTES,
     CorruptionError,
     Record,
     SegmentLog,
-    TrimmedError,
     encode_record,
 )
 
@@ -156,7 +156,7 @@ def test_trim_deletes_whole_segments_below(tmp_path: str) -> None:
     first = s.trim(50)
     assert 1 < first <= 50
     assert len(s.segment_paths()) < n
-    with pytest.raises(TrimmedError):
+    with pytest.raises(PositionTrimmed):
         s.read(1, 10)
     assert read_all(s, 50, 100) == recs(50, 51)
     # Trimming everything keeps the segment holding the last record.
