@@ -1,8 +1,8 @@
 """`kvstore serve`: run an etcd v3 compatible member.
 
 With no flags it is an embedded single node: a local journal under
-./default.etcd, state on tmpfs, etcd's gRPC API on 127.0.0.1:2379 and the HTTP
-endpoints (/health, /version, /metrics) on 127.0.0.1:2381.
+./default.etcd, state on tmpfs, and on 127.0.0.1:2379 etcd's gRPC API together
+with its HTTP endpoints (/health, /livez, /readyz, /version, /metrics).
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="where the in-memory state is checkpointed (default: a directory under /dev/shm/kvstore)",
     )
-    p.add_argument("--listen-client-urls", default="http://127.0.0.1:2379", help="URLs to serve etcd's gRPC API on")
+    p.add_argument(
+        "--listen-client-urls",
+        default="http://127.0.0.1:2379",
+        help="URLs to serve etcd's gRPC API (and, unless --listen-client-http-urls, its HTTP endpoints) on",
+    )
     p.add_argument("--advertise-client-urls", default=None, help="client URLs shown in MemberList (default: listen)")
     p.add_argument(
         "--listen-client-http-urls",
