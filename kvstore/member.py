@@ -31,7 +31,7 @@ import msgpack
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from kvstore.watch import WatchHub
 from proto.etcdserverpb import rpc_pb2 as pb

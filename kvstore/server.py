@@ -21,9 +21,9 @@ import urllib.parse
 import grpc
 
 from journal.api import Journal, Snapshot
-from kvstore.api import add_servicers, read_snapshot_file
 from kvstore.member import Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
+from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 
 log = logging.getLogger("kvstore")
 
@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace) -> int:
     ]
     server = grpc.aio.server(options=options)
     add_servicers(server, member)
-    from kvstore.http import http_handler, serve_http
+    from kvstore.transport.http import http_handler, serve_http
 
     listeners = []
     grpc_socket = ""
@@ -199,7 +199,7 @@ async def run(args: argparse.Namespace) -> int:
         http_urls = parse_urls(args.listen_client_http_urls)
     else:
         # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
-        from kvstore.cmux import serve_mux
+        from kvstore.transport.cmux import serve_mux
 
         grpc_socket = grpc_socket_path(member.state_dir)
         with contextlib.suppress(FileNotFoundError):

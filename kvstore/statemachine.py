@@ -23,7 +23,7 @@ import msgpack
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
-from kvstore.mvcc import MVCCStore, RevisionEvents, check_put, execute_txn
+from kvstore.mvcc.store import MVCCStore, RevisionEvents, check_put, execute_txn
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore import errors
-from kvstore.mvcc import EVENT_DELETE, EVENT_PUT, Event, MVCCStore, RevisionEvents
+from kvstore.mvcc.store import EVENT_DELETE, EVENT_PUT, Event, MVCCStore, RevisionEvents
 from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH_BATCH_REVISIONS_MAX = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response

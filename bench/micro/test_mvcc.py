@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
 

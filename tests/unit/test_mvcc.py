@@ -5,10 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from kvstore import errors, validate
+from kvstore import errors
 from kvstore.errors import EtcdError
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
+from kvstore.v3rpc import validate
 from proto.etcdserverpb import rpc_pb2 as pb
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvstore.api import merge_event_responses
+from kvstore.v3rpc.servicers import merge_event_responses
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.mvccpb import kv_pb2
 

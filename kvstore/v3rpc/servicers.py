@@ -15,11 +15,12 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health, health_pb2_grpc
 
-from kvstore import errors, validate
+from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
-from kvstore.mvcc import execute_txn, txn_has_writes
+from kvstore.mvcc.store import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
+from kvstore.v3rpc import validate
 from kvstore.watch import WatchStream
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc

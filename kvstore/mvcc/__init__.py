@@ -1,0 +1,1 @@
+"""Multi-version storage: revisions, history, ranges, txns and compaction (deterministic, no I/O)."""
