@@ -31,6 +31,7 @@ import msgpack
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
+from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from kvstore.watch import WatchHub
@@ -82,6 +83,7 @@ class MemberConfig:
     snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
     snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
     watch_cache_revisions: int = 100_000
+    metrics: str = "basic"  # etcd's --metrics: basic | extensive (adds gRPC handling-time histograms)
 
 
 def default_state_dir(data_dir: str) -> str:
@@ -138,6 +140,7 @@ class Member:
             "ranges": 0,
         }
         self.ready = asyncio.Event()
+        self.metrics = MemberMetrics(self, config.metrics)
 
     # ------------------------------------------------------------- identity
 
@@ -253,6 +256,7 @@ class Member:
 
     def write_checkpoint(self) -> None:
         """Write the state to the state dir atomically (tmp + rename; tmpfs needs no fsync)."""
+        started = time.perf_counter()
         body = self.sm.dumps()
         meta = msgpack.packb(
             {
@@ -269,6 +273,7 @@ class Member:
             f.write(body)
         os.replace(tmp, path)
         self._checkpointed_position = self.sm.applied_position
+        self.metrics.backend_commit.observe(time.perf_counter() - started)
 
     async def _checkpoint_loop(self) -> None:
         # A checkpoint serialises the whole store on the event loop; space them so that
@@ -324,7 +329,8 @@ class Member:
         snapshot covers, keeping snapshot_catchup_entries for members slightly behind."""
         position = self.sm.applied_position
         try:
-            await self.journal.snapshot_put(self.log_name, Snapshot(position, self.sm.dumps()))
+            with self.metrics.backend_snapshot.time():
+                await self.journal.snapshot_put(self.log_name, Snapshot(position, self.sm.dumps()))
             keep = self.config.snapshot_catchup_entries
             if position - keep > 1:
                 await self.journal.trim(self.log_name, position - keep)
@@ -398,7 +404,8 @@ class Member:
 
     async def _append(self, batch: list[tuple[int, bytes]]) -> None:
         try:
-            await self.journal.append(self.log_name, [data for _, data in batch])
+            with self.metrics.wal_fsync.time():
+                await self.journal.append(self.log_name, [data for _, data in batch])
             self.counters["proposals_committed"] += len(batch)
         except (JournalError, OSError) as exc:
             log.warning("journal append failed: %s", exc)

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="10m",
         help="period of progress notifications to watchers that asked for them (default 10m)",
     )
+    p.add_argument(
+        "--metrics",
+        choices=["basic", "extensive"],
+        default="basic",
+        help="basic (default) or extensive: also gRPC handling-time histograms (grpc_server_handling_seconds)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warn", "error", "panic", "fatal"], default="info")
     p.add_argument(
         "--journal-fsync",
@@ -167,6 +173,7 @@ async def run(args: argparse.Namespace) -> int:
         auto_compaction_mode=args.auto_compaction_mode,
         auto_compaction_retention=args.auto_compaction_retention,
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),
+        metrics=args.metrics,
     )
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
@@ -184,7 +191,7 @@ async def run(args: argparse.Namespace) -> int:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[member.metrics.grpc_interceptor()])
     add_servicers(server, member)
     from kvstore.transport.http import http_handler, serve_http
 

@@ -29,34 +29,6 @@ def health(member: Member, query: dict[str, list[str]]) -> tuple[int, dict[str, 
     return 200, {"health": "true", "reason": ""}
 
 
-def metrics(member: Member) -> str:
-    store = member.store
-    c = member.counters
-    lines = [
-        ("etcd_server_has_leader", 1),
-        ("etcd_server_is_leader", 1),
-        ("etcd_server_proposals_committed_total", member.sm.applied_position),
-        ("etcd_server_proposals_applied_total", member.sm.applied_position),
-        ("etcd_server_proposals_pending", len(member._pending)),
-        ("etcd_server_proposals_failed_total", c["proposals_failed"]),
-        ("etcd_server_quota_backend_bytes", member.config.quota_backend_bytes),
-        ("etcd_mvcc_db_total_size_in_bytes", member.db_size_bytes),
-        ("etcd_mvcc_db_total_size_in_use_in_bytes", member.db_size_in_use_bytes),
-        ("etcd_mvcc_put_total", c["puts"]),
-        ("etcd_mvcc_delete_total", c["deletes"]),
-        ("etcd_mvcc_range_total", c["ranges"]),
-        ("etcd_mvcc_txn_total", c["txns"]),
-        ("etcd_debugging_mvcc_current_revision", store.revision),
-        ("etcd_debugging_mvcc_compact_revision", max(store.compact_revision, 0)),
-        ("etcd_debugging_mvcc_watcher_total", member.hub.watcher_count),
-        ("etcd_debugging_mvcc_watch_stream_total", len(member.hub.streams)),
-        ("etcd_debugging_mvcc_keys_total", store.live_keys),
-    ]
-    out = [f'etcd_server_version{{server_version="{ETCD_VERSION}"}} 1']
-    out += [f"{name} {value}" for name, value in lines]
-    return "\n".join(out) + "\n"
-
-
 def route(member: Member, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
     if path in ("/health", "/livez", "/readyz"):
         status, body = health(member, query)
@@ -67,7 +39,7 @@ def route(member: Member, path: str, query: dict[str, list[str]]) -> tuple[int, 
         body = {"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION, "storage": STORAGE_VERSION}
         return 200, "application/json", json.dumps(body).encode()
     if path == "/metrics":
-        return 200, "text/plain; version=0.0.4", metrics(member).encode()
+        return (200, *member.metrics.exposition())
     return 404, "text/plain", b"404 page not found\n"
 
 
