@@ -3,6 +3,7 @@
     kvstore journal serve --id a --az a --listen 127.0.0.1:7001 \\
         --peers b=127.0.0.1:7002,c=127.0.0.1:7003 --data-dir /var/lib/journal/a --fsync always
     kvstore journal status --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --log pods
+    kvstore journal health --endpoint 127.0.0.1:7001 --log pods   # exit 0: the node answers, a leader is known
 
 A peer is ``id=host:port`` (its AZ is then its id) or ``id/az=host:port``.
 """
@@ -12,12 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 
+from journal.logs import LOG_FORMATS, LOGGERS, announce, setup_logging
 from journal.node import JournalNode, NodeConfig, PeerSpec
 from journal.segments import FSYNC_POLICIES
+
+log = logging.getLogger("journal")
 
 
 def parse_peers(text: str) -> tuple[PeerSpec, ...]:
@@ -48,11 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--election-ticks", type=int, default=10)
     s.add_argument("--segment-bytes-max", type=int, default=64 * 1024 * 1024)
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop implementation")
-    s.add_argument("--log-level", default="WARNING")
+    s.add_argument("--log-level", default="WARNING", help="debug, info, warn (default), error")
+    s.add_argument("--logger", choices=LOGGERS, default="zap", help="accepted for etcd's command lines")
+    s.add_argument("--log-format", choices=LOG_FORMATS, default="console",
+                   help="console (default) or json: etcd's structured lines (level, ts, caller, msg, fields)")
+    s.add_argument("--listen-metrics-urls", default="",
+                   help="http://host:port,... serving Prometheus metrics (/metrics) for this node")  # fmt: skip
     st = sub.add_parser("status", help="print each node's view of a log")
     st.add_argument("--endpoints", required=True, help="host:port,... of the journal nodes")
     st.add_argument("--log", required=True)
+    h = sub.add_parser("health", help="exit 0 if a node answers and knows a leader for the log (a health check)")
+    h.add_argument("--endpoint", required=True, help="host:port of one journal node")
+    h.add_argument("--log", default="default")
+    h.add_argument("--timeout-ms", type=int, default=2000)
     return p
+
+
+async def _health(endpoint: str, log_name: str, timeout_ms: int) -> int:
+    """etcd's /health answer, for one journal node: healthy when it answers and a leader is known."""
+    from journal.client import JournalClient
+
+    one = JournalClient([endpoint], request_timeout_ms=timeout_ms, rpc_timeout_ms=timeout_ms)
+    try:
+        answer = await one._leader_call(log_name, "status", {"log": log_name})
+        ok = answer["role"] == "leader" or bool(answer["leader"])
+        reason = "" if ok else "no leader"
+    except Exception as e:
+        ok, reason = False, f"unreachable: {e}"
+    finally:
+        await one.close()
+    print(json.dumps({"health": str(ok).lower(), "reason": reason}))
+    return 0 if ok else 1
 
 
 async def _status(endpoints: list[str], log_name: str) -> int:
@@ -76,18 +107,22 @@ async def _status(endpoints: list[str], log_name: str) -> int:
     return worst
 
 
-async def _serve(cfg: NodeConfig) -> None:
+async def _serve(cfg: NodeConfig, metrics_urls: list[str]) -> None:
     node = JournalNode(cfg)
     await node.start()
+    sampler = asyncio.create_task(node.metrics.sample_forever(node))
+    node.metrics.serve(metrics_urls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"journal node {cfg.node_id} (az {cfg.az}) listening on {cfg.listen}", file=sys.stderr, flush=True)
+    announce(log, f"journal node {cfg.node_id} (az {cfg.az}) listening on {cfg.listen}",
+             metrics_urls=",".join(metrics_urls))  # fmt: skip
     try:
         await stop.wait()
     finally:
+        sampler.cancel()
         await node.close()
 
 
@@ -95,7 +130,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return asyncio.run(_status(args.endpoints.split(","), args.log))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "health":
+        return asyncio.run(_health(args.endpoint, args.log, args.timeout_ms))
+    setup_logging(args.log_level, args.log_format, {"journal_node": args.id, "az": args.az or args.id})
+    metrics_urls = [u.strip() for u in args.listen_metrics_urls.split(",") if u.strip()]
     cfg = NodeConfig(
         node_id=args.id,
         az=args.az or args.id,
@@ -119,9 +157,9 @@ def main(argv: list[str]) -> int:
         except ImportError:
             print("kvstore journal: uvloop is not installed; using asyncio", file=sys.stderr)
         else:
-            uvloop.run(_serve(cfg))
+            uvloop.run(_serve(cfg, metrics_urls))
             return 0
-    asyncio.run(_serve(cfg))
+    asyncio.run(_serve(cfg, metrics_urls))
     return 0
 
 

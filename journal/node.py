@@ -49,6 +49,7 @@ from journal.local import (
     encode_snapshot,
     log_dir_name,
 )
+from journal.metrics import JournalMetrics, LogSample, NodeSample, PeerSample
 from journal.segments import FSYNC_POLICIES, SEGMENT_BYTES_MAX_DEFAULT, FsyncPolicy, Record, SegmentLog
 from journal.wire import (
     FRAME_BYTES_MAX_DEFAULT,
@@ -366,6 +367,7 @@ class JournalNode:
         self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.entries_served = 0  # by read streams (observability, tests)
+        self.metrics = JournalMetrics(config.node_id, config.az)
         os.makedirs(os.path.join(config.data_dir, "logs"), exist_ok=True)
 
     # ------------------------------------------------------------ lifecycle
@@ -512,8 +514,10 @@ class JournalNode:
                 self._send(rep, rd.messages)
                 if rd.must_persist():
                     # Shielded: a close() must not run while a write is half done.
+                    persist_started = time.perf_counter()
                     rep.persisting = asyncio.ensure_future(asyncio.to_thread(rep.storage.persist, rd))
                     await asyncio.shield(rep.persisting)
+                    self.metrics.fsync_duration.labels(rep.name).observe(time.perf_counter() - persist_started)
                     rep.persisting = None
                     rep.last_fsync_monotonic = time.monotonic()
                     if rd.entries:
@@ -539,6 +543,10 @@ class JournalNode:
 
     def _after_ready(self, rep: _Replica, rd: r.Ready) -> None:
         leadership_changed = (rep.role, rep.leader) != (rd.role, rd.leader)
+        if leadership_changed and rd.leader and rd.leader != rep.leader:
+            self.metrics.leader_changes.labels(rep.name).inc()
+            log.info("log %r: leader %s, term %d", rep.name, rd.leader, rd.term,
+                     extra={"partition": rep.name, "journal_position": rd.commit_position})  # fmt: skip
         rep.role, rep.term, rep.leader = rd.role, rd.term, rd.leader
         readable_index = min(rd.commit_index, rep.persisted_index)
         if readable_index == rd.commit_index:
@@ -689,6 +697,7 @@ class JournalNode:
     # -------------------------------------------------------------- handlers
 
     async def _h_append(self, payload: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
         rep = await self._live_replica(payload)
         if rep.core.role is not r.Role.LEADER:
             raise self._not_leader(rep)
@@ -704,6 +713,7 @@ class JournalNode:
             None if expected is None else int(expected), token,
         )  # fmt: skip
         res = await self._core_result(rep, rep.appends, token, fut, "not committed in time; retry with the same seq")
+        self.metrics.append_duration.labels(rep.name).observe(time.perf_counter() - started)
         if res.error is not None:
             raise RequestError(_ERROR_CODES[res.error], res.error.value, tail=res.tail)
         return {"appended": [[a.position, a.timestamp_ms] for a in res.appended]}
@@ -943,6 +953,21 @@ class JournalNode:
         return out, index
 
     # --------------------------------------------------------- introspection
+
+    def metrics_sample(self) -> NodeSample:
+        """What journal.metrics serves: each open log's positions, each peer link's state."""
+        logs = []
+        for name, rep in list(self._replicas.items()):
+            st = rep.core.status()
+            logs.append(LogSample(
+                log=name, is_leader=st.role is r.Role.LEADER, has_leader=bool(st.leader), term=st.term,
+                commit_index=st.commit_index, commit_position=st.commit_position,
+                readable_position=rep.readable_position, last_index=st.last_index,
+                persisted_index=rep.persisted_index, first_index=st.first_index,
+                peer_match=rep.core.peer_match_indexes(),
+            ))  # fmt: skip
+        peers = tuple(PeerSample(p, link.connected, link.dropped) for p, link in self._peer_links.items())
+        return NodeSample(tuple(logs), peers, self.entries_served)
 
     def replica_status(self, name: str) -> r.Status | None:
         rep = self._replicas.get(name)

@@ -762,6 +762,10 @@ class ReplicationCore:
             first_index=self._snap.index + 1,
         )
 
+    def peer_match_indexes(self) -> dict[str, int]:
+        """A leader's view: the index through which each follower durably holds the log (empty unless leading)."""
+        return {peer: pr.match for peer, pr in self._progress.items()}
+
     def log_entries(self, lo: int, hi: int) -> list[LogEntry]:
         """Entries with lo <= index <= hi still held in memory (for tests and the simulator)."""
         lo = max(lo, self._snap.index + 1)

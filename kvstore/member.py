@@ -200,6 +200,7 @@ class Member:
             self.sm.store.revision,
             self.sm.applied_position,
             self.raft_term,
+            extra=self._log_fields(),
         )
 
     async def stop(self) -> None:
@@ -248,11 +249,16 @@ class Member:
                 raise ValueError("checksum mismatch")
             self._install(StateMachine.loads(body))
             self._checkpointed_position = self.sm.applied_position
-            log.info("recovered checkpoint at journal position %d", self.sm.applied_position)
+            log.info("recovered checkpoint at journal position %d", self.sm.applied_position, extra=self._log_fields())
             return True
         except Exception as exc:  # a damaged checkpoint costs a longer replay, nothing else
             log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
             return False
+
+    def _log_fields(self) -> dict[str, Any]:
+        """Fields for structured log lines (journal.logs): where this member stands in the journal."""
+        return {"local_member_id": f"{self.member_id:x}", "journal_position": self.sm.applied_position,
+                "revision": self.sm.store.revision}  # fmt: skip
 
     def write_checkpoint(self) -> None:
         """Write the state to the state dir atomically (tmp + rename; tmpfs needs no fsync)."""
@@ -314,6 +320,7 @@ class Member:
                     "journal trimmed past position %d; installing its snapshot at %d",
                     self.sm.applied_position,
                     snapshot.position,
+                    extra=self._log_fields(),
                 )
                 self._install(StateMachine.loads(snapshot.blob))
                 self._wake_apply_waiters()
@@ -335,7 +342,8 @@ class Member:
             if position - keep > 1:
                 await self.journal.trim(self.log_name, position - keep)
             self._snapshot_position = position
-            log.info("snapshot at journal position %d; trimmed below %d", position, position - keep)
+            log.info("snapshot at journal position %d; trimmed below %d", position, position - keep,
+                     extra={"journal_position": position})  # fmt: skip
         except (JournalError, OSError) as exc:
             log.warning("snapshot at %d failed: %s", position, exc)
 
@@ -408,7 +416,7 @@ class Member:
                 await self.journal.append(self.log_name, [data for _, data in batch])
             self.counters["proposals_committed"] += len(batch)
         except (JournalError, OSError) as exc:
-            log.warning("journal append failed: %s", exc)
+            log.warning("journal append failed: %s", exc, extra=self._log_fields())
             self.counters["proposals_failed"] += len(batch)
             for seq, _ in batch:
                 fut = self._pending.pop(seq, None)
@@ -531,7 +539,7 @@ class Member:
         if revision > self.sm.store.compact_revision and revision > 0:
             with contextlib.suppress(EtcdError):
                 await self.propose(Kind.COMPACT, pb.CompactionRequest(revision=revision))
-                log.info("auto-compacted to revision %d", revision)
+                log.info("auto-compacted to revision %d", revision, extra=self._log_fields())
 
     # ------------------------------------------------------------- snapshots
 

@@ -21,6 +21,7 @@ import urllib.parse
 import grpc
 
 from journal.api import Journal, Snapshot
+from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.member import Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="basic (default) or extensive: also gRPC handling-time histograms (grpc_server_handling_seconds)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warn", "error", "panic", "fatal"], default="info")
+    p.add_argument("--logger", choices=LOGGERS, default="zap", help="etcd's logger flag; zap is the only one")
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="console",
+        help="console (default) or json: etcd's structured zap lines (level, ts, caller, msg, member, partition, "
+        "journal-position where relevant)",
+    )
     p.add_argument(
         "--journal-fsync",
         choices=["always", "batch", "never"],
@@ -268,8 +277,7 @@ async def restore_snapshot(member: Member, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = {"warn": "WARNING", "panic": "CRITICAL", "fatal": "CRITICAL"}.get(args.log_level, args.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.log_level, args.log_format, {"member": args.name, "partition": args.journal_log})
     try:
         import uvloop
 
