@@ -16,10 +16,11 @@ WORKDIR /app
 # Dependencies first (from PyPI), in their own layer: a code change does not reinstall them.
 COPY pyproject.toml README.md ./
 RUN mkdir -p kvstore journal proto bench && touch kvstore/__init__.py journal/__init__.py proto/__init__.py bench/__init__.py \
-    && pip install . && pip uninstall -y kvstore && rm -rf build kvstore journal proto bench
+    && pip install 'setuptools>=68' && pip install --no-build-isolation . && pip uninstall -y kvstore \
+    && rm -rf build kvstore journal proto bench
 COPY kvstore ./kvstore
 COPY journal ./journal
 COPY proto ./proto
 COPY bench ./bench
-RUN pip install --no-deps . && rm -rf build
+RUN pip install --no-deps --no-build-isolation . && rm -rf build
 ENTRYPOINT ["kvstore"]
