@@ -7,9 +7,12 @@ others serving (and the supervisor brings it back); no member outlives the super
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -181,3 +184,28 @@ def test_no_member_outlives_the_supervisor(tmp_path: Path) -> None:
         left = [p for p in pids if alive(p)]
         srv.stop()
         assert not left, f"{how}: members still running: {left}"
+
+
+def test_bench_kube_profile_routes_each_operation_as_kube_apiserver(kube: Partitioned, tmp_path: Path) -> None:
+    before = {p.name: revision(kube, p.name) for p in kube.plan.partitions}
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "kvstore", "bench", "kube", "--partitions", "kube", "--endpoints", kube.url("default"),
+         "--total", "300", "--clients", "4", "--kube-nodes", "10", "--kube-pods", "50", "--json", str(out), "--quiet"],
+        capture_output=True, text=True, env=kube.env(), timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["errors_total"] == 0
+    after = {p.name: revision(kube, p.name) for p in kube.plan.partitions}
+    # Leases renewals, pods and events each landed in their own partition; nothing in the default one
+    # (the profile writes no other resource) and nothing in nodes (it renews leases, not Node objects).
+    for moved in ("events", "leases", "pods"):
+        assert after[moved] > before[moved], moved
+    assert after["default"] == before["default"] and after["nodes"] == before["nodes"]
+    # Every key the profile wrote is in the partition the plan routes it to.
+    for part in kube.plan.partitions:
+        resp = kube.kv(part.name).Range(pb.RangeRequest(key=b"\0", range_end=b"\0", keys_only=True), timeout=20)
+        for kv in resp.kvs:
+            if kv.key.startswith(b"/registry/"):
+                assert kube.plan.partition_for(kv.key).name == part.name, kv.key
