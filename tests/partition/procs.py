@@ -10,7 +10,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.servers import free_port_block
 from kvstore.partition.plan import Plan, assign_urls, load_plan
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
@@ -37,29 +37,6 @@ def _kill_leftovers() -> None:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-def free_port_block(n: int) -> int:
-    """A base port such that base .. base+n-1 are all free on loopback now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65536:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {n} free ports")
 
 
 def children_of(pid: int) -> list[int]:
