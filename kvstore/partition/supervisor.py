@@ -22,7 +22,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-from kvstore.partition.plan import DEFAULT_PARTITION, Partition, Plan, assign_urls, load_plan, shift_port
+from kvstore.partition.plan import (
+    DEFAULT_PARTITION,
+    Partition,
+    Plan,
+    PlanError,
+    assign_urls,
+    check_url,
+    load_plan,
+    shift_port,
+)
 
 log = logging.getLogger("kvstore.partition")
 
@@ -104,6 +113,29 @@ def partition_args(args: argparse.Namespace, plan: Plan, index: int) -> list[str
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         out.append(f"--listen-metrics-urls={_shifted(args.listen_metrics_urls, index)}")
     return out
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def check_listeners(argvs: list[list[str]], plan: Plan) -> None:
+    """Refuse a plan whose partitions would listen on the same address (client, HTTP or metrics
+    URLs: e.g. --listen-metrics-urls :2381 next to client ports 2379.. of a 5-partition plan)."""
+    taken: dict[tuple[str, int], str] = {}
+    for part, argv in zip(plan.partitions, argvs, strict=True):
+        for arg in argv:
+            flag, _, value = arg.partition("=")
+            if flag not in ("--listen-client-urls", "--listen-client-http-urls", "--listen-metrics-urls"):
+                continue
+            for url in value.split(","):
+                host, port = check_url(url.strip())
+                for (h, p), owner in taken.items():
+                    if p == port and (h == host or h in WILDCARD_HOSTS or host in WILDCARD_HOSTS):
+                        raise PlanError(
+                            f"partition {part.name!r} ({flag} {url}) and {owner} would listen on port {port}; "
+                            "move --listen-metrics-urls (or the plan's URLs) apart"
+                        )
+                taken[(host, port)] = f"partition {part.name!r} ({flag} {url})"
 
 
 @dataclass
@@ -199,6 +231,7 @@ def serve_partitions(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         [sys.executable, "-m", "kvstore", "serve", *common, *partition_args(args, plan, i)]
         for i in range(len(plan.partitions))
     ]
+    check_listeners([partition_args(args, plan, i) for i in range(len(plan.partitions))], plan)
     log.info("plan %s: %d partitions on %s", plan.name, len(plan.partitions),
              "the journal at " + args.journal_endpoints if args.journal_endpoints else "local journals")  # fmt: skip
     return Supervisor(plan, argvs).run()
