@@ -20,7 +20,8 @@ EPILOG = """workloads:
   delete     DeleteRange of distinct populated keys (at most --key-space ops)
   watch      --watchers on a prefix, clients put under it: delivery latency and event fan-out
   lease      LeaseGrant (--lease-mode grant) or LeaseKeepAlive round trips (--lease-mode keepalive)
-  kube       mixed profile of kube-apiserver traffic (see docs/benchmarks.md)
+  kube       mixed profile of kube-apiserver traffic (see docs/benchmarks.md); with --partitions kube
+             each operation goes to its partition, as kube-apiserver with `kvstore kube-flags` sends it
   compare    start etcd (1 and 3 members) and kvstore serve, run workloads A B A B, write a table
 
 examples:
@@ -72,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kube-nodes", type=int, default=d.kube_nodes, help="kube: node leases renewed")
     p.add_argument("--kube-pods", type=int, default=d.kube_pods, help="kube: pre-created pods listed")
     p.add_argument("--page-limit", type=int, default=d.page_limit, help="kube: list page size")
+    p.add_argument(
+        "--partitions",
+        default=d.partitions,
+        metavar="PLAN",
+        help="route every key to its partition of PLAN (kube or a TOML plan file) as kube-apiserver would; "
+        "--endpoints are the default partition's URLs, the others follow the plan as in kvstore serve",
+    )
     p.add_argument("--server-pids", default="", help="comma-separated pids whose CPU use to report (the server's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (use with --json)")
@@ -107,6 +115,7 @@ def options_from(ns: argparse.Namespace) -> Options:
         kube_nodes=ns.kube_nodes,
         kube_pods=ns.kube_pods,
         page_limit=ns.page_limit,
+        partitions=ns.partitions,
         progress=not (ns.no_progress or ns.quiet),
         server_pids=[int(p) for p in ns.server_pids.split(",") if p.strip()],
     )

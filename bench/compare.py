@@ -57,8 +57,11 @@ PRESETS: dict[str, tuple[list[str], str]] = {
 }
 DEFAULT_WORKLOADS = ["put", "put-1client", "range-l", "range-s", "txn-put", "watch", "lease-keepalive", "kube"]
 ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
+# Partitioned targets (the `kube` plan, one member process per partition), run when asked for.
+PARTITIONED_TARGETS = {"kvstore-kube": 0, "kvstore-3-kube": 3}  # name -> journal nodes
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
-PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3")]
+PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-kube", "etcd-1"), ("kvstore-kube", "kvstore"),
+         ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3")]  # fmt: skip
 QUICK_WORKLOADS = ["put", "range-l", "kube"]
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
 NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
@@ -170,7 +173,7 @@ def run_once(target: Target, workload: str, rnd: int, common: list[str], duratio
     args, label = PRESETS[workload]
     cmd = [
         sys.executable, "-m", "bench", args[0], *common, *args[1:],
-        "--endpoints", ",".join(target.server.endpoints),
+        *(target.server.load_args or ["--endpoints", ",".join(target.server.endpoints)]),
         "--duration", f"{duration_s:g}",
         "--json", str(out), "--quiet",
         "--server-pids", ",".join(map(str, target.server.pids())),
@@ -357,7 +360,9 @@ def parser() -> argparse.ArgumentParser:
         "--workloads", help=f"comma-separated, from: {', '.join(PRESETS)} (default: {','.join(DEFAULT_WORKLOADS)})"
     )
     p.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help=f"comma-separated subset of {','.join(ALL_TARGETS)}"
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated, from {','.join([*ALL_TARGETS, *PARTITIONED_TARGETS])} (default: the first four)",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
@@ -410,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                     targets.append(Target(name, start_kvstore(work, name, shlex.split(ns.kvstore_args))))
                 elif name == "kvstore-3":
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3)
+                    targets.append(Target(name, server))
+                elif name in PARTITIONED_TARGETS:
+                    server = start_kvstore(work, name, shlex.split(ns.kvstore_args),
+                                           journal_nodes=PARTITIONED_TARGETS[name], partitions="kube")  # fmt: skip
                     targets.append(Target(name, server))
                 else:
                     print(f"unknown target {name}", file=sys.stderr)
@@ -464,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(fsync before acknowledging), state checkpoints on tmpfs",
                     "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
                     "(3 AZs on loopback, data on disk, fsync always)",
+                    "kvstore-kube / kvstore-3-kube: `kvstore serve --partitions kube` (5 member processes, one "
+                    "per partition; local journals / one log each on the 3 journal nodes); the load tool routes "
+                    "each operation with `--partitions kube` as kube-apiserver would",
                 ]
             ),
             "latency": "of the workload's main operation (kube: every client operation merged; watch: put to event)",

@@ -52,6 +52,10 @@ class Options:
     kube_nodes: int = 100
     kube_pods: int = 1000
     page_limit: int = 500
+    # A partition plan (`kube` or a TOML file, as `kvstore serve --partitions`): every key goes to its
+    # partition, as kube-apiserver would send it; --endpoints are the default partition's URLs and the
+    # others' follow the plan (consecutive ports unless it gives URLs). "" = everything to --endpoints.
+    partitions: str = ""
     progress: bool = True
     server_pids: list[int] = field(default_factory=list)  # processes whose CPU is reported (the server's)
 
@@ -85,6 +89,14 @@ class Options:
         need(1 <= self.page_limit <= 100_000, "--page-limit in 1..100000")
         need(0 < self.timeout_s <= 3600, "--timeout in (0, 3600]")
         need(self.prefix.startswith("/") and not self.prefix.endswith("/"), "--prefix like /bench")
+        if self.partitions:
+            from bench.routing import Routes
+            from kvstore.partition.plan import PlanError
+
+            try:
+                Routes(self)
+            except PlanError as e:
+                need(False, f"--partitions: {e}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,9 @@ import grpc
 
 from bench.options import Options
 from bench.recorder import ProcessResult, Recorder
+from bench.routing import Routes
 from bench.workloads import WORKLOAD_CLASSES, Client, Conn, Exhausted, now_ns, share
+from kvstore.partition.plan import DEFAULT_PARTITION
 
 PROGRESS_INTERVAL_S = 0.2
 BARRIER_TIMEOUT_S = 120.0
@@ -66,6 +68,22 @@ def _conns_for(opts: Options, proc_index: int) -> list[Conn]:
     return [Conn(eps[(proc_index * opts.conns + i) % len(eps)]) for i in range(opts.conns)]
 
 
+def _partition_conns(opts: Options, proc_index: int, conns: list[Conn]) -> dict[str, list[Conn]]:
+    """With --partitions: --conns connections to every partition (the default one's are conns)."""
+    if not opts.partitions:
+        return {}
+    urls = Routes(opts).urls
+    out = {DEFAULT_PARTITION: conns}
+    for name, eps in urls.items():
+        if name != DEFAULT_PARTITION:
+            out[name] = [Conn(eps[(proc_index * opts.conns + i) % len(eps)]) for i in range(opts.conns)]
+    return out
+
+
+def _all_conns(conns: list[Conn], by_partition: dict[str, list[Conn]]) -> list[Conn]:
+    return conns + [c for name, cs in by_partition.items() if name != DEFAULT_PARTITION for c in cs]
+
+
 async def connect(conns: list[Conn], timeout_s: float) -> None:
     for c in conns:
         try:
@@ -76,11 +94,14 @@ async def connect(conns: list[Conn], timeout_s: float) -> None:
 
 async def populate(opts: Options) -> None:
     conns = _conns_for(opts, 0)
+    by_partition = _partition_conns(opts, 0, conns)
     try:
-        await connect(conns, opts.timeout_s)
-        await WORKLOAD_CLASSES[opts.workload](opts, 0, Recorder()).populate(conns)
+        await connect(_all_conns(conns, by_partition), opts.timeout_s)
+        wl = WORKLOAD_CLASSES[opts.workload](opts, 0, Recorder())
+        wl.partition_conns = by_partition
+        await wl.populate(conns)
     finally:
-        for c in conns:
+        for c in _all_conns(conns, by_partition):
             await c.close()
 
 
@@ -93,13 +114,24 @@ async def run_process(
     rec = Recorder()
     wl = WORKLOAD_CLASSES[opts.workload](opts, proc_index, rec)
     conns = _conns_for(opts, proc_index)
+    by_partition = _partition_conns(opts, proc_index, conns)
+    wl.partition_conns = by_partition
     nclients = share(opts.clients, opts.procs, proc_index)
     first = sum(share(opts.clients, opts.procs, j) for j in range(proc_index))
-    clients = [Client(first + i, conns[i % len(conns)], opts.seed) for i in range(nclients)]
+    clients = [
+        Client(
+            first + i,
+            conns[i % len(conns)],
+            opts.seed,
+            wl.routes,
+            {n: cs[i % len(cs)] for n, cs in by_partition.items()},
+        )
+        for i in range(nclients)
+    ]
     total = share(opts.total, opts.procs, proc_index) if opts.total is not None else None
     interval_ns = int(1e9 * opts.procs / opts.rate) if opts.rate else 0
     try:
-        await connect(conns, opts.timeout_s)
+        await connect(_all_conns(conns, by_partition), opts.timeout_s)
         await wl.prepare(conns, clients)
         await start_gate()
         cpu0 = _cpu_s()
@@ -158,7 +190,7 @@ async def run_process(
         report_done(rec.done)
         await wl.cleanup(conns)
     finally:
-        for c in conns:
+        for c in _all_conns(conns, by_partition):
             await c.close()
     return ProcessResult(
         proc_index=proc_index,

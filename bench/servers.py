@@ -47,6 +47,37 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def free_port_block(n: int) -> int:
+    """A base port such that base .. base+n-1 are all free on loopback now (a partitioned
+    `kvstore serve` takes consecutive ports)."""
+    for _ in range(200):
+        base = free_port()
+        if base + n >= 65536:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc): a partition supervisor's member processes."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 @dataclass
 class Server:
     """A running server under test: one or more member processes and their client endpoints."""
@@ -58,9 +89,11 @@ class Server:
     logs: list[Path] = field(default_factory=list)
     cleanup_dirs: list[Path] = field(default_factory=list)  # removed after stop
     data_dirs: list[Path] = field(default_factory=list)  # durable data: kept at stop, see remove_data()
+    load_args: list[str] = field(default_factory=list)  # how the load tool reaches it (default: --endpoints)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        """Every process of the server: those started here and their children (partition members)."""
+        return [q for p in self.procs for q in (p.pid, *child_pids(p.pid))]
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -160,19 +193,36 @@ def _state_dir(name: str) -> Path:
 
 
 def start_kvstore(
-    base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0
+    base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0,
+    partitions: str = "",
 ) -> Server:
     """The project's server as `kvstore serve`: one member, its journal data on disk under base.
 
     journal_nodes=0: the member's local journal (fsync before acknowledging, its default).
     journal_nodes=3: three `kvstore journal serve` nodes in three AZs on loopback (data on disk),
     and the member on the replicated journal: the counterpart of a 3-member etcd.
+    partitions: a plan (`kube`): one member process per partition (`kvstore serve --partitions`),
+    each with its own local journal or its own log on the journal nodes; the load tool routes.
     """
     assert journal_nodes in (0, 3), journal_nodes
     port, metrics_port, *jports = free_ports(2 + journal_nodes)
+    if partitions:
+        from kvstore.partition.plan import assign_urls, load_plan
+
+        plan = load_plan(partitions)
+        port = free_port_block(len(plan.partitions))
+        metrics_port = free_port_block(len(plan.partitions))
     url = f"http://127.0.0.1:{port}"
     metrics = f"http://127.0.0.1:{metrics_port}"
     server = Server(name=name, endpoints=[url], health_urls=[metrics])
+    if partitions:
+        urls = [p.client_urls[0] for p in assign_urls(plan, [url]).partitions]
+        server = Server(
+            name=name,
+            endpoints=urls,
+            health_urls=[p.client_urls[0] for p in assign_urls(plan, [metrics]).partitions],
+            load_args=["--endpoints", url, "--partitions", partitions],
+        )
     try:
         ids = "abcde"[:journal_nodes]
         for i, node in enumerate(ids):
@@ -201,6 +251,7 @@ def start_kvstore(
             "--listen-client-urls", url,
             "--advertise-client-urls", url,
             "--listen-metrics-urls", metrics,
+            *(["--partitions", partitions] if partitions else []),
             *journal,
             *(extra_args or []),
         ]  # fmt: skip

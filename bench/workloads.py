@@ -21,6 +21,7 @@ import grpc
 
 from bench.options import Options
 from bench.recorder import Recorder
+from bench.routing import Routes
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -76,12 +77,27 @@ class Conn:
 class Client:
     """One closed-loop client: issues its next operation when the previous one finished."""
 
-    def __init__(self, gindex: int, conn: Conn, seed: int) -> None:
+    def __init__(
+        self,
+        gindex: int,
+        conn: Conn,
+        seed: int,
+        routes: Routes | None = None,
+        by_partition: dict[str, Conn] | None = None,
+    ) -> None:
         self.gindex = gindex  # unique across all processes
-        self.conn = conn
+        self.conn = conn  # to the default partition (the only one without --partitions)
         self.kv = conn.kv
         self.rng = random.Random(seed * 1_000_003 + gindex)
         self.n = 0  # per-client sequence number for unique key names
+        self.routes = routes
+        self.by_partition = by_partition or {}
+
+    def conn_for(self, key: bytes) -> Conn:
+        """The connection to the partition that owns key (with --partitions), else the client's one."""
+        if self.routes is None or self.routes.plan is None:
+            return self.conn
+        return self.by_partition.get(self.routes.partition_of(key), self.conn)
 
 
 def share(total: int, parts: int, index: int) -> int:
@@ -106,6 +122,12 @@ class Workload:
         width = max(len(str(opts.key_space - 1)), opts.key_size - len(self.base))
         self.key_fmt = "{:0" + str(width) + "d}"
         self.seq_next = proc_index  # --seq-keys: this process's next key index
+        self.routes = Routes(opts)
+        self.partition_conns: dict[str, list[Conn]] = {}  # set by the runner; empty without --partitions
+
+    def conns_for(self, key: bytes, conns: Sequence[Conn]) -> Sequence[Conn]:
+        """The connections to key's partition (conns, the default partition's, without a plan)."""
+        return self.partition_conns.get(self.routes.partition_of(key)) or conns
 
     def key(self, i: int) -> bytes:
         return self.base + self.key_fmt.format(i).encode()
@@ -126,7 +148,11 @@ class Workload:
         return ()
 
     async def populate(self, conns: Sequence[Conn]) -> None:
-        await put_many(conns, self.populate_keys(), self.value, self.timeout_s)
+        by_partition: dict[str, list[bytes]] = {}
+        for k in self.populate_keys():
+            by_partition.setdefault(self.routes.partition_of(k), []).append(k)
+        for keys in by_partition.values():
+            await put_many(self.conns_for(keys[0], conns), keys, self.value, self.timeout_s)
 
     async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
         pass
@@ -515,11 +541,15 @@ class Kube(Workload):
             own = [self.node_key(j) for j in range(c.gindex, self.opts.kube_nodes, total_clients)]
             self.client_nodes[c.gindex] = own or [self.node_key(c.gindex % self.opts.kube_nodes)]
             self.client_pods[c.gindex] = []
-        creates = [
-            pb.WatchCreateRequest(key=p, range_end=prefix_end(p), prev_kv=True)
-            for p in (self.pods_base, self.nodes_base, self.events_base)
-        ]
-        await self.watches.open(conns[0], creates, self.timeout_s)
+        # One watch stream per connection, as kube-apiserver has one client per storage backend.
+        streams: dict[int, tuple[Conn, list[pb.WatchCreateRequest]]] = {}
+        for p in (self.pods_base, self.nodes_base, self.events_base):
+            conn = self.conns_for(p, conns)[0]
+            streams.setdefault(id(conn), (conn, []))[1].append(
+                pb.WatchCreateRequest(key=p, range_end=prefix_end(p), prev_kv=True)
+            )
+        for conn, creates in streams.values():
+            await self.watches.open(conn, creates, self.timeout_s)
 
     async def op(self, c: Client, start_ns: int) -> None:
         x = c.rng.random()
@@ -536,7 +566,7 @@ class Kube(Workload):
             await self._update(c, pods[c.rng.randrange(len(pods))], start_ns, "pod-update")
         elif what == "pod-create":
             key = self.pod_key(c)
-            resp = await c.kv.Txn(txn_create(key, self.value()), timeout=self.timeout_s)
+            resp = await c.conn_for(key).kv.Txn(txn_create(key, self.value()), timeout=self.timeout_s)
             self.rec.record("pod-create", (now_ns() - start_ns) // 1000)
             if resp.succeeded:
                 pods.append(key)
@@ -546,20 +576,20 @@ class Kube(Workload):
         elif what == "pod-delete":
             key = pods.pop(c.rng.randrange(len(pods)))
             rev = self.revs.pop(key)
-            resp = await c.kv.Txn(txn_delete(key, rev), timeout=self.timeout_s)
+            resp = await c.conn_for(key).kv.Txn(txn_delete(key, rev), timeout=self.timeout_s)
             self.rec.record("pod-delete", (now_ns() - start_ns) // 1000)
             if not resp.succeeded:
                 self.rec.counters["conflicts"] += 1
         elif what == "event-create":
             lease = await self._event_lease(c)
             key = self.events_base + f"bench/{self.opts.run_id}-{c.gindex}-{c.n}".encode()
-            resp = await c.kv.Txn(txn_create(key, self.value(), lease), timeout=self.timeout_s)
+            resp = await c.conn_for(key).kv.Txn(txn_create(key, self.value(), lease), timeout=self.timeout_s)
             self.rec.record("event-create", (now_ns() - start_ns) // 1000)
             if not resp.succeeded:
                 self.rec.counters["create-exists"] += 1
         elif what == "get":
             key = self.static_base + f"pod-{c.rng.randrange(max(1, self.opts.kube_pods)):06d}".encode()
-            await c.kv.Range(pb.RangeRequest(key=key, limit=1), timeout=self.timeout_s)
+            await c.conn_for(key).kv.Range(pb.RangeRequest(key=key, limit=1), timeout=self.timeout_s)
             self.rec.record("get", (now_ns() - start_ns) // 1000)
         else:
             await self._list(c, start_ns)
@@ -567,13 +597,14 @@ class Kube(Workload):
 
     async def _update(self, c: Client, key: bytes, start_ns: int, label: str) -> None:
         rev = self.revs.get(key)
+        kv = c.conn_for(key).kv
         if rev is None:
-            r = await c.kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
+            r = await kv.Range(pb.RangeRequest(key=key), timeout=self.timeout_s)
             t = now_ns()
             self.rec.record("get", (t - start_ns) // 1000)
             start_ns = t
             rev = r.kvs[0].mod_revision if r.kvs else 0
-        resp = await c.kv.Txn(txn_update(key, rev, self.value()), timeout=self.timeout_s)
+        resp = await kv.Txn(txn_update(key, rev, self.value()), timeout=self.timeout_s)
         self.rec.record(label, (now_ns() - start_ns) // 1000)
         if resp.succeeded:
             self.revs[key] = resp.header.revision
@@ -586,7 +617,9 @@ class Kube(Workload):
             if self.event_lease == 0 or self.event_lease_uses >= EVENT_LEASE_OBJECTS_MAX:
                 t = now_ns()
                 ttl = 3600 + 60  # kube: --event-ttl 1h plus min(60 s, 5%)
-                r = await c.conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=self.timeout_s)
+                # Leases belong to a partition: kube-apiserver grants an event's on the events storage.
+                lease_conn = c.conn_for(self.events_base)
+                r = await lease_conn.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=self.timeout_s)
                 self.rec.record("lease-grant", (now_ns() - t) // 1000)
                 self.event_lease, self.event_lease_uses = r.ID, 0
                 self.event_leases.append(r.ID)
@@ -597,9 +630,10 @@ class Kube(Workload):
         """A paginated list of every pod at one revision, as kube-apiserver's GetList does."""
         key, end, rev = self.pods_base, prefix_end(self.pods_base), 0
         pages = items = 0
+        kv = c.conn_for(self.pods_base).kv
         while pages < LIST_PAGES_MAX:
             t = now_ns()
-            r = await c.kv.Range(
+            r = await kv.Range(
                 pb.RangeRequest(key=key, range_end=end, limit=self.opts.page_limit, revision=rev),
                 timeout=self.timeout_s,
             )
@@ -626,9 +660,11 @@ class Kube(Workload):
         for gindex in self.client_pods:
             prefix = self.pods_base + f"bench/{self.opts.run_id}-{gindex}-".encode()
             req = pb.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix))
-            await conns[gindex % len(conns)].kv.DeleteRange(req, timeout=self.timeout_s)
+            pod_conns = self.conns_for(prefix, conns)
+            await pod_conns[gindex % len(pod_conns)].kv.DeleteRange(req, timeout=self.timeout_s)
         for lease_id in self.event_leases:
-            await conns[0].lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout_s)
+            req_revoke = pb.LeaseRevokeRequest(ID=lease_id)
+            await self.conns_for(self.events_base, conns)[0].lease.LeaseRevoke(req_revoke, timeout=self.timeout_s)
 
 
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {w.name: w for w in (Put, Range, TxnPut, Delete, Watch, Lease, Kube)}

@@ -18,6 +18,7 @@ Durability follows the fsync policy:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import struct
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 LOG_NAME_BYTES_MAX = 200
 APPEND_ENTRIES_MAX = 10_000  # entries in one append call
-QUEUE_ENTRIES_MAX_DEFAULT = 50_000  # entries waiting for the writer (backpressure beyond)
+QUEUE_ENTRIES_MAX_DEFAULT = 50_000  # entries waiting for the writer of one log (backpressure beyond)
+QUEUE_BYTES_MAX_DEFAULT = 64 * 1024 * 1024  # bytes waiting for the writer of one log (backpressure beyond)
 WRITE_BATCH_BYTES_MAX = 8 * 1024 * 1024  # bytes the writer takes in one group
 TAIL_CACHE_ENTRIES_MAX_DEFAULT = 8192
 TAIL_CACHE_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
@@ -128,6 +130,12 @@ class _Log:
     last_fsync_monotonic: float = 0.0
     failed: BaseException | None = None
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued_bytes: int = 0
+    # Writes and fsyncs run on the log's own thread: a flooded log never holds a worker of a
+    # pool shared with the other logs.
+    write_thread: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-writer")
+    )
 
 
 class LocalJournal:
@@ -141,6 +149,7 @@ class LocalJournal:
         fsync_interval_ms: int = 2,
         segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
         queue_entries_max: int = QUEUE_ENTRIES_MAX_DEFAULT,
+        queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         tail_cache_entries_max: int = TAIL_CACHE_ENTRIES_MAX_DEFAULT,
         tail_cache_bytes_max: int = TAIL_CACHE_BYTES_MAX_DEFAULT,
         clock_ms: Callable[[], int] | None = None,
@@ -155,6 +164,7 @@ class LocalJournal:
         self.fsync_interval_ms = fsync_interval_ms
         self.segment_bytes_max = segment_bytes_max
         self.queue_entries_max = queue_entries_max
+        self.queue_bytes_max = queue_bytes_max
         self.tail_cache_entries_max = tail_cache_entries_max
         self.tail_cache_bytes_max = tail_cache_bytes_max
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
@@ -229,9 +239,12 @@ class LocalJournal:
                 raise ValueError(f"entry of {len(e)} bytes is over the limit of {RECORD_PAYLOAD_BYTES_MAX}")
             size_bytes += len(e)
         lg = await self._log(log)
-        # Backpressure: wait while the queue is full (an oversized single
-        # request is let in alone so it cannot wait forever).
-        while lg.queued_entries > 0 and lg.queued_entries + len(entries) > self.queue_entries_max:
+        # Backpressure, per log: wait while this log's queue is full (an
+        # oversized single request is let in alone so it cannot wait forever).
+        while lg.queued_entries > 0 and (
+            lg.queued_entries + len(entries) > self.queue_entries_max
+            or lg.queued_bytes + size_bytes > self.queue_bytes_max
+        ):
             lg.space.clear()
             await lg.space.wait()
             self._check_open()
@@ -241,6 +254,7 @@ class LocalJournal:
         fut: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
         lg.queue.append(_Pending([bytes(e) for e in entries], expected_position, fut, size_bytes))
         lg.queued_entries += len(entries)
+        lg.queued_bytes += size_bytes
         lg.wake_writer.set()
         return await fut
 
@@ -262,6 +276,7 @@ class LocalJournal:
             while lg.queue and (not batch or batch_bytes + lg.queue[0].size_bytes <= WRITE_BATCH_BYTES_MAX):
                 p = lg.queue.popleft()
                 lg.queued_entries -= len(p.entries)
+                lg.queued_bytes -= p.size_bytes
                 batch.append(p)
                 batch_bytes += p.size_bytes
             lg.space.set()
@@ -293,7 +308,9 @@ class LocalJournal:
                         p.future.set_exception(Unavailable(f"log {lg.name!r} failed: {lg.failed}"))
                 return
             try:
-                await asyncio.to_thread(self._write_and_sync, lg.segments, records)
+                await asyncio.get_running_loop().run_in_executor(
+                    lg.write_thread, self._write_and_sync, lg.segments, records
+                )
             except BaseException as e:  # an I/O error: after a failed fsync nothing is certain
                 log.exception("log %r: write failed; refusing further appends", lg.name)
                 lg.failed = e
@@ -428,4 +445,5 @@ class LocalJournal:
             if lg.writer is not None:
                 await lg.writer
             await asyncio.to_thread(lg.segments.close)
+            lg.write_thread.shutdown(wait=False)
         self._logs.clear()

@@ -25,6 +25,8 @@ the next Ready together.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -69,12 +71,14 @@ RAFT_DIR = "raft"
 READ_BATCH_ENTRIES_MAX = 1024
 READ_BATCH_BYTES_MAX = 1024 * 1024
 REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
-# Unsent bytes to one peer before frames are dropped. The core's flow control
-# bounds what is in flight (inflight_appends_max Appends of at most
-# append_bytes_max); with entries of a few KiB that is far below this, so in
-# practice only a stuck peer loses frames. A dropped Append costs a Raft
-# retransmission round: a latency spike for every append behind it.
-PEER_BUFFER_BYTES_MAX = 80 * 1024 * 1024
+# Unsent bytes in the socket to one peer before frames wait in per-log backlogs
+# (drained round-robin, so every log gets its turn on the shared connection).
+PEER_SOCKET_BYTES_MAX = 2 * 1024 * 1024
+# Backlogged bytes of one log to one peer before that log's frames are dropped.
+# The core's flow control bounds what is in flight per log (inflight_appends_max
+# Appends of at most append_bytes_max), so in practice only a stuck peer loses
+# frames. A dropped Append costs a Raft retransmission round for that log.
+PEER_LOG_BACKLOG_BYTES_MAX = 80 * 1024 * 1024
 PEER_BACKOFF_MS_MAX = 1000
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
@@ -281,15 +285,24 @@ class _Replica:
     failed: BaseException | None = None
     last_fsync_monotonic: float = 0.0
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Persists run on the replica's own thread: one log's long write or fsync never waits for,
+    # or holds, a worker of a pool shared with the other logs.
+    persist_thread: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-persist")
+    )
 
 
 class _PeerLink:
-    """Outbound frames to one peer, written straight to the socket.
+    """Outbound frames to one peer, written straight to the socket while it has room.
 
     Frames are written at once (no queue, no task hop: a leader's appends
-    leave before its own fsync starts), and dropped while the peer is
-    disconnected or its socket buffer holds more than PEER_BUFFER_BYTES_MAX
-    (Raft retransmits what is lost).
+    leave before its own fsync starts) while the socket buffer holds at most
+    PEER_SOCKET_BYTES_MAX. Beyond that they wait in one bounded backlog per
+    log, which a pump drains round-robin, one frame per log per turn, as the
+    socket drains: a flood of one log's Appends cannot queue another log's
+    heartbeats and Appends behind it (fair batching), and a log over its
+    backlog bound (PEER_LOG_BACKLOG_BYTES_MAX) loses only its own frames.
+    Frames are dropped while the peer is disconnected (Raft retransmits).
     """
 
     def __init__(self, spec: PeerSpec, node_id: str) -> None:
@@ -299,20 +312,56 @@ class _PeerLink:
         self.dropped = 0
         self.closed = False
         self.task: asyncio.Task[None] | None = None
+        self.backlog: dict[str, collections.deque[bytes]] = {}  # per log, in order; insertion order = turns
+        self.backlog_bytes: dict[str, int] = {}
+        self.pump: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self.writer is not None
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, log: str = "") -> None:
         w = self.writer
-        if w is None or w.is_closing() or w.transport.get_write_buffer_size() > PEER_BUFFER_BYTES_MAX:
+        if w is None or w.is_closing():
             self.dropped += 1
             return
-        try:
-            w.write(frame)
-        except RuntimeError:  # uvloop, on a transport closed under us
+        if not self.backlog and w.transport.get_write_buffer_size() <= PEER_SOCKET_BYTES_MAX:
+            try:
+                w.write(frame)
+            except RuntimeError:  # uvloop, on a transport closed under us
+                self.dropped += 1
+            return
+        queued = self.backlog_bytes.get(log, 0)
+        if queued + len(frame) > PEER_LOG_BACKLOG_BYTES_MAX:
             self.dropped += 1
+            return
+        self.backlog.setdefault(log, collections.deque()).append(frame)
+        self.backlog_bytes[log] = queued + len(frame)
+        if self.pump is None:
+            self.pump = asyncio.get_running_loop().create_task(self._pump(w))
+
+    async def _pump(self, w: asyncio.StreamWriter) -> None:
+        """Drain the per-log backlogs into the socket, one frame per log per turn."""
+        try:
+            w.transport.set_write_buffer_limits(high=PEER_SOCKET_BYTES_MAX)
+            while self.backlog and self.writer is w and not w.is_closing():
+                await w.drain()  # returns once the socket buffer is below its low-water mark
+                while self.backlog and w.transport.get_write_buffer_size() <= PEER_SOCKET_BYTES_MAX:
+                    for log in list(self.backlog):
+                        q = self.backlog[log]
+                        frame = q.popleft()
+                        self.backlog_bytes[log] -= len(frame)
+                        if not q:
+                            del self.backlog[log], self.backlog_bytes[log]
+                        w.write(frame)
+        except (OSError, ConnectionError, RuntimeError):
+            pass  # the connection went away; run() reconnects
+        finally:
+            self.pump = None
+            if self.backlog and (self.writer is not w or w.is_closing()):
+                self.dropped += sum(len(q) for q in self.backlog.values())
+                self.backlog.clear()
+                self.backlog_bytes.clear()
 
     async def run(self) -> None:
         host, _, port = self.spec.addr.rpartition(":")
@@ -408,6 +457,8 @@ class JournalNode:
             link.closed = True
             if link.writer is not None:
                 link.writer.close()
+            if link.pump is not None:
+                link.pump.cancel()
         for t in list(self._tasks):
             t.cancel()
         for rep in self._replicas.values():
@@ -422,6 +473,7 @@ class JournalNode:
                 with contextlib.suppress(Exception):
                     await rep.persisting
             await asyncio.to_thread(rep.storage.close)
+            rep.persist_thread.shutdown(wait=False)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -493,7 +545,8 @@ class JournalNode:
         for m in messages:
             link = self._peer_links.get(m.dst)
             if link is not None:
-                link.send(encode_frame("raft", {"log": rep.name, "m": encode_message(m)}, self.cfg.frame_bytes_max))
+                link.send(encode_frame("raft", {"log": rep.name, "m": encode_message(m)}, self.cfg.frame_bytes_max),
+                          rep.name)  # fmt: skip
 
     async def _drive(self, rep: _Replica) -> None:
         core = rep.core
@@ -515,7 +568,9 @@ class JournalNode:
                 if rd.must_persist():
                     # Shielded: a close() must not run while a write is half done.
                     persist_started = time.perf_counter()
-                    rep.persisting = asyncio.ensure_future(asyncio.to_thread(rep.storage.persist, rd))
+                    rep.persisting = asyncio.get_running_loop().run_in_executor(
+                        rep.persist_thread, rep.storage.persist, rd
+                    )
                     await asyncio.shield(rep.persisting)
                     self.metrics.fsync_duration.labels(rep.name).observe(time.perf_counter() - persist_started)
                     rep.persisting = None
@@ -769,7 +824,7 @@ class JournalNode:
         rep.wake.set()
         frame = encode_frame("trim_local", {"log": rep.name, "below": below})
         for link in self._peer_links.values():
-            link.send(frame)
+            link.send(frame, rep.name)
         return {}
 
     async def _h_snap_put(self, payload: dict[str, Any]) -> dict[str, Any]:

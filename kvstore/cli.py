@@ -7,9 +7,12 @@ import sys
 USAGE = """usage: kvstore <command> [options]
 
 commands:
-  serve     run an etcd v3 compatible member (default: single node on 127.0.0.1:2379)
-  journal   run a journal node (one per availability zone)
-  bench     drive an etcd endpoint with load and report throughput and latency
+  serve       run an etcd v3 compatible member (default: single node on 127.0.0.1:2379);
+              --partitions kube|FILE runs one member per partition of a plan
+  kube-flags  print kube-apiserver's --etcd-servers and --etcd-servers-overrides for serve's options
+  partitions  `partitions status`: one row per partition (revision, journal position, size, alarms)
+  journal     run a journal node (one per availability zone)
+  bench       drive an etcd endpoint with load and report throughput and latency
 
 Run `kvstore <command> --help` for the options of each command.
 """
@@ -25,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         from kvstore.server import main as serve_main
 
         return serve_main(rest)
+    if command == "kube-flags":
+        from kvstore.partition.cli import kube_flags_main
+
+        return kube_flags_main(rest)
+    if command == "partitions":
+        from kvstore.partition.cli import partitions_main
+
+        return partitions_main(rest)
     if command == "journal":
         from journal.cli import main as journal_main
 

@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--journal-log", default="default", help="the journal log (partition) this member serves")
     p.add_argument(
+        "--partitions",
+        default="",
+        metavar="PLAN",
+        help="serve a partitioned keyspace: one member process per partition of PLAN, the built-in 'kube' or a "
+        "TOML plan file; the default partition keeps --listen-client-urls, the others take the next ports",
+    )
+    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)  # set by the partition supervisor
+    p.add_argument(
         "--restore-snapshot",
         default="",
         help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server "
@@ -276,8 +284,23 @@ async def restore_snapshot(member: Member, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format, {"member": args.name, "partition": args.journal_log})
+    if args.partitions:
+        from kvstore.partition.plan import PlanError
+        from kvstore.partition.supervisor import serve_partitions
+
+        if args.restore_snapshot:
+            raise SystemExit("kvstore: --restore-snapshot seeds one member; it cannot be used with --partitions")
+        try:
+            return serve_partitions(parser, args)
+        except PlanError as e:
+            raise SystemExit(f"kvstore: {e}") from None
+    if args.parent_pid:
+        from kvstore.partition.supervisor import set_parent_death_signal
+
+        set_parent_death_signal(args.parent_pid)
     try:
         import uvloop
 
