@@ -26,6 +26,9 @@ def health(member: Member, query: dict[str, list[str]]) -> tuple[int, dict[str, 
         return 503, {"health": "false", "reason": "member not ready"}
     if active:
         return 503, {"health": "false", "reason": "ALARM " + ",".join(active)}
+    if query.get("serializable", ["false"])[0] != "true" and not member.journal_reachable:
+        # etcd's answer when raft has no leader; the journal's leader plays that part here.
+        return 503, {"health": "false", "reason": "RAFT NO LEADER"}
     return 200, {"health": "true", "reason": ""}
 
 
@@ -33,7 +36,7 @@ def metrics(member: Member) -> str:
     store = member.store
     c = member.counters
     lines = [
-        ("etcd_server_has_leader", 1),
+        ("etcd_server_has_leader", int(member.journal_reachable)),
         ("etcd_server_is_leader", 1),
         ("etcd_server_proposals_committed_total", member.sm.applied_position),
         ("etcd_server_proposals_applied_total", member.sm.applied_position),
