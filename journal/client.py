@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from journal import failpoints
 from journal.api import (
     Appended,
     Entry,
@@ -34,13 +35,14 @@ from journal.api import (
     Snapshot,
     Unavailable,
 )
+from journal.replication import DEDUP_REQUESTS_PER_CLIENT_MAX
 from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
 PROPOSAL_ENTRIES_MAX = 1024  # the core's proposal_entries_max
 PROPOSAL_BYTES_MAX = 768 * 1024  # coalesced bytes per proposal: one Append message, one frame
-PROPOSALS_INFLIGHT_MAX = 8  # per log; well below the core's 64-request dedup window
+PROPOSALS_INFLIGHT_MAX = 8  # per log; well inside DEDUP_WINDOW
 PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpressure beyond)
 BACKOFF_MS_MIN = 10
 BACKOFF_MS_MAX = 200  # elections end within ~1 s: poll often, with at most 8 proposals in flight per log
@@ -52,12 +54,12 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
 SUSPECT_MS = 2000  # a node that went silent is tried last for this long
-# The core's dedup window per client (Config.dedup_requests_per_client_max). A
-# retried request is answered dedup_expired only if this many newer requests of
-# the same client committed in that log; the client never starts a request
-# while one older by DEDUP_WINDOW sequence numbers is unanswered, so that
-# cannot happen to a request it is still retrying (docs/journal.md).
-DEDUP_WINDOW = 64
+# The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
+# log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
+# unanswered one, so while it retries request s every other request of it that commits lies in
+# (s - DEDUP_WINDOW, s + DEDUP_WINDOW): fewer than the core remembers. A retry therefore finds
+# its own record if s committed, and is never answered dedup_expired (docs/journal.md).
+DEDUP_WINDOW = DEDUP_REQUESTS_PER_CLIENT_MAX // 2
 
 
 def set_liveness_options(sock: socket.socket | None, timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
@@ -479,8 +481,9 @@ class JournalClient:
                     if frame is None:
                         # A live node sends an empty batch every HEARTBEAT_MS on an idle
                         # stream: silence past the liveness timeout means it froze or is cut off.
+                        silence_s = None if failpoints.enabled("pin_read_stream") else self.liveness_timeout_ms / 1000
                         try:
-                            data = await asyncio.wait_for(reader.read(256 * 1024), self.liveness_timeout_ms / 1000)
+                            data = await asyncio.wait_for(reader.read(256 * 1024), silence_s)
                         except TimeoutError:
                             self._mark_suspect(addr)
                             raise ConnectionError(f"{addr}: read stream silent") from None

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from journal import failpoints
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
@@ -203,6 +204,9 @@ class Member:
         await self.wait_applied(status.committed)
         self._snapshot_position = self.sm.applied_position
         self.ready.set()
+        if failpoints.active():
+            log.warning("TEST FAILPOINTS ENABLED (%s): this member breaks rules on purpose",
+                        ",".join(sorted(failpoints.active())))  # fmt: skip
         log.info(
             "member %x ready: revision %d, journal position %d, term %d",
             self.member_id,
@@ -307,6 +311,8 @@ class Member:
         while True:
             try:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
+                    if failpoints.enabled("stale_read"):  # members fall behind by different amounts
+                        await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
                     for entry in batch:
                         self._apply_one(entry.position, entry.timestamp_ms, entry.data)
                     self.committed_position = max(self.committed_position, self.sm.applied_position)
@@ -430,6 +436,8 @@ class Member:
 
     async def linearizable_barrier(self) -> None:
         """Wait until every write acknowledged before this call is applied locally."""
+        if failpoints.enabled("stale_read"):
+            return
         loop = asyncio.get_running_loop()
         if self._barrier_next is None:
             self._barrier_next = loop.create_future()

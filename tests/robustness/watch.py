@@ -153,6 +153,6 @@ def _check_history(h: History, timeline: dict[int, tuple[int, Event]], p: _Probl
         return
     lo, hi = min(timeline), max(timeline)
     for op in h.ops:
-        rev = op.revision
-        if rev is not None and lo <= rev <= hi and rev not in timeline:
-            p.add("history", f"{op.kind} {op.inp} acknowledged at revision {rev}: no watcher saw it")
+        acked = op.revision
+        if acked is not None and lo <= acked <= hi and acked not in timeline:
+            p.add("history", f"{op.kind} {op.inp} acknowledged at revision {acked}: no watcher saw it")
