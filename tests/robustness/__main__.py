@@ -47,6 +47,7 @@ def run(
     use_netns = kind.netns or netns == "yes"
     rng = random.Random(seed)
     cluster = Cluster(work, use_netns, code, env)
+    cluster.needs_netem = kind.netem
     history_path = work / "history.jsonl"
     faults: list[Fault] = []
     try:

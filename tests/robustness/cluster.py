@@ -131,6 +131,7 @@ class Cluster:
         self.netns = netns
         self.code = code or ROOT
         self.env = env or {}  # extra environment for nodes and members (failpoints)
+        self.needs_netem = False  # set by the runner for delay and loss scenarios
         self.ns_prefix = f"kvr{os.getpid() % 100000}"
         self._made: list[str] = []
         if netns:
@@ -175,6 +176,11 @@ class Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         if self.netns:
             self._make_namespaces()
+            if self.needs_netem:
+                why = self.netem_unavailable()
+                if why is not None:
+                    self.stop()
+                    raise NetnsUnavailable(why)
         saved = dict(os.environ)
         os.environ.update(self.env)
         os.environ["PYTHONPATH"] = str(self.code)
@@ -253,6 +259,26 @@ class Cluster:
 
     def cut(self, az: str, up: bool) -> None:
         ip("-n", self.ns("hub"), "link", "set", f"h{az}", "up" if up else "down")
+
+    def netem_unavailable(self) -> str | None:
+        """Why `tc netem` cannot be used here (None if it can): a probe on a throwaway veth."""
+        probe = self.ns("netem-probe")
+        r = ip("netns", "add", probe, check=False)
+        if r.returncode != 0:
+            return f"cannot create a network namespace: {r.stderr.strip()}"
+        try:
+            ip("-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+            t = subprocess.run(
+                ["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if t.returncode != 0:
+                return f"`tc qdisc add ... netem` fails: {t.stderr.strip()} (a kernel without sch_netem?)"
+            return None
+        finally:
+            ip("netns", "del", probe, check=False)
 
     def netem(self, az: str, spec: list[str] | None) -> None:
         """`tc netem` on both ends of the AZ's link (None: remove). spec e.g. ["delay", "100ms"]."""

@@ -133,6 +133,10 @@ class FaultKind:
     netns: bool
     inject: Callable[[Cluster, random.Random], Fault]
 
+    @property
+    def netem(self) -> bool:
+        return self.name.startswith(("delay-", "loss-"))
+
 
 NETEM_S = 10.0
 KINDS: dict[str, FaultKind] = {

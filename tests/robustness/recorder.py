@@ -295,6 +295,22 @@ def wait_ready(members: list[tuple[str, str]]) -> None:
                 ch.close()
 
 
+def first_put(addr: str, prefix: str) -> int:
+    """The revision before the run's first write (retried: a member may still be settling)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        ch = channel(addr)
+        try:
+            put = pb.PutRequest(key=b"/robustness-start", value=prefix.encode())
+            return int(rpc.KVStub(ch).Put(put, timeout=5).header.revision)
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        finally:
+            ch.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.robustness.recorder")
     ap.add_argument("--members", required=True, help="name=host:port,...")
@@ -310,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.prefix or f"/r/{args.seed}-{random.getrandbits(32):08x}/"
     wait_ready(members)
     out = Output(args.out)
-    ch = channel(members[0][1])
-    start_rev = (
-        rpc.KVStub(ch).Put(pb.PutRequest(key=b"/robustness-start", value=prefix.encode()), timeout=10).header.revision
-    )
-    ch.close()
+    start_rev = first_put(members[0][1], prefix)
     stop = threading.Event()
     watch_stop = threading.Event()
     out.write(
