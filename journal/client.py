@@ -13,15 +13,18 @@ well inside the core's per-client dedup window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
+import socket
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from journal import failpoints
 from journal.api import (
     Appended,
     Entry,
@@ -32,17 +35,49 @@ from journal.api import (
     Snapshot,
     Unavailable,
 )
+from journal.replication import DEDUP_REQUESTS_PER_CLIENT_MAX
 from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
 
 PROPOSAL_ENTRIES_MAX = 1024  # the core's proposal_entries_max
 PROPOSAL_BYTES_MAX = 768 * 1024  # coalesced bytes per proposal: one Append message, one frame
-PROPOSALS_INFLIGHT_MAX = 8  # per log; well below the core's 64-request dedup window
+PROPOSALS_INFLIGHT_MAX = 8  # per log; well inside DEDUP_WINDOW
 PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpressure beyond)
 BACKOFF_MS_MIN = 10
 BACKOFF_MS_MAX = 200  # elections end within ~1 s: poll often, with at most 8 proposals in flight per log
 RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
+# Liveness. A node's default election timeout is 10-20 ticks of 50 ms (0.5-1 s):
+# a connection silent for longer than the longest one is treated as dead, so a
+# client leaves a frozen or cut-off node about when the others have elected a
+# new leader, instead of waiting on TCP (minutes) or the request timeout.
+HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
+LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
+SUSPECT_MS = 2000  # a node that went silent is tried last for this long
+# The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
+# log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
+# unanswered one, so while it retries request s every other request of it that commits lies in
+# (s - DEDUP_WINDOW, s + DEDUP_WINDOW): fewer than the core remembers. A retry therefore finds
+# its own record if s committed, and is never answered dedup_expired (docs/journal.md).
+DEDUP_WINDOW = DEDUP_REQUESTS_PER_CLIENT_MAX // 2
+
+
+def set_liveness_options(sock: socket.socket | None, timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
+    """Keepalive and TCP_USER_TIMEOUT: the kernel gives up on a connection whose sent data
+    stays unacknowledged (or whose keepalives go unanswered) for about timeout_ms, instead
+    of backing off retransmissions for minutes. A complement to the frame-level deadlines."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 2),
+                        ("TCP_USER_TIMEOUT", timeout_ms)):  # fmt: skip
+        if hasattr(socket, name):
+            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, opt, value in opts:
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:
+            pass  # not every platform has every option: the frame deadlines still hold
 
 
 class RemoteError(JournalError):
@@ -64,9 +99,12 @@ def _parse_addr(addr: str) -> tuple[str, int]:
 class _Conn:
     """One TCP connection multiplexing unary requests by id."""
 
-    def __init__(self, addr: str, frame_bytes_max: int) -> None:
+    def __init__(self, addr: str, frame_bytes_max: int, liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
         self.addr = addr
         self.frame_bytes_max = frame_bytes_max
+        self.liveness_timeout_s = liveness_timeout_ms / 1000
+        self._last_recv = 0.0  # loop time of the last frame received
+        self._last_ping = 0.0
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
@@ -81,7 +119,9 @@ class _Conn:
             host, port = _parse_addr(self.addr)
             async with asyncio.timeout(timeout_s):
                 reader, writer = await asyncio.open_connection(host, port)
+            set_liveness_options(writer.get_extra_info("socket"), int(self.liveness_timeout_s * 1000))
             self._writer = writer
+            self._last_recv = asyncio.get_running_loop().time()
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
 
@@ -93,6 +133,7 @@ class _Conn:
                 if not data:
                     break
                 decoder.feed(data)
+                self._last_recv = asyncio.get_running_loop().time()
                 for kind, payload in decoder.frames():
                     fut = self._waiting.pop(payload.get("id", -1), None)
                     if fut is not None and not fut.done():
@@ -126,8 +167,7 @@ class _Conn:
             except RuntimeError as e:  # uvloop, on a transport closed under us
                 raise ConnectionError(str(e)) from None
             await writer.drain()
-            async with asyncio.timeout(timeout_s):
-                rkind, rpayload = await fut
+            rkind, rpayload = await self._wait_answer(writer, fut, timeout_s)
         finally:
             self._waiting.pop(rid, None)
         if rkind == "error":
@@ -141,6 +181,38 @@ class _Conn:
         if rkind != "ok":
             raise ProtocolError(f"unexpected answer {rkind!r}")
         return rpayload
+
+    async def _wait_answer(
+        self, writer: asyncio.StreamWriter, fut: asyncio.Future[tuple[str, dict[str, Any]]], timeout_s: float
+    ) -> tuple[str, dict[str, Any]]:
+        """Wait for one answer; declare the connection dead if it stays silent past the liveness timeout.
+
+        A slow answer is fine as long as the node shows it is alive: after a
+        heartbeat interval of silence the client sends a ping, which a live
+        node answers at once (even an old one, with an error). A frozen or
+        cut-off node answers nothing, and every request waiting on it fails
+        after liveness_timeout_s with ConnectionError (then retried elsewhere).
+        """
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        deadline = sent_at + timeout_s
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                raise TimeoutError(f"no answer from {self.addr} in {timeout_s:.1f} s")
+            silent_since = max(self._last_recv, sent_at)
+            if now - silent_since >= self.liveness_timeout_s:
+                writer.close()  # the read loop then fails everything waiting here
+                raise ConnectionError(f"{self.addr} silent for {now - silent_since:.1f} s")
+            if now - silent_since >= HEARTBEAT_MS / 1000 and now - self._last_ping >= HEARTBEAT_MS / 1000:
+                self._last_ping = now
+                with contextlib.suppress(RuntimeError, OSError, ProtocolError):
+                    writer.write(encode_frame("ping", {"id": 0}))
+            step_s = min(HEARTBEAT_MS / 1000, deadline - now, max(0.01, silent_since + self.liveness_timeout_s - now))
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), step_s)
+            except TimeoutError:
+                continue
 
     async def close(self) -> None:
         self.closed = True
@@ -183,6 +255,7 @@ class JournalClient:
         rpc_timeout_ms: int = 2_000,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         read_from: str = "leader",
+        liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS,
     ) -> None:
         if read_from not in ("leader", "any"):
             raise ValueError("read_from is 'leader' or 'any'")
@@ -195,6 +268,7 @@ class JournalClient:
         self.request_timeout_ms = request_timeout_ms
         self.rpc_timeout_ms = rpc_timeout_ms
         self.frame_bytes_max = frame_bytes_max
+        self.liveness_timeout_ms = liveness_timeout_ms
         # Followers learn a new commit position with the next append or heartbeat
         # (up to a heartbeat interval later), so a tail read from the leader sees
         # entries sooner; "any" spreads read streams over the nodes instead.
@@ -203,6 +277,9 @@ class JournalClient:
         self._leader: dict[str, str] = {}  # log -> address believed to lead it
         self._next_endpoint = random.randrange(len(self.endpoints))
         self._seq = 0
+        self._unanswered: set[int] = set()  # sequence numbers of proposals not yet answered
+        self._seq_space = asyncio.Event()
+        self._suspect: dict[str, float] = {}  # address -> loop time until which it is tried last
         self._appenders: dict[str, _LogAppender] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # proposals in flight (strong refs)
         self._closed = False
@@ -213,17 +290,39 @@ class JournalClient:
     def _conn(self, addr: str) -> _Conn:
         c = self._conns.get(addr)
         if c is None:
-            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max)
+            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max, self.liveness_timeout_ms)
         return c
 
     def _rotate(self) -> str:
-        addr = self.endpoints[self._next_endpoint % len(self.endpoints)]
-        self._next_endpoint += 1
-        return addr
+        """The next endpoint, skipping nodes that went silent recently while others remain."""
+        now = asyncio.get_running_loop().time()
+        for _ in range(len(self.endpoints)):
+            addr = self.endpoints[self._next_endpoint % len(self.endpoints)]
+            self._next_endpoint += 1
+            if self._suspect.get(addr, 0.0) <= now:
+                return addr
+        return self.endpoints[self._next_endpoint % len(self.endpoints)]
 
-    def _next_seq(self) -> int:
+    def _mark_suspect(self, addr: str) -> None:
+        self._suspect[addr] = asyncio.get_running_loop().time() + SUSPECT_MS / 1000
+
+    def _is_suspect(self, addr: str) -> bool:
+        return self._suspect.get(addr, 0.0) > asyncio.get_running_loop().time()
+
+    async def _take_seq(self) -> int:
+        """A new request sequence number, once it is within DEDUP_WINDOW of the oldest unanswered one."""
+        while self._unanswered and self._seq + 1 - min(self._unanswered) >= DEDUP_WINDOW:
+            self._seq_space.clear()
+            await self._seq_space.wait()
+            if self._closed:
+                raise Unavailable("client is closed")
         self._seq += 1
+        self._unanswered.add(self._seq)
         return self._seq
+
+    def _answered(self, seq: int) -> None:
+        self._unanswered.discard(seq)
+        self._seq_space.set()
 
     async def _leader_call(self, log_name: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send to the log's leader, following redirects and retrying until the request timeout."""
@@ -244,7 +343,7 @@ class JournalClient:
                 if e.code not in RETRYABLE:
                     raise
                 last_error = e
-                if e.code == "not_leader" and e.leader and e.leader != addr:
+                if e.code == "not_leader" and e.leader and e.leader != addr and not self._is_suspect(e.leader):
                     self._leader[log_name] = e.leader
                     self.retries += 1
                     if attempt % 4 != 3:  # follow fresh redirects at once, but not forever
@@ -254,6 +353,7 @@ class JournalClient:
             except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
                 last_error = e
                 self._leader.pop(log_name, None)
+                self._mark_suspect(addr)
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
             backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
@@ -333,7 +433,7 @@ class JournalClient:
             task.add_done_callback(self._tasks.discard)
 
     async def _propose(self, log_name: str, datas: list[bytes], expected_position: int | None) -> list[Appended]:
-        seq = self._next_seq()
+        seq = await self._take_seq()
         payload = {"log": log_name, "client": self.client_id, "seq": seq, "entries": datas,
                    "expected": expected_position}  # fmt: skip
         try:
@@ -342,8 +442,10 @@ class JournalClient:
             if e.code == "position_mismatch":
                 raise PositionMismatch(e.tail) from None
             if e.code == "dedup_expired":
-                raise Unavailable(f"outcome of append unknown: {e}") from None
+                raise Unavailable(f"outcome of append {seq} unknown: {e.code}") from None
             raise
+        finally:
+            self._answered(seq)
         out = [Appended(int(p), int(t)) for p, t in result["appended"]]
         assert len(out) == len(datas), (len(out), len(datas))
         return out
@@ -368,6 +470,7 @@ class JournalClient:
                 host, port = _parse_addr(addr)
                 async with asyncio.timeout(self.rpc_timeout_ms / 1000):
                     reader, w = await asyncio.open_connection(host, port)
+                set_liveness_options(w.get_extra_info("socket"), self.liveness_timeout_ms)
                 writer = w
                 request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}
                 w.write(encode_frame("read", request, self.frame_bytes_max))
@@ -376,7 +479,14 @@ class JournalClient:
                 while True:
                     frame = decoder.next_frame()
                     if frame is None:
-                        data = await reader.read(256 * 1024)
+                        # A live node sends an empty batch every HEARTBEAT_MS on an idle
+                        # stream: silence past the liveness timeout means it froze or is cut off.
+                        silence_s = None if failpoints.enabled("pin_read_stream") else self.liveness_timeout_ms / 1000
+                        try:
+                            data = await asyncio.wait_for(reader.read(256 * 1024), silence_s)
+                        except TimeoutError:
+                            self._mark_suspect(addr)
+                            raise ConnectionError(f"{addr}: read stream silent") from None
                         if not data:
                             raise ConnectionError(f"{addr} closed the read stream")
                         decoder.feed(data)
@@ -387,7 +497,9 @@ class JournalClient:
                         if code == "trimmed":
                             raise PositionTrimmed(position, int(payload.get("first", 0)))
                         leader = str(payload.get("leader", "") or "")
-                        if code == "not_leader" and leader and leader != addr and redirects < 4:
+                        if code == "not_leader" and leader and leader != addr and redirects < 4 and not (
+                            self._is_suspect(leader)
+                        ):
                             # Caught up on a follower: go on at the leader, at once.
                             self._leader[log] = leader
                             redirects += 1
@@ -429,7 +541,9 @@ class JournalClient:
                         leader = (await self._conn(self._rotate()).call("status", {"log": log_name}, 1.0)).get("leader")
                 except (OSError, ConnectionError, TimeoutError, ProtocolError, RemoteError, RuntimeError):
                     leader = None
-            if leader:
+                if leader and self._is_suspect(str(leader)):
+                    leader = None
+            if leader and not self._is_suspect(str(leader)):
                 return str(leader)
         return self._rotate()
 
@@ -457,6 +571,7 @@ class JournalClient:
 
     async def close(self) -> None:
         self._closed = True
+        self._seq_space.set()
         for ap in self._appenders.values():
             ap.wake.set()
             ap.space.set()

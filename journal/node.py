@@ -42,7 +42,7 @@ import msgpack
 
 from journal import replication as r
 from journal.api import Snapshot
-from journal.client import _Conn
+from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     SNAPSHOT_FILE,
@@ -79,7 +79,7 @@ PEER_SOCKET_BYTES_MAX = 2 * 1024 * 1024
 # Appends of at most append_bytes_max), so in practice only a stuck peer loses
 # frames. A dropped Append costs a Raft retransmission round for that log.
 PEER_LOG_BACKLOG_BYTES_MAX = 80 * 1024 * 1024
-PEER_BACKOFF_MS_MAX = 1000
+PEER_BACKOFF_MS_MAX = 200  # reconnect soon after a cut heals (attempts are bounded by the silence deadline)
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
 CONN_REQUESTS_INFLIGHT_MAX = 4096  # unary requests in flight on one connection
@@ -98,6 +98,7 @@ class RequestError(Exception):
     def __init__(self, code: str, message: str = "", **extra: Any) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message  # what goes on the wire; the code travels separately
         self.extra = extra
 
 
@@ -305,9 +306,15 @@ class _PeerLink:
     Frames are dropped while the peer is disconnected (Raft retransmits).
     """
 
-    def __init__(self, spec: PeerSpec, node_id: str) -> None:
+    def __init__(self, spec: PeerSpec, node_id: str, silence_ms_max: int) -> None:
         self.spec = spec
         self.node_id = node_id
+        # The peer writes a heartbeat frame on this connection every HEARTBEAT_MS;
+        # silence past this (the longest election timeout) means the connection is
+        # dead even if TCP has not noticed: reconnect instead of waiting for TCP's
+        # retransmission back-off (about 11 s after a 15 s cut).
+        self.silence_s_max = silence_ms_max / 1000
+        self.reconnects = 0
         self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.closed = False
@@ -369,15 +376,23 @@ class _PeerLink:
         while not self.closed:
             writer: asyncio.StreamWriter | None = None
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(self.silence_s_max):
                     reader, writer = await asyncio.open_connection(host, int(port))
+                set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
                 writer.write(encode_frame("hello", {"node": self.node_id}))
                 self.writer = writer
                 backoff_ms = 20
-                # The peer never writes on this connection: reading only
-                # notices when it goes away.
-                while not self.closed and await reader.read(4096):
-                    pass
+                # The peer writes only heartbeats on this connection: reading
+                # notices when it goes away or goes silent.
+                while not self.closed:
+                    try:
+                        data = await asyncio.wait_for(reader.read(4096), self.silence_s_max)
+                    except TimeoutError:
+                        self.reconnects += 1
+                        log.info("peer %s: link silent for %.1f s; reconnecting", self.spec.node_id, self.silence_s_max)
+                        break
+                    if not data:
+                        break
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
                 # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)
@@ -401,7 +416,9 @@ class JournalNode:
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._replicas: dict[str, _Replica] = {}
         self._opening: dict[str, asyncio.Future[_Replica]] = {}
-        self._peer_links = {p.node_id: _PeerLink(p, config.node_id) for p in config.peers}
+        # Liveness deadline for connections that should never be silent: the longest election timeout.
+        self.silence_ms_max = 2 * config.election_ticks * config.tick_ms
+        self._peer_links = {p.node_id: _PeerLink(p, config.node_id, self.silence_ms_max) for p in config.peers}
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
         self._peer_addr[config.node_id] = config.listen
         self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max) for p in config.peers}
@@ -658,6 +675,8 @@ class JournalNode:
         write_lock = asyncio.Lock()
         inflight: set[asyncio.Task[Any]] = set()
         streams: dict[int, asyncio.Task[Any]] = {}
+        heartbeat: asyncio.Task[Any] | None = None
+        set_liveness_options(writer.get_extra_info("socket"), self.silence_ms_max)
         try:
             while not self._closed:
                 data = await reader.read(256 * 1024)
@@ -668,6 +687,9 @@ class JournalNode:
                     if kind == "raft":
                         await self._on_raft(payload)
                     elif kind == "hello":
+                        # A peer's outbound link: show it this node is alive (see _PeerLink).
+                        if heartbeat is None:
+                            heartbeat = self._spawn(self._peer_heartbeats(writer, write_lock))
                         continue
                     elif kind == "read":
                         rid = int(payload.get("id", 0))
@@ -698,9 +720,18 @@ class JournalNode:
             self._conn_tasks.discard(me)
             for t in streams.values():
                 t.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
             for t in inflight:
                 t.cancel()
             writer.close()
+
+    async def _peer_heartbeats(self, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+        frame = encode_frame("alive", {})
+        with contextlib.suppress(OSError, ConnectionError):
+            while not writer.is_closing():
+                await self._write(writer, lock, frame)
+                await asyncio.sleep(HEARTBEAT_MS / 1000)
 
     async def _on_raft(self, payload: dict[str, Any]) -> None:
         name = str(payload["log"])
@@ -733,7 +764,7 @@ class JournalNode:
             result["id"] = rid
             frame = encode_frame("ok", result, self.cfg.frame_bytes_max)
         except RequestError as e:
-            frame = encode_frame("error", {"id": rid, "code": e.code, "message": str(e), **e.extra})
+            frame = encode_frame("error", {"id": rid, "code": e.code, "message": e.message, **e.extra})
         except (KeyError, TypeError, ValueError) as e:
             frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
         with contextlib.suppress(OSError, ConnectionError):
@@ -923,7 +954,11 @@ class JournalNode:
             raise RequestError("unavailable", "no majority answered")
         return best
 
+    async def _h_ping(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {}  # a client's liveness probe (journal.client._Conn)
+
     _handlers: dict[str, Any] = {
+        "ping": _h_ping,
         "append": _h_append,
         "barrier": _h_barrier,
         "status": _h_status,
@@ -952,12 +987,17 @@ class JournalNode:
                 if position <= snap.position:
                     raise RequestError("trimmed", f"position {position} was trimmed", first=snap.position + 1)
                 if position > rep.readable_position:
-                    if leader_only and rep.role is not r.Role.LEADER and rep.leader not in ("", self.cfg.node_id):
+                    if leader_only and rep.role is not r.Role.LEADER:
                         # Caught up on a follower, which learns commits a heartbeat
-                        # late: send the reader on to the leader for the tail.
+                        # late, or this node lost the leadership: send the reader on
+                        # to the leader (if known) for the tail, at once.
                         raise self._not_leader(rep)
                     event = rep.committed_event
-                    await event.wait()
+                    try:
+                        await asyncio.wait_for(event.wait(), HEARTBEAT_MS / 1000)
+                    except TimeoutError:
+                        # Idle: an empty batch tells the reader this node is alive.
+                        await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": []}))
                     continue
                 batch, index_hint = self._entries_from(rep, position, rep.readable_position, index_hint)
                 assert batch and batch[0][0] == position
@@ -966,7 +1006,7 @@ class JournalNode:
                 await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": batch}))
         except RequestError as e:
             with contextlib.suppress(OSError, ConnectionError):
-                frame = encode_frame("error", {"id": rid, "code": e.code, "message": str(e), **e.extra})
+                frame = encode_frame("error", {"id": rid, "code": e.code, "message": e.message, **e.extra})
                 await self._write(writer, lock, frame)
         except (OSError, ConnectionError):
             pass

@@ -57,6 +57,11 @@ class Peer:
     az: str
 
 
+# Committed requests remembered per client for retries (journal.client keeps its requests
+# in flight within half of this: see DEDUP_WINDOW there and docs/journal.md).
+DEDUP_REQUESTS_PER_CLIENT_MAX = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Static configuration of one core. ``peers`` lists every member, self included."""
@@ -76,7 +81,7 @@ class Config:
     proposal_entries_max: int = 1024
     # Dedup table: clients remembered, and recent requests remembered per client.
     dedup_clients_max: int = 4096
-    dedup_requests_per_client_max: int = 64
+    dedup_requests_per_client_max: int = DEDUP_REQUESTS_PER_CLIENT_MAX
     # Barriers waiting for a leadership confirmation round.
     barriers_pending_max: int = 4096
     # Results not yet taken by ready() (bounds memory if the shell stalls).

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from journal import failpoints
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
@@ -51,7 +52,13 @@ DB_BASE_BYTES = 20_480  # a fresh etcd bbolt file; keeps dbSize honest for an em
 CHECKPOINT_FILE = "checkpoint"
 CHECKPOINT_MAGIC = b"KVCKPT01"
 IDENTITY_FILE = "member.json"
-JOURNAL_STATUS_INTERVAL_S = 1.0
+JOURNAL_STATUS_INTERVAL_S = 0.5
+# etcd's request timeout: 5 s + 2 x the election timeout (1 s by default). A proposal the
+# journal has not committed by then answers "etcdserver: request timed out".
+REQUEST_TIMEOUT_MS = 7000
+JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
+JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
+APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
 CHECKPOINT_LOOP_SHARE_MAX = 0.05
 
 
@@ -131,6 +138,7 @@ class Member:
         self._snapshot_position = 0
         self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._journal_contact = time.monotonic()  # last answer from the journal's leader
         self.counters: dict[str, int] = {
             "proposals_committed": 0,
             "proposals_failed": 0,
@@ -164,6 +172,11 @@ class Member:
         os.replace(tmp, path)
         return identity
 
+    @property
+    def journal_reachable(self) -> bool:
+        """The journal's leader answered recently (the member's "has a leader")."""
+        return time.monotonic() - self._journal_contact <= JOURNAL_CONTACT_S_MAX
+
     def header(self, revision: int) -> Any:
         return pb.ResponseHeader(
             cluster_id=self.cluster_id, member_id=self.member_id, revision=revision, raft_term=self.raft_term
@@ -194,6 +207,9 @@ class Member:
         await self.wait_applied(status.committed)
         self._snapshot_position = self.sm.applied_position
         self.ready.set()
+        if failpoints.active():
+            log.warning("TEST FAILPOINTS ENABLED (%s): this member breaks rules on purpose",
+                        ",".join(sorted(failpoints.active())))  # fmt: skip
         log.info(
             "member %x ready: revision %d, journal position %d, term %d",
             self.member_id,
@@ -306,6 +322,8 @@ class Member:
         while True:
             try:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
+                    if failpoints.enabled("stale_read"):  # members fall behind by different amounts
+                        await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
                     for entry in batch:
                         self._apply_one(entry.position, entry.timestamp_ms, entry.data)
                     self.committed_position = max(self.committed_position, self.sm.applied_position)
@@ -324,6 +342,11 @@ class Member:
                 )
                 self._install(StateMachine.loads(snapshot.blob))
                 self._wake_apply_waiters()
+            except JournalError as exc:
+                # Unavailable: no node answered for the journal's request timeout. Keep
+                # trying (/health says false meanwhile): exiting would not bring it back.
+                log.warning("journal read stream: %s; retrying", exc)
+                await asyncio.sleep(APPLIER_RETRY_S)
 
     def _maybe_snapshot(self) -> None:
         if self._snapshot_task is not None and not self._snapshot_task.done():
@@ -414,6 +437,7 @@ class Member:
         try:
             with self.metrics.wal_fsync.time():
                 await self.journal.append(self.log_name, [data for _, data in batch])
+                self._journal_contact = time.monotonic()
             self.counters["proposals_committed"] += len(batch)
         except (JournalError, OSError) as exc:
             log.warning("journal append failed: %s", exc, extra=self._log_fields())
@@ -427,6 +451,8 @@ class Member:
 
     async def linearizable_barrier(self) -> None:
         """Wait until every write acknowledged before this call is applied locally."""
+        if failpoints.enabled("stale_read"):
+            return
         loop = asyncio.get_running_loop()
         if self._barrier_next is None:
             self._barrier_next = loop.create_future()
@@ -443,6 +469,7 @@ class Member:
             self._barrier_next = None
             try:
                 position = await self.journal.barrier(self.log_name)
+                self._journal_contact = time.monotonic()
                 self.committed_position = max(self.committed_position, position)
                 fut.set_result(position)
             except Exception as exc:
@@ -503,11 +530,14 @@ class Member:
             self.hub.progress_tick()
 
     async def _journal_status_loop(self) -> None:
-        """Follow the journal's epoch (reported as raft_term) and committed position."""
+        """Follow the journal's epoch (reported as raft_term) and committed position, and
+        whether its leader answers at all (journal_reachable, for /health)."""
         while True:
             await asyncio.sleep(JOURNAL_STATUS_INTERVAL_S)
-            with contextlib.suppress(JournalError, OSError):
-                status = await self.journal.status(self.log_name)
+            with contextlib.suppress(JournalError, OSError, TimeoutError):
+                async with asyncio.timeout(JOURNAL_STATUS_TIMEOUT_S):
+                    status = await self.journal.status(self.log_name)
+                self._journal_contact = time.monotonic()
                 self.raft_term = max(self.raft_term, status.epoch)
                 self.committed_position = max(self.committed_position, status.committed)
 

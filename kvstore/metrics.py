@@ -176,9 +176,10 @@ class _MemberCollector(Collector):
         )  # fmt: skip
         server_id.add_metric([f"{m.member_id:x}"], 1)
         yield server_id
-        # Every member serves writes (the journal orders them): each is its own "leader".
+        # Every member serves writes (the journal orders them): each is its own "leader",
+        # while its journal answers.
         yield gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.",
-                    1 if m.ready.is_set() else 0)  # fmt: skip
+                    1 if m.ready.is_set() and m.journal_reachable else 0)  # fmt: skip
         yield gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", 1)
         # (etcd's *_committed_total and *_applied_total are gauges.)
         yield gauge("etcd_server_proposals_committed_total", "The total number of consensus proposals committed.",

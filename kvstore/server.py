@@ -22,7 +22,7 @@ import grpc
 
 from journal.api import Journal, Snapshot
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
-from kvstore.member import Member, MemberConfig, parse_duration_s
+from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 
@@ -165,7 +165,11 @@ def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
 
         # A fresh client id per process: retries are deduplicated by (client id, sequence), and
         # the sequence restarts with the process.
-        return JournalClient(parse_urls(args.journal_endpoints), client_id=f"member-{args.name}-{os.urandom(6).hex()}")
+        return JournalClient(
+            parse_urls(args.journal_endpoints),
+            client_id=f"member-{args.name}-{os.urandom(6).hex()}",
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        )
     from journal.local import LocalJournal
 
     return LocalJournal(os.path.join(data_dir, "journal"), fsync=args.journal_fsync)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from journal import failpoints
 from kvstore import errors
 from kvstore.mvcc.store import EVENT_DELETE, EVENT_PUT, Event, MVCCStore, RevisionEvents
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -312,6 +313,8 @@ class WatchStream:
                 self._start_catch_up(w)
                 continue
             w.next_rev = rev + 1
+            if failpoints.enabled("watch_skip_revision") and rev % failpoints.WATCH_SKIP_EVERY == 0:
+                continue  # test-only: the robustness suite must notice the gap
             events = w.select(rev_events.events, compact)
             if events:
                 self._send_events(w, rev, events)

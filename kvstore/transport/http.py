@@ -26,6 +26,9 @@ def health(member: Member, query: dict[str, list[str]]) -> tuple[int, dict[str, 
         return 503, {"health": "false", "reason": "member not ready"}
     if active:
         return 503, {"health": "false", "reason": "ALARM " + ",".join(active)}
+    if query.get("serializable", ["false"])[0] != "true" and not member.journal_reachable:
+        # etcd's answer when raft has no leader; the journal's leader plays that part here.
+        return 503, {"health": "false", "reason": "RAFT NO LEADER"}
     return 200, {"health": "true", "reason": ""}
 
 

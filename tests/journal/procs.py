@@ -42,8 +42,10 @@ class NodeProc:
         fsync: str = "always",
         tick_ms: int = 50,
         prefix: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.node_id = node_id
+        self.cwd = cwd  # where `python -m journal.cli` runs: its code wins (tests of another checkout)
         self.host = host
         self.port = port
         self.addr = f"{host}:{port}"
@@ -68,7 +70,7 @@ class NodeProc:
         ]  # fmt: skip
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         err = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.cwd)
         err.close()
         _STARTED.add(self.proc)
         self.paused = False

@@ -1,0 +1,145 @@
+"""Bounded detection of silent connections (issue 10): a node that accepts but never answers.
+
+A SIGSTOPped process or a cut-off host looks like this to its peers: the
+kernel (or nobody) holds the connection open and nothing comes back. These
+tests use a server that accepts and reads but never writes, and check that
+each kind of connection gives up on it by itself (with an error that makes
+the caller go elsewhere), rather than waiting for TCP or the request timeout.
+The outer asyncio timeouts only keep a broken build from hanging the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from journal.api import Unavailable
+from journal.client import DEDUP_WINDOW, JournalClient, _Conn
+from journal.node import PeerSpec, _PeerLink
+from journal.wire import FrameDecoder, encode_frame
+from tests.journal.cluster import InProcessCluster
+
+HANG_GUARD_S = 30.0
+
+
+class SilentServer:
+    """Accepts connections and swallows everything: a frozen node."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        while await reader.read(65536):
+            pass
+
+    @property
+    def addr(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[SilentServer]:
+    s = SilentServer()
+    s.server = await asyncio.start_server(s._handle, "127.0.0.1", 0)
+    yield s
+    for w in s.writers:
+        w.close()
+    s.server.close()
+
+
+async def test_unary_call_to_a_silent_node_fails_with_a_connection_error(silent: SilentServer) -> None:
+    conn = _Conn(silent.addr, 1 << 20, liveness_timeout_ms=300)
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            with pytest.raises(ConnectionError, match="silent"):
+                await conn.call("barrier", {"log": "x"}, timeout_s=60.0)  # far beyond the liveness timeout
+    finally:
+        await conn.close()
+
+
+async def test_read_stream_from_a_silent_node_reconnects(silent: SilentServer) -> None:
+    client = JournalClient(
+        [silent.addr], request_timeout_ms=2000, rpc_timeout_ms=500, liveness_timeout_ms=300, read_from="any"
+    )
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            with pytest.raises(Unavailable):
+                async for _ in client.read("x", 1):
+                    pass
+        assert silent.connections >= 2, "the read stream never gave up on the silent node"
+    finally:
+        await client.close()
+
+
+async def test_peer_link_to_a_silent_node_reconnects(silent: SilentServer) -> None:
+    link = _PeerLink(PeerSpec("b", "b", silent.addr), "a", silence_ms_max=200)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            while link.reconnects < 2:
+                await asyncio.sleep(0.05)
+        assert silent.connections >= 2
+    finally:
+        link.closed = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_idle_read_stream_gets_heartbeats_and_a_redirect_off_a_follower(tmp_path: Path) -> None:
+    cluster = InProcessCluster(tmp_path)
+    await cluster.start()
+    client = cluster.client()
+    try:
+        await client.append("h", [b"one"])
+        leader = await cluster.leader("h")
+        host, port = cluster.addr(leader).split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(encode_frame("read", {"id": 7, "log": "h", "from": 2, "leader_only": True}))
+        decoder = FrameDecoder()
+        frames: list[tuple[str, dict[str, object]]] = []
+        async with asyncio.timeout(HANG_GUARD_S):
+            while len(frames) < 3:
+                decoder.feed(await reader.read(65536))
+                frames.extend(decoder.frames())
+        assert all(k == "entries" and p["entries"] == [] and p["id"] == 7 for k, p in frames[:3]), frames
+        writer.close()
+        # A leader-only stream on a follower that is caught up is sent on at once.
+        follower = next(n for n in cluster.ids if n != leader)
+        host, port = cluster.addr(follower).split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(encode_frame("read", {"id": 8, "log": "h", "from": 2, "leader_only": True}))
+        decoder = FrameDecoder()
+        async with asyncio.timeout(HANG_GUARD_S):
+            got: list[tuple[str, dict[str, object]]] = []
+            while not got:
+                decoder.feed(await reader.read(65536))
+                got.extend(decoder.frames())
+        assert got[0][0] == "error" and got[0][1]["code"] == "not_leader", got
+        assert got[0][1]["message"] == f"{follower} does not lead 'h'"  # the reason once, not three times
+        writer.close()
+    finally:
+        await client.close()
+        await cluster.close()
+
+
+async def test_sequence_numbers_stay_within_the_dedup_window() -> None:
+    client = JournalClient(["127.0.0.1:1"])
+    first = await client._take_seq()
+    for _ in range(DEDUP_WINDOW - 1):  # up to first + DEDUP_WINDOW - 1
+        await client._take_seq()
+    blocked = asyncio.create_task(client._take_seq())
+    await asyncio.sleep(0.05)
+    assert not blocked.done(), "a request started past the dedup window of an unanswered one"
+    client._answered(first)
+    async with asyncio.timeout(HANG_GUARD_S):
+        assert await blocked == first + DEDUP_WINDOW
+    await client.close()

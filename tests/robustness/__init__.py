@@ -1,0 +1,1 @@
+"""The robustness suite: recorded histories, linearizability and watch checks, fault injection."""
