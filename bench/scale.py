@@ -57,6 +57,7 @@ PROBE_TIMEOUT_S = 5.0
 PROBE_GAP_RECORD_S = 0.010  # gaps shorter than this are not recorded
 PROBE_START_TIMEOUT_S = 60.0
 MEM_SAMPLE_INTERVAL_S = 0.5
+MEM_AVAILABLE_MIN_BYTES = 2 << 30  # the machine is shared: below this, the target is killed and the run fails
 SETTLE_S = 6.0  # after the load: let periodic work (our checkpoint) run once before measuring memory
 TARGETS = ("kvstore", "etcd")
 
@@ -130,12 +131,23 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
-class MemorySampler:
-    """Samples rss + tmpfs of a target in a thread; peak per phase."""
+def mem_available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
 
-    def __init__(self, pids: Callable[[], list[int]], state: Path | None) -> None:
-        self.pids, self.state = pids, state
+
+class MemorySampler:
+    """Samples rss + tmpfs of a target in a thread; peak per phase. Kills the target (and says so) when
+    the machine runs short of memory, rather than letting the kernel's OOM killer pick someone's process."""
+
+    def __init__(self, server: Server, state: Path | None) -> None:
+        self.server, self.state = server, state
+        self.pids = server.pids
         self.peak = 0
+        self.starved = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -146,6 +158,11 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(MEM_SAMPLE_INTERVAL_S):
             self.peak = max(self.peak, self.now())
+            if mem_available_bytes() < MEM_AVAILABLE_MIN_BYTES:
+                self.starved = True
+                _log(f"memory available below {MEM_AVAILABLE_MIN_BYTES >> 30} GiB: killing the target")
+                self.server.kill9()
+                return
 
     def __enter__(self) -> MemorySampler:
         self._thread.start()
@@ -154,6 +171,8 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self.starved:
+            raise RuntimeError(f"stopped: the machine had less than {MEM_AVAILABLE_MIN_BYTES >> 30} GiB available")
 
 
 # ------------------------------------------------------------- get probe
@@ -350,7 +369,7 @@ def measure(server: Server, target: str, keys: int, value_bytes: int, state: Pat
     res = Result(target, keys, data_bytes)
     f = res.figures
     phases: list[Phase] = []
-    mem = MemorySampler(server.pids, state)
+    mem = MemorySampler(server, state)
     f["rss_idle_bytes"] = rss_bytes(server.pids())["rss"]
 
     with mem, GetProbe(ep, all_keys[0]) as probe:
@@ -384,7 +403,7 @@ def measure(server: Server, target: str, keys: int, value_bytes: int, state: Pat
         raise RuntimeError(f"{target}: {count.count} keys after restart, expected {keys}")
     f["rss_after_restart_bytes"] = rss_bytes(server.pids())["rss"]
 
-    mem = MemorySampler(server.pids, state)
+    mem = MemorySampler(server, state)
     with mem, GetProbe(ep, all_keys[0]) as probe:
         _log(f"{target}: overwriting every key")
         with timed(phases, "overwrite") as over:
