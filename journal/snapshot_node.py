@@ -7,7 +7,9 @@ Requests (see journal/wire.py for the frame format; docs/journal.md for the prot
                  otherwise); ``store_only`` is the leader pushing to a peer (any node accepts it).
 ``snap_chunk``   log, upload, offset, data -> received
                  Written if offset is the bytes received so far; a repeated chunk (its answer was
-                 lost) is acknowledged without writing again, so a client resumes by offset.
+                 lost) is acknowledged without writing again, so a client resumes by offset. An
+                 unknown upload: not_leader on a follower (the client goes on at the leader),
+                 unknown_upload on the leader (the client starts again from the first byte).
 ``snap_commit``  log, upload -> done
                  Checks size and CRC, fsyncs, renames over the current snapshot unless that is newer.
                  For a client upload the leader then streams the file to every peer and answers
@@ -17,9 +19,10 @@ Requests (see journal/wire.py for the frame format; docs/journal.md for the prot
 ``snap_info``    log -> position (None if no snapshot), size, crc32: this node's own snapshot.
 ``snap_open``    log -> position, size, crc32: the newest of a majority (leader only). A peer's
                  newer snapshot is first fetched to this node; peers found behind get it pushed.
-``snap_read``    log, position, offset, length -> data: a chunk of the snapshot at position, from
-                 a reader opened by snap_open (kept while used), so a newer snapshot renamed over
-                 it meanwhile does not disturb the read; snapshot_gone once it is closed.
+``snap_read``    log, position, offset, length, here -> data: a chunk of the snapshot at position,
+                 from a reader opened by snap_open (kept while used), so a newer snapshot renamed
+                 over it meanwhile does not disturb the read; snapshot_gone once it is closed (a
+                 follower without it redirects to the leader, unless ``here``: a peer's fetch).
 
 Memory per transfer is one chunk; files stay on disk. An upload idle for UPLOAD_IDLE_S is dropped.
 """
@@ -142,9 +145,12 @@ class NodeSnapshots:
                 del self._readers[key]
                 rd.file.close()
 
-    def _upload(self, payload: dict[str, Any]) -> _Upload:
+    async def _upload(self, payload: dict[str, Any]) -> _Upload:
         up = self._uploads.get(int(payload["upload"]))
         if up is None or up.rep.name != str(payload["log"]):
+            rep = await self.node._live_replica(payload)
+            if rep.core.role is not r.Role.LEADER:
+                raise self.node._not_leader(rep)  # the client's uploads are at the leader: go there
             raise SnapshotRequestError("unknown_upload", "no such upload here (expired, or this node restarted)")
         up.used = time.monotonic()
         return up
@@ -166,7 +172,7 @@ class NodeSnapshots:
         return {"upload": uid, "chunk_bytes": self.chunk_bytes}
 
     async def chunk(self, payload: dict[str, Any]) -> dict[str, Any]:
-        up = self._upload(payload)
+        up = await self._upload(payload)
         offset, data = int(payload["offset"]), payload["data"]
         if not isinstance(data, bytes):
             raise SnapshotRequestError("invalid", "data must be bytes")
@@ -180,7 +186,7 @@ class NodeSnapshots:
         return {"received": up.writer.size_bytes}
 
     async def commit(self, payload: dict[str, Any]) -> dict[str, Any]:
-        up = self._upload(payload)
+        up = await self._upload(payload)
         async with up.lock:
             if up.installed is None:
                 try:
@@ -336,7 +342,7 @@ class NodeSnapshots:
         try:
             while writer.size_bytes < info.size_bytes:
                 req = {"log": rep.name, "position": info.position, "offset": writer.size_bytes,
-                       "length": self.chunk_bytes}  # fmt: skip
+                       "length": self.chunk_bytes, "here": True}  # fmt: skip
                 data = (await conn.call("snap_read", req, PEER_CALL_TIMEOUT_S))["data"]
                 if not isinstance(data, bytes) or not data:
                     raise JournalError(f"snapshot from {peer}: empty chunk")
@@ -368,7 +374,12 @@ class NodeSnapshots:
 
     async def read(self, payload: dict[str, Any]) -> dict[str, Any]:
         rep = await self.node._live_replica(payload)
-        rd = await self._reader(rep, int(payload["position"]))
+        try:
+            rd = await self._reader(rep, int(payload["position"]))
+        except SnapshotRequestError as e:
+            if e.code == "snapshot_gone" and rep.core.role is not r.Role.LEADER and not payload.get("here"):
+                raise self.node._not_leader(rep) from None  # the leader opened it for the client
+            raise
         offset = int(payload["offset"])
         length = min(int(payload.get("length", self.chunk_bytes)), self.chunk_bytes)
         if offset < 0 or length < 1:
