@@ -58,7 +58,9 @@ PROBE_GAP_RECORD_S = 0.010  # gaps shorter than this are not recorded
 PROBE_START_TIMEOUT_S = 60.0
 MEM_SAMPLE_INTERVAL_S = 0.5
 MEM_AVAILABLE_MIN_BYTES = 2 << 30  # the machine is shared: below this, the target is killed and the run fails
-SETTLE_S = 6.0  # after the load: let periodic work (our checkpoint) run once before measuring memory
+SETTLE_S = 6.0  # after the load: let periodic work (our checkpoint) start before measuring memory
+SETTLE_STABLE_S = 3.0  # ... then until rss and tmpfs bytes stay within 1 % this long (a checkpoint written)
+SETTLE_S_MAX = 120.0
 TARGETS = ("kvstore", "etcd")
 
 
@@ -173,6 +175,20 @@ class MemorySampler:
         self._thread.join()
         if self.starved:
             raise RuntimeError(f"stopped: the machine had less than {MEM_AVAILABLE_MIN_BYTES >> 30} GiB available")
+
+
+def settle(mem: MemorySampler) -> None:
+    """Wait for the memory figure to stop moving (background work after a load), within SETTLE_S_MAX."""
+    time.sleep(SETTLE_S)
+    deadline = time.monotonic() + SETTLE_S_MAX
+    last, since = mem.now(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(MEM_SAMPLE_INTERVAL_S)
+        now = mem.now()
+        if abs(now - last) > last / 100:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= SETTLE_STABLE_S:
+            return
 
 
 # ------------------------------------------------------------- get probe
@@ -376,7 +392,7 @@ def measure(server: Server, target: str, keys: int, value_bytes: int, state: Pat
         _log(f"{target}: loading {keys} keys of {value_bytes} B")
         with timed(phases, "load") as load:
             _write_keys(ep, all_keys, value, conns_n)
-        time.sleep(SETTLE_S)
+        settle(mem)
     f["load_s"] = round(load.seconds, 2)
     f["load_keys_per_s"] = round(keys / load.seconds, 1)
     f["load_gap_ms"] = round(probe.longest_gap_s(load.start, load.end) * 1000, 1)
