@@ -90,6 +90,7 @@ class Server:
     cleanup_dirs: list[Path] = field(default_factory=list)  # removed after stop
     data_dirs: list[Path] = field(default_factory=list)  # durable data: kept at stop, see remove_data()
     load_args: list[str] = field(default_factory=list)  # how the load tool reaches it (default: --endpoints)
+    cmds: list[list[str]] = field(default_factory=list)  # each process's command line (for relaunch)
 
     def pids(self) -> list[int]:
         """Every process of the server: those started here and their children (partition members)."""
@@ -111,6 +112,19 @@ class Server:
                 p.wait()
         for d in self.cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+    def kill9(self) -> None:
+        """SIGKILL every process (a crash: nothing flushed, nothing cleaned up) and reap it."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+
+    def relaunch(self) -> None:
+        """Start every process again with its original command line (after kill9 or stop); logs append."""
+        assert not any(p.poll() is None for p in self.procs), "stop the server first"
+        self.procs = [_popen(cmd, log, append=True) for cmd, log in zip(self.cmds, self.logs, strict=True)]
 
     def remove_data(self) -> None:
         """Delete the data directories (after stop): a compare run leaves hundreds of MB of WAL otherwise."""
@@ -145,13 +159,15 @@ def etcd_version(binary: str = "etcd") -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
-def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as f:
+def _popen(cmd: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
+    with open(log, "ab" if append else "wb") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def start_etcd(base: Path, members: int = 1, name: str = "etcd", binary: str = "etcd") -> Server:
-    """Real etcd with its data on disk (etcd fsyncs its WAL by default), on free loopback ports."""
+def start_etcd(
+    base: Path, members: int = 1, name: str = "etcd", binary: str = "etcd", extra_args: list[str] | None = None
+) -> Server:
+    """Real etcd with its data under base (on disk: etcd fsyncs its WAL by default), on free loopback ports."""
     assert members in (1, 3, 5), members
     ports = free_ports(2 * members)
     client = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(members)]
@@ -176,7 +192,9 @@ def start_etcd(base: Path, members: int = 1, name: str = "etcd", binary: str = "
                 "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"{name}-{ports[0]}",
                 "--log-level", "warn",
+                *(extra_args or []),
             ]  # fmt: skip
+            server.cmds.append(cmd)
             server.procs.append(_popen(cmd, log))
             server.logs.append(log)
         wait_ready(server)
@@ -236,6 +254,7 @@ def start_kvstore(
                 "--peers", peers,
                 "--data-dir", str(base / f"{name}-journal-{node}"),
             ]  # fmt: skip
+            server.cmds.append(cmd)
             server.procs.append(_popen(cmd, log))
             server.logs.append(log)
         state = _state_dir(name)
@@ -255,6 +274,7 @@ def start_kvstore(
             *journal,
             *(extra_args or []),
         ]  # fmt: skip
+        server.cmds.append(cmd)
         server.procs.append(_popen(cmd, log))
         server.logs.append(log)
         wait_ready(server)

@@ -183,6 +183,29 @@ async def put_many(conns: Sequence[Conn], keys: Sequence[bytes], value: Callable
     await asyncio.gather(*(one(n, keys[i : i + batch]) for n, i in enumerate(range(0, len(keys), batch))))
 
 
+async def list_paged(
+    kv: rpc.KVStub, prefix: bytes, page_limit: int, timeout_s: float, on_page: Callable[[int], None] | None = None
+) -> tuple[int, int]:
+    """List every key under prefix as kube-apiserver's GetList does: pages of page_limit, the first at
+    the current revision, the next from the last key + NUL at the first page's revision. (pages, items);
+    on_page gets each page's latency in microseconds."""
+    key, end, rev = prefix, prefix_end(prefix), 0
+    pages = items = 0
+    while pages < LIST_PAGES_MAX:
+        t = now_ns()
+        r = await kv.Range(pb.RangeRequest(key=key, range_end=end, limit=page_limit, revision=rev), timeout=timeout_s)
+        if on_page is not None:
+            on_page((now_ns() - t) // 1000)
+        pages += 1
+        items += len(r.kvs)
+        if rev == 0:
+            rev = r.header.revision
+        if not r.more or not r.kvs:
+            break
+        key = r.kvs[-1].key + b"\x00"
+    return pages, items
+
+
 def txn_update(key: bytes, rev: int, value: bytes, lease: int = 0) -> pb.TxnRequest:
     """kube-apiserver's GuaranteedUpdate (OptimisticPut with GetOnFailure)."""
     return pb.TxnRequest(
@@ -628,23 +651,12 @@ class Kube(Workload):
 
     async def _list(self, c: Client, start_ns: int) -> None:
         """A paginated list of every pod at one revision, as kube-apiserver's GetList does."""
-        key, end, rev = self.pods_base, prefix_end(self.pods_base), 0
-        pages = items = 0
+
+        def page(latency_us: int) -> None:
+            self.rec.record("list-page", latency_us)
+
         kv = c.conn_for(self.pods_base).kv
-        while pages < LIST_PAGES_MAX:
-            t = now_ns()
-            r = await kv.Range(
-                pb.RangeRequest(key=key, range_end=end, limit=self.opts.page_limit, revision=rev),
-                timeout=self.timeout_s,
-            )
-            self.rec.record("list-page", (now_ns() - t) // 1000)
-            pages += 1
-            items += len(r.kvs)
-            if rev == 0:
-                rev = r.header.revision
-            if not r.more or not r.kvs:
-                break
-            key = r.kvs[-1].key + b"\x00"
+        pages, items = await list_paged(kv, self.pods_base, self.opts.page_limit, self.timeout_s, page)
         self.rec.record("list", (now_ns() - start_ns) // 1000)
         self.rec.counters["list-pages"] += pages
         self.rec.counters["list-items"] += items

@@ -13,7 +13,7 @@ members may use them to decide lease expiry deterministically.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,8 +44,58 @@ class LogStatus:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """A member snapshot held in memory: fine while it is small (see SnapshotStream for large ones)."""
+
     position: int  # the blob reflects every entry at or below this position
     blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStream:
+    """A member snapshot produced chunk by chunk (any sizes; the journal re-chunks): never all in memory."""
+
+    position: int
+    chunks: AsyncIterable[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """A member snapshot already in a file (its whole content is the blob); read in chunks."""
+
+    position: int
+    path: str
+
+
+SnapshotSource = Snapshot | SnapshotStream | SnapshotFile
+
+
+class SnapshotReader(Protocol):
+    """The journal's current snapshot, opened: its header, then its blob in bounded chunks.
+
+    chunks() checks the blob's size and CRC as it goes and raises JournalError after the last chunk if
+    they do not match, so a caller installs what it received only once the iteration ended normally.
+    Reading does not stop the journal: a newer snapshot may be put meanwhile (this one stays readable
+    until closed, or fails cleanly with JournalError: open again).
+    """
+
+    position: int
+    size_bytes: int
+    crc32: int
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+async def read_all(reader: SnapshotReader) -> bytes:
+    """The whole blob (small snapshots only: it is all in memory at the end), verified."""
+    out = bytearray()
+    try:
+        async for chunk in reader.chunks():
+            out += chunk
+    finally:
+        await reader.close()
+    return bytes(out)
 
 
 class JournalError(Exception):
@@ -98,8 +148,21 @@ class Journal(Protocol):
         """Allow the journal to discard entries below this position (a snapshot covers them)."""
         ...
 
-    async def snapshot_put(self, log: str, snapshot: Snapshot) -> None: ...
+    async def snapshot_put(self, log: str, snapshot: SnapshotSource) -> None:
+        """Store a member snapshot durably, streamed in bounded chunks, checked end to end (CRC).
 
-    async def snapshot_get(self, log: str) -> Snapshot | None: ...
+        An older snapshot than the stored one is ignored (trims may rely on the newer). A failure
+        leaves the previous snapshot in place; a put interrupted by a lost connection or a leader
+        change resumes or starts again by itself, within the journal's request timeout.
+        """
+        ...
+
+    async def snapshot_open(self, log: str) -> SnapshotReader | None:
+        """The newest stored member snapshot, to read in chunks (None if there is none)."""
+        ...
+
+    async def snapshot_get(self, log: str) -> Snapshot | None:
+        """snapshot_open, read whole: for small snapshots."""
+        ...
 
     async def close(self) -> None: ...

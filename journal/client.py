@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from journal import failpoints
+from journal import failpoints, snapshot_client
 from journal.api import (
     Appended,
     Entry,
@@ -33,9 +33,12 @@ from journal.api import (
     PositionMismatch,
     PositionTrimmed,
     Snapshot,
+    SnapshotSource,
     Unavailable,
+    read_all,
 )
 from journal.replication import DEDUP_REQUESTS_PER_CLIENT_MAX
+from journal.snapshots import chunk_bytes_for
 from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
@@ -256,6 +259,7 @@ class JournalClient:
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         read_from: str = "leader",
         liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS,
+        spool_dir: str | None = None,
     ) -> None:
         if read_from not in ("leader", "any"):
             raise ValueError("read_from is 'leader' or 'any'")
@@ -273,6 +277,7 @@ class JournalClient:
         # (up to a heartbeat interval later), so a tail read from the leader sees
         # entries sooner; "any" spreads read streams over the nodes instead.
         self.read_from = read_from
+        self.spool_dir = spool_dir  # where a streamed snapshot is spooled before its upload (default: TMPDIR)
         self._conns: dict[str, _Conn] = {}
         self._leader: dict[str, str] = {}  # log -> address believed to lead it
         self._next_endpoint = random.randrange(len(self.endpoints))
@@ -560,14 +565,18 @@ class JournalClient:
     async def trim(self, log: str, below: int) -> None:
         await self._leader_call(log, "trim", {"log": log, "below": below})
 
-    async def snapshot_put(self, log: str, snapshot: Snapshot) -> None:
-        await self._leader_call(log, "snap_put", {"log": log, "position": snapshot.position, "blob": snapshot.blob})
+    async def snapshot_put(self, log: str, snapshot: SnapshotSource) -> None:
+        await snapshot_client.put(
+            self._leader_call, log, snapshot, chunk_bytes_for(self.frame_bytes_max), self.spool_dir,
+            lambda e: isinstance(e, RemoteError) and e.code == "unknown_upload",
+        )  # fmt: skip
+
+    async def snapshot_open(self, log: str) -> snapshot_client.ClientSnapshotReader | None:
+        return await snapshot_client.open_reader(self._leader_call, log, chunk_bytes_for(self.frame_bytes_max))
 
     async def snapshot_get(self, log: str) -> Snapshot | None:
-        result = await self._leader_call(log, "snap_get", {"log": log})
-        if result.get("position") is None:
-            return None
-        return Snapshot(int(result["position"]), bytes(result["blob"]))
+        reader = await self.snapshot_open(log)
+        return None if reader is None else Snapshot(reader.position, await read_all(reader))
 
     async def close(self) -> None:
         self._closed = True

@@ -21,10 +21,8 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import struct
 import time
 import urllib.parse
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +30,12 @@ from dataclasses import dataclass, field
 from journal.api import (
     Appended,
     Entry,
-    JournalError,
     LogStatus,
     PositionMismatch,
     Snapshot,
+    SnapshotSource,
     Unavailable,
+    read_all,
 )
 from journal.segments import (
     FSYNC_POLICIES,
@@ -46,6 +45,16 @@ from journal.segments import (
     Record,
     SegmentLog,
     fsync_dir,
+)
+from journal.snapshots import (
+    SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_FILE,
+    CrcCheck,
+    SnapshotFileReader,
+    SnapshotWriter,
+    open_reader,
+    remove_temporaries,
+    source_chunks,
 )
 
 log = logging.getLogger(__name__)
@@ -60,9 +69,6 @@ TAIL_CACHE_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 READ_BATCH_ENTRIES_MAX = 1024
 READ_BATCH_BYTES_MAX = 4 * 1024 * 1024
 
-SNAPSHOT_MAGIC = b"KVSNAP01"
-SNAPSHOT_HEADER = struct.Struct("<8sQQI")  # magic, position, blob length, crc32(blob)
-SNAPSHOT_FILE = "snapshot"
 EPOCH_FILE = "epoch"
 
 
@@ -79,22 +85,6 @@ def atomic_write(path: str, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, snapshot.position, len(snapshot.blob), zlib.crc32(snapshot.blob)) + (
-        snapshot.blob
-    )
-
-
-def decode_snapshot(data: bytes, where: str) -> Snapshot:
-    if len(data) < SNAPSHOT_HEADER.size:
-        raise JournalError(f"snapshot {where}: short file")
-    magic, position, length, crc = SNAPSHOT_HEADER.unpack_from(data)
-    blob = data[SNAPSHOT_HEADER.size :]
-    if magic != SNAPSHOT_MAGIC or length != len(blob) or zlib.crc32(blob) != crc:
-        raise JournalError(f"snapshot {where}: corrupt")
-    return Snapshot(position, blob)
 
 
 def log_dir_name(name: str) -> str:
@@ -136,6 +126,29 @@ class _Log:
     write_thread: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-writer")
     )
+
+
+class FileSnapshotReader:
+    """journal.api.SnapshotReader over an open snapshot file (a newer snapshot renamed over it meanwhile
+    does not disturb it)."""
+
+    def __init__(self, f: SnapshotFileReader, chunk_bytes: int = SNAPSHOT_CHUNK_BYTES) -> None:
+        self._file = f
+        self.position, self.size_bytes, self.crc32 = f.info.position, f.info.size_bytes, f.info.crc32
+        self.chunk_bytes = chunk_bytes
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        check = CrcCheck(self._file.info, self._file.path)
+        offset = 0
+        while offset < self.size_bytes:
+            data = await asyncio.to_thread(self._file.read_at, offset, self.chunk_bytes)
+            offset += len(data)
+            check.add(data)
+            yield data
+        check.done()
+
+    async def close(self) -> None:
+        self._file.close()
 
 
 class LocalJournal:
@@ -209,6 +222,7 @@ class LocalJournal:
             segments = await asyncio.to_thread(
                 SegmentLog, directory, fsync=self.fsync_policy, segment_bytes_max=self.segment_bytes_max
             )
+            await asyncio.to_thread(remove_temporaries, directory)
             if segments.truncated_bytes_on_open:
                 log.warning("log %r: dropped a torn tail of %d bytes on open", name, segments.truncated_bytes_on_open)
             lg = _Log(name, directory, segments, segments.last_position, segments.last_timestamp_ms)
@@ -403,32 +417,30 @@ class LocalJournal:
 
     # ------------------------------------------------------------ snapshots
 
-    async def snapshot_put(self, log: str, snapshot: Snapshot) -> None:
+    async def snapshot_put(self, log: str, snapshot: SnapshotSource) -> None:
         lg = await self._log(log)
         if snapshot.position > lg.committed:
             raise ValueError(f"snapshot position {snapshot.position} is past the committed {lg.committed}")
-        path = os.path.join(lg.directory, SNAPSHOT_FILE)
-        async with lg.snapshot_lock:
-            current = await self._snapshot_read(path)
-            if current is not None and current.position > snapshot.position:
-                return  # keep the newer one: trims may already rely on it
-            await asyncio.to_thread(atomic_write, path, encode_snapshot(snapshot))
+        writer = await asyncio.to_thread(SnapshotWriter, lg.directory, snapshot.position)
+        try:
+            async for chunk in source_chunks(snapshot, SNAPSHOT_CHUNK_BYTES):
+                await asyncio.to_thread(writer.write, chunk)
+            await asyncio.to_thread(writer.finish)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        async with lg.snapshot_lock:  # only the rename is serialised: puts write their files side by side
+            await asyncio.to_thread(writer.install)  # an older one than the current is dropped
 
-    async def snapshot_get(self, log: str) -> Snapshot | None:
+    async def snapshot_open(self, log: str) -> FileSnapshotReader | None:
         lg = await self._log(log)
         async with lg.snapshot_lock:
-            return await self._snapshot_read(os.path.join(lg.directory, SNAPSHOT_FILE))
+            f = await asyncio.to_thread(open_reader, os.path.join(lg.directory, SNAPSHOT_FILE))
+        return None if f is None else FileSnapshotReader(f)
 
-    @staticmethod
-    async def _snapshot_read(path: str) -> Snapshot | None:
-        def load() -> Snapshot | None:
-            try:
-                with open(path, "rb") as f:
-                    return decode_snapshot(f.read(), path)
-            except FileNotFoundError:
-                return None
-
-        return await asyncio.to_thread(load)
+    async def snapshot_get(self, log: str) -> Snapshot | None:
+        reader = await self.snapshot_open(log)
+        return None if reader is None else Snapshot(reader.position, await read_all(reader))
 
     # ---------------------------------------------------------------- close
 

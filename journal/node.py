@@ -41,18 +41,16 @@ from typing import Any
 import msgpack
 
 from journal import replication as r
-from journal.api import Snapshot
 from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
 from journal.local import (
     LOG_NAME_BYTES_MAX,
-    SNAPSHOT_FILE,
     atomic_write,
-    decode_snapshot,
-    encode_snapshot,
     log_dir_name,
 )
 from journal.metrics import JournalMetrics, LogSample, NodeSample, PeerSample
 from journal.segments import FSYNC_POLICIES, SEGMENT_BYTES_MAX_DEFAULT, FsyncPolicy, Record, SegmentLog
+from journal.snapshot_node import SNAPSHOT_REQUESTS, NodeSnapshots, SnapshotRequestError
+from journal.snapshots import remove_temporaries
 from journal.wire import (
     FRAME_BYTES_MAX_DEFAULT,
     FrameDecoder,
@@ -406,6 +404,13 @@ class _PeerLink:
             backoff_ms = min(PEER_BACKOFF_MS_MAX, backoff_ms * 2)
 
 
+def _snapshot_handler(kind: str) -> Any:
+    async def handle(node: JournalNode, payload: dict[str, Any]) -> dict[str, Any]:
+        return await node._h_snapshot(kind, payload)
+
+    return handle
+
+
 class JournalNode:
     def __init__(self, config: NodeConfig, *, clock_ms: Callable[[], int] | None = None) -> None:
         config.validate()
@@ -434,6 +439,7 @@ class JournalNode:
         self._closed = False
         self.entries_served = 0  # by read streams (observability, tests)
         self.metrics = JournalMetrics(config.node_id, config.az)
+        self.snapshots = NodeSnapshots(self)
         os.makedirs(os.path.join(config.data_dir, "logs"), exist_ok=True)
 
     # ------------------------------------------------------------ lifecycle
@@ -483,6 +489,7 @@ class JournalNode:
                 rep.driver.cancel()
         await asyncio.gather(*self._tasks, *(p.driver for p in self._replicas.values() if p.driver),
                              return_exceptions=True)  # fmt: skip
+        self.snapshots.close()
         for c in self._peer_conns.values():
             await c.close()
         for rep in self._replicas.values():
@@ -529,6 +536,7 @@ class JournalNode:
                 name_path = os.path.join(directory, "name")
                 if not os.path.exists(name_path):
                     atomic_write(name_path, name.encode())
+                remove_temporaries(directory)  # of snapshot uploads cut short by a crash
                 st = _Storage(directory, self.cfg.fsync, self.cfg.segment_bytes_max)
                 return st, st.load()
 
@@ -858,101 +866,12 @@ class JournalNode:
             link.send(frame, rep.name)
         return {}
 
-    async def _h_snap_put(self, payload: dict[str, Any]) -> dict[str, Any]:
-        rep = await self._live_replica(payload)
-        position, blob = int(payload["position"]), payload["blob"]
-        if not isinstance(blob, bytes):
-            raise RequestError("invalid", "blob must be bytes")
-        await self._store_snapshot(rep, position, blob)
-        # Durable once a quorum spanning two AZs holds it, like an entry.
-        azs = {self.cfg.az}
-        stored = 1
-        request = {"log": rep.name, "position": position, "blob": blob}
-        calls = [
-            asyncio.create_task(self._peer_conns[p.node_id].call("snap_store", dict(request), 5.0))
-            for p in self.cfg.peers
-        ]
-        needed = (len(self.cfg.peers) + 1) // 2 + 1
-        az_of = {p.node_id: p.az for p in self.cfg.peers}
+    async def _h_snapshot(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            pending: set[asyncio.Task[Any]] = set(calls)
-            while pending and not (stored >= needed and len(azs) >= 2):
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    if not t.cancelled() and t.exception() is None:
-                        stored += 1
-                        azs.add(az_of[self.cfg.peers[calls.index(t)].node_id])
-        finally:
-            for t in calls:
-                t.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
-        if stored < needed or len(azs) < 2:
-            raise RequestError("unavailable", f"snapshot stored on {stored} nodes, {needed} needed")
-        return {}
-
-    async def _h_snap_store(self, payload: dict[str, Any]) -> dict[str, Any]:
-        rep = await self._live_replica(payload)
-        blob = payload["blob"]
-        if not isinstance(blob, bytes):
-            raise RequestError("invalid", "blob must be bytes")
-        await self._store_snapshot(rep, int(payload["position"]), blob)
-        return {}
-
-    async def _store_snapshot(self, rep: _Replica, position: int, blob: bytes) -> None:
-        path = os.path.join(rep.directory, SNAPSHOT_FILE)
-        async with rep.snapshot_lock:
-            current = await asyncio.to_thread(self._load_snapshot, path)
-            if current is not None and current[0] > position:
-                return  # keep the newer one
-            data = encode_snapshot(Snapshot(position, blob))
-            await asyncio.to_thread(atomic_write, path, data)
-
-    @staticmethod
-    def _load_snapshot(path: str) -> tuple[int, bytes] | None:
-        try:
-            with open(path, "rb") as f:
-                s = decode_snapshot(f.read(), path)
-        except FileNotFoundError:
-            return None
-        return s.position, s.blob
-
-    async def _h_snap_load(self, payload: dict[str, Any]) -> dict[str, Any]:
-        rep = await self._live_replica(payload)
-        async with rep.snapshot_lock:
-            got = await asyncio.to_thread(self._load_snapshot, os.path.join(rep.directory, SNAPSHOT_FILE))
-        if got is None:
-            return {"position": None}
-        return {"position": got[0], "blob": got[1]}
-
-    async def _h_snap_get(self, payload: dict[str, Any]) -> dict[str, Any]:
-        # A put is on a majority; reading a majority sees the newest put.
-        best = await self._h_snap_load(payload)
-        answered = 1
-        needed = (len(self.cfg.peers) + 1) // 2 + 1
-        calls = [
-            asyncio.create_task(self._peer_conns[p.node_id].call("snap_load", {"log": payload["log"]}, 5.0))
-            for p in self.cfg.peers
-        ]
-        try:
-            pending: set[asyncio.Task[Any]] = set(calls)
-            while pending and answered < needed:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    if t.cancelled() or t.exception() is not None:
-                        continue
-                    answered += 1
-                    res = t.result()
-                    if res.get("position") is not None and (
-                        best.get("position") is None or res["position"] > best["position"]
-                    ):
-                        best = {"position": res["position"], "blob": res["blob"]}
-        finally:
-            for t in calls:
-                t.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
-        if answered < needed:
-            raise RequestError("unavailable", "no majority answered")
-        return best
+            result: dict[str, Any] = await self.snapshots.handlers()[kind](payload)
+        except SnapshotRequestError as e:
+            raise RequestError(e.code, e.message) from None
+        return result
 
     async def _h_ping(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {}  # a client's liveness probe (journal.client._Conn)
@@ -963,10 +882,7 @@ class JournalNode:
         "barrier": _h_barrier,
         "status": _h_status,
         "trim": _h_trim,
-        "snap_put": _h_snap_put,
-        "snap_store": _h_snap_store,
-        "snap_load": _h_snap_load,
-        "snap_get": _h_snap_get,
+        **{kind: _snapshot_handler(kind) for kind in SNAPSHOT_REQUESTS},
     }
 
     # ----------------------------------------------------------------- reads

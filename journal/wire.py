@@ -21,8 +21,12 @@ request (client -> node)  payload
 ``barrier``               id, log
 ``status``                id, log
 ``trim``                  id, log, below
-``snap_put``              id, log, position, blob
-``snap_get``              id, log
+``snap_begin``            id, log, position, size, crc32, store_only
+``snap_chunk``            id, log, upload, offset, data
+``snap_commit``           id, log, upload
+``snap_open``             id, log
+``snap_read``             id, log, position, offset, length, here
+``snap_info``             id, log
 ========================  ====================================================
 
 Answers: ``ok`` {id, ...result fields} or ``error`` {id, code, message,
@@ -34,8 +38,8 @@ the connection closes; flow control is TCP's (the node awaits drain).
 
 Peers use the same connection format with kinds ``hello`` {node} (first
 frame of a peer connection), ``raft`` {log, m} (a replication-core message,
-encoded by encode_message) and ``snap_store`` / ``snap_stored`` (member
-snapshot replication).
+encoded by encode_message), ``trim_local``, and the snapshot requests above
+(member snapshot replication, in chunks: journal/snapshot_node.py).
 
 FrameDecoder is a pure object in the h11 style: bytes in, frames out, no
 socket in sight; the asyncio code around it only moves bytes.

@@ -206,7 +206,7 @@ async def test_five_nodes_survive_two_failures(tmp_path: Path) -> None:
 async def test_oversized_request_fails_fast(cluster: InProcessCluster) -> None:
     c = JournalClient([cluster.addr(n) for n in cluster.ids], frame_bytes_max=64 * 1024)
     with pytest.raises(ValueError, match="over the limit"):
-        await c.snapshot_put("big", Snapshot(0, b"x" * 100_000))
+        await c.append("big", [b"x" * 100_000])
     assert c.retries == 0
     await c.close()
 
