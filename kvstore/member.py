@@ -96,7 +96,7 @@ class MemberConfig:
     snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
     snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
     watch_cache_revisions: int = 100_000
-    watch_cache_bytes: int = 64 * 1024 * 1024
+    watch_cache_bytes: int = 16 * 1024 * 1024
 
 
 def default_state_dir(data_dir: str) -> str:

@@ -30,7 +30,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH_BATCH_REVISIONS_MAX = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
 WATCH_CACHE_REVISIONS_DEFAULT = 100_000
-WATCH_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024  # events' serialized size, prev_kv included
+WATCH_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024  # events' serialized size, prev_kv included
 STREAM_QUEUE_RESPONSES_MAX = 1024  # beyond this a stream's watchers fall back to catching up
 GRPC_OVERHEAD_BYTES = 512 * 1024
 CANCEL_REASON_COMPACTED = "etcdserver: mvcc: required revision has been compacted"

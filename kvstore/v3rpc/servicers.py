@@ -71,9 +71,9 @@ class KV(rpc.KVServicer):
         if not request.serializable:
             await self.m.linearizable_barrier()
         self.m.counters["ranges"] += 1
-        resp = self.m.store.range(request)
-        fill(self.m, resp.header)
-        return resp
+        header = pb.ResponseHeader()
+        fill(self.m, header, with_revision=False)
+        return self.m.store.range_encoded(request, header)  # wire bytes: see _passthrough
 
     @unary
     async def Put(self, request: Any, context: Any) -> Any:
@@ -474,6 +474,16 @@ def _unary_stream(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callabl
     return handler
 
 
+def _passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A response serializer that sends a handler's bytes as they are (a Range built from the
+    stored records) and serializes messages."""
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return encode
+
+
 def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None:
     """Register every method of an etcdserverpb service, with strict request parsing."""
     service = pb.DESCRIPTOR.services_by_name[service_name]
@@ -481,7 +491,7 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     for method in service.methods:
         behavior = getattr(servicer, method.name)
         parse = strict_parser(getattr(pb, method.input_type.name))
-        serialize = getattr(pb, method.output_type.name).SerializeToString
+        serialize = _passthrough(getattr(pb, method.output_type.name).SerializeToString)
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(_request_stream(behavior), parse, serialize)
         elif method.server_streaming:
