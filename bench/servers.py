@@ -154,7 +154,7 @@ def start_etcd(base: Path, members: int = 1, name: str = "etcd", binary: str = "
 
 
 def _state_dir(name: str) -> Path:
-    """The member's checkpoint directory on tmpfs, as the design puts it (removed at stop)."""
+    """The member's state directory (its LMDB file) on tmpfs, as the design puts it (removed at stop)."""
     root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     return Path(tempfile.mkdtemp(prefix=f"kvstore-bench-{name}-", dir=root))
 

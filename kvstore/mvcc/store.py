@@ -220,8 +220,8 @@ class MVCCStore:
         """
         view_rev, raws, count, more = self._range(req, None)
         header.revision = view_rev
-        head = pb.RangeResponse(header=header).SerializeToString()
-        tail = pb.RangeResponse(more=more, count=count).SerializeToString()
+        head: bytes = pb.RangeResponse(header=header).SerializeToString()
+        tail: bytes = pb.RangeResponse(more=more, count=count).SerializeToString()
         return head + embed_kvs(raws) + tail
 
     def _range(self, req: Any, txn: WriteTxn | None) -> tuple[int, list[bytes], int, bool]:
