@@ -27,9 +27,9 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import msgpack
@@ -51,6 +51,7 @@ from kvstore.watch import WatchHub
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ETCD_VERSION = "3.6.0"  # what Status and /version report: kube-apiserver needs >= 3.5.13 for progress requests
 CLUSTER_VERSION = "3.6.0"
@@ -613,9 +614,23 @@ class Member:
             await asyncio.to_thread(chunks.close)
 
     async def snapshot_blob(self) -> bytes:
-        """The committed state now, as one blob (the journal's snapshot API takes one today)."""
-        stream = self.snapshot_stream()
-        return b"".join([chunk async for chunk in stream])
+        """The committed state now, as one blob (the journal's snapshot API takes one today),
+        built in a thread."""
+        chunks = self.sm.snapshot_chunks()  # the read transaction starts here
+        self._snapshot_readers += 1
+        try:
+            return await asyncio.to_thread(b"".join, chunks)
+        finally:
+            self._snapshot_readers -= 1
+
+    async def read_in_thread(self, read: Callable[[], T]) -> T:
+        """Run a read that holds its own LMDB read transaction (a hash of every record) in a
+        thread; the environment is not closed under it (defragment, install wait)."""
+        self._snapshot_readers += 1
+        try:
+            return await asyncio.to_thread(read)
+        finally:
+            self._snapshot_readers -= 1
 
     async def _no_snapshot_readers(self) -> None:
         """Wait until no snapshot stream reads the environment (before it is closed)."""

@@ -20,7 +20,7 @@ bounded steps (`compact_step`), which the member runs between batches.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -85,6 +85,21 @@ def varint(n: int) -> bytes:
 def embed_kvs(raws: list[bytes]) -> bytes:
     """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes)."""
     return b"".join(KV_FIELD_TAG + varint(len(raw)) + raw for raw in raws)
+
+
+def record_key(raw: bytes) -> bytes:
+    """The key of a serialized KeyValue without parsing it all (field 1 is written first)."""
+    if raw[:1] != b"\x0a":
+        return bytes(KeyValue.FromString(raw).key)
+    n, shift, i = 0, 0, 1
+    while True:
+        b = raw[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            break
+        shift += 7
+    return raw[i : i + n]
 
 
 def is_live(kv: Any) -> bool:
@@ -379,14 +394,15 @@ class MVCCStore:
         self.backend.put_meta(META_COMPACTOR, msgpack.packb([target, next_key]))
         return True
 
-    def _survives(self, key: bytes, ent: bytes) -> bool:
+    def _survives(self, key: bytes, ent: bytes, txn: Any = None, compact_revision: int | None = None) -> bool:
         """Whether a record is kept by the compactions so far (those at or below the compact
         revision may still be on file until compact_step reaches them)."""
-        if rev_main(ent) > self.compact_revision:
+        compact = self.compact_revision if compact_revision is None else compact_revision
+        if rev_main(ent) > compact:
             return True
         if keyindex.is_tombstone(ent):
             return False
-        newest = keyindex.at(self._txn, self._index, key, self.compact_revision)
+        newest = keyindex.at(txn or self._txn, self._index, key, compact)
         return newest == ent
 
     # ------------------------------------------------------------ watch feed
@@ -415,10 +431,10 @@ class MVCCStore:
                 for rev, raw in cur.iternext():
                     if rev >= end:
                         break
-                    kv = KeyValue.FromString(raw)
-                    k = kv.key
+                    k = record_key(raw)
                     if k < key or (not unbounded and k >= range_end):
                         continue
+                    kv = KeyValue.FromString(raw)
                     if rev_main(rev) <= self.compact_revision and not self._survives(
                         k, keyindex.entry(rev, not kv.version)
                     ):
@@ -454,14 +470,30 @@ class MVCCStore:
     def hash_kv(self, rev: int) -> int:
         """A stable CRC32 of every record kept at or below rev, in key then revision order
         (etcd's HashKV shape: what a compaction keeps, not what is still on file)."""
+        return self._hash_kv(self._txn, rev, self.compact_revision)
+
+    def hash_kv_reader(self, rev: int) -> Callable[[], int]:
+        """hash_kv of the committed state now, as a function to run in another thread (it reads
+        every record: on a large store it must not hold the event loop)."""
+        txn = self.backend.snapshot_txn()
+        compact = self.compact_revision
+
+        def run() -> int:
+            try:
+                return self._hash_kv(txn, rev, compact)
+            finally:
+                txn.abort()
+
+        return run
+
+    def _hash_kv(self, txn: Any, rev: int, compact: int) -> int:
         h = 0
-        txn = self._txn
-        get, records = txn.get, self._records
-        for key in keyindex.iter_range(txn, self._index, b"\0", b"\0", values=False, dupsort=True):
-            for ent in keyindex.entries(txn, self._index, key):
+        get, records, index = txn.get, self._records, self._index
+        for key in keyindex.iter_range(txn, index, b"\0", b"\0", values=False, dupsort=True):
+            for ent in keyindex.entries(txn, index, key):
                 if rev_main(ent) > rev:
                     break
-                if self._survives(key, ent):
+                if self._survives(key, ent, txn, compact):
                     h = zlib.crc32(get(ent[:16], db=records), h)
         return h
 

@@ -301,7 +301,7 @@ class Maintenance(rpc.MaintenanceServicer):
     @unary
     async def Hash(self, request: Any, context: Any) -> Any:
         store = self.m.store
-        resp = pb.HashResponse(hash=store.hash_kv(store.revision))
+        resp = pb.HashResponse(hash=await self.m.read_in_thread(store.hash_kv_reader(store.revision)))
         fill(self.m, resp.header)
         return resp
 
@@ -310,7 +310,9 @@ class Maintenance(rpc.MaintenanceServicer):
         store = self.m.store
         store.check_revision(request.revision)
         rev = request.revision or store.revision
-        resp = pb.HashKVResponse(hash=store.hash_kv(rev), compact_revision=store.compact_revision, hash_revision=rev)
+        compact_revision = store.compact_revision
+        hash_kv = await self.m.read_in_thread(store.hash_kv_reader(rev))
+        resp = pb.HashKVResponse(hash=hash_kv, compact_revision=compact_revision, hash_revision=rev)
         fill(self.m, resp.header)
         return resp
 
