@@ -176,6 +176,8 @@ class MVCCStore:
         ent = keyindex.at(self._txn, self._index, key, rev)
         if ent is None or keyindex.is_tombstone(ent):
             return None
+        if rev < self.compact_revision and not self._survives(key, ent):
+            return None  # dropped by a compaction, whether or not it is still on file
         return self._record(ent[:16])
 
     def _live_revs(self, key: bytes, range_end: bytes) -> Iterator[tuple[bytes, bytes]]:
