@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no target started", file=sys.stderr)
             return 1
         machine = machine_description(work, ns.etcd)
-        time.sleep(1.0)  # let start-up work (elections, first checkpoints) settle
+        time.sleep(1.0)  # let start-up work (elections) settle
         idle = idle_cores(targets)
         log("idle cores: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
         runs: list[Run] = []
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                     "etcd-1: etcd, 1 member, data on disk (fsync on commit, etcd's default)",
                     "etcd-3: etcd, 3 members on loopback, data on disk",
                     f"kvstore: `kvstore serve` {ns.kvstore_args or '(default flags)'}: local journal on disk "
-                    "(fsync before acknowledging), state checkpoints on tmpfs",
+                    "(fsync before acknowledging), state in an LMDB file on tmpfs",
                     "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
                     "(3 AZs on loopback, data on disk, fsync always)",
                     "kvstore-kube / kvstore-3-kube: `kvstore serve --partitions kube` (5 member processes, one "

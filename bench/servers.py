@@ -205,7 +205,7 @@ def start_etcd(
 
 
 def _state_dir(name: str) -> Path:
-    """The member's checkpoint directory on tmpfs, as the design puts it (removed at stop)."""
+    """The member's state directory (its LMDB file) on tmpfs, as the design puts it (removed at stop)."""
     root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     return Path(tempfile.mkdtemp(prefix=f"kvstore-bench-{name}-", dir=root))
 

@@ -54,6 +54,8 @@ STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
 NOT_CAPABLE = _error(Code.FAILED_PRECONDITION, "etcdserver: not capable")
 BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
+# Not an etcd error: LMDB, the backend, limits keys to 511 bytes (503 with a lease's prefix).
+KEY_TOO_LONG = _error(Code.INVALID_ARGUMENT, "kvstore: key is too long (at most 503 bytes)")
 AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
 
 # Watch-create failures are not gRPC errors: they come back in the stream as a

@@ -20,10 +20,9 @@ import urllib.parse
 
 import grpc
 
-from journal.api import Journal, Snapshot
+from journal.api import Journal
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
-from kvstore.statemachine import StateMachine
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 
 log = logging.getLogger("kvstore")
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir",
         default="",
-        help="where the in-memory state is checkpointed (default: a directory under /dev/shm/kvstore)",
+        help="where the state's LMDB file lives (default: a directory under /dev/shm/kvstore, tmpfs)",
     )
     p.add_argument(
         "--listen-client-urls",
@@ -277,14 +276,10 @@ async def restore_snapshot(member: Member, path: str) -> None:
         # Like etcd's --initial-* flags: it bootstraps an empty data dir and is ignored afterwards.
         log.warning("--restore-snapshot ignored: %s already holds data", member.config.data_dir)
         return
-    with open(path, "rb") as f:
-        sm = StateMachine.loads(read_snapshot_file(f.read()))
     # The restored state starts a new journal: it sits at position 0 of it.
-    sm.applied_position = 0
-    await member.journal.snapshot_put(member.log_name, Snapshot(0, sm.dumps()))
-    member._install(sm)
-    member.write_checkpoint()
-    log.info("restored snapshot %s at revision %d", path, sm.store.revision)
+    await member.install_snapshot(read_snapshot_file(path), position=0)
+    await member.save_journal_snapshot()
+    log.info("restored snapshot %s at revision %d", path, member.store.revision)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ result back to the waiting client; `payload` is the etcd request, serialised.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -23,7 +24,10 @@ import msgpack
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
-from kvstore.mvcc.store import MVCCStore, RevisionEvents, check_put, execute_txn
+from kvstore.mvcc import snapshot
+from kvstore.mvcc.backend import Backend
+from kvstore.mvcc.store import MVCCStore, RevisionEvents
+from kvstore.mvcc.txn import check_put, execute_txn
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -91,35 +95,77 @@ class Applied:
     compacted_to: int | None = None  # set when the entry compacted the store
 
 
+# The state machine's own entries in the backend's meta database. A new piece of replicated
+# state (auth, membership, ...) takes a name here, is read in __init__ and written in _flush
+# (or writes its own table in the batch), and travels in snapshots without more code.
+META_APPLIED = b"applied"  # the last journal position applied (8 bytes, big-endian)
+META_ALARMS = b"alarms"  # msgpack [[member id, AlarmType], ...], sorted
+
+
 class StateMachine:
-    def __init__(self, store: MVCCStore | None = None) -> None:
-        self.store = store if store is not None else MVCCStore()
-        self.applied_position = 0  # the last journal position applied
-        self.alarms: set[tuple[int, int]] = set()  # (member id, AlarmType)
+    """Journal entries in; every change lands in the backend's open write batch.
+
+    The member opens one batch per journal read batch (kvstore/member.py); an
+    entry applied with no batch open gets one of its own. Each entry's store
+    changes, responses' side effects and the position it reaches are in the
+    same LMDB transaction, so the file always holds "everything up to P".
+    """
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend = backend if backend is not None else Backend.temporary()
+        self.store = MVCCStore(self.backend)
+        raw = self.backend.get_meta(META_APPLIED)
+        self.applied_position = int.from_bytes(raw, "big") if raw else 0
+        raw = self.backend.get_meta(META_ALARMS)
+        # (member id, AlarmType)
+        self.alarms: set[tuple[int, int]] = {(m, a) for m, a in msgpack.unpackb(raw)} if raw else set()
+        self._alarms_dirty = False
+
+    def close(self) -> None:
+        self.backend.close()
 
     # -------------------------------------------------------------- applying
 
     def apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
         assert position == self.applied_position + 1, f"entry {position} applied after {self.applied_position}"
-        self.applied_position = position
+        with self.backend.batch():
+            out = self._apply(position, timestamp_ms, data)
+            self.applied_position = position
+            self._flush()
+        return out
+
+    def _apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
         kind, origin, seq, payload = decode_entry(data)
         out = Applied(origin, seq, None)
+        counters = self.store.counters()
         try:
-            if kind == Kind.LEASE_EXPIRE:
-                out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
-            else:
-                req = _REQUEST_TYPE[kind].FromString(payload)
-                out.result = self._apply_request(kind, req, timestamp_ms, out)
+            # Every change of the entry in a nested transaction: a failure halfway (a txn op that
+            # fails its check, the map full) leaves nothing of it behind.
+            with self.backend.nested():
+                if kind == Kind.LEASE_EXPIRE:
+                    out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
+                else:
+                    req = _REQUEST_TYPE[kind].FromString(payload)
+                    out.result = self._apply_request(kind, req, timestamp_ms, out)
         except EtcdError as err:
+            self.store.restore_counters(counters)
             out.result = err
         except Exception as exc:
+            self.store.restore_counters(counters)
             # Every member applies this entry and fails the same way: answer an error rather than
-            # let one request stop every member. A write txn was rolled back already; a single
-            # put or delete fails before it writes.
+            # let one request stop every member. Its writes were rolled back with the nested txn.
             log.exception("unexpected error applying journal entry %d", position)
             out.result = EtcdError(errors.Code.UNKNOWN, f"etcdserver: unexpected error during apply: {exc!r}")
             out.events.clear()
         return out
+
+    def _flush(self) -> None:
+        backend = self.backend
+        backend.put_meta(META_APPLIED, self.applied_position.to_bytes(8, "big"))
+        self.store.flush()
+        if self._alarms_dirty:
+            backend.put_meta(META_ALARMS, msgpack.packb(sorted(self.alarms)))
+            self._alarms_dirty = False
 
     def _apply_request(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
         store = self.store
@@ -220,7 +266,7 @@ class StateMachine:
     def _lease_expire(self, lease_ids: list[int], now_ms: int, out: Applied) -> Any:
         expired = []
         for lease_id in lease_ids:
-            lease = self.store.leases.get(lease_id)
+            lease = self.store.leases.get(lease_id, with_keys=False)
             if lease is not None and now_ms >= lease.deadline_ms:
                 self._revoke(lease_id, out)
                 expired.append(lease_id)
@@ -233,33 +279,35 @@ class StateMachine:
         if req.action == pb.AlarmRequest.ACTIVATE:
             if req.alarm != pb.NONE:
                 self.alarms.add(pair)
+                self._alarms_dirty = True
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
         elif req.action == pb.AlarmRequest.DEACTIVATE:
             if pair in self.alarms:
                 self.alarms.discard(pair)
+                self._alarms_dirty = True
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
         return resp
 
-    # ------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------- snapshots
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """The committed state as a stream of byte chunks (kvstore/mvcc/snapshot.py)."""
+        return snapshot.produce(self.backend)
 
     def dumps(self) -> bytes:
-        data: bytes = msgpack.packb(
-            {
-                "format": 1,
-                "applied_position": self.applied_position,
-                "alarms": sorted(self.alarms),
-                "store": self.store.to_state(),
-            },
-            use_bin_type=True,
-        )
-        return data
+        return snapshot.dumps(self.backend)
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[bytes], backend: Backend | None = None) -> StateMachine:
+        """A state machine holding a snapshot, in backend (empty) or a temporary one."""
+        backend = backend if backend is not None else Backend.temporary()
+        try:
+            snapshot.install(backend, chunks)
+        except BaseException:
+            backend.close()
+            raise
+        return cls(backend)
 
     @classmethod
     def loads(cls, data: bytes) -> StateMachine:
-        state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if state.get("format") != 1:
-            raise ValueError(f"unknown checkpoint format {state.get('format')!r}")
-        sm = cls(MVCCStore.from_state(state["store"]))
-        sm.applied_position = state["applied_position"]
-        sm.alarms = {(m, a) for m, a in state["alarms"]}
-        return sm
+        return cls.from_chunks([data])

@@ -31,35 +31,51 @@ from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH_BATCH_REVISIONS_MAX = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
 WATCH_CACHE_REVISIONS_DEFAULT = 100_000
+WATCH_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024  # events' serialized size, prev_kv included
 STREAM_QUEUE_RESPONSES_MAX = 1024  # beyond this a stream's watchers fall back to catching up
 GRPC_OVERHEAD_BYTES = 512 * 1024
 CANCEL_REASON_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 
 
 class WatchCache:
-    """The most recent revisions' events, oldest first, bounded by revision count."""
+    """The most recent revisions' events, oldest first, bounded by revision count and by bytes.
 
-    def __init__(self, revisions_max: int = WATCH_CACHE_REVISIONS_DEFAULT) -> None:
-        assert revisions_max > 0
+    Older revisions come from the store's records (MVCCStore.events_since), so the bounds
+    only decide how far back catch-up is served from memory.
+    """
+
+    def __init__(
+        self, revisions_max: int = WATCH_CACHE_REVISIONS_DEFAULT, bytes_max: int = WATCH_CACHE_BYTES_DEFAULT
+    ) -> None:
+        assert revisions_max > 0 and bytes_max > 0
         self.revisions_max = revisions_max
+        self.bytes_max = bytes_max
+        self.bytes = 0
         self._revs: deque[int] = deque()
         self._events: deque[RevisionEvents] = deque()
+        self._sizes: deque[int] = deque()
         self.first_revision = 0  # revisions >= this (and <= the store revision) are all here
 
     def add(self, rev_events: RevisionEvents) -> None:
         if not self._events:
             self.first_revision = rev_events.revision
+        size = sum(ev.ByteSize() for ev in rev_events.events)
         self._revs.append(rev_events.revision)
         self._events.append(rev_events)
-        while len(self._events) > self.revisions_max:
+        self._sizes.append(size)
+        self.bytes += size
+        while len(self._events) > self.revisions_max or (self.bytes > self.bytes_max and len(self._events) > 1):
             self._revs.popleft()
             self._events.popleft()
+            self.bytes -= self._sizes.popleft()
             self.first_revision = self._events[0].revision
 
     def reset(self, next_revision: int) -> None:
         """Forget everything; the cache covers revisions from next_revision on."""
         self._revs.clear()
         self._events.clear()
+        self._sizes.clear()
+        self.bytes = 0
         self.first_revision = next_revision
 
     def covers(self, rev: int) -> bool:
@@ -131,11 +147,12 @@ class WatchHub:
         header: Callable[[int], Any],
         *,
         cache_revisions_max: int = WATCH_CACHE_REVISIONS_DEFAULT,
+        cache_bytes_max: int = WATCH_CACHE_BYTES_DEFAULT,
         max_request_bytes: int = 1_572_864,
     ) -> None:
         self.store = store
         self.header = header  # revision -> ResponseHeader
-        self.cache = WatchCache(cache_revisions_max)
+        self.cache = WatchCache(cache_revisions_max, cache_bytes_max)
         self.cache.reset(store.revision + 1)
         self.streams: set[WatchStream] = set()
         # etcd fragments watch responses at max-request-bytes plus its gRPC overhead allowance.

@@ -7,12 +7,16 @@ from typing import Any
 import pytest
 
 from kvstore.lease import LeaseTable
+from kvstore.mvcc.backend import Backend
 
 NOW_MS = 1_700_000_000_000
 
 
 def table(n: int) -> LeaseTable:
-    t = LeaseTable()
+    """n leases in a backend, with a write batch left open (renew writes into it)."""
+    backend = Backend.temporary()
+    backend.begin_batch()
+    t = LeaseTable(backend)
     for i in range(1, n + 1):
         t.grant(i, 60 + i % 3600, NOW_MS)  # deadlines spread over an hour, none due at NOW_MS
     return t

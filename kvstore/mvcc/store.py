@@ -1,32 +1,46 @@
-"""The MVCC core: revisions, key history, ranges, transactions and compaction.
+"""The MVCC core: revisions, key history, ranges, writes and compaction, on the LMDB backend.
 
-A deterministic object with no I/O: the same sequence of calls gives the same
-state and the same answers on every member. The vocabulary is etcd's
-(server/storage/mvcc): every change gets a revision `main` (the store
-revision it creates) and an implicit `sub` (its order inside that revision);
-a key's history is the list of its records in revision order; a delete writes
+Deterministic: the same sequence of calls gives the same state and the same
+answers on every member; nothing here reads a clock or a random source. The
+vocabulary is etcd's (server/storage/mvcc): every change gets a revision
+`main` (the store revision it creates) and a `sub` (its order inside that
+revision); a key's history is its records in revision order; a delete writes
 a tombstone that ends the key's generation.
 
-Records are stored as `mvccpb.KeyValue` messages, so reads hand them out
-without conversion. A tombstone is the KeyValue that etcd puts in a DELETE
-event: only `key` and `mod_revision` set, `version == 0`.
+Records are serialized `mvccpb.KeyValue` messages keyed by (main, sub), as in
+etcd's bbolt `key` bucket; a tombstone is the KeyValue that etcd puts in a
+DELETE event (only `key` and `mod_revision` set, `version == 0`). Reads hand
+out the stored bytes: a range response is assembled from them with one parse.
+
+Compaction is logical at once (reads below the compact revision are refused,
+hashes, snapshots and catch-up skip what compaction drops) and physical in
+bounded steps (`compact_step`), which the member runs between batches.
 """
 
 from __future__ import annotations
 
 import zlib
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 import msgpack
-from sortedcontainers import SortedList
 
 from kvstore import errors
 from kvstore.errors import fail
 from kvstore.lease import LeaseTable
+from kvstore.mvcc import keyindex
+from kvstore.mvcc.backend import (
+    DB_INDEX,
+    DB_LIVE,
+    DB_RECORDS,
+    LMDB_KEY_BYTES_MAX,
+    META_COMPACTOR,
+    Backend,
+    rev_bytes,
+    rev_main,
+)
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.mvccpb import kv_pb2
 
@@ -35,9 +49,10 @@ Event = kv_pb2.Event
 EVENT_PUT = kv_pb2.Event.PUT
 EVENT_DELETE = kv_pb2.Event.DELETE
 
-# Bytes charged per record on top of key and value, standing in for the
-# index and page overhead a real backend pays; used for quota and dbSize.
-RECORD_OVERHEAD_BYTES = 64
+META_MVCC = b"mvcc"  # msgpack [revision, compact_revision, live keys]
+# A lease's attached keys are stored as lease id (8 bytes) + key, within LMDB's key limit.
+KEY_BYTES_MAX = LMDB_KEY_BYTES_MAX - 8
+KV_FIELD_TAG = b"\x12"  # RangeResponse.kvs: field 2, length-delimited
 
 _SORT_TARGET_FIELD = {
     pb.RangeRequest.KEY: "key",
@@ -55,28 +70,40 @@ _COMPARE_FIELD = {
     pb.Compare.LEASE: "lease",
 }
 
-# Compare.target_union member that carries the operand for each target.
-_COMPARE_OPERAND = {
-    pb.Compare.VERSION: "version",
-    pb.Compare.CREATE: "create_revision",
-    pb.Compare.MOD: "mod_revision",
-    pb.Compare.VALUE: "value",
-    pb.Compare.LEASE: "lease",
-}
-
 _EMPTY_KV = KeyValue()
 
 
-def _mod_revision(kv: Any) -> int:
-    return int(kv.mod_revision)
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def embed_kvs(raws: list[bytes]) -> bytes:
+    """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes)."""
+    return b"".join(KV_FIELD_TAG + varint(len(raw)) + raw for raw in raws)
+
+
+def record_key(raw: bytes) -> bytes:
+    """The key of a serialized KeyValue without parsing it all (field 1 is written first)."""
+    if raw[:1] != b"\x0a":
+        return bytes(KeyValue.FromString(raw).key)
+    n, shift, i = 0, 0, 1
+    while True:
+        b = raw[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            break
+        shift += 7
+    return raw[i : i + n]
 
 
 def is_live(kv: Any) -> bool:
     return bool(kv.version)
-
-
-def record_bytes(kv: Any) -> int:
-    return len(kv.key) + len(kv.value) + RECORD_OVERHEAD_BYTES
 
 
 @dataclass(slots=True)
@@ -98,80 +125,86 @@ class WriteResult:
 class MVCCStore:
     """Keys, their revision history, leases attached to keys, and compaction."""
 
-    def __init__(self) -> None:
-        self.revision = 1  # a fresh etcd store starts at revision 1
-        self.compact_revision = -1  # etcd allows compacting revision 0 once
-        self.leases = LeaseTable()
-        self.bytes_in_use = 0
-        self._history: dict[bytes, list[Any]] = {}
-        self._keys: SortedList = SortedList()
-        # Keys whose newest record is live: current reads page and count with bisects.
-        self._live: SortedList = SortedList()
-        # Keys whose history holds something compaction may drop.
-        self._compactable: set[bytes] = set()
-        # Revisions that changed more than one key, with the keys in sub order:
-        # needed to rebuild events in execution order from the history.
-        self._multi: dict[int, list[bytes]] = {}
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._records = backend.dbs[DB_RECORDS]
+        self._index = backend.dbs[DB_INDEX]
+        self._live = backend.dbs[DB_LIVE]
+        self.leases = LeaseTable(backend)
+        raw = backend.get_meta(META_MVCC)
+        if raw is None:
+            self.revision = 1  # a fresh etcd store starts at revision 1
+            self.compact_revision = -1  # etcd allows compacting revision 0 once
+            self.live_keys = 0  # keys whose newest record is not a tombstone
+        else:
+            self.revision, self.compact_revision, self.live_keys = msgpack.unpackb(raw)
+        raw = backend.get_meta(META_COMPACTOR)
+        # Physical compaction in progress: (target revision, next key to visit).
+        self._compactor: tuple[int, bytes] | None = tuple(msgpack.unpackb(raw)) if raw else None
+
+    def flush(self) -> None:
+        """Write the store's counters into the open batch (called with every entry applied)."""
+        self.backend.put_meta(META_MVCC, msgpack.packb([self.revision, self.compact_revision, self.live_keys]))
+
+    def counters(self) -> tuple[Any, ...]:
+        """The state kept on the heap between flushes, to restore when an entry is undone."""
+        return (self.revision, self.compact_revision, self.live_keys, self._compactor)
+
+    def restore_counters(self, saved: tuple[Any, ...]) -> None:
+        self.revision, self.compact_revision, self.live_keys, self._compactor = saved
 
     # ------------------------------------------------------------------ reads
 
-    def _at(self, key: bytes, rev: int | None) -> Any | None:
-        """The key's record visible at rev (None: the newest, own txn writes included)."""
-        hist = self._history.get(key)
-        if hist is None:
-            return None
-        last = hist[-1]
-        if rev is None or last.mod_revision <= rev:
-            return last
-        i = bisect_right(hist, rev, key=_mod_revision)
-        return hist[i - 1] if i else None
+    @property
+    def _txn(self) -> Any:
+        return self.backend.txn
+
+    def _record(self, rev: bytes) -> Any:
+        return KeyValue.FromString(self._txn.get(rev, db=self._records))
+
+    def _entry_at(self, key: bytes, rev: int | None) -> bytes | None:
+        txn = self._txn
+        if rev is None:
+            return keyindex.newest(txn, self._index, key)
+        return keyindex.at(txn, self._index, key, rev)
 
     def get(self, key: bytes, rev: int | None = None) -> Any | None:
-        """The live KeyValue of key at rev, or None."""
-        kv = self._at(key, rev)
-        return kv if kv is not None and kv.version else None
+        """The live KeyValue of key at rev (None: the newest, own txn writes included), or None."""
+        if rev is None:
+            live = keyindex.live_rev(self._txn, self._live, key)
+            return None if live is None else self._record(live)
+        ent = keyindex.at(self._txn, self._index, key, rev)
+        if ent is None or keyindex.is_tombstone(ent):
+            return None
+        if rev < self.compact_revision and not self._survives(key, ent):
+            return None  # dropped by a compaction, whether or not it is still on file
+        return self._record(ent[:16])
 
-    def iter_keys(self, key: bytes, range_end: bytes) -> Iterable[bytes]:
-        """Keys with history in etcd's range [key, range_end) (see the range_end rules)."""
-        if not range_end:
-            return (key,) if key in self._history else ()
-        if range_end == b"\0":
-            keys: Iterable[bytes] = self._keys.irange(minimum=key)
-            return keys
-        if range_end <= key:
-            return ()
-        keys = self._keys.irange(key, range_end, inclusive=(True, False))
-        return keys
+    def _live_revs(self, key: bytes, range_end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, revision of its newest record) for keys live now in etcd's range [key, range_end)."""
+        it: Iterator[tuple[bytes, bytes]] = keyindex.iter_range(self._txn, self._live, key, range_end)
+        return it
 
-    def _iter_live_keys(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
-        """Keys live now in etcd's range [key, range_end)."""
-        if not range_end:
-            return iter((key,) if key in self._live else ())
-        if range_end == b"\0":
-            keys: Iterator[bytes] = self._live.irange(minimum=key)
-            return keys
-        if range_end <= key:
-            return iter(())
-        keys = self._live.irange(key, range_end, inclusive=(True, False))
-        return keys
+    def _revs_at(self, key: bytes, range_end: bytes, rev: int) -> Iterator[bytes]:
+        """Record revisions of the keys live at rev in the range, in key order."""
+        txn, index = self._txn, self._index
+        for k in keyindex.iter_range(txn, index, key, range_end, values=False, dupsort=True):
+            ent = keyindex.at(txn, index, k, rev)
+            if ent is not None and not keyindex.is_tombstone(ent):
+                yield ent[:16]
 
     def _count_live(self, key: bytes, range_end: bytes) -> int:
-        live = self._live
-        if not range_end:
-            return int(key in live)
-        start: int = live.bisect_left(key)
-        if range_end == b"\0":
-            return len(live) - start
-        if range_end <= key:
-            return 0
-        n: int = live.bisect_left(range_end) - start
-        return n
+        if range_end == b"\0" and key <= b"\0":
+            return self.live_keys  # every key: the counter, not a scan
+        return keyindex.count_range(self._txn, self._live, key, range_end)
 
     def iter_live(self, key: bytes, range_end: bytes, rev: int | None = None) -> Iterator[Any]:
-        for k in self.iter_keys(key, range_end):
-            kv = self._at(k, rev)
-            if kv is not None and kv.version:
-                yield kv
+        if rev is None:
+            for _, live in self._live_revs(key, range_end):
+                yield self._record(live)
+        else:
+            for r in self._revs_at(key, range_end, rev):
+                yield self._record(r)
 
     def check_revision(self, rev: int) -> None:
         """etcd's errors for reading at rev (0 means the current revision)."""
@@ -187,12 +220,32 @@ class MVCCStore:
         (for historical reads too), or inside a write txn the txn's revision
         once it has changed something.
         """
+        view_rev, raws, count, more = self._range(req, txn)
+        resp = pb.RangeResponse(count=count, more=more)
+        resp.header.revision = view_rev
+        if raws:
+            # One parse of the stored bytes for the whole page, not one message built per record.
+            resp.MergeFromString(embed_kvs(raws))
+        return resp
+
+    def range_encoded(self, req: Any, header: Any) -> bytes:
+        """The RangeResponse in wire form: header (the caller's, this view's revision set), then
+        the stored records' bytes as they are, then more and count (fields in number order).
+
+        Handing the records out as stored skips a parse and a serialization of every
+        KeyValue: about 0.5 ms instead of 7-9 ms for a page of 500 records of 1 KiB.
+        """
+        view_rev, raws, count, more = self._range(req, None)
+        header.revision = view_rev
+        head: bytes = pb.RangeResponse(header=header).SerializeToString()
+        tail: bytes = pb.RangeResponse(more=more, count=count).SerializeToString()
+        return head + embed_kvs(raws) + tail
+
+    def _range(self, req: Any, txn: WriteTxn | None) -> tuple[int, list[bytes], int, bool]:
+        """(view revision, serialized KeyValues of the page, count, more)."""
         rev = req.revision
         self.check_revision(rev)
         view_rev = self.revision if txn is None or not txn.changed else txn.revision
-        read_at = rev if rev > 0 else None
-        resp = pb.RangeResponse()
-        resp.header.revision = view_rev
         filtered = bool(
             req.min_mod_revision or req.max_mod_revision or req.min_create_revision or req.max_create_revision
         )
@@ -206,38 +259,41 @@ class MVCCStore:
         # every key is still counted. Like etcd, this looks at the *requested* order: a sort
         # target with order NONE sorts only the first limit+1 keys.
         keep = req.limit + 1 if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not filtered else 0
-        kvs: list[Any] = []
-        if read_at is None:
+        revs: list[bytes]
+        if rev <= 0:
             count = self._count_live(req.key, req.range_end)
             if req.count_only:
-                resp.count = count
-                return resp
-            keys = self._iter_live_keys(req.key, req.range_end)
-            history = self._history
-            kvs = [history[k][-1] for k in (islice(keys, keep) if keep else keys)]
+                return view_rev, [], count, False
+            lives = self._live_revs(req.key, req.range_end)
+            revs = [r for _, r in (islice(lives, keep) if keep else lives)]
         else:
             count = 0
-            for kv in self.iter_live(req.key, req.range_end, read_at):
+            revs = []
+            for r in self._revs_at(req.key, req.range_end, rev):
                 count += 1
-                if not req.count_only and (not keep or len(kvs) < keep):
-                    kvs.append(kv)
+                if not req.count_only and (not keep or len(revs) < keep):
+                    revs.append(r)
             if req.count_only:
-                resp.count = count
-                return resp
-        if filtered:
-            kvs = [kv for kv in kvs if _passes_filters(req, kv)]
-        if sort_order != pb.RangeRequest.NONE:
-            attr = _SORT_TARGET_FIELD[req.sort_target]
-            kvs.sort(key=lambda kv: getattr(kv, attr), reverse=sort_order == pb.RangeRequest.DESCEND)
-        if req.limit > 0 and len(kvs) > req.limit:
-            del kvs[req.limit :]
-            resp.more = True
-        resp.count = count
-        resp.kvs.extend(kvs)
-        if req.keys_only:
-            for kv in resp.kvs:
-                kv.ClearField("value")
-        return resp
+                return view_rev, [], count, False
+        get = self._txn.get
+        records = self._records
+        raws = [get(r, db=records) for r in revs]
+        if filtered or sort_order != pb.RangeRequest.NONE or req.keys_only:
+            kvs = [KeyValue.FromString(raw) for raw in raws]
+            if filtered:
+                kvs = [kv for kv in kvs if _passes_filters(req, kv)]
+            if sort_order != pb.RangeRequest.NONE:
+                attr = _SORT_TARGET_FIELD[req.sort_target]
+                kvs.sort(key=lambda kv: getattr(kv, attr), reverse=sort_order == pb.RangeRequest.DESCEND)
+            if req.keys_only:
+                for kv in kvs:
+                    kv.ClearField("value")
+            raws = [kv.SerializeToString() for kv in kvs]
+        more = False
+        if req.limit > 0 and len(raws) > req.limit:
+            del raws[req.limit :]
+            more = True
+        return view_rev, raws, count, more
 
     def compare(self, c: Any) -> bool:
         """One txn Compare against the newest state (etcd's applyCompare)."""
@@ -247,7 +303,7 @@ class MVCCStore:
                 return False  # a value compare on a missing key always fails
             kvs = [_EMPTY_KV]
         attr = _COMPARE_FIELD[c.target]
-        operand_field = _COMPARE_OPERAND[c.target]
+        operand_field = _COMPARE_FIELD[c.target]
         if c.WhichOneof("target_union") == operand_field:
             operand = getattr(c, operand_field)
         else:
@@ -274,151 +330,184 @@ class MVCCStore:
     def begin(self) -> WriteTxn:
         return WriteTxn(self)
 
-    def _append(self, key: bytes, kv: Any) -> None:
-        hist = self._history.get(key)
-        was_live = hist is not None and bool(hist[-1].version)
-        if hist is None:
-            self._history[key] = [kv]
-            self._keys.add(key)
-            if not kv.version:
-                self._compactable.add(key)
+    def _write(self, key: bytes, kv: Any, rev: bytes, tombstone: bool) -> None:
+        txn = self._txn
+        # Revisions only grow, so records append at the end of the tree: pages fill densely.
+        txn.put(rev, kv.SerializeToString(), db=self._records, append=True)
+        keyindex.add(txn, self._index, key, keyindex.entry(rev, tombstone))
+        if tombstone:
+            txn.delete(key, db=self._live)
         else:
-            hist.append(kv)
-            self._compactable.add(key)
-        self._set_live(key, was_live, bool(kv.version))
-        self.bytes_in_use += record_bytes(kv)
-
-    def _set_live(self, key: bytes, was_live: bool, is_live: bool) -> None:
-        if is_live and not was_live:
-            self._live.add(key)
-        elif was_live and not is_live:
-            self._live.remove(key)
-
-    @property
-    def live_keys(self) -> int:
-        """Keys whose newest record is not a tombstone."""
-        return len(self._live)
-
-    def _drop_last(self, key: bytes) -> None:
-        """Undo the newest record of key (a write txn that must not land)."""
-        hist = self._history[key]
-        kv = hist.pop()
-        self.bytes_in_use -= record_bytes(kv)
-        self._set_live(key, bool(kv.version), bool(hist) and bool(hist[-1].version))
-        if not hist:
-            del self._history[key]
-            self._keys.remove(key)
-            self._compactable.discard(key)
+            txn.put(key, rev, db=self._live)
 
     def compact(self, rev: int) -> None:
-        """Forget history below rev; every key keeps its newest record at or below rev."""
+        """Forget history below rev: refused to reads at once, dropped physically by compact_step."""
         if rev <= self.compact_revision:
             raise fail(errors.COMPACTED)
         if rev > self.revision:
             raise fail(errors.FUTURE_REV)
         self.compact_revision = rev
-        for key in sorted(self._compactable):
-            hist = self._history[key]
-            i = bisect_right(hist, rev, key=_mod_revision) - 1
-            if i < 0:
-                continue
-            drop = i if hist[i].version else i + 1
-            for kv in hist[:drop]:
-                self.bytes_in_use -= record_bytes(kv)
-            del hist[:drop]
-            if not hist:
-                del self._history[key]
-                self._keys.remove(key)
-                self._compactable.discard(key)
-            elif len(hist) == 1 and hist[0].version:
-                self._compactable.discard(key)
-        for r in [r for r in self._multi if r < rev]:
-            del self._multi[r]
+        # A compaction in progress restarts with the higher target: it covers the lower one.
+        self._compactor = (rev, b"")
+        self.backend.put_meta(META_COMPACTOR, msgpack.packb([rev, b""]))
+
+    @property
+    def compaction_pending(self) -> bool:
+        return self._compactor is not None
+
+    def compact_step(self, entries_max: int) -> bool:
+        """Drop, inside the open batch, what compaction removes from up to entries_max index entries.
+
+        Every key keeps its newest record at or below the target unless it is a
+        tombstone, and everything above. Returns True while there is more to do.
+        The records dropped were invisible already, so the visible state, the
+        hash and snapshots do not depend on how far this got.
+        """
+        if self._compactor is None:
+            return False
+        target, start = self._compactor
+        txn, index = self._txn, self._index
+        cur = txn.cursor(index)
+        drops: list[tuple[bytes, list[bytes]]] = []
+        visited = 0
+        next_key: bytes | None = None
+        if cur.set_range(start):
+            while True:
+                key = cur.key()
+                if visited >= entries_max:
+                    next_key = key
+                    break
+                ents = list(cur.iternext_dup())  # leaves the cursor on the key's last entry
+                visited += len(ents)
+                drop = _compacted_entries(ents, target)
+                if drop:
+                    drops.append((key, drop))
+                if not cur.next_nodup():
+                    break
+        for key, drop in drops:
+            for ent in drop:
+                txn.delete(key, ent, db=index)
+                txn.delete(ent[:16], db=self._records)
+        if next_key is None:
+            self._compactor = None
+            self.backend.delete_meta(META_COMPACTOR)
+            return False
+        self._compactor = (target, next_key)
+        self.backend.put_meta(META_COMPACTOR, msgpack.packb([target, next_key]))
+        return True
+
+    def _survives(self, key: bytes, ent: bytes, txn: Any = None, compact_revision: int | None = None) -> bool:
+        """Whether a record is kept by the compactions so far (those at or below the compact
+        revision may still be on file until compact_step reaches them)."""
+        compact = self.compact_revision if compact_revision is None else compact_revision
+        if rev_main(ent) > compact:
+            return True
+        if keyindex.is_tombstone(ent):
+            return False
+        newest = keyindex.at(txn or self._txn, self._index, key, compact)
+        return newest == ent
 
     # ------------------------------------------------------------ watch feed
 
     def events_since(
         self, start_rev: int, key: bytes, range_end: bytes, end_rev: int | None = None
     ) -> list[RevisionEvents]:
-        """Events with start_rev <= revision (<= end_rev) on [key, range_end), from the history.
+        """Events with start_rev <= revision (<= end_rev) on [key, range_end), from the records.
 
         Used to catch up watchers whose start lies before the watch cache.
         start_rev must be >= compact_revision (the caller checks).
         """
-        by_rev: dict[int, list[tuple[bytes, Any]]] = {}
-        for k in self.iter_keys(key, range_end):
-            hist = self._history[k]
-            i = bisect_right(hist, start_rev - 1, key=_mod_revision)
-            for j in range(i, len(hist)):
-                kv = hist[j]
-                if end_rev is not None and kv.mod_revision > end_rev:
-                    break
-                ev = self.watch_event(EVENT_PUT if kv.version else EVENT_DELETE, kv)
-                by_rev.setdefault(kv.mod_revision, []).append((k, ev))
-        out = []
-        for rev in sorted(by_rev):
-            pairs = by_rev[rev]
-            order = self._multi.get(rev)
-            if order is not None and len(pairs) > 1:
-                position = {k: n for n, k in enumerate(order)}
-                pairs.sort(key=lambda p: position.get(p[0], 0))
-            out.append(RevisionEvents(rev, [ev for _, ev in pairs]))
+        txn = self._txn
+        last = self.revision if end_rev is None else end_rev
+        found: list[tuple[bytes, Any]] = []  # (revision, KeyValue) in (main, sub) order
+        if not range_end:
+            for ent in keyindex.entries(txn, self._index, key):
+                main = rev_main(ent)
+                if start_rev <= main <= last and self._survives(key, ent):
+                    found.append((ent[:16], self._record(ent[:16])))
+        else:
+            cur = txn.cursor(self._records)
+            if cur.set_range(rev_bytes(start_rev)):
+                end = rev_bytes(last + 1)
+                unbounded = range_end == b"\0"
+                for rev, raw in cur.iternext():
+                    if rev >= end:
+                        break
+                    k = record_key(raw)
+                    if k < key or (not unbounded and k >= range_end):
+                        continue
+                    kv = KeyValue.FromString(raw)
+                    if rev_main(rev) <= self.compact_revision and not self._survives(
+                        k, keyindex.entry(rev, not kv.version)
+                    ):
+                        continue
+                    found.append((rev, kv))
+        out: list[RevisionEvents] = []
+        for rev, kv in found:
+            main = rev_main(rev)
+            ev = self.watch_event(EVENT_PUT if kv.version else EVENT_DELETE, kv)
+            if out and out[-1].revision == main:
+                out[-1].events.append(ev)
+            else:
+                out.append(RevisionEvents(main, [ev]))
         return out
 
-    def watch_event(self, event_type: Any, kv: Any) -> Any:
+    def watch_event(self, event_type: Any, kv: Any, before: Any = False) -> Any:
         """The event for a change, with prev_kv as etcd's watch attaches it.
 
         etcd reads prev_kv at mod_revision - 1 (the state before the whole txn, not an
         earlier op of it) and never for a create (create_revision == mod_revision).
+        `before` is that state when the caller knows it (False: look it up).
         """
         ev = Event(type=event_type, kv=kv)
         if event_type == EVENT_DELETE or kv.create_revision != kv.mod_revision:
-            before = self.get(kv.key, kv.mod_revision - 1)
+            if before is False:
+                before = self.get(kv.key, kv.mod_revision - 1)
             if before is not None:
                 ev.prev_kv.CopyFrom(before)
         return ev
 
-    # --------------------------------------------------- hashing and snapshot
+    # ---------------------------------------------------------------- hashing
 
     def hash_kv(self, rev: int) -> int:
-        """A stable CRC32 of every record at or below rev (etcd's HashKV shape)."""
+        """A stable CRC32 of every record kept at or below rev, in key then revision order
+        (etcd's HashKV shape: what a compaction keeps, not what is still on file)."""
+        return self._hash_kv(self._txn, rev, self.compact_revision)
+
+    def hash_kv_reader(self, rev: int) -> Callable[[], int]:
+        """hash_kv of the committed state now, as a function to run in another thread (it reads
+        every record: on a large store it must not hold the event loop)."""
+        txn = self.backend.snapshot_txn()
+        compact = self.compact_revision
+
+        def run() -> int:
+            try:
+                return self._hash_kv(txn, rev, compact)
+            finally:
+                txn.abort()
+
+        return run
+
+    def _hash_kv(self, txn: Any, rev: int, compact: int) -> int:
         h = 0
-        for key in self._keys:
-            for kv in self._history[key]:
-                if kv.mod_revision > rev:
+        get, records, index = txn.get, self._records, self._index
+        for key in keyindex.iter_range(txn, index, b"\0", b"\0", values=False, dupsort=True):
+            for ent in keyindex.entries(txn, index, key):
+                if rev_main(ent) > rev:
                     break
-                h = zlib.crc32(kv.SerializeToString(deterministic=True), h)
+                if self._survives(key, ent, txn, compact):
+                    h = zlib.crc32(get(ent[:16], db=records), h)
         return h
 
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "compact_revision": self.compact_revision,
-            "history": [[k, [kv.SerializeToString() for kv in self._history[k]]] for k in self._keys],
-            "multi": [[r, ks] for r, ks in sorted(self._multi.items())],
-            "leases": self.leases.to_state(),
-        }
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> MVCCStore:
-        store = cls()
-        store.revision = state["revision"]
-        store.compact_revision = state["compact_revision"]
-        for key, records in state["history"]:
-            for raw in records:
-                store._append(key, KeyValue.FromString(raw))
-        store._compactable = {k for k, hist in store._history.items() if len(hist) > 1 or not hist[-1].version}
-        store._multi = {r: list(ks) for r, ks in state["multi"]}
-        store.leases = LeaseTable.from_state(state["leases"])
-        return store
-
-    def dumps(self) -> bytes:
-        data: bytes = msgpack.packb(self.to_state(), use_bin_type=True)
-        return data
-
-    @classmethod
-    def loads(cls, data: bytes) -> MVCCStore:
-        return cls.from_state(msgpack.unpackb(data, raw=False, strict_map_key=False))
+def _compacted_entries(ents: list[bytes], target: int) -> list[bytes]:
+    """The index entries (oldest first) a compaction at target drops."""
+    keep_from = 0
+    for i, ent in enumerate(ents):
+        if rev_main(ent) > target:
+            break
+        keep_from = i if not keyindex.is_tombstone(ent) else i + 1
+    return ents[:keep_from]
 
 
 def _passes_filters(req: Any, kv: Any) -> bool:
@@ -432,27 +521,35 @@ def _passes_filters(req: Any, kv: Any) -> bool:
 
 
 class WriteTxn:
-    """One write request in progress: every change it makes gets revision store.revision + 1.
+    """One request in progress: every change it makes gets revision store.revision + 1.
 
-    Changes are written to the history at once (so later ops of the same txn
-    read them) and undone by `abort` if the request must not land. `end`
-    publishes the revision if anything changed.
+    Changes are written into the open batch at once (so later ops of the same
+    txn read them); the state machine runs a request that may fail halfway in
+    a nested LMDB transaction and calls `abort` to undo the counters kept
+    here. `end` publishes the revision if anything changed.
     """
 
     def __init__(self, store: MVCCStore) -> None:
         self.store = store
         self.revision = store.revision + 1
         self.events: list[Any] = []
-        self._changed_keys: list[bytes] = []
-        self._lease_undo: list[tuple[bytes, int, int]] = []  # (key, old lease, new lease)
+        self._sub = 0
+        self._live_delta = 0
 
     @property
     def changed(self) -> bool:
-        return bool(self._changed_keys)
+        return self._sub > 0
+
+    def _next_rev(self) -> bytes:
+        rev = rev_bytes(self.revision, self._sub)
+        self._sub += 1
+        return rev
 
     def put(self, key: bytes, value: bytes, lease: int, *, ignore_value: bool, ignore_lease: bool) -> Any | None:
         """Write key; return its previous live KeyValue. Checks were done by the caller."""
         store = self.store
+        if len(key) > KEY_BYTES_MAX:
+            raise fail(errors.KEY_TOO_LONG)
         prev = store.get(key)
         if ignore_value or ignore_lease:
             if prev is None:
@@ -476,14 +573,16 @@ class WriteTxn:
             kv = KeyValue(
                 key=key, value=value, create_revision=self.revision, mod_revision=self.revision, version=1, lease=lease
             )
-        store._append(key, kv)
-        self._changed_keys.append(key)
+            self._live_delta += 1
+            store.live_keys += 1
+        store._write(key, kv, self._next_rev(), False)
         old_lease = prev.lease if prev is not None else 0
-        if old_lease or lease:
+        if old_lease != lease:
             store.leases.detach(old_lease, key)
             store.leases.attach(lease, key)
-            self._lease_undo.append((key, old_lease, lease))
-        self._add_event(EVENT_PUT, kv)
+        # prev is the state before the txn unless this txn wrote the key already.
+        before = prev if prev is None or prev.mod_revision < self.revision else False
+        self.events.append(store.watch_event(EVENT_PUT, kv, before))
         return prev
 
     def delete_range(self, key: bytes, range_end: bytes) -> list[Any]:
@@ -492,132 +591,24 @@ class WriteTxn:
         prevs = list(store.iter_live(key, range_end))
         for prev in prevs:
             tomb = KeyValue(key=prev.key, mod_revision=self.revision)
-            store._append(prev.key, tomb)
-            self._changed_keys.append(prev.key)
+            store._write(prev.key, tomb, self._next_rev(), True)
+            self._live_delta -= 1
+            store.live_keys -= 1
             if prev.lease:
                 store.leases.detach(prev.lease, prev.key)
-                self._lease_undo.append((prev.key, prev.lease, 0))
-            self._add_event(EVENT_DELETE, tomb)
+            before = prev if prev.mod_revision < self.revision else False
+            self.events.append(store.watch_event(EVENT_DELETE, tomb, before))
         return prevs
 
-    def _add_event(self, event_type: Any, kv: Any) -> None:
-        self.events.append(self.store.watch_event(event_type, kv))
-
     def abort(self) -> None:
-        store = self.store
-        for key in reversed(self._changed_keys):
-            store._drop_last(key)
-        for key, old_lease, new_lease in reversed(self._lease_undo):
-            store.leases.detach(new_lease, key)
-            store.leases.attach(old_lease, key)
-        self._changed_keys.clear()
-        self._lease_undo.clear()
+        """Undo the counters (the caller aborts the nested LMDB transaction that holds the writes)."""
+        self.store.live_keys -= self._live_delta
+        self._live_delta = 0
+        self._sub = 0
         self.events.clear()
 
     def end(self) -> int:
         """Publish the txn; return the store revision after it."""
-        if self._changed_keys:
-            store = self.store
-            store.revision = self.revision
-            if len(self._changed_keys) > 1:
-                store._multi[self.revision] = list(self._changed_keys)
+        if self._sub:
+            self.store.revision = self.revision
         return self.store.revision
-
-
-def txn_path(store: MVCCStore, req: Any) -> list[bool]:
-    """Evaluate the compares of a txn and of every nested txn on the chosen path, before any write.
-
-    etcd decides the whole path up front (compareToPath), against the state
-    before the txn.
-    """
-    path: list[bool] = []
-
-    def walk(t: Any) -> None:
-        ok = all(store.compare(c) for c in t.compare)
-        path.append(ok)
-        for op in t.success if ok else t.failure:
-            if op.WhichOneof("request") == "request_txn":
-                walk(op.request_txn)
-
-    walk(req)
-    return path
-
-
-def check_txn_ops(store: MVCCStore, req: Any, path: Sequence[bool]) -> None:
-    """etcd's apply-time checks on the chosen branches, in its order: every put (lease,
-    ignore_* target) first, then every range revision."""
-
-    def walk(t: Any, index: int, check: Any) -> int:
-        ok = path[index]
-        index += 1
-        for op in t.success if ok else t.failure:
-            kind = op.WhichOneof("request")
-            if kind == "request_txn":
-                index = walk(op.request_txn, index, check)
-            else:
-                check(kind, op)
-        return index
-
-    def check_puts(kind: str, op: Any) -> None:
-        if kind == "request_put":
-            check_put(store, op.request_put)
-
-    def check_ranges(kind: str, op: Any) -> None:
-        if kind == "request_range" and op.request_range.revision > 0:
-            store.check_revision(op.request_range.revision)
-
-    walk(req, 0, check_puts)
-    walk(req, 0, check_ranges)
-
-
-def check_put(store: MVCCStore, req: Any) -> None:
-    if (req.ignore_value or req.ignore_lease) and store.get(req.key) is None:
-        raise fail(errors.KEY_NOT_FOUND)
-    if req.lease and req.lease not in store.leases:
-        raise fail(errors.LEASE_NOT_FOUND)
-
-
-def txn_has_writes(req: Any) -> bool:
-    """True unless every op in both branches is a Range (etcd's isTxnReadonly)."""
-    return any(op.WhichOneof("request") != "request_range" for op in (*req.success, *req.failure))
-
-
-def execute_txn(store: MVCCStore, req: Any, txn: WriteTxn) -> Any:
-    """Run a validated TxnRequest inside txn; return the TxnResponse (header revision set by caller)."""
-    path = txn_path(store, req)
-    check_txn_ops(store, req, path)
-    index = 0
-
-    def run(t: Any, nested: bool) -> Any:
-        nonlocal index
-        ok = path[index]
-        index += 1
-        resp = pb.TxnResponse(succeeded=ok)
-        for op in t.success if ok else t.failure:
-            kind = op.WhichOneof("request")
-            out = resp.responses.add()
-            if kind == "request_range":
-                out.response_range.CopyFrom(store.range(op.request_range, txn=txn))
-            elif kind == "request_put":
-                r = op.request_put
-                prev = txn.put(r.key, r.value, r.lease, ignore_value=r.ignore_value, ignore_lease=r.ignore_lease)
-                out.response_put.header.revision = txn.revision
-                if r.prev_kv and prev is not None:
-                    out.response_put.prev_kv.CopyFrom(prev)
-            elif kind == "request_delete_range":
-                r = op.request_delete_range
-                prevs = txn.delete_range(r.key, r.range_end)
-                d = out.response_delete_range
-                d.header.revision = txn.revision if txn.changed else store.revision
-                d.deleted = len(prevs)
-                if r.prev_kv:
-                    d.prev_kvs.extend(prevs)
-            elif kind == "request_txn":
-                out.response_txn.CopyFrom(run(op.request_txn, nested=True))
-        if nested:
-            resp.header.SetInParent()  # etcd leaves a nested txn's header empty
-        else:
-            resp.header.revision = txn.revision if txn.changed else store.revision
-        return resp
-
-    return run(req, nested=False)

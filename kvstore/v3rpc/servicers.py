@@ -7,7 +7,8 @@ import contextlib
 import functools
 import hashlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +19,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
-from kvstore.mvcc.store import execute_txn, txn_has_writes
+from kvstore.mvcc.txn import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
 from kvstore.v3rpc import validate
 from kvstore.watch import WatchStream
@@ -26,7 +27,6 @@ from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
 SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot stream chunk
-SNAPSHOT_MAGIC = b"KVSTORE-SNAPSHOT-1\n"
 SNAPSHOT_ALIGN_BYTES = 512  # etcdctl requires (size - 32) % 512 == 0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -71,9 +71,9 @@ class KV(rpc.KVServicer):
         if not request.serializable:
             await self.m.linearizable_barrier()
         self.m.counters["ranges"] += 1
-        resp = self.m.store.range(request)
-        fill(self.m, resp.header)
-        return resp
+        header = pb.ResponseHeader()
+        fill(self.m, header, with_revision=False)
+        return self.m.store.range_encoded(request, header)  # wire bytes: see _passthrough
 
     @unary
     async def Put(self, request: Any, context: Any) -> Any:
@@ -295,13 +295,13 @@ class Maintenance(rpc.MaintenanceServicer):
 
     @unary
     async def Defragment(self, request: Any, context: Any) -> Any:
-        self.m.defragment()
+        await self.m.defragment()
         return pb.DefragmentResponse()  # etcd sends no header here
 
     @unary
     async def Hash(self, request: Any, context: Any) -> Any:
         store = self.m.store
-        resp = pb.HashResponse(hash=store.hash_kv(store.revision))
+        resp = pb.HashResponse(hash=await self.m.read_in_thread(store.hash_kv_reader(store.revision)))
         fill(self.m, resp.header)
         return resp
 
@@ -310,20 +310,28 @@ class Maintenance(rpc.MaintenanceServicer):
         store = self.m.store
         store.check_revision(request.revision)
         rev = request.revision or store.revision
-        resp = pb.HashKVResponse(hash=store.hash_kv(rev), compact_revision=store.compact_revision, hash_revision=rev)
+        compact_revision = store.compact_revision
+        hash_kv = await self.m.read_in_thread(store.hash_kv_reader(rev))
+        resp = pb.HashKVResponse(hash=hash_kv, compact_revision=compact_revision, hash_revision=rev)
         fill(self.m, resp.header)
         return resp
 
     async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        image = snapshot_image(self.m.snapshot_blob())
-        digest = hashlib.sha256(image).digest()
+        # Streamed as it is read from one LMDB read transaction, never whole in memory. The
+        # total is not known up front: remaining_bytes counts down from the in-use size
+        # (etcdctl only prints it) and is 0 on the last message, the SHA-256 trailer.
         header = self.m.header(self.m.store.revision)
-        remaining = len(image)
-        for offset in range(0, len(image), SNAPSHOT_CHUNK_BYTES):
-            chunk = image[offset : offset + SNAPSHOT_CHUNK_BYTES]
-            remaining -= len(chunk)
-            yield pb.SnapshotResponse(header=header, remaining_bytes=remaining, blob=chunk, version=STORAGE_VERSION)
-        yield pb.SnapshotResponse(header=header, remaining_bytes=0, blob=digest, version=STORAGE_VERSION)
+        remaining = self.m.db_size_in_use_bytes
+        digest = hashlib.sha256()
+        async for piece in snapshot_image(self.m.snapshot_stream()):
+            digest.update(piece)
+            for offset in range(0, len(piece), SNAPSHOT_CHUNK_BYTES):
+                chunk = piece[offset : offset + SNAPSHOT_CHUNK_BYTES]
+                remaining = max(remaining - len(chunk), 1)
+                yield pb.SnapshotResponse(
+                    header=header, remaining_bytes=remaining, blob=chunk, version=STORAGE_VERSION
+                )
+        yield pb.SnapshotResponse(header=header, remaining_bytes=0, blob=digest.digest(), version=STORAGE_VERSION)
 
     @unary
     async def MoveLeader(self, request: Any, context: Any) -> Any:
@@ -354,24 +362,45 @@ class Auth(rpc.AuthServicer):
         raise fail(errors.AUTH_NOT_ENABLED)
 
 
-def snapshot_image(blob: bytes) -> bytes:
-    """The snapshot file body: magic, length, state, zero padding to a multiple of 512 bytes."""
-    body = SNAPSHOT_MAGIC + len(blob).to_bytes(8, "big") + blob
-    return body + b"\0" * (-len(body) % SNAPSHOT_ALIGN_BYTES)
+async def snapshot_image(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The snapshot file body: the state stream (self-delimiting), zero padding to a multiple of
+    512 bytes (etcdctl tells a file with a SHA-256 trailer by its size)."""
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        yield chunk
+    if size % SNAPSHOT_ALIGN_BYTES:
+        yield b"\0" * (-size % SNAPSHOT_ALIGN_BYTES)
 
 
-def read_snapshot_file(data: bytes) -> bytes:
-    """The state blob of a file written by `etcdctl snapshot save` against this server."""
-    if len(data) < 32 or (len(data) - 32) % SNAPSHOT_ALIGN_BYTES:
+SNAPSHOT_READ_BYTES = 1 << 20
+
+
+def read_snapshot_file(path: str) -> Iterator[bytes]:
+    """The state stream of a file written by `etcdctl snapshot save` against this server, in
+    chunks; the file's SHA-256 trailer is checked first (one pass, a chunk at a time)."""
+    size = os.path.getsize(path)
+    if size < 32 or (size - 32) % SNAPSHOT_ALIGN_BYTES:
         raise ValueError("not a snapshot file: its size is not a multiple of 512 plus a 32-byte checksum")
-    image, digest = data[:-32], data[-32:]
-    if hashlib.sha256(image).digest() != digest:
-        raise ValueError("snapshot checksum mismatch")
-    if not image.startswith(SNAPSHOT_MAGIC):
-        raise ValueError("not a kvstore snapshot (etcd's bbolt snapshots cannot be loaded)")
-    n = len(SNAPSHOT_MAGIC)
-    length = int.from_bytes(image[n : n + 8], "big")
-    return image[n + 8 : n + 8 + length]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size - 32
+        while left:
+            chunk = f.read(min(SNAPSHOT_READ_BYTES, left))
+            digest.update(chunk)
+            left -= len(chunk)
+        if digest.digest() != f.read(32):
+            raise ValueError("snapshot checksum mismatch")
+
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            left = size - 32
+            while left:
+                chunk = f.read(min(SNAPSHOT_READ_BYTES, left))
+                left -= len(chunk)
+                yield chunk
+
+    return chunks()
 
 
 class Malformed:
@@ -447,6 +476,16 @@ def _unary_stream(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callabl
     return handler
 
 
+def _passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A response serializer that sends a handler's bytes as they are (a Range built from the
+    stored records) and serializes messages."""
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return encode
+
+
 def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None:
     """Register every method of an etcdserverpb service, with strict request parsing."""
     service = pb.DESCRIPTOR.services_by_name[service_name]
@@ -454,7 +493,7 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     for method in service.methods:
         behavior = getattr(servicer, method.name)
         parse = strict_parser(getattr(pb, method.input_type.name))
-        serialize = getattr(pb, method.output_type.name).SerializeToString
+        serialize = _passthrough(getattr(pb, method.output_type.name).SerializeToString)
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(_request_stream(behavior), parse, serialize)
         elif method.server_streaming:

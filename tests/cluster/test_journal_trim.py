@@ -17,7 +17,7 @@ def test_restart_after_trim_recovers_from_the_journal_snapshot() -> None:
         last = kv.Range(pb.RangeRequest(key=b"/trim/", range_end=b"/trim0"), timeout=10)
         log = srv.stderr_tail(1 << 20)
         assert "trimmed below" in log
-        # Lose the tmpfs checkpoint: the member must rebuild from the journal's snapshot plus its tail.
+        # Lose the tmpfs state file: the member must rebuild from the journal's snapshot plus its tail.
         srv.stop(cleanup=False)
         for leftover in (srv.work_dir / "state").glob("*"):
             leftover.unlink()

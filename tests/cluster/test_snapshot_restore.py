@@ -47,7 +47,7 @@ def test_snapshot_saved_by_etcdctl_seeds_a_new_server() -> None:
             kv.Put(pb.PutRequest(key=b"/snap/new", value=b"n"), timeout=10).header.revision
             == before.header.revision + 1
         )
-        # The restored state survives a restart with its tmpfs checkpoint gone (journal snapshot + replay).
+        # The restored state survives a restart with its tmpfs state file gone (journal snapshot + replay).
         restored.stop(cleanup=False)
         for leftover in (restored.work_dir / "state").glob("*"):
             leftover.unlink()

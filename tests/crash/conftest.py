@@ -1,5 +1,5 @@
 """Crash-test fixtures: a failing test's report carries the server's stderr, and its work dir
-(data dir with the journal, state dir with the checkpoint) is kept for a post-mortem."""
+(data dir with the journal, state dir with the state file) is kept for a post-mortem."""
 
 from __future__ import annotations
 

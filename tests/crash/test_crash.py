@@ -4,9 +4,10 @@ After every restart: every acknowledged put is readable with its value and mod_r
 revision never went down, a new put gets the next revision, and a watch resumed from the last
 revision a watcher saw before the crash delivers exactly the following events (no gap, no
 duplicate), and compare-and-swap increments form an unbroken 1, 2, 3, ... Restarts come in every
-flavour: after kill -9 with a checkpoint on the state dir (written at a graceful stop or
-periodically), with the state dir wiped or its checkpoint corrupt, cut short or stale (a longer
-replay), and with a torn or garbage tail appended to the journal's last segment file.
+flavour: after kill -9 with the state file (LMDB, on the state dir, committed with every applied
+batch) in place, after a graceful stop, with the state dir wiped or its file garbled, cut short or
+stale (a rebuild or a longer replay), and with a torn or garbage tail appended to the journal's last
+segment file.
 
 The server runs with its default journal fsync policy (`always`). The kill points are random,
 from a seed (KVSTORE_CRASH_SEED, printed on failure), and every loop is bounded.
@@ -56,10 +57,11 @@ def state_dir(srv: ServerProcess) -> Path:
     return srv.work_dir / "state"
 
 
-def checkpoint_file(srv: ServerProcess) -> Path:
-    """The one checkpoint in the state dir (its name is the server's business)."""
-    files = [p for p in state_dir(srv).iterdir() if not p.name.endswith(".tmp")]
-    assert len(files) == 1, f"expected one checkpoint file, found {files}"
+def state_file(srv: ServerProcess) -> Path:
+    """The one state file in the state dir (its name is the server's business; LMDB's lock file
+    and the gRPC socket aside)."""
+    files = [p for p in state_dir(srv).iterdir() if p.is_file() and not p.name.endswith("-lock")]
+    assert len(files) == 1, f"expected one state file, found {files}"
     return files[0]
 
 
@@ -191,17 +193,16 @@ def test_kill9_under_write_load(server: ServerProcess) -> None:
     rng = random.Random(SEED)
     history = History()
 
-    crash_cycle(server, history, rng, 0)  # no checkpoint yet: replay from the start of the journal
-    crash_cycle(server, history, rng, 1, graceful=True)  # SIGTERM under load: a checkpoint is written
-    checkpoint = checkpoint_file(server)  # the graceful stop wrote it
-    graceful_mtime_ns = checkpoint.stat().st_mtime_ns
+    crash_cycle(server, history, rng, 0)  # kill -9: the state file plus the journal's tail
+    crash_cycle(server, history, rng, 1, graceful=True)  # SIGTERM under load
+    state = state_file(server)
+    graceful_mtime_ns = state.stat().st_mtime_ns
 
-    def periodic_checkpoint_written() -> None:
-        assert checkpoint.stat().st_mtime_ns > graceful_mtime_ns, "no periodic checkpoint during a 6 s load"
+    def state_file_written() -> None:
+        assert state.stat().st_mtime_ns > graceful_mtime_ns, "the state file did not change under a 6 s load"
 
-    # a load longer than the checkpoint interval (5 s): killed after a periodic checkpoint, so the
-    # restart loads that checkpoint and replays the journal's tail after it
-    crash_cycle(server, history, rng, 2, before_restart=periodic_checkpoint_written, kill_window_s=(5.5, 6.5))
+    # a longer load: the restart opens the file the killed process was committing to
+    crash_cycle(server, history, rng, 2, before_restart=state_file_written, kill_window_s=(5.5, 6.5))
     crash_cycle(server, history, rng, 3, before_restart=lambda: shutil.rmtree(state_dir(server)))
     final_checks(server, history)
     assert len(history.acks) >= 4 * MIN_ACKS_PER_CYCLE
@@ -224,38 +225,39 @@ def damage_tail(srv: ServerProcess, tail: str, rng: random.Random) -> Callable[[
     return recovered
 
 
-def test_torn_tails_and_damaged_checkpoints(server: ServerProcess) -> None:
-    """Each kind of damaged journal tail, combined with each kind of damaged state dir: a checkpoint
-    with a flipped byte, cut short, older than the last one, or gone. The state dir is only a cache:
-    its damage costs a longer replay, never data."""
+def test_torn_tails_and_damaged_state_files(server: ServerProcess) -> None:
+    """Each kind of damaged journal tail, combined with each kind of damaged state dir: a state file
+    with garbage over its header pages, cut short, older than the last one, or gone. The state dir
+    is only a cache: its damage costs a rebuild or a longer replay, never data."""
     print(f"KVSTORE_CRASH_SEED={SEED}")
     rng = random.Random(f"{SEED}:tails")
     history = History()
     state = state_dir(server)
 
-    crash_cycle(server, history, rng, 0, graceful=True)  # writes a checkpoint
-    checkpoint = checkpoint_file(server)
-    stale = checkpoint.read_bytes()
+    crash_cycle(server, history, rng, 0, graceful=True)
+    stale = state_file(server).read_bytes()
 
-    def flip_byte() -> None:
-        data = bytearray(checkpoint.read_bytes())
-        data[rng.randrange(len(data) // 2, len(data))] ^= 0xFF
-        checkpoint.write_bytes(bytes(data))
+    def garble_header() -> None:  # LMDB's two meta pages: the file is refused and rebuilt
+        path = state_file(server)
+        data = bytearray(path.read_bytes())
+        data[: 2 * 4096] = rng.randbytes(2 * 4096)
+        path.write_bytes(bytes(data))
 
     def cut_short() -> None:
-        data = checkpoint.read_bytes()
-        checkpoint.write_bytes(data[: rng.randrange(1, len(data))])
+        path = state_file(server)
+        data = path.read_bytes()
+        path.write_bytes(data[: rng.randrange(1, len(data))])
 
-    def restore_stale() -> None:  # an older, valid checkpoint: replay from further back
-        checkpoint.write_bytes(stale)
+    def restore_stale() -> None:  # an older, valid state file: replay from further back
+        state_file(server).write_bytes(stale)
 
     def wipe() -> None:
         shutil.rmtree(state)
 
-    # (tail, state damage, graceful: a fresh checkpoint to damage)
+    # (tail, state damage, graceful stop before the damage)
     plan: list[tuple[str, Callable[[], None] | None, bool]] = [
         ("garbage", None, False),
-        ("zeros", flip_byte, True),
+        ("zeros", garble_header, True),
         ("torn-record", cut_short, True),
         ("bad-crc", restore_stale, False),
         ("huge-length", wipe, False),
@@ -280,7 +282,7 @@ def test_torn_tails_and_damaged_checkpoints(server: ServerProcess) -> None:
 
 
 def kill_during_startup(srv: ServerProcess, delay_s: float) -> None:
-    """Start the server and SIGKILL it after delay_s, while it loads its checkpoint or replays the
+    """Start the server and SIGKILL it after delay_s, while it opens its state file or replays the
     journal (or, if it was quick, once it serves)."""
     failed: list[BaseException] = []
 
@@ -303,7 +305,7 @@ def kill_during_startup(srv: ServerProcess, delay_s: float) -> None:
 @pytest.mark.slow
 def test_kill_during_recovery(server: ServerProcess) -> None:
     """A journal long enough that recovery takes a while, and kills while the server recovers:
-    from a checkpoint plus the tail, then from the journal alone (state dir wiped)."""
+    from the state file plus the tail, then from the journal alone (state dir wiped)."""
     print(f"KVSTORE_CRASH_SEED={SEED}")
     rng = random.Random(f"{SEED}:recovery")
     history = History()
@@ -363,6 +365,6 @@ def test_kill9_soak(server: ServerProcess) -> None:
             graceful=flavour == "graceful",
             before_restart={"wipe": wipe, "tail": damage}.get(flavour),
             writers=rng.randint(2, 8),
-            kill_window_s=(4.0, 8.0) if flavour == "long" else (0.05, 1.0),  # around the 5 s checkpoints
+            kill_window_s=(4.0, 8.0) if flavour == "long" else (0.05, 1.0),
         )
     final_checks(server, history)

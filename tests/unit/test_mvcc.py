@@ -7,6 +7,8 @@ import pytest
 
 from kvstore import errors
 from kvstore.errors import EtcdError
+from kvstore.mvcc import keyindex
+from kvstore.mvcc.backend import DB_INDEX, DB_RECORDS
 from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from kvstore.v3rpc import validate
@@ -154,10 +156,21 @@ def test_compaction_drops_deleted_keys_and_old_versions() -> None:
     d.put(b"a")
     d.put(b"b")
     d.delete(b"b")
-    before = d.store.bytes_in_use
+    backend = d.store.backend
+    assert backend.entries(DB_RECORDS) == 4
+    hash_before = d.store.hash_kv(5)
     d.apply(Kind.COMPACT, pb.CompactionRequest(revision=5))
-    assert d.store.bytes_in_use < before
-    assert list(d.store.iter_keys(b"\0", b"\0")) == [b"a"]
+    # Logically compacted at once (the hash counts only what is kept), physically in steps.
+    assert d.store.hash_kv(5) != hash_before and d.store.compaction_pending
+    hash_compacted = d.store.hash_kv(5)
+    snapshot_compacted = d.sm.dumps()
+    with backend.batch():
+        while d.store.compact_step(entries_max=1):
+            pass
+    assert not d.store.compaction_pending
+    assert backend.entries(DB_RECORDS) == 1
+    assert list(keyindex.iter_range(backend.txn, backend.dbs[DB_INDEX], b"\0", b"\0", values=False)) == [b"a"]
+    assert d.store.hash_kv(5) == hash_compacted and d.sm.dumps() == snapshot_compacted
 
 
 def test_compact_zero_once() -> None:
@@ -462,8 +475,11 @@ def test_current_reads_from_the_live_index_match_reads_from_history() -> None:
 
 def test_due_leases_follow_renewals_and_revokes() -> None:
     from kvstore.lease import LeaseTable
+    from kvstore.mvcc.backend import Backend
 
-    t = LeaseTable()
+    backend = Backend.temporary()
+    backend.begin_batch()
+    t = LeaseTable(backend)
     for i in range(1, 6):
         t.grant(i, 10, now_ms=i * 1000)  # deadlines 11s .. 15s
     t.renew(1, now_ms=5000)  # 1 now due at 15s
@@ -471,4 +487,6 @@ def test_due_leases_follow_renewals_and_revokes() -> None:
     assert t.due(13_500, limit=10) == [3]
     assert t.due(15_000, limit=2) == [3, 4]
     assert t.due(15_000, limit=10) == [3, 4, 1, 5]
-    assert LeaseTable.from_state(t.to_state()).due(15_000, limit=10) == [3, 4, 1, 5]
+    backend.commit_batch()
+    assert LeaseTable(backend).due(15_000, limit=10) == [3, 4, 1, 5]
+    backend.close()

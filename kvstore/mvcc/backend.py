@@ -1,0 +1,285 @@
+"""The LMDB environment that holds a member's whole state, and its write batches.
+
+One memory-mapped file (on tmpfs by default) holds every named database the
+state machine uses; nothing of the state lives on the Python heap. The layout
+follows etcd's bbolt buckets:
+
+- `records`: revision (main, sub: 8 + 8 bytes big-endian) -> serialized mvccpb.KeyValue
+- `index`:   key -> its revisions (dupsort: revision + 1 flag byte, 1 = tombstone)
+- `live`:    key -> revision of its newest record, for keys whose newest record is live
+- `lease`, `lease_keys`, `lease_due`: the lease table (kvstore/lease.py)
+- `meta`:    name -> blob, one per piece of state-machine state (see META_*)
+
+Every change of a journal batch is made in ONE write transaction, together
+with the journal position it reaches, so a crash at any instant leaves exactly
+"everything up to position P". Nothing is fsynced: the journal is the
+durability, and a lost file is rebuilt from the journal's snapshot and tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+import tempfile
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import lmdb
+
+# Names of the databases in the environment; a new concept with its own table adds its name here.
+DB_RECORDS = b"records"
+DB_INDEX = b"index"
+DB_LIVE = b"live"
+DB_LEASE = b"lease"
+DB_LEASE_KEYS = b"lease_keys"
+DB_LEASE_DUE = b"lease_due"
+DB_META = b"meta"
+DATABASES: tuple[bytes, ...] = (DB_RECORDS, DB_INDEX, DB_LIVE, DB_LEASE, DB_LEASE_KEYS, DB_LEASE_DUE, DB_META)
+DUPSORT_DATABASES = frozenset({DB_INDEX})
+
+# Meta entries that are the member's own business, not part of the replicated state:
+# never put in a snapshot.
+META_JOURNAL = b"journal"  # msgpack {"token", "log"}: which journal this file follows
+META_COMPACTOR = b"compactor"  # physical compaction progress (invisible to reads)
+META_LOCAL = frozenset({META_JOURNAL, META_COMPACTOR})
+META_FORMAT = b"format"
+FORMAT_VERSION = b"kvstore-lmdb-1"
+
+STATE_FILE = "state.mdb"
+MAP_SIZE_MIN_BYTES = 1 << 30
+# The map is sparse: reserving address space costs nothing until pages are written.
+MAP_SIZE_HEADROOM = 2
+READERS_MAX = 126
+LMDB_KEY_BYTES_MAX = 511  # LMDB's compiled-in key size limit
+
+_U64 = struct.Struct(">Q")
+_REV = struct.Struct(">QQ")
+
+
+def rev_bytes(main: int, sub: int = 0) -> bytes:
+    return _REV.pack(main, sub)
+
+
+def rev_main(rev: bytes) -> int:
+    main: int = _U64.unpack_from(rev)[0]
+    return main
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def from_u64(data: bytes) -> int:
+    value: int = _U64.unpack(data)[0]
+    return value
+
+
+def map_size_for(quota_bytes: int) -> int:
+    """Address space to reserve for a quota (0 = no quota: etcd's 8 GiB suggested maximum)."""
+    quota = quota_bytes if quota_bytes > 0 else 8 << 30
+    return max(MAP_SIZE_MIN_BYTES, quota * MAP_SIZE_HEADROOM)
+
+
+class StateFileRefused(Exception):
+    """The state file cannot be used (another journal, the future of this one, damaged)."""
+
+
+class Backend:
+    """An LMDB environment with the project's databases, and one write batch at a time.
+
+    `txn` is what every core reads and writes through: the open write
+    transaction during a batch, otherwise a read transaction renewed after
+    every commit (so reads between batches see the newest committed state).
+    """
+
+    def __init__(self, path: str, *, map_size: int = MAP_SIZE_MIN_BYTES, owns_dir: str | None = None) -> None:
+        self.path = path
+        self.map_size = map_size
+        self._owns_dir = owns_dir
+        self.env = self._open(path, map_size)
+        self.dbs: dict[bytes, Any] = {}
+        with self.env.begin(write=True) as txn:
+            for name in DATABASES:
+                dupsort = name in DUPSORT_DATABASES
+                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+            if txn.get(META_FORMAT, db=self.dbs[DB_META]) is None:
+                txn.put(META_FORMAT, FORMAT_VERSION, db=self.dbs[DB_META])
+        self._write: Any = None
+        self._reader: Any = None
+        self.commits = 0
+
+    @staticmethod
+    def _open(path: str, map_size: int) -> Any:
+        # A file shorter than LMDB's last page means a cut file: mapping it would fault on read.
+        env = lmdb.open(
+            path,
+            subdir=False,
+            map_size=map_size,
+            max_dbs=len(DATABASES) + 8,
+            max_readers=READERS_MAX,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            meminit=False,
+            lock=True,
+        )
+        info = env.info()
+        needed = (info["last_pgno"] + 1) * env.stat()["psize"]
+        if os.path.getsize(path) < needed:
+            env.close()
+            raise StateFileRefused(f"{path} is cut short ({os.path.getsize(path)} of {needed} bytes)")
+        return env
+
+    @classmethod
+    def temporary(cls) -> Backend:
+        """A private environment in a fresh temp dir (tests, scratch state), removed by close()."""
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        directory = tempfile.mkdtemp(prefix="kvstore-state-", dir=base)
+        backend = cls(os.path.join(directory, STATE_FILE), owns_dir=directory)
+        # Removed when closed, or at the latest when collected or at exit (tmpfs is memory).
+        weakref.finalize(backend, shutil.rmtree, directory, True)
+        return backend
+
+    # ----------------------------------------------------------- transactions
+
+    @property
+    def txn(self) -> Any:
+        if self._write is not None:
+            return self._write
+        if self._reader is None:
+            self._reader = self.env.begin(buffers=False)
+        return self._reader
+
+    @property
+    def in_batch(self) -> bool:
+        return self._write is not None
+
+    def begin_batch(self) -> None:
+        assert self._write is None, "one write batch at a time"
+        self._drop_reader()
+        self._write = self.env.begin(write=True)
+
+    def commit_batch(self) -> None:
+        txn, self._write = self._write, None
+        txn.commit()
+        self.commits += 1
+
+    def abort_batch(self) -> None:
+        txn, self._write = self._write, None
+        if txn is not None:
+            txn.abort()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """A write batch, or nothing new if one is open already (the outer one commits)."""
+        if self._write is not None:
+            yield
+            return
+        self.begin_batch()
+        try:
+            yield
+        except BaseException:
+            self.abort_batch()
+            raise
+        self.commit_batch()
+
+    @contextlib.contextmanager
+    def nested(self) -> Iterator[None]:
+        """A child transaction of the open batch: undone as a whole if the body raises."""
+        parent = self._write
+        assert parent is not None, "a nested transaction needs an open batch"
+        child = self.env.begin(write=True, parent=parent)
+        self._write = child
+        try:
+            yield
+        except BaseException:
+            self._write = parent
+            child.abort()
+            raise
+        self._write = parent
+        child.commit()
+
+    def _drop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.abort()
+
+    def snapshot_txn(self) -> Any:
+        """A read transaction of its own (a snapshot stream that outlives loop turns)."""
+        return self.env.begin(buffers=False)
+
+    # -------------------------------------------------------------------- meta
+
+    def get_meta(self, name: bytes, txn: Any = None) -> bytes | None:
+        value: bytes | None = (txn or self.txn).get(name, db=self.dbs[DB_META])
+        return value
+
+    def put_meta(self, name: bytes, blob: bytes) -> None:
+        assert self._write is not None, "meta is written inside a write batch"
+        self._write.put(name, blob, db=self.dbs[DB_META])
+
+    def delete_meta(self, name: bytes) -> None:
+        assert self._write is not None
+        self._write.delete(name, db=self.dbs[DB_META])
+
+    # ------------------------------------------------------------------- sizes
+
+    @property
+    def file_bytes(self) -> int:
+        """The real size of the file (etcd's dbSize)."""
+        return os.path.getsize(self.path)
+
+    @property
+    def in_use_bytes(self) -> int:
+        """Pages holding data, as bbolt counts its in-use size (etcd's dbSizeInUse)."""
+        txn = self.txn
+        psize: int = self.env.stat()["psize"]
+        pages = 2  # the two meta pages
+        stats = [txn.stat(self.dbs[name]) for name in DATABASES]
+        stats.append(self.env.stat())  # the main database, which names the others
+        for s in stats:
+            pages += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+        return pages * psize
+
+    def entries(self, name: bytes) -> int:
+        n: int = self.txn.stat(self.dbs[name])["entries"]
+        return n
+
+    # ------------------------------------------------------------ maintenance
+
+    def compact_copy(self, target: str) -> None:
+        """A compacting copy of the committed state to target (safe from another thread)."""
+        if os.path.exists(target):
+            os.remove(target)
+        self.env.copy(target, compact=True)
+
+    def reopen(self, replacement: str | None = None) -> None:
+        """Close the environment, move replacement over the file if given, open it again."""
+        assert self._write is None, "reopen between batches"
+        self._drop_reader()
+        self.env.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path + "-lock")
+        if replacement is not None:
+            os.replace(replacement, self.path)
+        self.env = self._open(self.path, self.map_size)
+        with self.env.begin(write=True) as txn:
+            for name in DATABASES:
+                dupsort = name in DUPSORT_DATABASES
+                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+
+    def close(self) -> None:
+        self.abort_batch()
+        self._drop_reader()
+        self.env.close()
+        if self._owns_dir is not None:
+            shutil.rmtree(self._owns_dir, ignore_errors=True)
+
+
+def remove_state_file(path: str) -> None:
+    for p in (path, path + "-lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)

@@ -1,0 +1,128 @@
+"""The LMDB backend under the state machine: batches, nested undo, compaction steps, snapshots, defragment."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from kvstore import errors
+from kvstore.errors import EtcdError
+from kvstore.mvcc import snapshot
+from kvstore.mvcc.backend import DB_RECORDS, Backend
+from kvstore.statemachine import Kind, StateMachine, encode_entry
+from proto.etcdserverpb import rpc_pb2 as pb
+
+
+def _apply(sm: StateMachine, kind: Kind, req: object) -> object:
+    position = sm.applied_position + 1
+    out = sm.apply(position, 1_000 + position, encode_entry(kind, 1, position, req.SerializeToString()))  # type: ignore[attr-defined]
+    return out.result
+
+
+def _random_history(sm: StateMachine, rng: random.Random, steps: int) -> None:
+    for _ in range(steps):
+        k = b"k%02d" % rng.randrange(30)
+        op = rng.random()
+        if op < 0.6:
+            _apply(sm, Kind.PUT, pb.PutRequest(key=k, value=rng.randbytes(rng.randrange(1, 64))))
+        elif op < 0.8:
+            _apply(sm, Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=k, range_end=b"k%02d" % rng.randrange(30)))
+        elif op < 0.95:
+            _apply(sm, Kind.TXN, pb.TxnRequest(success=[
+                pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k)),
+                pb.RequestOp(request_put=pb.PutRequest(key=k + b"/x", value=b"t")),
+            ]))
+        else:
+            _apply(sm, Kind.COMPACT, pb.CompactionRequest(revision=sm.store.revision - rng.randrange(5)))
+
+
+def test_physical_compaction_progress_is_invisible() -> None:
+    """Two members with the same entries, one compacting physically at once, one never: same
+    reads, same hash, same snapshot bytes, same history for watchers."""
+    rng = random.Random(3)
+    a, b = StateMachine(), StateMachine()
+    for _ in range(6):
+        seed = rng.getrandbits(32)
+        _random_history(a, random.Random(seed), 60)
+        _random_history(b, random.Random(seed), 60)
+        with a.backend.batch():
+            while a.store.compact_step(entries_max=7):
+                pass
+        assert a.store.revision == b.store.revision
+        assert a.store.hash_kv(a.store.revision) == b.store.hash_kv(b.store.revision)
+        assert a.dumps() == b.dumps()
+        start = max(a.store.compact_revision, 1)
+        assert [(e.revision, list(e.events)) for e in a.store.events_since(start, b"k", b"l")] == [
+            (e.revision, list(e.events)) for e in b.store.events_since(start, b"k", b"l")
+        ]
+        req = pb.RangeRequest(key=b"k", range_end=b"l", revision=max(a.store.compact_revision, a.store.revision - 3))
+        assert a.store.range(req) == b.store.range(req)
+    assert a.backend.entries(DB_RECORDS) < b.backend.entries(DB_RECORDS)
+
+
+def test_a_failed_txn_leaves_nothing_in_the_batch() -> None:
+    sm = StateMachine()
+    _apply(sm, Kind.PUT, pb.PutRequest(key=b"a", value=b"1"))
+    before = sm.dumps()
+    bad = pb.TxnRequest(success=[
+        pb.RequestOp(request_put=pb.PutRequest(key=b"b", value=b"2")),
+        pb.RequestOp(request_put=pb.PutRequest(key=b"c", lease=99)),  # no such lease
+    ])
+    with sm.backend.batch():
+        result = _apply(sm, Kind.TXN, bad)
+        assert isinstance(result, EtcdError) and result.message == errors.LEASE_NOT_FOUND[1]
+    position_only = StateMachine.loads(before)
+    assert sm.store.revision == 2 and sm.store.live_keys == 1 and sm.applied_position == 2
+    assert sm.store.hash_kv(2) == position_only.store.hash_kv(2)
+
+
+def test_too_long_key_is_refused_before_anything_is_written() -> None:
+    sm = StateMachine()
+    result = _apply(sm, Kind.PUT, pb.PutRequest(key=b"k" * 504, value=b"v"))
+    assert isinstance(result, EtcdError) and result.message == errors.KEY_TOO_LONG[1]
+    assert sm.store.revision == 1
+    assert sm.store.get(b"k" * 600) is None  # lookups of longer keys find nothing, no error
+    resp = sm.store.range(pb.RangeRequest(key=b"k" * 600, range_end=b"\0"))
+    assert resp.count == 0
+
+
+def test_snapshot_stream_in_small_chunks_installs_the_same_state() -> None:
+    sm = StateMachine()
+    _random_history(sm, random.Random(9), 300)
+    _apply(sm, Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=5, TTL=60))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=b"leased", value=b"v", lease=5))
+    chunks = list(snapshot.produce(sm.backend, chunk_bytes=256))
+    assert len(chunks) > 3
+    copy = StateMachine.from_chunks(iter(chunks))
+    assert copy.dumps() == sm.dumps()
+    assert copy.store.leases.get(5) is not None and copy.store.leases.get(5).keys == [b"leased"]  # type: ignore[union-attr]
+    with pytest.raises(snapshot.SnapshotError):
+        StateMachine.from_chunks(chunks[:-1])  # cut short: no end marker
+    with pytest.raises(snapshot.SnapshotError):
+        StateMachine.from_chunks([b"not a snapshot at all, not at all"])
+
+
+def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: object) -> None:
+    directory = str(tmp_path)
+    backend = Backend(os.path.join(directory, "state.mdb"))
+    sm = StateMachine(backend)
+    for i in range(3000):
+        _apply(sm, Kind.PUT, pb.PutRequest(key=b"k%05d" % i, value=b"x" * 500))
+    _apply(sm, Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=b"k", range_end=b"l"))
+    _apply(sm, Kind.COMPACT, pb.CompactionRequest(revision=sm.store.revision))
+    with backend.batch():
+        while sm.store.compact_step(entries_max=1000):
+            pass
+    state = sm.dumps()
+    size_before, in_use = backend.file_bytes, backend.in_use_bytes
+    assert in_use < size_before // 4
+    tmp = os.path.join(directory, "state.mdb.defrag")
+    backend.compact_copy(tmp)
+    backend.reopen(tmp)
+    sm = StateMachine(backend)
+    assert backend.file_bytes < size_before // 4
+    assert backend.in_use_bytes <= backend.file_bytes
+    assert sm.dumps() == state
+    sm.close()
