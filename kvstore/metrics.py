@@ -6,7 +6,7 @@ Two kinds of family:
   anyway: revisions, sizes, proposal counts), by a collector;
 - observed as things happen: gRPC calls (the server interceptor, as etcd's
   go-grpc-prometheus does), the durable write of proposals to the journal
-  (etcd's WAL fsync), the checkpoint to tmpfs (etcd's backend commit) and the
+  (etcd's WAL fsync), the LMDB write transaction of an applied batch (etcd's backend commit) and the
   journal snapshot (etcd's backend snapshot).
 
 Each member has its own registry (several members may share a process in
@@ -81,7 +81,7 @@ class MemberMetrics:
         )
         self.backend_commit = Histogram(
             "etcd_disk_backend_commit_duration_seconds",
-            "The latency distributions of commit called by backend (here: a state checkpoint to tmpfs).",
+            "The latency distributions of commit called by backend (here: one applied batch's LMDB transaction).",
             buckets=DISK_BUCKETS_S,
             registry=r,
         )
