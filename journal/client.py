@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import random
+import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -64,9 +65,10 @@ def _parse_addr(addr: str) -> tuple[str, int]:
 class _Conn:
     """One TCP connection multiplexing unary requests by id."""
 
-    def __init__(self, addr: str, frame_bytes_max: int) -> None:
+    def __init__(self, addr: str, frame_bytes_max: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.addr = addr
         self.frame_bytes_max = frame_bytes_max
+        self.ssl_context = ssl_context  # TLS to the node (the --peer-* flags), None for plain TCP
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
@@ -80,7 +82,7 @@ class _Conn:
                 return self._writer
             host, port = _parse_addr(self.addr)
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
@@ -183,6 +185,7 @@ class JournalClient:
         rpc_timeout_ms: int = 2_000,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         read_from: str = "leader",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if read_from not in ("leader", "any"):
             raise ValueError("read_from is 'leader' or 'any'")
@@ -199,6 +202,7 @@ class JournalClient:
         # (up to a heartbeat interval later), so a tail read from the leader sees
         # entries sooner; "any" spreads read streams over the nodes instead.
         self.read_from = read_from
+        self.ssl_context = ssl_context
         self._conns: dict[str, _Conn] = {}
         self._leader: dict[str, str] = {}  # log -> address believed to lead it
         self._next_endpoint = random.randrange(len(self.endpoints))
@@ -213,7 +217,7 @@ class JournalClient:
     def _conn(self, addr: str) -> _Conn:
         c = self._conns.get(addr)
         if c is None:
-            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max)
+            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max, self.ssl_context)
         return c
 
     def _rotate(self) -> str:
@@ -367,7 +371,7 @@ class JournalClient:
             try:
                 host, port = _parse_addr(addr)
                 async with asyncio.timeout(self.rpc_timeout_ms / 1000):
-                    reader, w = await asyncio.open_connection(host, port)
+                    reader, w = await asyncio.open_connection(host, port, ssl=self.ssl_context)
                 writer = w
                 request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}
                 w.write(encode_frame("read", request, self.frame_bytes_max))

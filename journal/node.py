@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import time
 import zlib
 from collections.abc import Callable
@@ -121,6 +122,9 @@ class NodeConfig:
     append_bytes_max: int = 4 * 1024 * 1024
     logs_max: int = LOGS_MAX_DEFAULT
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    # TLS (the --peer-* flags): what this node's port requires, and what it uses towards its peers.
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -291,9 +295,10 @@ class _PeerLink:
     (Raft retransmits what is lost).
     """
 
-    def __init__(self, spec: PeerSpec, node_id: str) -> None:
+    def __init__(self, spec: PeerSpec, node_id: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.spec = spec
         self.node_id = node_id
+        self.ssl_context = ssl_context
         self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.closed = False
@@ -320,7 +325,7 @@ class _PeerLink:
             writer: asyncio.StreamWriter | None = None
             try:
                 async with asyncio.timeout(2.0):
-                    reader, writer = await asyncio.open_connection(host, int(port))
+                    reader, writer = await asyncio.open_connection(host, int(port), ssl=self.ssl_context)
                 writer.write(encode_frame("hello", {"node": self.node_id}))
                 self.writer = writer
                 backoff_ms = 20
@@ -351,10 +356,10 @@ class JournalNode:
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._replicas: dict[str, _Replica] = {}
         self._opening: dict[str, asyncio.Future[_Replica]] = {}
-        self._peer_links = {p.node_id: _PeerLink(p, config.node_id) for p in config.peers}
+        self._peer_links = {p.node_id: _PeerLink(p, config.node_id, config.client_ssl) for p in config.peers}
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
         self._peer_addr[config.node_id] = config.listen
-        self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max) for p in config.peers}
+        self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max, config.client_ssl) for p in config.peers}
         self._core_config_peers = (
             r.Peer(config.node_id, config.az),
             *(r.Peer(p.node_id, p.az) for p in config.peers),
@@ -372,7 +377,9 @@ class JournalNode:
 
     async def start(self) -> None:
         host, _, port = self.cfg.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._serve_conn, host, int(port), reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._serve_conn, host, int(port), reuse_address=True, ssl=self.cfg.server_ssl
+        )
         for link in self._peer_links.values():
             link.task = self._spawn(link.run())
         self._spawn(self._ticker())

@@ -20,6 +20,7 @@ from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
 from kvstore.mvcc.store import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
+from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
 from kvstore.watch import WatchStream
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -465,7 +466,7 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def add_servicers(server: grpc.aio.Server, member: Member) -> None:
+def add_servicers(server: grpc.aio.Server, member: Member, identities: PeerIdentities | None = None) -> None:
     for servicer, name in (
         (KV(member), "KV"),
         (Watch(member), "Watch"),
