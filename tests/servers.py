@@ -269,6 +269,7 @@ _KVSTORE_FLAG_RENAMES = {"experimental-watch-progress-notify-interval": "watch-p
 def start_kvstore(
     name: str = "kvstore-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = (),
     tls: tuple[Path, Path | None, Path | None] | None = None, env: dict[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> ServerProcess:
     """Our `kvstore serve` on a free loopback port, data and state dirs under a temp dir on tmpfs."""
     work = make_temp_dir(f"kvstore-{name}-")
@@ -300,7 +301,7 @@ def start_kvstore(
     srv.tls = tls
     srv.client_url = url
     try:
-        return srv.start()
+        return srv.start(ready_timeout_s)
     except Exception:
         srv.stop()
         raise

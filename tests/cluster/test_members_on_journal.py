@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -28,8 +28,9 @@ READY_TIMEOUT_S = 30.0
 
 
 class JournalNodes:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, extra_args: Sequence[str] = ()) -> None:
         self.base = base
+        self.extra_args = list(extra_args)  # e.g. the --peer-* TLS flags
         self.ports = {n: free_port() for n in "abc"}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -57,6 +58,7 @@ class JournalNodes:
                 peers,
                 "--data-dir",
                 str(self.base / f"journal-{node}"),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
