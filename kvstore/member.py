@@ -30,6 +30,8 @@ import msgpack
 
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
+from kvstore.auth.store import Authenticated, AuthInfo
+from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT, JWTTokens, SimpleTokens
 from kvstore.errors import EtcdError, fail
 from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
@@ -82,6 +84,7 @@ class MemberConfig:
     snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
     snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
     watch_cache_revisions: int = 100_000
+    auth_token_ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT  # etcd's --auth-token-ttl (simple tokens)
 
 
 def default_state_dir(data_dir: str) -> str:
@@ -138,6 +141,10 @@ class Member:
             "ranges": 0,
         }
         self.ready = asyncio.Event()
+        # Simple tokens live in each member's memory, as in etcd (see kvstore.auth.tokens);
+        # jwt is set when --auth-token is jwt,... and then issues every token.
+        self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
+        self.jwt: JWTTokens | None = None
 
     # ------------------------------------------------------------- identity
 
@@ -341,6 +348,12 @@ class Member:
             self.hub.compacted(applied.compacted_to)
         if applied.events:
             self._update_db_size()
+        if isinstance(applied.result, Authenticated) and applied.result.token:
+            self.auth_tokens.register(applied.result.token, applied.result.username)
+        if applied.tokens_revoked_for is not None:
+            self.auth_tokens.invalidate_user(applied.tokens_revoked_for)
+        if applied.tokens_cleared:
+            self.auth_tokens.clear()
         if applied.origin == self.origin:
             fut = self._pending.pop(applied.seq, None)
             if fut is not None and not fut.done():
@@ -367,11 +380,12 @@ class Member:
 
     # -------------------------------------------------------------- proposing
 
-    async def propose(self, kind: Kind, request: Any) -> Any:
-        """Append a request to the journal; return the response our applier computed for it."""
-        return await self.propose_payload(kind, request.SerializeToString())
+    async def propose(self, kind: Kind, request: Any, auth: AuthInfo | None = None) -> Any:
+        """Append a request to the journal; return the response our applier computed for it.
+        `auth`: the credentials it was made with, checked where it is applied."""
+        return await self.propose_payload(kind, request.SerializeToString(), auth)
 
-    async def propose_payload(self, kind: Kind, payload: bytes) -> Any:
+    async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
         if len(self._pending) >= PENDING_PROPOSALS_MAX:
             raise fail(errors.TOO_MANY_REQUESTS)
         if self._stopping:
@@ -379,7 +393,7 @@ class Member:
         seq = next(self._seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
-        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload)))
+        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload, auth)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

@@ -22,6 +22,7 @@ import urllib.parse
 import grpc
 
 from journal.api import Journal, Snapshot
+from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.member import Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-auto-tls",
         **GO_BOOL,
         help="talk TLS to the journal without verifying the nodes (they use --peer-auto-tls too)",
+    )
+    p.add_argument(
+        "--auth-token",
+        default="simple",
+        help="simple (default), or jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256[,ttl=5m] as etcd",
+    )
+    p.add_argument(
+        "--auth-token-ttl", type=int, default=300, help="seconds a simple token lives without use (default 300)"
     )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
@@ -276,9 +285,15 @@ async def run(args: argparse.Namespace) -> int:
         auto_compaction_mode=args.auto_compaction_mode,
         auto_compaction_retention=args.auto_compaction_retention,
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),
+        auth_token_ttl_s=args.auth_token_ttl,
     )
+    try:
+        token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
+    except (TokenConfigError, OSError, ValueError) as err:
+        raise SystemExit(f"kvstore: --auth-token: {err}") from None
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
+    member.jwt = token_options.jwt
     if args.restore_snapshot:
         await restore_snapshot(member, args.restore_snapshot)
     await member.start()
@@ -295,7 +310,7 @@ async def run(args: argparse.Namespace) -> int:
     ]
     server = grpc.aio.server(options=options)
     identities = PeerIdentities()
-    add_servicers(server, member, identities)
+    add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
     from kvstore.transport.http import http_handler, serve_http
 
     listeners = []

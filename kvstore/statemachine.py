@@ -6,9 +6,12 @@ and no member-local setting: time comes from the journal entry's timestamp,
 and everything a request needs (a lease ID chosen for it, the proposing member)
 travels inside the entry.
 
-An entry is a msgpack array [kind, origin, seq, payload]: `origin` and `seq`
-identify the proposing member and its request so that the member can hand the
-result back to the waiting client; `payload` is the etcd request, serialised.
+An entry is a msgpack array [kind, origin, seq, payload] or, for a request
+made with credentials, [kind, origin, seq, payload, [user, auth revision]]:
+`origin` and `seq` identify the proposing member and its request so that the
+member can hand the result back to the waiting client; `payload` is the etcd
+request, serialised; the last element is etcd's request header auth fields,
+which apply checks against the auth store as it is at that entry.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 import msgpack
 
 from kvstore import errors
+from kvstore.auth.store import REQUEST_TYPES as AUTH_REQUEST_TYPES
+from kvstore.auth.store import AuthInfo, AuthStore
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 from kvstore.mvcc.store import MVCCStore, RevisionEvents, check_put, execute_txn
@@ -43,6 +48,8 @@ class Kind(IntEnum):
     LEASE_KEEPALIVE = 7
     LEASE_EXPIRE = 8  # payload: msgpack list of lease ids the proposer saw due
     ALARM = 9
+    AUTH = 10  # payload: msgpack [gRPC method name, request]; see kvstore.auth.store.REQUEST_TYPES
+    AUTHENTICATE = 11  # payload: msgpack [user, simple token prefix or "", auth revision the password was checked at]
 
 
 _REQUEST_TYPE: dict[Kind, Any] = {
@@ -57,14 +64,18 @@ _REQUEST_TYPE: dict[Kind, Any] = {
 }
 
 
-def encode_entry(kind: Kind, origin: int, seq: int, payload: bytes) -> bytes:
-    data: bytes = msgpack.packb([int(kind), origin, seq, payload], use_bin_type=True)
+def encode_entry(kind: Kind, origin: int, seq: int, payload: bytes, auth: AuthInfo | None = None) -> bytes:
+    fields: list[Any] = [int(kind), origin, seq, payload]
+    if auth is not None:
+        fields.append([auth.username, auth.revision])
+    data: bytes = msgpack.packb(fields, use_bin_type=True)
     return data
 
 
-def decode_entry(data: bytes) -> tuple[Kind, int, int, bytes]:
-    kind, origin, seq, payload = msgpack.unpackb(data, raw=False)
-    return Kind(kind), origin, seq, payload
+def decode_entry(data: bytes) -> tuple[Kind, int, int, bytes, AuthInfo | None]:
+    fields = msgpack.unpackb(data, raw=False)
+    auth = AuthInfo(fields[4][0], fields[4][1]) if len(fields) > 4 else None
+    return Kind(fields[0]), fields[1], fields[2], fields[3], auth
 
 
 def put_quota_cost(req: Any) -> int:
@@ -89,6 +100,8 @@ class Applied:
     result: Any  # a response message, or an EtcdError
     events: list[RevisionEvents] = field(default_factory=list)
     compacted_to: int | None = None  # set when the entry compacted the store
+    tokens_revoked_for: str | None = None  # a user deleted or re-passworded: its tokens are void
+    tokens_cleared: bool = False  # auth was disabled: every token is void
 
 
 class StateMachine:
@@ -96,19 +109,27 @@ class StateMachine:
         self.store = store if store is not None else MVCCStore()
         self.applied_position = 0  # the last journal position applied
         self.alarms: set[tuple[int, int]] = set()  # (member id, AlarmType)
+        self.auth = AuthStore()
 
     # -------------------------------------------------------------- applying
 
     def apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
         assert position == self.applied_position + 1, f"entry {position} applied after {self.applied_position}"
         self.applied_position = position
-        kind, origin, seq, payload = decode_entry(data)
+        kind, origin, seq, payload, auth = decode_entry(data)
         out = Applied(origin, seq, None)
         try:
             if kind == Kind.LEASE_EXPIRE:
                 out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
+            elif kind == Kind.AUTH:
+                out.result = self._apply_auth(payload, auth, out)
+            elif kind == Kind.AUTHENTICATE:
+                name, prefix, checked_revision = msgpack.unpackb(payload, raw=False)
+                out.result = self.auth.authenticate(name, prefix, checked_revision, position)
             else:
                 req = _REQUEST_TYPE[kind].FromString(payload)
+                if self.auth.enabled:
+                    self._check_permission(kind, req, auth)
                 out.result = self._apply_request(kind, req, timestamp_ms, out)
         except EtcdError as err:
             out.result = err
@@ -120,6 +141,39 @@ class StateMachine:
             out.result = EtcdError(errors.Code.UNKNOWN, f"etcdserver: unexpected error during apply: {exc!r}")
             out.events.clear()
         return out
+
+    def _check_permission(self, kind: Kind, req: Any, auth: AuthInfo | None) -> None:
+        """etcd's authApplierV3: before quota and before the request's own checks."""
+        a = self.auth
+        if kind == Kind.PUT:
+            a.check_put(auth, req.key)
+            lease = self.store.leases.get(req.lease) if req.lease else None
+            if lease is not None:
+                a.check_lease_keys(auth, sorted(lease.keys))
+            if req.prev_kv:
+                a.check_range(auth, req.key, b"")
+        elif kind == Kind.DELETE_RANGE:
+            a.check_delete_range(auth, req.key, req.range_end)
+            if req.prev_kv:
+                a.check_range(auth, req.key, req.range_end)
+        elif kind == Kind.TXN:
+            a.check_txn(auth, req)
+        elif kind == Kind.LEASE_REVOKE:
+            lease = self.store.leases.get(req.ID)
+            if lease is not None:
+                a.check_lease_keys(auth, sorted(lease.keys))
+
+    def _apply_auth(self, payload: bytes, auth: AuthInfo | None, out: Applied) -> Any:
+        method, body = msgpack.unpackb(payload, raw=False)
+        req = AUTH_REQUEST_TYPES[method].FromString(body)
+        was_enabled = self.auth.enabled
+        resp = self.auth.apply(method, req, auth)
+        if method in ("UserDelete", "UserChangePassword"):
+            out.tokens_revoked_for = req.name
+        if was_enabled and not self.auth.enabled:
+            out.tokens_cleared = True
+        resp.header.revision = self.store.revision
+        return resp
 
     def _apply_request(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
         store = self.store
@@ -249,6 +303,7 @@ class StateMachine:
                 "applied_position": self.applied_position,
                 "alarms": sorted(self.alarms),
                 "store": self.store.to_state(),
+                "auth": self.auth.to_state(),
             },
             use_bin_type=True,
         )
@@ -262,4 +317,6 @@ class StateMachine:
         sm = cls(MVCCStore.from_state(state["store"]))
         sm.applied_position = state["applied_position"]
         sm.alarms = {(m, a) for m, a in state["alarms"]}
+        if "auth" in state:  # checkpoints from before auth have none: auth disabled, no users
+            sm.auth = AuthStore.from_state(state["auth"])
         return sm
