@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore import errors
-from kvstore.auth.permcache import READ, WRITE, UnifiedPermissions, valid_permission_range
+from kvstore.auth.permcache import READ, WRITE, UnifiedPermissions
 from kvstore.errors import fail
 from proto.etcdserverpb import rpc_pb2 as pb
 
@@ -317,8 +317,9 @@ class AuthStore:
         if not req.HasField("perm"):
             raise fail(errors.PERMISSION_NOT_GIVEN)
         perm = req.perm
-        if not valid_permission_range(perm.key, perm.range_end):
-            raise fail(errors.INVALID_AUTH_MGMT)
+        # etcd 3.5.1 takes any range here, inverted or empty ones included (later versions check them
+        # with isValidPermissionRange, kept in permcache): they then permit nothing, or what etcd's
+        # interval tree makes of them, which permcache reproduces.
         role = self.roles.get(req.name)
         if role is None:
             raise fail(errors.ROLE_NOT_FOUND)

@@ -55,13 +55,13 @@ class Authenticator:
 
     def info(self, context: Any) -> AuthInfo | None:
         """etcd's AuthInfoFromCtx; raises "invalid auth token" for a token that names nobody."""
-        token = ""
+        token: str | None = None
         for key, value in context.invocation_metadata() or ():
             if key in TOKEN_METADATA_KEYS:
                 token = value
                 break
         auth = self.m.sm.auth
-        if token:
+        if token is not None:
             if self.m.jwt is not None:
                 claims = self.m.jwt.info(token)
                 if claims is None:
@@ -94,9 +94,10 @@ class Auth(rpc.AuthServicer):
 
     @unary
     async def AuthStatus(self, request: Any, context: Any) -> Any:
-        self.authn.info(context)
+        info = self.authn.info(context)
         await self.m.linearizable_barrier()
         auth = self.m.sm.auth
+        auth.check_admin(info)  # etcd 3.5 applies AuthStatus as an admin request
         return self._fill(pb.AuthStatusResponse(enabled=auth.enabled, authRevision=auth.revision))
 
     @unary

@@ -260,8 +260,12 @@ class Maintenance(rpc.MaintenanceServicer):
         self.authn = authn
 
     def _admin(self, context: Any) -> None:
-        """etcd's authMaintenanceServer: root only, except Status and Alarm."""
-        self.m.sm.auth.check_admin(self.authn.info(context))
+        """etcd's authMaintenanceServer: root only, except Status and Alarm. etcd 3.5 returns the auth
+        package's own error there, not its gRPC form: code Unknown, "auth: permission denied"."""
+        try:
+            self.m.sm.auth.check_admin(self.authn.info(context))
+        except EtcdError as err:
+            raise EtcdError(grpc.StatusCode.UNKNOWN, "auth: " + err.message.removeprefix("etcdserver: ")) from None
 
     def _alarms(self) -> list[Any]:
         return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.m.sm.alarms)]
