@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kube-pods", type=int, default=d.kube_pods, help="kube: pre-created pods listed")
     p.add_argument("--page-limit", type=int, default=d.page_limit, help="kube: list page size")
     p.add_argument("--server-pids", default="", help="comma-separated pids whose CPU use to report (the server's)")
+    p.add_argument("--cacert", default="", help="https:// endpoints: verify the server with this CA bundle")
+    p.add_argument("--cert", default="", help="https:// endpoints: client certificate")
+    p.add_argument("--key", default="", help="https:// endpoints: client key")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (use with --json)")
     return p
@@ -109,6 +112,9 @@ def options_from(ns: argparse.Namespace) -> Options:
         page_limit=ns.page_limit,
         progress=not (ns.no_progress or ns.quiet),
         server_pids=[int(p) for p in ns.server_pids.split(",") if p.strip()],
+        cacert=ns.cacert,
+        cert=ns.cert,
+        key=ns.key,
     )
 
 

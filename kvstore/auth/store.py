@@ -209,7 +209,9 @@ class AuthStore:
         return pb.AuthEnableResponse()
 
     def _AuthDisable(self, req: Any, info: AuthInfo | None) -> Any:
-        self.enabled = False
+        if self.enabled:
+            self.enabled = False
+            self.revision += 1  # etcd commits a revision on disable (not on enable)
         return pb.AuthDisableResponse()
 
     def _UserAdd(self, req: Any, info: AuthInfo | None) -> Any:
