@@ -5,7 +5,9 @@
 Starts four servers on free loopback ports (etcd and `kvstore serve`, each plain
 and with https:// client URLs and a certificate made for the run), drives each
 with the load tool (`put`, then linearizable single-key `range`), one server at
-a time, and prints a table. A benchmark, not a test: figures go to docs/benchmarks.md.
+a time, repeats that for --rounds rounds (a busy machine drifts: rounds
+alternate the servers in time) and prints the median of each cell. A benchmark,
+not a test: figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,26 +85,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per workload and server")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--conns", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="tls-bench-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     cert, key = self_signed(str(base / "cert"), ["127.0.0.1"])
-    rows = []
+    cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        for kind in ("etcd", "kvstore"):
-            for tls in (False, True):
-                proc, url = start(kind, tls, base, cert, key)
-                try:
-                    put = load("put", url, cert, args, base)
-                    rng = load("range", url, cert, args, base)
-                finally:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(20)
-                rows.append((kind, "TLS" if tls else "plain", put, rng))
-                print(f"{kind:8} {rows[-1][1]:6} put {put:>9,.1f} ops/s   range {rng:>9,.1f} ops/s", flush=True)
+        for round_no in range(args.rounds):
+            for kind in ("etcd", "kvstore"):
+                for tls in (False, True):
+                    mode = "TLS" if tls else "plain"
+                    proc, url = start(kind, tls, base, cert, key)
+                    try:
+                        put = load("put", url, cert, args, base)
+                        rng = load("range", url, cert, args, base)
+                    finally:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                        proc.wait(20)
+                        shutil.rmtree(base / f"{kind}-{mode.lower()}", ignore_errors=True)
+                        shutil.rmtree(base / f"{kind}-{mode.lower()}-state", ignore_errors=True)
+                    cells.setdefault((kind, mode), []).append((put, rng))
+                    print(f"round {round_no + 1}: {kind:8} {mode:6} put {put:>9,.1f} ops/s   "
+                          f"range {rng:>9,.1f} ops/s", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print("\n| server | client URL | put ops/s | range (linearizable) ops/s |\n|---|---|---|---|")
-    for kind, mode, put, rng in rows:
+    print(f"\nmedian of {args.rounds} rounds, {args.duration:g} s each, {args.clients} clients, {args.conns} conns")
+    print("| server | client URL | put ops/s | range (linearizable) ops/s |\n|---|---|---|---|")
+    for (kind, mode), runs in cells.items():
+        put = statistics.median(r[0] for r in runs)
+        rng = statistics.median(r[1] for r in runs)
         print(f"| {kind} | {mode} | {put:,.0f} | {rng:,.0f} |")
     return 0
 

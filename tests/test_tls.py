@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -250,3 +251,25 @@ def test_client_cert_common_name_is_the_auth_user(pki: PKI) -> None:
             srv.stop()
     assert results[0] == results[1]
     assert ("nobody", b"/a/1", "PERMISSION_DENIED", "etcdserver: permission denied") in results[1]
+
+
+def test_tls_client_url_with_http_elsewhere(pki: PKI) -> None:
+    """--listen-client-http-urls: the https:// client URL serves gRPC only (over TLS), HTTP is elsewhere."""
+    from tests.servers import free_port
+
+    http_port = free_port()
+    flags = {
+        "cert-file": pki.server_cert,
+        "key-file": pki.server_key,
+        "listen-client-http-urls": f"http://127.0.0.1:{http_port}",
+    }
+    srv = start_kvstore("tls-split", flags=flags, tls=(pki.ca, None, None))
+    try:
+        assert Ctl(srv).run(["put", "k", "v"]).as_tuple() == (0, "OK\n", "")
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=10) as r:
+            assert json.loads(r.read())["health"] == "true"
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        with pytest.raises((OSError, urllib.error.URLError)):
+            urllib.request.urlopen(f"https://{srv.endpoint}/health", context=ctx, timeout=10)
+    finally:
+        srv.stop()

@@ -130,6 +130,20 @@ def test_simple_tokens_expire_and_die_with_their_user(both: Both) -> None:
     )
     both.same("status", lambda s: s.auth.AuthStatus(pb.AuthStatusRequest(), metadata=md(root[id(s)])))
     assert not both.diffs, both.report()
+    assert_no_secrets(both.b.server, [ROOT_PW, ALICE_PW, "new", root[id(both.b)], alice[id(both.b)]])
+
+
+def assert_no_secrets(server: Any, secrets: list[str]) -> None:
+    """Passwords and tokens appear neither in the server's log nor in /metrics."""
+    import urllib.request
+
+    log = server.log_path.read_text(errors="replace")
+    with urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for secret in secrets:
+        if len(secret) > 3:  # ("new" is a word the log may hold for other reasons)
+            assert secret not in log, "a secret in the server log"
+            assert secret not in metrics, "a secret in /metrics"
 
 
 def test_bad_input(both: Both) -> None:

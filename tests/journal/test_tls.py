@@ -81,3 +81,27 @@ async def test_tls_node_refuses(tls_cluster: ProcCluster, pki: PKI, which: str) 
         await good.append("tls", [b"after-refusal"])
     finally:
         await good.close()
+
+
+async def test_peer_auto_tls(tmp_path: Path) -> None:
+    """--peer-auto-tls: self-signed certificates, encrypted and unverified, as etcd's; plain text refused."""
+    cluster = ProcCluster(tmp_path, extra_args=["--peer-auto-tls"])
+    cluster.start()
+    try:
+        auto = build_client_context(TLSInfo(auto_tls=True))
+        client = JournalClient(cluster.endpoints, ssl_context=auto)
+        try:
+            first = (await client.append("auto", [b"x"]))[0].position
+            assert await client.barrier("auto") >= first
+        finally:
+            await client.close()
+        for node in cluster.nodes.values():
+            assert (node.data_dir / "fixtures" / "peer" / "cert.pem").exists()
+        plain = JournalClient(cluster.endpoints[:1], request_timeout_ms=2000, rpc_timeout_ms=500)
+        try:
+            with pytest.raises((JournalError, OSError, TimeoutError)):
+                await plain.append("auto", [b"y"])
+        finally:
+            await plain.close()
+    finally:
+        cluster.stop()
