@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
         "--endpoints are the default partition's URLs, the others follow the plan as in kvstore serve",
     )
     p.add_argument("--server-pids", default="", help="comma-separated pids whose CPU use to report (the server's)")
+    p.add_argument("--cacert", default="", help="https:// endpoints: verify the server with this CA bundle")
+    p.add_argument("--cert", default="", help="https:// endpoints: client certificate")
+    p.add_argument("--key", default="", help="https:// endpoints: client key")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (use with --json)")
     return p
@@ -120,6 +123,9 @@ def options_from(ns: argparse.Namespace) -> Options:
         partitions=ns.partitions,
         progress=not (ns.no_progress or ns.quiet),
         server_pids=[int(p) for p in ns.server_pids.split(",") if p.strip()],
+        cacert=ns.cacert,
+        cert=ns.cert,
+        key=ns.key,
     )
 
 

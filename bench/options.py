@@ -58,6 +58,10 @@ class Options:
     partitions: str = ""
     progress: bool = True
     server_pids: list[int] = field(default_factory=list)  # processes whose CPU is reported (the server's)
+    # TLS for https:// endpoints (etcdctl's flag names): CA bundle, client certificate and key
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
 
     def validate(self) -> None:
         def need(ok: bool, what: str) -> None:

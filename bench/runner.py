@@ -65,7 +65,8 @@ def host_cpu_ticks() -> tuple[int, int]:
 
 def _conns_for(opts: Options, proc_index: int) -> list[Conn]:
     eps = opts.endpoints
-    return [Conn(eps[(proc_index * opts.conns + i) % len(eps)]) for i in range(opts.conns)]
+    tls = (opts.cacert, opts.cert, opts.key)
+    return [Conn(eps[(proc_index * opts.conns + i) % len(eps)], tls) for i in range(opts.conns)]
 
 
 def _partition_conns(opts: Options, proc_index: int, conns: list[Conn]) -> dict[str, list[Conn]]:

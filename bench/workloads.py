@@ -56,16 +56,27 @@ def endpoint_target(endpoint: str) -> str:
 class Conn:
     """One gRPC connection (its own TCP connection, not shared with other channels)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, tls: tuple[str, str, str] | None = None) -> None:
+        """tls: (CA bundle, client cert, client key) file paths for an https:// endpoint ("" for none)."""
         self.endpoint = endpoint
-        self.channel = grpc.aio.insecure_channel(
-            endpoint_target(endpoint),
-            options=[
-                ("grpc.use_local_subchannel_pool", 1),  # else channels to one target share a socket
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 16 << 20),
-            ],
-        )
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),  # else channels to one target share a socket
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 16 << 20),
+        ]
+        if endpoint.startswith("https://"):
+            ca, cert, key = tls or ("", "", "")
+
+            def read(path: str) -> bytes | None:
+                if not path:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+            self.channel = grpc.aio.secure_channel(endpoint_target(endpoint), creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(endpoint_target(endpoint), options=options)
         self.kv = rpc.KVStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)

@@ -18,6 +18,7 @@ import itertools
 import logging
 import random
 import socket
+import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -102,12 +103,19 @@ def _parse_addr(addr: str) -> tuple[str, int]:
 class _Conn:
     """One TCP connection multiplexing unary requests by id."""
 
-    def __init__(self, addr: str, frame_bytes_max: int, liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        addr: str,
+        frame_bytes_max: int,
+        liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.addr = addr
         self.frame_bytes_max = frame_bytes_max
         self.liveness_timeout_s = liveness_timeout_ms / 1000
         self._last_recv = 0.0  # loop time of the last frame received
         self._last_ping = 0.0
+        self.ssl_context = ssl_context  # TLS to the node (the --peer-* flags), None for plain TCP
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
@@ -121,7 +129,7 @@ class _Conn:
                 return self._writer
             host, port = _parse_addr(self.addr)
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context)
             set_liveness_options(writer.get_extra_info("socket"), int(self.liveness_timeout_s * 1000))
             self._writer = writer
             self._last_recv = asyncio.get_running_loop().time()
@@ -260,6 +268,7 @@ class JournalClient:
         read_from: str = "leader",
         liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS,
         spool_dir: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if read_from not in ("leader", "any"):
             raise ValueError("read_from is 'leader' or 'any'")
@@ -278,6 +287,7 @@ class JournalClient:
         # entries sooner; "any" spreads read streams over the nodes instead.
         self.read_from = read_from
         self.spool_dir = spool_dir  # where a streamed snapshot is spooled before its upload (default: TMPDIR)
+        self.ssl_context = ssl_context
         self._conns: dict[str, _Conn] = {}
         self._leader: dict[str, str] = {}  # log -> address believed to lead it
         self._next_endpoint = random.randrange(len(self.endpoints))
@@ -295,7 +305,7 @@ class JournalClient:
     def _conn(self, addr: str) -> _Conn:
         c = self._conns.get(addr)
         if c is None:
-            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max, self.liveness_timeout_ms)
+            c = self._conns[addr] = _Conn(addr, self.frame_bytes_max, self.liveness_timeout_ms, self.ssl_context)
         return c
 
     def _rotate(self) -> str:
@@ -474,7 +484,7 @@ class JournalClient:
             try:
                 host, port = _parse_addr(addr)
                 async with asyncio.timeout(self.rpc_timeout_ms / 1000):
-                    reader, w = await asyncio.open_connection(host, port)
+                    reader, w = await asyncio.open_connection(host, port, ssl=self.ssl_context)
                 set_liveness_options(w.get_extra_info("socket"), self.liveness_timeout_ms)
                 writer = w
                 request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}

@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import time
 import zlib
 from collections.abc import Callable
@@ -125,6 +126,9 @@ class NodeConfig:
     append_bytes_max: int = 4 * 1024 * 1024
     logs_max: int = LOGS_MAX_DEFAULT
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    # TLS (the --peer-* flags): what this node's port requires, and what it uses towards its peers.
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -304,7 +308,9 @@ class _PeerLink:
     Frames are dropped while the peer is disconnected (Raft retransmits).
     """
 
-    def __init__(self, spec: PeerSpec, node_id: str, silence_ms_max: int) -> None:
+    def __init__(
+        self, spec: PeerSpec, node_id: str, silence_ms_max: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.spec = spec
         self.node_id = node_id
         # The peer writes a heartbeat frame on this connection every HEARTBEAT_MS;
@@ -313,6 +319,7 @@ class _PeerLink:
         # retransmission back-off (about 11 s after a 15 s cut).
         self.silence_s_max = silence_ms_max / 1000
         self.reconnects = 0
+        self.ssl_context = ssl_context
         self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.closed = False
@@ -375,7 +382,7 @@ class _PeerLink:
             writer: asyncio.StreamWriter | None = None
             try:
                 async with asyncio.timeout(self.silence_s_max):
-                    reader, writer = await asyncio.open_connection(host, int(port))
+                    reader, writer = await asyncio.open_connection(host, int(port), ssl=self.ssl_context)
                 set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
                 writer.write(encode_frame("hello", {"node": self.node_id}))
                 self.writer = writer
@@ -423,10 +430,14 @@ class JournalNode:
         self._opening: dict[str, asyncio.Future[_Replica]] = {}
         # Liveness deadline for connections that should never be silent: the longest election timeout.
         self.silence_ms_max = 2 * config.election_ticks * config.tick_ms
-        self._peer_links = {p.node_id: _PeerLink(p, config.node_id, self.silence_ms_max) for p in config.peers}
+        self._peer_links = {
+            p.node_id: _PeerLink(p, config.node_id, self.silence_ms_max, config.client_ssl) for p in config.peers
+        }
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
         self._peer_addr[config.node_id] = config.listen
-        self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max) for p in config.peers}
+        self._peer_conns = {
+            p.node_id: _Conn(p.addr, config.frame_bytes_max, ssl_context=config.client_ssl) for p in config.peers
+        }
         self._core_config_peers = (
             r.Peer(config.node_id, config.az),
             *(r.Peer(p.node_id, p.az) for p in config.peers),
@@ -446,7 +457,9 @@ class JournalNode:
 
     async def start(self) -> None:
         host, _, port = self.cfg.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._serve_conn, host, int(port), reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._serve_conn, host, int(port), reuse_address=True, ssl=self.cfg.server_ssl
+        )
         for link in self._peer_links.values():
             link.task = self._spawn(link.run())
         self._spawn(self._ticker())

@@ -57,11 +57,29 @@ MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
 # Not an etcd error: LMDB, the backend, limits keys to 511 bytes (503 with a lease's prefix).
 KEY_TOO_LONG = _error(Code.INVALID_ARGUMENT, "kvstore: key is too long (at most 503 bytes)")
 AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
+ROOT_USER_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: root user does not exist")
+ROOT_ROLE_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: root user does not have root role")
+USER_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: user name already exists")
+USER_EMPTY = _error(Code.INVALID_ARGUMENT, "etcdserver: user name is empty")
+USER_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "etcdserver: user name not found")
+ROLE_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: role name already exists")
+ROLE_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "etcdserver: role name not found")
+ROLE_EMPTY = _error(Code.INVALID_ARGUMENT, "etcdserver: role name is empty")
+PERMISSION_NOT_GIVEN = _error(Code.INVALID_ARGUMENT, "etcdserver: permission not given")
+AUTH_FAILED = _error(Code.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+PERMISSION_DENIED = _error(Code.PERMISSION_DENIED, "etcdserver: permission denied")
+ROLE_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "etcdserver: role is not granted to the user")
+PERMISSION_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role")
+# etcd 3.5 leaves this one unconverted: clients see the auth package's own error, code Unknown.
+AUTH_OLD_REVISION = _error(Code.UNKNOWN, "auth: revision in header is old")
+INVALID_AUTH_TOKEN = _error(Code.UNAUTHENTICATED, "etcdserver: invalid auth token")
+INVALID_AUTH_MGMT = _error(Code.INVALID_ARGUMENT, "etcdserver: invalid auth management")
 
 # Watch-create failures are not gRPC errors: they come back in the stream as a
 # canceled WatchResponse with one of these reasons.
 WATCH_RANGE_EMPTY = "mvcc: watcher range is empty"
 WATCH_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+WATCH_PERMISSION_DENIED = "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
 
 
 def fail(spec: tuple[grpc.StatusCode, str]) -> EtcdError:

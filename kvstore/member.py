@@ -37,6 +37,8 @@ import msgpack
 from journal import failpoints
 from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
+from kvstore.auth.store import Authenticated, AuthInfo
+from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT, JWTTokens, SimpleTokens
 from kvstore.errors import EtcdError, fail
 from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.backend import (
@@ -107,6 +109,7 @@ class MemberConfig:
     watch_cache_revisions: int = 100_000
     metrics: str = "basic"  # etcd's --metrics: basic | extensive (adds gRPC handling-time histograms)
     watch_cache_bytes: int = 16 * 1024 * 1024
+    auth_token_ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT  # etcd's --auth-token-ttl (simple tokens)
 
 
 def default_state_dir(data_dir: str) -> str:
@@ -172,6 +175,10 @@ class Member:
         }
         self.ready = asyncio.Event()
         self.metrics = MemberMetrics(self, config.metrics)
+        # Simple tokens live in each member's memory, as in etcd (see kvstore.auth.tokens);
+        # jwt is set when --auth-token is jwt,... and then issues every token.
+        self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
+        self.jwt: JWTTokens | None = None
 
     # ------------------------------------------------------------- identity
 
@@ -418,6 +425,12 @@ class Member:
             self.hub.publish(rev_events)
         if applied.compacted_to is not None:
             self.hub.compacted(applied.compacted_to)
+        if isinstance(applied.result, Authenticated) and applied.result.token:
+            self.auth_tokens.register(applied.result.token, applied.result.username)
+        if applied.tokens_revoked_for is not None:
+            self.auth_tokens.invalidate_user(applied.tokens_revoked_for)
+        if applied.tokens_cleared:
+            self.auth_tokens.clear()
         if applied.origin == self.origin:
             fut = self._pending.pop(applied.seq, None)
             if fut is not None and not fut.done():
@@ -453,11 +466,12 @@ class Member:
 
     # -------------------------------------------------------------- proposing
 
-    async def propose(self, kind: Kind, request: Any) -> Any:
-        """Append a request to the journal; return the response our applier computed for it."""
-        return await self.propose_payload(kind, request.SerializeToString())
+    async def propose(self, kind: Kind, request: Any, auth: AuthInfo | None = None) -> Any:
+        """Append a request to the journal; return the response our applier computed for it.
+        `auth`: the credentials it was made with, checked where it is applied."""
+        return await self.propose_payload(kind, request.SerializeToString(), auth)
 
-    async def propose_payload(self, kind: Kind, payload: bytes) -> Any:
+    async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
         if len(self._pending) >= PENDING_PROPOSALS_MAX:
             raise fail(errors.TOO_MANY_REQUESTS)
         if self._stopping:
@@ -465,7 +479,7 @@ class Member:
         seq = next(self._seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
-        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload)))
+        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload, auth)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

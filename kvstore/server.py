@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import urllib.parse
@@ -22,7 +23,18 @@ import grpc
 
 from journal.api import Journal
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
+from kvstore.auth.tokens import TokenConfigError, parse_auth_token
+from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
+from kvstore.transport.cmux import PeerIdentities, serve_mux
+from kvstore.transport.tls import (
+    ServerTLS,
+    TLSConfigError,
+    TLSInfo,
+    build_client_context,
+    parse_cipher_suites,
+    self_signed,
+)
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 
 log = logging.getLogger("kvstore")
@@ -38,10 +50,14 @@ def parse_urls(text: str) -> list[str]:
     return [u.strip() for u in text.split(",") if u.strip()]
 
 
+def url_scheme(url: str) -> str:
+    return urllib.parse.urlsplit(url if "://" in url else f"http://{url}").scheme
+
+
 def host_port(url: str) -> tuple[str, int]:
     parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "unix", ""):
-        raise SystemExit(f"kvstore: {url}: only http:// client URLs are supported (TLS is not built yet)")
+    if parsed.scheme not in ("http", "https", "unix", ""):
+        raise SystemExit(f"kvstore: {url}: a client URL is http:// or https://")
     if parsed.hostname is None or parsed.port is None:
         raise SystemExit(f"kvstore: {url}: a URL needs a host and a port")
     return parsed.hostname, parsed.port
@@ -75,6 +91,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen-metrics-urls",
         default="",
         help="additional URLs for the HTTP endpoints, e.g. http://127.0.0.1:2381 as kubeadm probes ('none': none)",
+    )
+    tls = p.add_argument_group(
+        "client TLS (etcd's flags; also ETCD_CERT_FILE, ... as for every flag)",
+        "https:// client URLs are served with TLS; gRPC and HTTP share the port as without it.",
+    )
+    tls.add_argument("--cert-file", default="", help="path to the client server TLS cert file")
+    tls.add_argument("--key-file", default="", help="path to the client server TLS key file")
+    tls.add_argument(
+        "--trusted-ca-file", default="", help="path to the client server TLS trusted CA cert file (client certificates)"
+    )
+    tls.add_argument(
+        "--client-cert-auth",
+        **GO_BOOL,
+        help="require and verify client certificates; the certificate's CN is the auth user when no token is sent",
+    )
+    tls.add_argument("--client-crl-file", default="", help="refuse client certificates listed in this CRL (PEM)")
+    tls.add_argument(
+        "--auto-tls", **GO_BOOL, help="client TLS with a generated self-signed certificate (no --cert-file)"
+    )
+    tls.add_argument(
+        "--cipher-suites",
+        default="",
+        help="comma-separated Go cipher suite names for TLS <= 1.2 (e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)",
+    )
+    tls.add_argument("--tls-min-version", default="TLS1.2", help="TLS1.2 (default) or TLS1.3")
+    tls.add_argument("--tls-max-version", default="", help="TLS1.2 or TLS1.3 (default: the highest supported)")
+    peer = p.add_argument_group(
+        "journal TLS (etcd's peer flags: this member's connections to the journal nodes)",
+    )
+    peer.add_argument("--peer-cert-file", default="", help="client certificate presented to the journal nodes")
+    peer.add_argument("--peer-key-file", default="", help="its key")
+    peer.add_argument(
+        "--peer-trusted-ca-file", default="", help="CA that the journal nodes' certificates must chain to"
+    )
+    peer.add_argument(
+        "--peer-auto-tls",
+        **GO_BOOL,
+        help="talk TLS to the journal without verifying the nodes (they use --peer-auto-tls too)",
+    )
+    p.add_argument(
+        "--auth-token",
+        default="simple",
+        help="simple (default), or jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256[,ttl=5m] as etcd",
+    )
+    p.add_argument(
+        "--auth-token-ttl", type=int, default=300, help="seconds a simple token lives without use (default 300)"
     )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
@@ -151,6 +213,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def client_tls(args: argparse.Namespace, data_dir: str, listen: list[str]) -> ServerTLS | None:
+    """The client URLs' TLS from etcd's flags, or None when no URL is https://."""
+    https = [u for u in listen if url_scheme(u) == "https"]
+    info = TLSInfo(
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        trusted_ca_file=args.trusted_ca_file,
+        client_cert_auth=args.client_cert_auth,
+        crl_file=args.client_crl_file,
+        auto_tls=args.auto_tls,
+        cipher_suites=parse_cipher_suites(args.cipher_suites),
+        min_version=args.tls_min_version,
+        max_version=args.tls_max_version,
+    )
+    if not https:
+        if info.cert_file:
+            log.warning("scheme is HTTP while key and cert files are present; ignoring key and cert files")
+        return None
+    if not info.cert_file and info.auto_tls:
+        hosts = sorted({host_port(u)[0] for u in https})
+        info.cert_file, info.key_file = self_signed(os.path.join(data_dir, "fixtures", "client"), hosts)
+        log.warning("automatically generated a self-signed client TLS certificate (--auto-tls)")
+    if not info.cert_file:
+        raise SystemExit(
+            f"kvstore: TLS key/cert (--cert-file, --key-file) must be provided for client url {https[0]} "
+            "with HTTPS scheme"
+        )
+    try:
+        return ServerTLS(info)
+    except (TLSConfigError, OSError, ssl.SSLError) as err:
+        raise SystemExit(f"kvstore: client TLS: {err}") from None
+
+
+def journal_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS for this member's journal connections (the --peer-* flags), or None for plain TCP."""
+    info = TLSInfo(
+        cert_file=args.peer_cert_file,
+        key_file=args.peer_key_file,
+        trusted_ca_file=args.peer_trusted_ca_file,
+        auto_tls=args.peer_auto_tls,
+        min_version=args.tls_min_version,
+        max_version=args.tls_max_version,
+    )
+    if not (info.cert_file or info.trusted_ca_file or info.auto_tls):
+        return None
+    try:
+        info.check()
+        return build_client_context(info)
+    except (TLSConfigError, OSError, ssl.SSLError) as err:
+        raise SystemExit(f"kvstore: journal TLS: {err}") from None
+
+
 def grpc_socket_path(state_dir: str) -> str:
     """Where gRPC listens behind the client-URL multiplexer: a unix socket in the temp dir,
     named after the state dir (one per member; the state dir holds only state)."""
@@ -168,6 +282,7 @@ def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
             parse_urls(args.journal_endpoints),
             client_id=f"member-{args.name}-{os.urandom(6).hex()}",
             request_timeout_ms=REQUEST_TIMEOUT_MS,
+            ssl_context=journal_tls(args),
         )
     from journal.local import LocalJournal
 
@@ -194,9 +309,15 @@ async def run(args: argparse.Namespace) -> int:
         auto_compaction_retention=args.auto_compaction_retention,
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),
         metrics=args.metrics,
+        auth_token_ttl_s=args.auth_token_ttl,
     )
+    try:
+        token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
+    except (TokenConfigError, OSError, ValueError) as err:
+        raise SystemExit(f"kvstore: --auth-token: {err}") from None
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
+    member.jwt = token_options.jwt
     if args.restore_snapshot:
         await restore_snapshot(member, args.restore_snapshot)
     await member.start()
@@ -212,37 +333,42 @@ async def run(args: argparse.Namespace) -> int:
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options, interceptors=[member.metrics.grpc_interceptor()])
-    add_servicers(server, member)
+    identities = PeerIdentities()
+    add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
     from kvstore.transport.http import http_handler, serve_http
 
     listeners = []
-    grpc_socket = ""
+    tls = client_tls(args, data_dir, listen)
+    grpc_socket = grpc_socket_path(member.state_dir)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(grpc_socket)
+    if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
+        raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
     if args.listen_client_http_urls:
-        # etcd's split: gRPC alone on the client URLs, HTTP on its own.
+        # etcd's split: gRPC alone on the client URLs, HTTP on its own. Plain ones are gRPC's own
+        # port; https ones go through the multiplexer, which terminates TLS and pipes gRPC only.
         for url in listen:
             host, port = host_port(url)
-            if server.add_insecure_port(f"{host}:{port}") == 0:
+            if url_scheme(url) == "https":
+                listeners.append(await serve_mux(host, port, grpc_socket, None, tls, identities))
+            elif server.add_insecure_port(f"{host}:{port}") == 0:
                 raise SystemExit(f"kvstore: cannot listen on {url}")
         http_urls = parse_urls(args.listen_client_http_urls)
     else:
         # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
-        from kvstore.transport.cmux import serve_mux
-
-        grpc_socket = grpc_socket_path(member.state_dir)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(grpc_socket)
-        if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
-            raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
         handler = http_handler(member)
         for url in listen:
             host, port = host_port(url)
-            listeners.append(await serve_mux(host, port, grpc_socket, handler))
+            url_tls = tls if url_scheme(url) == "https" else None
+            listeners.append(await serve_mux(host, port, grpc_socket, handler, url_tls, identities))
         http_urls = []
     await server.start()
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         http_urls += parse_urls(args.listen_metrics_urls)
     for url in http_urls:
         host, port = host_port(url)
+        if url_scheme(url) == "https":
+            raise SystemExit(f"kvstore: {url}: HTTP endpoints outside the client URLs are plain http://")
         listeners.append(await serve_http(member, host, port))
     log.info(
         "serving etcd v3 on %s%s (member %x, cluster %x)",
@@ -261,9 +387,8 @@ async def run(args: argparse.Namespace) -> int:
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)
-    if grpc_socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(grpc_socket)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(grpc_socket)
     await member.stop()
     await journal.close()
     return 0
@@ -284,6 +409,7 @@ async def restore_snapshot(member: Member, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    apply_env_defaults(parser, os.environ)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format, {"member": args.name, "partition": args.journal_log})
     if args.partitions:

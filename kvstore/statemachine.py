@@ -6,9 +6,12 @@ and no member-local setting: time comes from the journal entry's timestamp,
 and everything a request needs (a lease ID chosen for it, the proposing member)
 travels inside the entry.
 
-An entry is a msgpack array [kind, origin, seq, payload]: `origin` and `seq`
-identify the proposing member and its request so that the member can hand the
-result back to the waiting client; `payload` is the etcd request, serialised.
+An entry is a msgpack array [kind, origin, seq, payload] or, for a request
+made with credentials, [kind, origin, seq, payload, [user, auth revision]]:
+`origin` and `seq` identify the proposing member and its request so that the
+member can hand the result back to the waiting client; `payload` is the etcd
+request, serialised; the last element is etcd's request header auth fields,
+which apply checks against the auth store as it is at that entry.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import msgpack
 
 from kvstore import errors
+from kvstore.auth.store import REQUEST_TYPES as AUTH_REQUEST_TYPES
+from kvstore.auth.store import AuthInfo, AuthStore
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 from kvstore.mvcc import snapshot
@@ -47,6 +52,8 @@ class Kind(IntEnum):
     LEASE_KEEPALIVE = 7
     LEASE_EXPIRE = 8  # payload: msgpack list of lease ids the proposer saw due
     ALARM = 9
+    AUTH = 10  # payload: msgpack [gRPC method name, request]; see kvstore.auth.store.REQUEST_TYPES
+    AUTHENTICATE = 11  # payload: msgpack [user, simple token prefix or "", auth revision the password was checked at]
 
 
 _REQUEST_TYPE: dict[Kind, Any] = {
@@ -61,14 +68,18 @@ _REQUEST_TYPE: dict[Kind, Any] = {
 }
 
 
-def encode_entry(kind: Kind, origin: int, seq: int, payload: bytes) -> bytes:
-    data: bytes = msgpack.packb([int(kind), origin, seq, payload], use_bin_type=True)
+def encode_entry(kind: Kind, origin: int, seq: int, payload: bytes, auth: AuthInfo | None = None) -> bytes:
+    fields: list[Any] = [int(kind), origin, seq, payload]
+    if auth is not None:
+        fields.append([auth.username, auth.revision])
+    data: bytes = msgpack.packb(fields, use_bin_type=True)
     return data
 
 
-def decode_entry(data: bytes) -> tuple[Kind, int, int, bytes]:
-    kind, origin, seq, payload = msgpack.unpackb(data, raw=False)
-    return Kind(kind), origin, seq, payload
+def decode_entry(data: bytes) -> tuple[Kind, int, int, bytes, AuthInfo | None]:
+    fields = msgpack.unpackb(data, raw=False)
+    auth = AuthInfo(fields[4][0], fields[4][1]) if len(fields) > 4 else None
+    return Kind(fields[0]), fields[1], fields[2], fields[3], auth
 
 
 def put_quota_cost(req: Any) -> int:
@@ -93,6 +104,8 @@ class Applied:
     result: Any  # a response message, or an EtcdError
     events: list[RevisionEvents] = field(default_factory=list)
     compacted_to: int | None = None  # set when the entry compacted the store
+    tokens_revoked_for: str | None = None  # a user deleted or re-passworded: its tokens are void
+    tokens_cleared: bool = False  # auth was disabled: every token is void
 
 
 # The state machine's own entries in the backend's meta database. A new piece of replicated
@@ -100,6 +113,7 @@ class Applied:
 # (or writes its own table in the batch), and travels in snapshots without more code.
 META_APPLIED = b"applied"  # the last journal position applied (8 bytes, big-endian)
 META_ALARMS = b"alarms"  # msgpack [[member id, AlarmType], ...], sorted
+META_AUTH = b"auth"  # msgpack AuthStore.to_state(): users, roles, enabled, auth revision
 
 
 class StateMachine:
@@ -120,6 +134,9 @@ class StateMachine:
         # (member id, AlarmType)
         self.alarms: set[tuple[int, int]] = {(m, a) for m, a in msgpack.unpackb(raw)} if raw else set()
         self._alarms_dirty = False
+        raw = self.backend.get_meta(META_AUTH)
+        self.auth = AuthStore.from_state(msgpack.unpackb(raw, raw=False)) if raw else AuthStore()
+        self._auth_dirty = False
 
     def close(self) -> None:
         self.backend.close()
@@ -135,7 +152,7 @@ class StateMachine:
         return out
 
     def _apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
-        kind, origin, seq, payload = decode_entry(data)
+        kind, origin, seq, payload, auth = decode_entry(data)
         out = Applied(origin, seq, None)
         counters = self.store.counters()
         try:
@@ -144,8 +161,16 @@ class StateMachine:
             with self.backend.nested():
                 if kind == Kind.LEASE_EXPIRE:
                     out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
+                elif kind == Kind.AUTH:
+                    self._auth_dirty = True
+                    out.result = self._apply_auth(payload, auth, out)
+                elif kind == Kind.AUTHENTICATE:
+                    name, prefix, checked_revision = msgpack.unpackb(payload, raw=False)
+                    out.result = self.auth.authenticate(name, prefix, checked_revision, position)
                 else:
                     req = _REQUEST_TYPE[kind].FromString(payload)
+                    if self.auth.enabled:
+                        self._check_permission(kind, req, auth)
                     out.result = self._apply_request(kind, req, timestamp_ms, out)
         except EtcdError as err:
             self.store.restore_counters(counters)
@@ -166,6 +191,43 @@ class StateMachine:
         if self._alarms_dirty:
             backend.put_meta(META_ALARMS, msgpack.packb(sorted(self.alarms)))
             self._alarms_dirty = False
+        if self._auth_dirty:
+            # The auth store is small and changes rarely: written whole, in the entry's transaction.
+            backend.put_meta(META_AUTH, msgpack.packb(self.auth.to_state()))
+            self._auth_dirty = False
+
+    def _check_permission(self, kind: Kind, req: Any, auth: AuthInfo | None) -> None:
+        """etcd's authApplierV3: before quota and before the request's own checks."""
+        a = self.auth
+        if kind == Kind.PUT:
+            a.check_put(auth, req.key)
+            lease = self.store.leases.get(req.lease) if req.lease else None
+            if lease is not None:
+                a.check_lease_keys(auth, sorted(lease.keys))
+            if req.prev_kv:
+                a.check_range(auth, req.key, b"")
+        elif kind == Kind.DELETE_RANGE:
+            a.check_delete_range(auth, req.key, req.range_end)
+            if req.prev_kv:
+                a.check_range(auth, req.key, req.range_end)
+        elif kind == Kind.TXN:
+            a.check_txn(auth, req)
+        elif kind == Kind.LEASE_REVOKE:
+            lease = self.store.leases.get(req.ID)
+            if lease is not None:
+                a.check_lease_keys(auth, sorted(lease.keys))
+
+    def _apply_auth(self, payload: bytes, auth: AuthInfo | None, out: Applied) -> Any:
+        method, body = msgpack.unpackb(payload, raw=False)
+        req = AUTH_REQUEST_TYPES[method].FromString(body)
+        was_enabled = self.auth.enabled
+        resp = self.auth.apply(method, req, auth)
+        if method in ("UserDelete", "UserChangePassword"):
+            out.tokens_revoked_for = req.name
+        if was_enabled and not self.auth.enabled:
+            out.tokens_cleared = True
+        resp.header.revision = self.store.revision
+        return resp
 
     def _apply_request(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
         store = self.store

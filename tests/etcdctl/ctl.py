@@ -48,10 +48,20 @@ class Ctl:
     leases: LeaseNames = field(default_factory=LeaseNames)
     _ttls: list[int] = field(default_factory=list)
 
+    def base_args(self) -> list[str]:
+        """etcdctl and its endpoint (with the TLS files, for an https:// server)."""
+        if self.server.tls is None:
+            return [ETCDCTL, f"--endpoints={self.server.endpoint}"]
+        ca, cert, key = self.server.tls
+        out = [ETCDCTL, f"--endpoints=https://{self.server.endpoint}", f"--cacert={ca}"]
+        if cert is not None and key is not None:
+            out += [f"--cert={cert}", f"--key={key}"]
+        return out
+
     def run_raw(self, args: list[str], stdin: str | None = None, timeout_s: float = CMD_TIMEOUT_S,
                 ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, ETCDCTL_API="3")
-        argv = [ETCDCTL, f"--endpoints={self.server.endpoint}", "--command-timeout=10s", *args]
+        argv = [*self.base_args(), "--command-timeout=10s", *args]
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout_s, env=env)
 
     def run(self, args: list[str], stdin: str | None = None) -> Result:
@@ -64,7 +74,7 @@ class Ctl:
     def watch_start(self, args: list[str]) -> subprocess.Popen[str]:
         """Start `etcdctl watch ...`; finish it with watch_result()."""
         env = dict(os.environ, ETCDCTL_API="3")
-        argv = [ETCDCTL, f"--endpoints={self.server.endpoint}", "watch", *args]
+        argv = [*self.base_args(), "watch", *args]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def watch_result(self, p: subprocess.Popen[str], args: list[str], seconds: float,

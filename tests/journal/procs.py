@@ -43,6 +43,7 @@ class NodeProc:
         tick_ms: int = 50,
         prefix: Sequence[str] = (),
         cwd: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.node_id = node_id
         self.cwd = cwd  # where `python -m journal.cli` runs: its code wins (tests of another checkout)
@@ -54,6 +55,7 @@ class NodeProc:
         self.fsync = fsync
         self.tick_ms = tick_ms
         self.prefix = list(prefix)
+        self.extra_args = list(extra_args)  # e.g. the --peer-* TLS flags
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{node_id}.stderr"
         self.paused = False
@@ -66,7 +68,7 @@ class NodeProc:
             *self.prefix, sys.executable, "-m", "journal.cli", "serve", "--id", self.node_id,
             "--listen", self.addr, "--peers", peers, "--data-dir", str(self.data_dir),
             "--fsync", self.fsync, "--tick-ms", str(self.tick_ms), "--log-level", "WARNING",
-            "--loop", os.environ.get("JOURNAL_TEST_LOOP", "uvloop"),
+            "--loop", os.environ.get("JOURNAL_TEST_LOOP", "uvloop"), *self.extra_args,
         ]  # fmt: skip
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         err = open(self.log_path, "ab")
@@ -135,13 +137,18 @@ class NodeProc:
 
 
 class ProcCluster:
-    def __init__(self, base: Path, ids: str = "abc", fsync: str = "always", tick_ms: int = 50) -> None:
+    def __init__(
+        self, base: Path, ids: str = "abc", fsync: str = "always", tick_ms: int = 50, extra_args: Sequence[str] = ()
+    ) -> None:
         ports = dict(zip(ids, free_ports(len(ids)), strict=True))
         addrs = {i: f"127.0.0.1:{p}" for i, p in ports.items()}
         self.nodes = {
-            i: NodeProc(i, "127.0.0.1", ports[i], {j: a for j, a in addrs.items() if j != i}, base / i, fsync, tick_ms)
+            i: NodeProc(
+                i, "127.0.0.1", ports[i], {j: a for j, a in addrs.items() if j != i}, base / i, fsync, tick_ms,
+                extra_args=extra_args,
+            )
             for i in ids
-        }
+        }  # fmt: skip
 
     @property
     def endpoints(self) -> list[str]:
