@@ -185,8 +185,11 @@ async def run(args: argparse.Namespace) -> int:
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    add_servicers(server, member)
+    servicers = add_servicers(server, member)
+    from kvstore.gateway.gateway import Gateway
     from kvstore.transport.http import http_handler, serve_http
+
+    gateway = Gateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
 
     listeners = []
     grpc_socket = ""
@@ -197,6 +200,9 @@ async def run(args: argparse.Namespace) -> int:
             if server.add_insecure_port(f"{host}:{port}") == 0:
                 raise SystemExit(f"kvstore: cannot listen on {url}")
         http_urls = parse_urls(args.listen_client_http_urls)
+        for url in http_urls:
+            host, port = host_port(url)
+            listeners.append(await serve_http(member, host, port, gateway))
     else:
         # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
         from kvstore.transport.cmux import serve_mux
@@ -206,17 +212,18 @@ async def run(args: argparse.Namespace) -> int:
             os.unlink(grpc_socket)
         if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
             raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
-        handler = http_handler(member)
+        handler = http_handler(member, gateway)
         for url in listen:
             host, port = host_port(url)
             listeners.append(await serve_mux(host, port, grpc_socket, handler))
         http_urls = []
     await server.start()
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
-        http_urls += parse_urls(args.listen_metrics_urls)
-    for url in http_urls:
-        host, port = host_port(url)
-        listeners.append(await serve_http(member, host, port))
+        metrics_urls = parse_urls(args.listen_metrics_urls)
+        http_urls += metrics_urls
+        for url in metrics_urls:
+            host, port = host_port(url)
+            listeners.append(await serve_http(member, host, port))  # etcd serves no gateway here
     log.info(
         "serving etcd v3 on %s%s (member %x, cluster %x)",
         ",".join(listen),

@@ -465,15 +465,22 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def add_servicers(server: grpc.aio.Server, member: Member) -> None:
-    for servicer, name in (
-        (KV(member), "KV"),
-        (Watch(member), "Watch"),
-        (Lease(member), "Lease"),
-        (Cluster(member), "Cluster"),
-        (Maintenance(member), "Maintenance"),
-        (Auth(member), "Auth"),
-    ):
+def servicers_for(member: Member) -> dict[str, Any]:
+    """One servicer per etcdserverpb service, by service name: what gRPC and the JSON gateway call."""
+    return {
+        "KV": KV(member),
+        "Watch": Watch(member),
+        "Lease": Lease(member),
+        "Cluster": Cluster(member),
+        "Maintenance": Maintenance(member),
+        "Auth": Auth(member),
+    }
+
+
+def add_servicers(server: grpc.aio.Server, member: Member) -> dict[str, Any]:
+    servicers = servicers_for(member)
+    for name, servicer in servicers.items():
         _register(server, servicer, name)
     # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    return servicers

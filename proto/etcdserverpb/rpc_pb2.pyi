@@ -1,5 +1,6 @@
 from proto.mvccpb import kv_pb2 as _kv_pb2
 from proto.authpb import auth_pb2 as _auth_pb2
+from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
