@@ -2,7 +2,8 @@
 
 With no flags it is an embedded single node: a local journal under
 ./default.etcd, state on tmpfs, and on 127.0.0.1:2379 etcd's gRPC API together
-with its HTTP endpoints (/health, /livez, /readyz, /version, /metrics).
+with its HTTP endpoints (/health, /livez, /readyz, /version, /metrics) and
+the JSON gateway (POST /v3/...).
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen-client-http-urls",
         default="",
-        help="serve the HTTP endpoints (/health, /livez, /readyz, /version, /metrics) only on these URLs; "
+        help="serve the HTTP endpoints (/health, /livez, /readyz, /version, /metrics, the /v3/ JSON gateway) "
+        "only on these URLs; "
         "gRPC then owns the client URLs alone (no multiplexer in its path)",
     )
     p.add_argument(
         "--listen-metrics-urls",
         default="",
-        help="additional URLs for the HTTP endpoints, e.g. http://127.0.0.1:2381 as kubeadm probes ('none': none)",
+        help="additional URLs for /health, /livez, /readyz, /version, /metrics (no gateway), e.g. "
+        "http://127.0.0.1:2381 as kubeadm probes ('none': none)",
     )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
