@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
+from kvstore.mvcc.rangestream import CHUNK_KEYS_INITIAL, RangeStreamer, next_chunk_keys
 from kvstore.mvcc.store import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
 from kvstore.v3rpc import validate
@@ -74,6 +75,26 @@ class KV(rpc.KVServicer):
         resp = self.m.store.range(request)
         fill(self.m, resp.header)
         return resp
+
+    async def RangeStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """etcd 3.7's RangeStream: chunks sized towards --max-request-bytes, at one pinned revision."""
+        try:
+            validate.check_range(request)
+            if not request.serializable:
+                await self.m.linearizable_barrier()
+            self.m.counters["ranges"] += 1
+            streamer = RangeStreamer(self.m.store, request)
+            keys = CHUNK_KEYS_INITIAL
+            target = self.m.config.max_request_bytes
+            while not streamer.done:
+                chunk = streamer.next_chunk(keys)
+                if streamer.done:
+                    fill(self.m, chunk.header)
+                else:
+                    keys = next_chunk_keys(keys, chunk.ByteSize(), target)
+                yield pb.RangeStreamResponse(range_response=chunk)
+        except EtcdError as err:
+            await context.abort(err.code, err.message)
 
     @unary
     async def Put(self, request: Any, context: Any) -> Any:
