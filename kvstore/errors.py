@@ -54,6 +54,12 @@ STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
 NOT_CAPABLE = _error(Code.FAILED_PRECONDITION, "etcdserver: not capable")
 BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
+MEMBER_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: member ID already exist")
+PEER_URL_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+MEMBER_BAD_URLS = _error(Code.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")
+MEMBER_REMOVED = _error(
+    Code.FAILED_PRECONDITION, "etcdserver: the member has been permanently removed from the cluster"
+)
 AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
 
 # Watch-create failures are not gRPC errors: they come back in the stream as a

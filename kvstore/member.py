@@ -52,6 +52,7 @@ CHECKPOINT_MAGIC = b"KVCKPT01"
 IDENTITY_FILE = "member.json"
 JOURNAL_STATUS_INTERVAL_S = 1.0
 CHECKPOINT_LOOP_SHARE_MAX = 0.05
+MEMBER_HEARTBEATS_PER_TTL = 4
 
 
 def now_ms() -> int:
@@ -70,6 +71,8 @@ class MemberConfig:
     data_dir: str = "default.etcd"
     state_dir: str = ""  # "" -> under /dev/shm (see default_state_dir)
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_peer_urls: list[str] = field(default_factory=list)  # shown in MemberList; MemberAdd matches them
+    member_liveness_ttl_s: float = 10.0  # a member missing heartbeats this long leaves MemberList
     initial_cluster_token: str = "etcd-cluster"
     log_name: str = "default"  # the journal log (partition) this member serves
     quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
@@ -138,6 +141,8 @@ class Member:
             "ranges": 0,
         }
         self.ready = asyncio.Event()
+        self.removed = asyncio.Event()  # set once MemberRemove evicts this member: it stops serving
+        self._identity_new = False
 
     # ------------------------------------------------------------- identity
 
@@ -153,13 +158,18 @@ class Member:
             "cluster_id": _id64(f"cluster/{self.config.initial_cluster_token}"),
             "journal_token": os.urandom(16).hex(),
         }
+        self._identity_new = True
+        self._write_identity(identity)
+        return identity
+
+    def _write_identity(self, identity: dict[str, Any]) -> None:
+        path = os.path.join(self.config.data_dir, IDENTITY_FILE)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(identity, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return identity
 
     def header(self, revision: int) -> Any:
         return pb.ResponseHeader(
@@ -189,6 +199,8 @@ class Member:
             loop.create_task(self._journal_status_loop(), name="journal-status"),
         ]
         await self.wait_applied(status.committed)
+        self._adopt_added_id()
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="member-heartbeat"))
         self._snapshot_position = self.sm.applied_position
         self.ready.set()
         log.info(
@@ -341,6 +353,8 @@ class Member:
             self.hub.compacted(applied.compacted_to)
         if applied.events:
             self._update_db_size()
+        if applied.removed_member is not None and applied.removed_member == self.member_id:
+            self._evicted()
         if applied.origin == self.origin:
             fut = self._pending.pop(applied.seq, None)
             if fut is not None and not fut.done():
@@ -458,6 +472,9 @@ class Member:
 
     # ------------------------------------------------------------------ leases
 
+    def new_member_id(self) -> int:
+        return random.getrandbits(63) | 1
+
     def new_lease_id(self) -> int:
         return random.getrandbits(62) | (1 << 61)  # positive, and never 0
 
@@ -479,6 +496,50 @@ class Member:
                 self._lease_proposed_ms[lease_id] = now
             with contextlib.suppress(EtcdError):
                 await self.propose_payload(Kind.LEASE_EXPIRE, msgpack.packb(due))
+
+    # ------------------------------------------------------------ membership
+
+    def _adopt_added_id(self) -> None:
+        """A new member whose peer URLs MemberAdd pre-registered takes that id, as etcd's joining member does."""
+        if not self._identity_new or not self.config.advertise_peer_urls:
+            return
+        added = self.sm.members.claim(self.config.advertise_peer_urls)
+        if added is not None:
+            self.member_id = added
+            self._write_identity({
+                "name": self.config.name,
+                "member_id": added,
+                "cluster_id": self.cluster_id,
+                "journal_token": self.journal_token,
+            })
+            log.info("member %x: the id MemberAdd registered for %s", added, ",".join(self.config.advertise_peer_urls))
+
+    def _evicted(self) -> None:
+        if not self.removed.is_set():
+            log.error("member %x has been permanently removed from the cluster; it stops serving", self.member_id)
+            self.removed.set()
+
+    def heartbeat_payload(self) -> bytes:
+        me = pb.Member(
+            ID=self.member_id,
+            name=self.config.name,
+            peerURLs=self.config.advertise_peer_urls,
+            clientURLs=self.config.advertise_client_urls,
+        )
+        data: bytes = msgpack.packb([me.SerializeToString(), int(self.config.member_liveness_ttl_s * 1000)])
+        return data
+
+    async def _heartbeat_loop(self) -> None:
+        """Register in the log and renew the registration, a few times per liveness TTL."""
+        interval_s = self.config.member_liveness_ttl_s / MEMBER_HEARTBEATS_PER_TTL
+        while True:
+            try:
+                await self.propose_payload(Kind.MEMBER_HEARTBEAT, self.heartbeat_payload())
+            except EtcdError as err:
+                if err == fail(errors.MEMBER_REMOVED):
+                    self._evicted()
+                    return
+            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------ background
 

@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="additional URLs for /health, /livez, /readyz, /version, /metrics (no gateway), e.g. "
         "http://127.0.0.1:2381 as kubeadm probes ('none': none)",
     )
+    p.add_argument(
+        "--initial-advertise-peer-urls",
+        default="",
+        help="peer URLs this member advertises in MemberList (members do not talk to peers; "
+        "a member started with URLs that MemberAdd registered takes the id MemberAdd gave)",
+    )
+    p.add_argument(
+        "--member-liveness-ttl",
+        default="10s",
+        help="a member whose heartbeats through the journal stop leaves MemberList after this long",
+    )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
     p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
     p.add_argument("--max-request-bytes", type=parse_size, default=1_572_864, help="largest request accepted")
@@ -160,6 +171,8 @@ async def run(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         state_dir=args.state_dir,
         advertise_client_urls=advertise,
+        advertise_peer_urls=parse_urls(args.initial_advertise_peer_urls) if args.initial_advertise_peer_urls else [],
+        member_liveness_ttl_s=parse_duration_s(args.member_liveness_ttl, 1.0),
         initial_cluster_token=args.initial_cluster_token,
         log_name=args.journal_log,
         quota_backend_bytes=args.quota_backend_bytes,
@@ -239,8 +252,12 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
+    removed = loop.create_task(member.removed.wait())
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({removed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (removed, stopped):
+        task.cancel()
+    log.info("shutting down%s", " (removed from the cluster)" if member.removed.is_set() else "")
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)

@@ -23,6 +23,7 @@ import msgpack
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
+from kvstore.membership import MemberRegistry, as_pb, from_pb
 from kvstore.mvcc.store import MVCCStore, RevisionEvents, check_put, execute_txn
 from proto.etcdserverpb import rpc_pb2 as pb
 
@@ -43,6 +44,10 @@ class Kind(IntEnum):
     LEASE_KEEPALIVE = 7
     LEASE_EXPIRE = 8  # payload: msgpack list of lease ids the proposer saw due
     ALARM = 9
+    MEMBER_HEARTBEAT = 10  # payload: msgpack [Member (serialized), liveness ttl ms]
+    MEMBER_ADD = 11  # payload: Member (id chosen by the proposer, peer URLs)
+    MEMBER_REMOVE = 12
+    MEMBER_UPDATE = 13
 
 
 _REQUEST_TYPE: dict[Kind, Any] = {
@@ -54,6 +59,9 @@ _REQUEST_TYPE: dict[Kind, Any] = {
     Kind.LEASE_REVOKE: pb.LeaseRevokeRequest,
     Kind.LEASE_KEEPALIVE: pb.LeaseKeepAliveRequest,
     Kind.ALARM: pb.AlarmRequest,
+    Kind.MEMBER_ADD: pb.Member,
+    Kind.MEMBER_REMOVE: pb.MemberRemoveRequest,
+    Kind.MEMBER_UPDATE: pb.MemberUpdateRequest,
 }
 
 
@@ -89,6 +97,7 @@ class Applied:
     result: Any  # a response message, or an EtcdError
     events: list[RevisionEvents] = field(default_factory=list)
     compacted_to: int | None = None  # set when the entry compacted the store
+    removed_member: int | None = None  # set when the entry evicted a member
 
 
 class StateMachine:
@@ -96,6 +105,7 @@ class StateMachine:
         self.store = store if store is not None else MVCCStore()
         self.applied_position = 0  # the last journal position applied
         self.alarms: set[tuple[int, int]] = set()  # (member id, AlarmType)
+        self.members = MemberRegistry()
 
     # -------------------------------------------------------------- applying
 
@@ -107,6 +117,10 @@ class StateMachine:
         try:
             if kind == Kind.LEASE_EXPIRE:
                 out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
+            elif kind == Kind.MEMBER_HEARTBEAT:
+                member, ttl_ms = msgpack.unpackb(payload)
+                self.members.expire(timestamp_ms)
+                out.result = self.members.heartbeat(from_pb(pb.Member.FromString(member)), ttl_ms, timestamp_ms)
             else:
                 req = _REQUEST_TYPE[kind].FromString(payload)
                 out.result = self._apply_request(kind, req, timestamp_ms, out)
@@ -179,6 +193,8 @@ class StateMachine:
             return resp
         if kind == Kind.ALARM:
             return self._alarm(req)
+        if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
+            return self._membership(kind, req, now_ms, out)
         raise AssertionError(f"unknown entry kind {kind}")
 
     def _end(self, txn: Any, out: Applied) -> int:
@@ -240,6 +256,22 @@ class StateMachine:
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
         return resp
 
+    def _membership(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
+        members = self.members
+        members.expire(now_ms)
+        if kind == Kind.MEMBER_ADD:
+            added = members.add(req.ID, list(req.peerURLs))
+            resp: Any = pb.MemberAddResponse(member=as_pb(added))
+        elif kind == Kind.MEMBER_REMOVE:
+            members.remove(req.ID)
+            out.removed_member = req.ID
+            resp = pb.MemberRemoveResponse()
+        else:
+            members.update(req.ID, list(req.peerURLs))
+            resp = pb.MemberUpdateResponse()
+        resp.members.extend(as_pb(m) for m in members.listed())
+        return resp
+
     # ------------------------------------------------------------ checkpoints
 
     def dumps(self) -> bytes:
@@ -248,6 +280,7 @@ class StateMachine:
                 "format": 1,
                 "applied_position": self.applied_position,
                 "alarms": sorted(self.alarms),
+                "members": self.members.to_state(),
                 "store": self.store.to_state(),
             },
             use_bin_type=True,
@@ -262,4 +295,6 @@ class StateMachine:
         sm = cls(MVCCStore.from_state(state["store"]))
         sm.applied_position = state["applied_position"]
         sm.alarms = {(m, a) for m, a in state["alarms"]}
+        if "members" in state:  # checkpoints from before the registry have none
+            sm.members = MemberRegistry.from_state(state["members"])
         return sm

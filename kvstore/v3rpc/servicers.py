@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
+from kvstore.membership import as_pb
 from kvstore.mvcc.rangestream import CHUNK_KEYS_INITIAL, RangeStreamer, next_chunk_keys
 from kvstore.mvcc.store import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
@@ -255,30 +256,43 @@ class Lease(rpc.LeaseServicer):
 
 
 class Cluster(rpc.ClusterServicer):
+    """Membership from the journal (kvstore/membership.py): every member registered in this log."""
+
     def __init__(self, member: Member) -> None:
         self.m = member
 
-    def _self(self) -> Any:
-        return pb.Member(
-            ID=self.m.member_id, name=self.m.config.name, clientURLs=list(self.m.config.advertise_client_urls)
-        )
+    def _members(self) -> list[Any]:
+        return [as_pb(r) for r in self.m.sm.members.listed()]
+
+    def _answer(self, resp: Any) -> Any:
+        fill(self.m, resp.header, with_revision=False)  # cluster calls carry no revision
+        return resp
 
     @unary
     async def MemberList(self, request: Any, context: Any) -> Any:
         if request.linearizable:
             await self.m.linearizable_barrier()
-        resp = pb.MemberListResponse(members=[self._self()])
-        fill(self.m, resp.header, with_revision=False)  # cluster calls carry no revision
-        return resp
+        return self._answer(pb.MemberListResponse(members=self._members()))
 
-    async def _single_member(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "kvstore: members join by tailing the journal; membership changes through the Cluster API "
-            "are not supported yet",
-        )
+    @unary
+    async def MemberAdd(self, request: Any, context: Any) -> Any:
+        if request.isLearner:
+            raise EtcdError(errors.Code.UNIMPLEMENTED, "kvstore: members never vote; learners are not supported")
+        validate.check_member_urls(request.peerURLs)
+        added = pb.Member(ID=self.m.new_member_id(), peerURLs=request.peerURLs)
+        return self._answer(await self.m.propose(Kind.MEMBER_ADD, added))
 
-    MemberAdd = MemberRemove = MemberUpdate = MemberPromote = _single_member
+    @unary
+    async def MemberRemove(self, request: Any, context: Any) -> Any:
+        return self._answer(await self.m.propose(Kind.MEMBER_REMOVE, request))
+
+    @unary
+    async def MemberUpdate(self, request: Any, context: Any) -> Any:
+        validate.check_member_urls(request.peerURLs)
+        return self._answer(await self.m.propose(Kind.MEMBER_UPDATE, request))
+
+    async def MemberPromote(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "kvstore: members never vote; there are no learners")
 
 
 class Maintenance(rpc.MaintenanceServicer):
