@@ -101,6 +101,7 @@ class Member:
         self.state_dir = config.state_dir or default_state_dir(config.data_dir)
         os.makedirs(config.data_dir, exist_ok=True)
         os.makedirs(self.state_dir, exist_ok=True)
+        self._identity_new = False  # set by _load_identity when it makes a new identity
         identity = self._load_identity()
         self.member_id: int = identity["member_id"]
         self.cluster_id: int = identity["cluster_id"]
@@ -142,7 +143,6 @@ class Member:
         }
         self.ready = asyncio.Event()
         self.removed = asyncio.Event()  # set once MemberRemove evicts this member: it stops serving
-        self._identity_new = False
 
     # ------------------------------------------------------------- identity
 
@@ -200,6 +200,7 @@ class Member:
         ]
         await self.wait_applied(status.committed)
         self._adopt_added_id()
+        await self._heartbeat()  # listed in MemberList before serving
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="member-heartbeat"))
         self._snapshot_position = self.sm.applied_position
         self.ready.set()
@@ -529,17 +530,22 @@ class Member:
         data: bytes = msgpack.packb([me.SerializeToString(), int(self.config.member_liveness_ttl_s * 1000)])
         return data
 
+    async def _heartbeat(self) -> None:
+        """Register in the log, or renew the registration; a refusal means this member was removed."""
+        try:
+            await self.propose_payload(Kind.MEMBER_HEARTBEAT, self.heartbeat_payload())
+        except EtcdError as err:
+            if err == fail(errors.MEMBER_REMOVED):
+                self._evicted()
+            elif err != fail(errors.STOPPED):
+                log.warning("member heartbeat failed: %s", err.message)
+
     async def _heartbeat_loop(self) -> None:
-        """Register in the log and renew the registration, a few times per liveness TTL."""
+        """Renew the registration a few times per liveness TTL, until removed."""
         interval_s = self.config.member_liveness_ttl_s / MEMBER_HEARTBEATS_PER_TTL
-        while True:
-            try:
-                await self.propose_payload(Kind.MEMBER_HEARTBEAT, self.heartbeat_payload())
-            except EtcdError as err:
-                if err == fail(errors.MEMBER_REMOVED):
-                    self._evicted()
-                    return
+        while not self.removed.is_set():
             await asyncio.sleep(interval_s)
+            await self._heartbeat()
 
     # ------------------------------------------------------------ background
 
