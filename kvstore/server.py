@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server "
         "(ignored once the data dir holds data)",
     )
+    p.add_argument(
+        "--import-etcd-snapshot",
+        default="",
+        help="seed a new, empty data dir and journal log from a real etcd's snapshot (the bbolt file "
+        "`etcdctl snapshot save` writes, etcd 3.4-3.6): keys with their revisions and versions, leases, "
+        "the current and compacted revisions; refuses a data dir that holds data",
+    )
     return p
 
 
@@ -184,10 +191,13 @@ async def run(args: argparse.Namespace) -> int:
         auto_compaction_retention=args.auto_compaction_retention,
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),
     )
+    imported = read_import(args.import_etcd_snapshot) if args.import_etcd_snapshot else None  # before any write
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
     if args.restore_snapshot:
         await restore_snapshot(member, args.restore_snapshot)
+    if imported is not None:
+        await import_etcd_snapshot(member, args.import_etcd_snapshot, imported)
     await member.start()
 
     options = [
@@ -284,6 +294,37 @@ async def restore_snapshot(member: Member, path: str) -> None:
     member._install(sm)
     member.write_checkpoint()
     log.info("restored snapshot %s at revision %d", path, sm.store.revision)
+
+
+def read_import(path: str) -> StateMachine:
+    """A real etcd's snapshot file as a state machine; exits with the reason if it cannot be read."""
+    from kvstore.member import now_ms
+    from kvstore.migrate.etcd_snapshot import EtcdSnapshotError, read_etcd_snapshot, to_state_machine
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return to_state_machine(read_etcd_snapshot(data), now_ms())
+    except (OSError, EtcdSnapshotError) as err:
+        raise SystemExit(f"kvstore: --import-etcd-snapshot {path}: {err}") from None
+
+
+async def import_etcd_snapshot(member: Member, path: str, sm: StateMachine) -> None:
+    """Seed a new journal log with an etcd snapshot's keys, revisions, leases and compaction:
+    every member of the log starts from it (it is the log's snapshot at position 0)."""
+    status = await member.journal.status(member.log_name)
+    if status.committed or await member.journal.snapshot_get(member.log_name) is not None:
+        raise SystemExit(
+            f"kvstore: --import-etcd-snapshot needs a new, empty data dir and journal log; "
+            f"{member.config.data_dir} (log {member.log_name!r}) already holds data"
+        )
+    await member.journal.snapshot_put(member.log_name, Snapshot(0, sm.dumps()))
+    member._install(sm)
+    member.write_checkpoint()
+    log.info(
+        "imported etcd snapshot %s: revision %d, compacted at %d, %d keys, %d leases",
+        path, sm.store.revision, sm.store.compact_revision, sm.store.live_keys, len(sm.store.leases),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ SOURCES = [
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/etcdserverpb/rpc.proto",
+    "proto/leasepb/lease.proto",
 ]
 GRPC_SOURCES = ["proto/etcdserverpb/rpc.proto"]
 
