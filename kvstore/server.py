@@ -23,6 +23,7 @@ import grpc
 
 from journal.api import Journal, Snapshot
 from kvstore.member import Member, MemberConfig, parse_duration_s
+from kvstore.membership import MemberRegistry
 from kvstore.statemachine import StateMachine
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 
@@ -288,8 +289,10 @@ async def restore_snapshot(member: Member, path: str) -> None:
         return
     with open(path, "rb") as f:
         sm = StateMachine.loads(read_snapshot_file(f.read()))
-    # The restored state starts a new journal: it sits at position 0 of it.
+    # The restored state starts a new journal: it sits at position 0 of it, with a membership of its own
+    # (as `etcdutl snapshot restore` starts a new cluster).
     sm.applied_position = 0
+    sm.members = MemberRegistry()
     await member.journal.snapshot_put(member.log_name, Snapshot(0, sm.dumps()))
     member._install(sm)
     member.write_checkpoint()

@@ -25,6 +25,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 REQUEST_HEAD_BYTES_MAX = 16 * 1024
 READ_TIMEOUT_S = 10.0  # a request head, or an idle keep-alive connection
 READ_BYTES = 64 * 1024
+STREAM_CHUNKS_QUEUED_MAX = 16  # request body chunks read ahead of a streaming call
 DRAIN_BYTES_MAX = 1024 * 1024  # an unread body past this closes the connection instead
 # what etcd's gateway adds to every answer
 CORS_HEADERS = [
@@ -194,7 +195,7 @@ class _Connection:
 
     async def handle_stream(self, gw_route: Any) -> None:
         assert self.gateway is not None
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STREAM_CHUNKS_QUEUED_MAX)  # backpressure
         disconnected = asyncio.Event()
 
         async def read() -> None:
@@ -213,8 +214,9 @@ class _Connection:
                     self.conn.receive_data(data)
             except (ConnectionError, h11.RemoteProtocolError):
                 pass
-            await chunks.put(None)
-            disconnected.set()
+            disconnected.set()  # first: the call is cancelled even if nobody takes the end marker
+            with contextlib.suppress(asyncio.QueueFull):
+                chunks.put_nowait(None)
 
         async def body() -> AsyncIterator[bytes]:
             while (chunk := await chunks.get()) is not None:
