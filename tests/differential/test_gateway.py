@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.differential.harness import Pair, PairPool
+from tests.servers import free_port, start_kvstore
 
 HTTP_TIMEOUT_S = 10.0
 MASKED = ("cluster_id", "member_id", "raft_term")
@@ -289,3 +292,43 @@ def test_lease_keepalive_streams_and_ends_with_the_body(pair: Pair) -> None:
         got.append(lines)
     assert got[0] == got[1], got
     assert len(got[0]) == 2, got  # the stream ends when the requests do
+
+
+def _watchers(metrics_url: str) -> int:
+    with urllib.request.urlopen(metrics_url + "/metrics", timeout=HTTP_TIMEOUT_S) as r:
+        text = r.read().decode()
+    return int(re.search(r"(?m)^etcd_debugging_mvcc_watcher_total (\d+)", text).group(1))  # type: ignore[union-attr]
+
+
+def test_a_gateway_watch_ends_when_its_client_goes(pair: Pair) -> None:
+    ours = pair.b
+    if ours.kind != "kvstore":
+        pytest.skip("our server only")
+    before = _watchers(ours.metrics_url)  # type: ignore[attr-defined]
+    host, port = ours.client_url.split("//")[1].split(":")
+    conns = []
+    for _ in range(3):
+        c = http.client.HTTPConnection(host, int(port), timeout=HTTP_TIMEOUT_S)
+        c.request("POST", "/v3/watch", body=b'{"create_request":{"key":"Zm9v"}}')
+        r = c.getresponse()
+        assert json.loads(r.readline())["result"]["created"] is True
+        conns.append(c)
+    assert _watchers(ours.metrics_url) == before + 3  # type: ignore[attr-defined]
+    for c in conns:
+        c.close()
+    deadline = time.monotonic() + HTTP_TIMEOUT_S
+    while _watchers(ours.metrics_url) != before and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert _watchers(ours.metrics_url) == before  # type: ignore[attr-defined]
+
+
+def test_gateway_on_client_http_urls_and_not_on_metrics_urls() -> None:
+    http_port = free_port()
+    ours = start_kvstore("gw-http-urls", extra_args=[f"--listen-client-http-urls=http://127.0.0.1:{http_port}"])
+    try:
+        r = post(f"http://127.0.0.1:{http_port}", "/v3/kv/put", json.dumps({"key": b64("k"), "value": b64("v")}))
+        assert r["status"] == 200 and r["json"]["header"]["revision"], r
+        m = post(ours.metrics_url, "/v3/kv/range", json.dumps({"key": b64("k")}))  # type: ignore[attr-defined]
+        assert m["status"] == 405 or m["status"] == 404, m  # etcd's metrics URLs serve no gateway
+    finally:
+        ours.stop()
