@@ -180,12 +180,14 @@ class Gateway:
             return status, error, _nothing()
 
         async def lines() -> AsyncIterator[bytes]:
-            yield jsonpb.dumps({"result": jsonpb.to_dict(first)}) + b"\n"
             try:
+                yield jsonpb.dumps({"result": jsonpb.to_dict(first)}) + b"\n"
                 async for response in responses:
                     yield jsonpb.dumps({"result": jsonpb.to_dict(response)}) + b"\n"
             except CallFailed as err:
                 yield stream_error_line(err.code, err.message)
+            finally:
+                await responses.aclose()  # type: ignore[attr-defined]  # ends the call now, not at GC
 
         return 200, None, lines()
 
