@@ -56,6 +56,12 @@ BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "etcdserver: bad leader
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
 # Not an etcd error: LMDB, the backend, limits keys to 511 bytes (503 with a lease's prefix).
 KEY_TOO_LONG = _error(Code.INVALID_ARGUMENT, "kvstore: key is too long (at most 503 bytes)")
+MEMBER_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: member ID already exist")
+PEER_URL_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+MEMBER_BAD_URLS = _error(Code.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")
+MEMBER_REMOVED = _error(
+    Code.FAILED_PRECONDITION, "etcdserver: the member has been permanently removed from the cluster"
+)
 AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
 ROOT_USER_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: root user does not exist")
 ROOT_ROLE_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: root user does not have root role")

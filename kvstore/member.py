@@ -78,6 +78,7 @@ COMPACT_STEP_ENTRIES_MAX = 5000  # index entries one physical compaction step vi
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
 FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
+MEMBER_HEARTBEATS_PER_TTL = 4
 
 
 def now_ms() -> int:
@@ -96,6 +97,8 @@ class MemberConfig:
     data_dir: str = "default.etcd"
     state_dir: str = ""  # "" -> under /dev/shm (see default_state_dir)
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_peer_urls: list[str] = field(default_factory=list)  # shown in MemberList; MemberAdd matches them
+    member_liveness_ttl_s: float = 10.0  # a member missing heartbeats this long leaves MemberList
     initial_cluster_token: str = "etcd-cluster"
     log_name: str = "default"  # the journal log (partition) this member serves
     quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
@@ -126,6 +129,7 @@ class Member:
         self.state_dir = config.state_dir or default_state_dir(config.data_dir)
         os.makedirs(config.data_dir, exist_ok=True)
         os.makedirs(self.state_dir, exist_ok=True)
+        self._identity_new = False  # set by _load_identity when it makes a new identity
         identity = self._load_identity()
         self.member_id: int = identity["member_id"]
         self.cluster_id: int = identity["cluster_id"]
@@ -179,6 +183,7 @@ class Member:
         # jwt is set when --auth-token is jwt,... and then issues every token.
         self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
         self.jwt: JWTTokens | None = None
+        self.removed = asyncio.Event()  # set once MemberRemove evicts this member: it stops serving
 
     # ------------------------------------------------------------- identity
 
@@ -194,13 +199,18 @@ class Member:
             "cluster_id": _id64(f"cluster/{self.config.initial_cluster_token}"),
             "journal_token": os.urandom(16).hex(),
         }
+        self._identity_new = True
+        self._write_identity(identity)
+        return identity
+
+    def _write_identity(self, identity: dict[str, Any]) -> None:
+        path = os.path.join(self.config.data_dir, IDENTITY_FILE)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(identity, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return identity
 
     @property
     def journal_reachable(self) -> bool:
@@ -244,6 +254,9 @@ class Member:
             loop.create_task(self._journal_status_loop(), name="journal-status"),
         ]
         await self.wait_applied(status.committed)
+        self._adopt_added_id()
+        await self._heartbeat()  # listed in MemberList before serving
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="member-heartbeat"))
         self._snapshot_position = self.sm.applied_position
         self.ready.set()
         if failpoints.active():
@@ -431,6 +444,8 @@ class Member:
             self.auth_tokens.invalidate_user(applied.tokens_revoked_for)
         if applied.tokens_cleared:
             self.auth_tokens.clear()
+        if applied.removed_member is not None and applied.removed_member == self.member_id:
+            self._evicted()
         if applied.origin == self.origin:
             fut = self._pending.pop(applied.seq, None)
             if fut is not None and not fut.done():
@@ -580,6 +595,9 @@ class Member:
 
     # ------------------------------------------------------------------ leases
 
+    def new_member_id(self) -> int:
+        return random.getrandbits(63) | 1
+
     def new_lease_id(self) -> int:
         return random.getrandbits(62) | (1 << 61)  # positive, and never 0
 
@@ -601,6 +619,55 @@ class Member:
                 self._lease_proposed_ms[lease_id] = now
             with contextlib.suppress(EtcdError):
                 await self.propose_payload(Kind.LEASE_EXPIRE, msgpack.packb(due))
+
+    # ------------------------------------------------------------ membership
+
+    def _adopt_added_id(self) -> None:
+        """A new member whose peer URLs MemberAdd pre-registered takes that id, as etcd's joining member does."""
+        if not self._identity_new or not self.config.advertise_peer_urls:
+            return
+        added = self.sm.members.claim(self.config.advertise_peer_urls)
+        if added is not None:
+            self.member_id = added
+            self._write_identity({
+                "name": self.config.name,
+                "member_id": added,
+                "cluster_id": self.cluster_id,
+                "journal_token": self.journal_token,
+            })
+            log.info("member %x: the id MemberAdd registered for %s", added, ",".join(self.config.advertise_peer_urls))
+
+    def _evicted(self) -> None:
+        if not self.removed.is_set():
+            log.error("member %x has been permanently removed from the cluster; it stops serving", self.member_id)
+            self.removed.set()
+
+    def heartbeat_payload(self) -> bytes:
+        me = pb.Member(
+            ID=self.member_id,
+            name=self.config.name,
+            peerURLs=self.config.advertise_peer_urls,
+            clientURLs=self.config.advertise_client_urls,
+        )
+        data: bytes = msgpack.packb([me.SerializeToString(), int(self.config.member_liveness_ttl_s * 1000)])
+        return data
+
+    async def _heartbeat(self) -> None:
+        """Register in the log, or renew the registration; a refusal means this member was removed."""
+        try:
+            await self.propose_payload(Kind.MEMBER_HEARTBEAT, self.heartbeat_payload())
+        except EtcdError as err:
+            if err == fail(errors.MEMBER_REMOVED):
+                self._evicted()
+            elif err != fail(errors.STOPPED):
+                log.warning("member heartbeat failed: %s", err.message)
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew the registration a few times per liveness TTL, until removed."""
+        interval_s = self.config.member_liveness_ttl_s / MEMBER_HEARTBEATS_PER_TTL
+        while not self.removed.is_set():
+            await asyncio.sleep(interval_s)
+            await self._heartbeat()
 
     # ------------------------------------------------------------ background
 

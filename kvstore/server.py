@@ -2,7 +2,8 @@
 
 With no flags it is an embedded single node: a local journal under
 ./default.etcd, state on tmpfs, and on 127.0.0.1:2379 etcd's gRPC API together
-with its HTTP endpoints (/health, /livez, /readyz, /version, /metrics).
+with its HTTP endpoints (/health, /livez, /readyz, /version, /metrics) and
+the JSON gateway (POST /v3/...).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
+from kvstore.statemachine import StateMachine
 from kvstore.transport.cmux import PeerIdentities, serve_mux
 from kvstore.transport.tls import (
     ServerTLS,
@@ -84,13 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen-client-http-urls",
         default="",
-        help="serve the HTTP endpoints (/health, /livez, /readyz, /version, /metrics) only on these URLs; "
+        help="serve the HTTP endpoints (/health, /livez, /readyz, /version, /metrics, the /v3/ JSON gateway) "
+        "only on these URLs; "
         "gRPC then owns the client URLs alone (no multiplexer in its path)",
     )
     p.add_argument(
         "--listen-metrics-urls",
         default="",
-        help="additional URLs for the HTTP endpoints, e.g. http://127.0.0.1:2381 as kubeadm probes ('none': none)",
+        help="additional URLs for /health, /livez, /readyz, /version, /metrics (no gateway), e.g. "
+        "http://127.0.0.1:2381 as kubeadm probes ('none': none)",
+    )
+    p.add_argument(
+        "--initial-advertise-peer-urls",
+        default="",
+        help="peer URLs this member advertises in MemberList (members do not talk to peers; "
+        "a member started with URLs that MemberAdd registered takes the id MemberAdd gave)",
+    )
+    p.add_argument(
+        "--member-liveness-ttl",
+        default="10s",
+        help="a member whose heartbeats through the journal stop leaves MemberList after this long",
     )
     tls = p.add_argument_group(
         "client TLS (etcd's flags; also ETCD_CERT_FILE, ... as for every flag)",
@@ -210,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server "
         "(ignored once the data dir holds data)",
     )
+    p.add_argument(
+        "--import-etcd-snapshot",
+        default="",
+        help="seed a new, empty data dir and journal log from a real etcd's snapshot (the bbolt file "
+        "`etcdctl snapshot save` writes, etcd 3.4-3.6): keys with their revisions and versions, leases, "
+        "the current and compacted revisions; refuses a data dir that holds data",
+    )
     return p
 
 
@@ -298,6 +320,8 @@ async def run(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         state_dir=args.state_dir,
         advertise_client_urls=advertise,
+        advertise_peer_urls=parse_urls(args.initial_advertise_peer_urls) if args.initial_advertise_peer_urls else [],
+        member_liveness_ttl_s=parse_duration_s(args.member_liveness_ttl, 1.0),
         initial_cluster_token=args.initial_cluster_token,
         log_name=args.journal_log,
         quota_backend_bytes=args.quota_backend_bytes,
@@ -315,11 +339,14 @@ async def run(args: argparse.Namespace) -> int:
         token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
     except (TokenConfigError, OSError, ValueError) as err:
         raise SystemExit(f"kvstore: --auth-token: {err}") from None
+    imported = read_import(args.import_etcd_snapshot) if args.import_etcd_snapshot else None  # before any write
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
     member.jwt = token_options.jwt
     if args.restore_snapshot:
         await restore_snapshot(member, args.restore_snapshot)
+    if imported is not None:
+        await import_etcd_snapshot(member, args.import_etcd_snapshot, imported)
     await member.start()
 
     options = [
@@ -334,8 +361,11 @@ async def run(args: argparse.Namespace) -> int:
     ]
     server = grpc.aio.server(options=options, interceptors=[member.metrics.grpc_interceptor()])
     identities = PeerIdentities()
-    add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
+    servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
+    from kvstore.gateway.gateway import Gateway
     from kvstore.transport.http import http_handler, serve_http
+
+    gateway = Gateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
 
     listeners = []
     tls = client_tls(args, data_dir, listen)
@@ -354,9 +384,12 @@ async def run(args: argparse.Namespace) -> int:
             elif server.add_insecure_port(f"{host}:{port}") == 0:
                 raise SystemExit(f"kvstore: cannot listen on {url}")
         http_urls = parse_urls(args.listen_client_http_urls)
+        for url in http_urls:
+            host, port = host_port(url)
+            listeners.append(await serve_http(member, host, port, gateway))
     else:
         # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
-        handler = http_handler(member)
+        handler = http_handler(member, gateway)
         for url in listen:
             host, port = host_port(url)
             url_tls = tls if url_scheme(url) == "https" else None
@@ -382,8 +415,12 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
+    removed = loop.create_task(member.removed.wait())
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({removed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (removed, stopped):
+        task.cancel()
+    log.info("shutting down%s", " (removed from the cluster)" if member.removed.is_set() else "")
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)
@@ -401,10 +438,48 @@ async def restore_snapshot(member: Member, path: str) -> None:
         # Like etcd's --initial-* flags: it bootstraps an empty data dir and is ignored afterwards.
         log.warning("--restore-snapshot ignored: %s already holds data", member.config.data_dir)
         return
-    # The restored state starts a new journal: it sits at position 0 of it.
+    # The restored state starts a new journal: it sits at position 0 of it, with a membership of its own
+    # (as `etcdutl snapshot restore` starts a new cluster).
     await member.install_snapshot(read_snapshot_file(path), position=0)
+    member.sm.reset_membership()
     await member.save_journal_snapshot()
     log.info("restored snapshot %s at revision %d", path, member.store.revision)
+
+
+def read_import(path: str) -> StateMachine:
+    """A real etcd's snapshot file as a state machine; exits with the reason if it cannot be read."""
+    from kvstore.member import now_ms
+    from kvstore.migrate.etcd_snapshot import EtcdSnapshotError, read_etcd_snapshot, to_state_machine
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return to_state_machine(read_etcd_snapshot(data), now_ms())
+    except (OSError, EtcdSnapshotError) as err:
+        raise SystemExit(f"kvstore: --import-etcd-snapshot {path}: {err}") from None
+
+
+async def import_etcd_snapshot(member: Member, path: str, sm: StateMachine) -> None:
+    """Seed a new journal log with an etcd snapshot's keys, revisions, leases and compaction:
+    every member of the log starts from it (it is the log's snapshot at position 0)."""
+    status = await member.journal.status(member.log_name)
+    if status.committed or await member.journal.snapshot_get(member.log_name) is not None:
+        sm.close()
+        raise SystemExit(
+            f"kvstore: --import-etcd-snapshot needs a new, empty data dir and journal log; "
+            f"{member.config.data_dir} (log {member.log_name!r}) already holds data"
+        )
+    try:
+        await member.install_snapshot(sm.snapshot_chunks(), position=0)
+    finally:
+        sm.close()
+    member.sm.reset_membership()
+    await member.save_journal_snapshot()
+    store = member.store
+    log.info(
+        "imported etcd snapshot %s: revision %d, compacted at %d, %d keys, %d leases",
+        path, store.revision, store.compact_revision, store.live_keys, len(store.leases),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from kvstore.auth.store import REQUEST_TYPES as AUTH_REQUEST_TYPES
 from kvstore.auth.store import AuthInfo, AuthStore
 from kvstore.errors import EtcdError, fail
 from kvstore.lease import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
+from kvstore.membership import MemberRegistry, as_pb, from_pb
 from kvstore.mvcc import snapshot
 from kvstore.mvcc.backend import Backend
 from kvstore.mvcc.store import MVCCStore, RevisionEvents
@@ -54,6 +55,10 @@ class Kind(IntEnum):
     ALARM = 9
     AUTH = 10  # payload: msgpack [gRPC method name, request]; see kvstore.auth.store.REQUEST_TYPES
     AUTHENTICATE = 11  # payload: msgpack [user, simple token prefix or "", auth revision the password was checked at]
+    MEMBER_HEARTBEAT = 12  # payload: msgpack [Member (serialized), liveness ttl ms]
+    MEMBER_ADD = 13  # payload: Member (id chosen by the proposer, peer URLs)
+    MEMBER_REMOVE = 14
+    MEMBER_UPDATE = 15
 
 
 _REQUEST_TYPE: dict[Kind, Any] = {
@@ -65,6 +70,9 @@ _REQUEST_TYPE: dict[Kind, Any] = {
     Kind.LEASE_REVOKE: pb.LeaseRevokeRequest,
     Kind.LEASE_KEEPALIVE: pb.LeaseKeepAliveRequest,
     Kind.ALARM: pb.AlarmRequest,
+    Kind.MEMBER_ADD: pb.Member,
+    Kind.MEMBER_REMOVE: pb.MemberRemoveRequest,
+    Kind.MEMBER_UPDATE: pb.MemberUpdateRequest,
 }
 
 
@@ -106,6 +114,7 @@ class Applied:
     compacted_to: int | None = None  # set when the entry compacted the store
     tokens_revoked_for: str | None = None  # a user deleted or re-passworded: its tokens are void
     tokens_cleared: bool = False  # auth was disabled: every token is void
+    removed_member: int | None = None  # set when the entry evicted a member
 
 
 # The state machine's own entries in the backend's meta database. A new piece of replicated
@@ -114,6 +123,7 @@ class Applied:
 META_APPLIED = b"applied"  # the last journal position applied (8 bytes, big-endian)
 META_ALARMS = b"alarms"  # msgpack [[member id, AlarmType], ...], sorted
 META_AUTH = b"auth"  # msgpack AuthStore.to_state(): users, roles, enabled, auth revision
+META_MEMBERS = b"members"  # msgpack MemberRegistry.to_state(): registered members and their liveness
 
 
 class StateMachine:
@@ -137,6 +147,9 @@ class StateMachine:
         raw = self.backend.get_meta(META_AUTH)
         self.auth = AuthStore.from_state(msgpack.unpackb(raw, raw=False)) if raw else AuthStore()
         self._auth_dirty = False
+        raw = self.backend.get_meta(META_MEMBERS)
+        self.members = MemberRegistry.from_state(msgpack.unpackb(raw, raw=False)) if raw else MemberRegistry()
+        self._members_dirty = False
 
     def close(self) -> None:
         self.backend.close()
@@ -164,6 +177,11 @@ class StateMachine:
                 elif kind == Kind.AUTH:
                     self._auth_dirty = True
                     out.result = self._apply_auth(payload, auth, out)
+                elif kind == Kind.MEMBER_HEARTBEAT:
+                    self._members_dirty = True
+                    member, ttl_ms = msgpack.unpackb(payload)
+                    self.members.expire(timestamp_ms)
+                    out.result = self.members.heartbeat(from_pb(pb.Member.FromString(member)), ttl_ms, timestamp_ms)
                 elif kind == Kind.AUTHENTICATE:
                     name, prefix, checked_revision = msgpack.unpackb(payload, raw=False)
                     out.result = self.auth.authenticate(name, prefix, checked_revision, position)
@@ -191,6 +209,9 @@ class StateMachine:
         if self._alarms_dirty:
             backend.put_meta(META_ALARMS, msgpack.packb(sorted(self.alarms)))
             self._alarms_dirty = False
+        if self._members_dirty:
+            backend.put_meta(META_MEMBERS, msgpack.packb(self.members.to_state()))
+            self._members_dirty = False
         if self._auth_dirty:
             # The auth store is small and changes rarely: written whole, in the entry's transaction.
             backend.put_meta(META_AUTH, msgpack.packb(self.auth.to_state()))
@@ -287,6 +308,8 @@ class StateMachine:
             return resp
         if kind == Kind.ALARM:
             return self._alarm(req)
+        if kind in (Kind.MEMBER_ADD, Kind.MEMBER_REMOVE, Kind.MEMBER_UPDATE):
+            return self._membership(kind, req, now_ms, out)
         raise AssertionError(f"unknown entry kind {kind}")
 
     def _end(self, txn: Any, out: Applied) -> int:
@@ -348,6 +371,30 @@ class StateMachine:
                 self.alarms.discard(pair)
                 self._alarms_dirty = True
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
+        return resp
+
+    def reset_membership(self) -> None:
+        """Forget every member (a restored snapshot starts a cluster of its own, as etcdutl's restore)."""
+        with self.backend.batch():
+            self.members = MemberRegistry()
+            self._members_dirty = True
+            self._flush()
+
+    def _membership(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
+        self._members_dirty = True
+        members = self.members
+        members.expire(now_ms)
+        if kind == Kind.MEMBER_ADD:
+            added = members.add(req.ID, list(req.peerURLs))
+            resp: Any = pb.MemberAddResponse(member=as_pb(added))
+        elif kind == Kind.MEMBER_REMOVE:
+            members.remove(req.ID)
+            out.removed_member = req.ID
+            resp = pb.MemberRemoveResponse()
+        else:
+            members.update(req.ID, list(req.peerURLs))
+            resp = pb.MemberUpdateResponse()
+        resp.members.extend(as_pb(m) for m in members.listed())
         return resp
 
     # ------------------------------------------------------------- snapshots

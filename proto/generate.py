@@ -22,6 +22,7 @@ SOURCES = [
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/etcdserverpb/rpc.proto",
+    "proto/leasepb/lease.proto",
 ]
 GRPC_SOURCES = ["proto/etcdserverpb/rpc.proto"]
 
@@ -35,10 +36,15 @@ def generated_names(source: str) -> list[str]:
 
 
 def generate(out_dir: Path) -> None:
+    import google.api  # googleapis-common-protos ships google/api/annotations.proto
+    import grpc_tools
     from grpc_tools import protoc  # imported late: only this command needs grpcio-tools
 
+    googleapis = Path(google.api.__path__[0]).parent.parent
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/descriptor.proto
     for source in SOURCES:
-        args = ["protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
+        args = ["protoc", f"-I{ROOT}", f"-I{googleapis}", f"-I{well_known}"]
+        args += [f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
         if source in GRPC_SOURCES:
             args.append(f"--grpc_python_out={out_dir}")
         args.append(str(ROOT / source))

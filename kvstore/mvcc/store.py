@@ -330,6 +330,11 @@ class MVCCStore:
     def begin(self) -> WriteTxn:
         return WriteTxn(self)
 
+    def write_record(self, kv: Any, rev: bytes, *, tombstone: bool) -> None:
+        """Append a record at its own revision (an import of another store's history, in
+        revision order); the caller sets the revision counters and leases."""
+        self._write(kv.key, kv, rev, tombstone)
+
     def _write(self, key: bytes, kv: Any, rev: bytes, tombstone: bool) -> None:
         txn = self._txn
         # Revisions only grow, so records append at the end of the tree: pages fill densely.

@@ -18,6 +18,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
+from kvstore.membership import as_pb
+from kvstore.mvcc.rangestream import CHUNK_KEYS_INITIAL, RangeStreamer, next_chunk_keys
 from kvstore.mvcc.txn import execute_txn, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
 from kvstore.transport.cmux import PeerIdentities
@@ -46,6 +48,26 @@ class KV(rpc.KVServicer):
         header = pb.ResponseHeader()
         fill(self.m, header, with_revision=False)
         return self.m.store.range_encoded(request, header)  # wire bytes: see _passthrough
+
+    async def RangeStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """etcd 3.7's RangeStream: chunks sized towards --max-request-bytes, at one pinned revision."""
+        try:
+            validate.check_range(request)
+            if not request.serializable:
+                await self.m.linearizable_barrier()
+            self.m.counters["ranges"] += 1
+            streamer = RangeStreamer(self.m.store, request)
+            keys = CHUNK_KEYS_INITIAL
+            target = self.m.config.max_request_bytes
+            while not streamer.done:
+                chunk = streamer.next_chunk(keys)
+                if streamer.done:
+                    fill(self.m, chunk.header)
+                else:
+                    keys = next_chunk_keys(keys, chunk.ByteSize(), target)
+                yield pb.RangeStreamResponse(range_response=chunk)
+        except EtcdError as err:
+            await context.abort(err.code, err.message)
 
     @unary
     async def Put(self, request: Any, context: Any) -> Any:
@@ -228,30 +250,43 @@ class Lease(rpc.LeaseServicer):
 
 
 class Cluster(rpc.ClusterServicer):
+    """Membership from the journal (kvstore/membership.py): every member registered in this log."""
+
     def __init__(self, member: Member) -> None:
         self.m = member
 
-    def _self(self) -> Any:
-        return pb.Member(
-            ID=self.m.member_id, name=self.m.config.name, clientURLs=list(self.m.config.advertise_client_urls)
-        )
+    def _members(self) -> list[Any]:
+        return [as_pb(r) for r in self.m.sm.members.listed()]
+
+    def _answer(self, resp: Any) -> Any:
+        fill(self.m, resp.header, with_revision=False)  # cluster calls carry no revision
+        return resp
 
     @unary
     async def MemberList(self, request: Any, context: Any) -> Any:
         if request.linearizable:
             await self.m.linearizable_barrier()
-        resp = pb.MemberListResponse(members=[self._self()])
-        fill(self.m, resp.header, with_revision=False)  # cluster calls carry no revision
-        return resp
+        return self._answer(pb.MemberListResponse(members=self._members()))
 
-    async def _single_member(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "kvstore: members join by tailing the journal; membership changes through the Cluster API "
-            "are not supported yet",
-        )
+    @unary
+    async def MemberAdd(self, request: Any, context: Any) -> Any:
+        if request.isLearner:
+            raise EtcdError(errors.Code.UNIMPLEMENTED, "kvstore: members never vote; learners are not supported")
+        validate.check_member_urls(request.peerURLs)
+        added = pb.Member(ID=self.m.new_member_id(), peerURLs=request.peerURLs)
+        return self._answer(await self.m.propose(Kind.MEMBER_ADD, added))
 
-    MemberAdd = MemberRemove = MemberUpdate = MemberPromote = _single_member
+    @unary
+    async def MemberRemove(self, request: Any, context: Any) -> Any:
+        return self._answer(await self.m.propose(Kind.MEMBER_REMOVE, request))
+
+    @unary
+    async def MemberUpdate(self, request: Any, context: Any) -> Any:
+        validate.check_member_urls(request.peerURLs)
+        return self._answer(await self.m.propose(Kind.MEMBER_UPDATE, request))
+
+    async def MemberPromote(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "kvstore: members never vote; there are no learners")
 
 
 class Maintenance(rpc.MaintenanceServicer):
@@ -500,22 +535,32 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
+def servicers_for(
+    member: Member, identities: PeerIdentities | None = None, client_cert_auth: bool = False
+) -> dict[str, Any]:
+    """One servicer per etcdserverpb service, by service name: what gRPC and the JSON gateway call.
+
+    client_cert_auth: a verified client certificate's CN is the user of a request without a token."""
+    authn = Authenticator(member, identities, client_cert_auth)
+    return {
+        "KV": KV(member, authn),
+        "Watch": Watch(member, authn),
+        "Lease": Lease(member, authn),
+        "Cluster": Cluster(member),
+        "Maintenance": Maintenance(member, authn),
+        "Auth": Auth(member, authn),
+    }
+
+
 def add_servicers(
     server: grpc.aio.Server,
     member: Member,
     identities: PeerIdentities | None = None,
     client_cert_auth: bool = False,
-) -> None:
-    """client_cert_auth: a verified client certificate's CN is the user of a request without a token."""
-    authn = Authenticator(member, identities, client_cert_auth)
-    for servicer, name in (
-        (KV(member, authn), "KV"),
-        (Watch(member, authn), "Watch"),
-        (Lease(member, authn), "Lease"),
-        (Cluster(member), "Cluster"),
-        (Maintenance(member, authn), "Maintenance"),
-        (Auth(member, authn), "Auth"),
-    ):
+) -> dict[str, Any]:
+    servicers = servicers_for(member, identities, client_cert_auth)
+    for name, servicer in servicers.items():
         _register(server, servicer, name)
     # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    return servicers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from kvstore import errors
@@ -137,3 +138,19 @@ def check_size(request: Any, max_request_bytes: int) -> None:
     n = request.ByteSize()
     if RAFT_REQUEST_HEADER_BYTES + 1 + _varint_bytes(n) + n > max_request_bytes:
         raise fail(errors.REQUEST_TOO_LARGE)
+
+
+def check_member_urls(urls: Any) -> None:
+    """etcd's check of MemberAdd/MemberUpdate peer URLs: at least one, each scheme://host:port."""
+    if not urls:
+        raise fail(errors.MEMBER_BAD_URLS)
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("http", "https", "unix", "unixs") or not parsed.hostname or port is None:
+            raise fail(errors.MEMBER_BAD_URLS)
+        if parsed.path not in ("", "/"):
+            raise fail(errors.MEMBER_BAD_URLS)

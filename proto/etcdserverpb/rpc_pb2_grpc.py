@@ -59,6 +59,11 @@ class KVStub:
                 request_serializer=proto_dot_etcdserverpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
                 response_deserializer=proto_dot_etcdserverpb_dot_rpc__pb2.CompactionResponse.FromString,
                 _registered_method=True)
+        self.RangeStream = channel.unary_stream(
+                '/etcdserverpb.KV/RangeStream',
+                request_serializer=proto_dot_etcdserverpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+                response_deserializer=proto_dot_etcdserverpb_dot_rpc__pb2.RangeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -94,6 +99,14 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RangeStream(self, request, context):
+        """etcd 3.7: a Range answered as a stream of chunks at one pinned revision; merging the
+        chunks (proto Merge) gives the unary Range's answer. No gateway mapping, as in etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +134,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=proto_dot_etcdserverpb_dot_rpc__pb2.CompactionRequest.FromString,
                     response_serializer=proto_dot_etcdserverpb_dot_rpc__pb2.CompactionResponse.SerializeToString,
+            ),
+            'RangeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.RangeStream,
+                    request_deserializer=proto_dot_etcdserverpb_dot_rpc__pb2.RangeRequest.FromString,
+                    response_serializer=proto_dot_etcdserverpb_dot_rpc__pb2.RangeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +276,33 @@ class KV:
             '/etcdserverpb.KV/Compact',
             proto_dot_etcdserverpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
             proto_dot_etcdserverpb_dot_rpc__pb2.CompactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RangeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/etcdserverpb.KV/RangeStream',
+            proto_dot_etcdserverpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+            proto_dot_etcdserverpb_dot_rpc__pb2.RangeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
