@@ -293,3 +293,35 @@ def test_jwt_tokens(diff_pool: PairPool, tmp_path: Path) -> None:
         assert not both.diffs, both.report()
     finally:
         pair.stop()
+
+
+def test_auth_state_survives_restart() -> None:
+    """Users, roles and the enabled flag are state-machine state: a restarted member (checkpoint, then
+    the journal's tail) enforces them; its simple tokens are gone, as etcd's are."""
+    from tests.servers import start_kvstore
+
+    srv = start_kvstore("auth-restart")
+    try:
+        side = Side(srv)
+        for method, req in (
+            ("UserAdd", pb.AuthUserAddRequest(name="root", password=ROOT_PW)),
+            ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
+            ("UserAdd", pb.AuthUserAddRequest(name="alice", password=ALICE_PW)),
+            ("AuthEnable", pb.AuthEnableRequest()),
+        ):
+            getattr(side.auth, method)(req, timeout=20)
+        old_token = side.token("root", ROOT_PW)
+        srv.kill()  # no goodbye: the tail after the last checkpoint is replayed
+        srv.start()
+        side = Side(srv)
+        with pytest.raises(grpc.RpcError) as err:
+            side.kv.Range(pb.RangeRequest(key=b"k"), metadata=md(old_token), timeout=20)
+        assert err.value.details() == "etcdserver: invalid auth token"
+        with pytest.raises(grpc.RpcError) as err:
+            side.kv.Put(pb.PutRequest(key=b"k", value=b"v"), metadata=md(side.token("alice", ALICE_PW)))
+        assert err.value.details() == "etcdserver: permission denied"
+        side.kv.Put(pb.PutRequest(key=b"k", value=b"v"), metadata=md(side.token("root", ROOT_PW)), timeout=20)
+        status = side.auth.AuthStatus(pb.AuthStatusRequest(), metadata=md(side.token("root", ROOT_PW)))
+        assert status.enabled
+    finally:
+        srv.stop()
