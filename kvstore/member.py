@@ -438,7 +438,8 @@ class Member:
             self.hub.publish(rev_events)
         if applied.compacted_to is not None:
             self.hub.compacted(applied.compacted_to)
-        if isinstance(applied.result, Authenticated) and applied.result.token:
+        if isinstance(applied.result, Authenticated) and applied.result.token and self.ready.is_set():
+            # Not while replaying the journal at start: tokens do not outlive a restart, as in etcd.
             self.auth_tokens.register(applied.result.token, applied.result.username)
         if applied.tokens_revoked_for is not None:
             self.auth_tokens.invalidate_user(applied.tokens_revoked_for)
