@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import random
+import socket
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,23 @@ PENDING_ENTRIES_MAX = 100_000  # appends queued in the client per log (backpress
 BACKOFF_MS_MIN = 10
 BACKOFF_MS_MAX = 200  # elections end within ~1 s: poll often, with at most 8 proposals in flight per log
 RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
+# A node that vanishes without closing its sockets (its network cut off) must not hold a
+# tail read forever: TCP keepalive ends an idle stream after ~KEEPALIVE_IDLE + INTERVAL*COUNT.
+KEEPALIVE_IDLE_S = 2
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 3
+UNACKED_TIMEOUT_MS = 5000  # TCP_USER_TIMEOUT: sent data unacknowledged this long ends the connection
+
+
+def _detect_dead_peer(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", UNACKED_TIMEOUT_MS)):  # fmt: skip
+        if hasattr(socket, name):  # Linux
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class RemoteError(JournalError):
@@ -81,6 +99,7 @@ class _Conn:
             host, port = _parse_addr(self.addr)
             async with asyncio.timeout(timeout_s):
                 reader, writer = await asyncio.open_connection(host, port)
+            _detect_dead_peer(writer)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
@@ -368,6 +387,7 @@ class JournalClient:
                 host, port = _parse_addr(addr)
                 async with asyncio.timeout(self.rpc_timeout_ms / 1000):
                     reader, w = await asyncio.open_connection(host, port)
+                _detect_dead_peer(w)
                 writer = w
                 request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}
                 w.write(encode_frame("read", request, self.frame_bytes_max))

@@ -40,7 +40,7 @@ import msgpack
 
 from journal import replication as r
 from journal.api import Snapshot
-from journal.client import _Conn
+from journal.client import _Conn, _detect_dead_peer
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     SNAPSHOT_FILE,
@@ -117,6 +117,7 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
+    advertise: str = ""  # the host:port clients are sent to for this node (default: listen)
     # Largest entry, and largest Append message to a follower. Above etcd's
     # default request limit (1.5 MiB), as a member appends one entry per request.
     append_bytes_max: int = 4 * 1024 * 1024
@@ -322,6 +323,7 @@ class _PeerLink:
             try:
                 async with asyncio.timeout(2.0):
                     reader, writer = await asyncio.open_connection(host, int(port))
+                _detect_dead_peer(writer)  # a peer cut off without a close: reconnect, do not buffer forever
                 writer.write(encode_frame("hello", {"node": self.node_id}))
                 self.writer = writer
                 backoff_ms = 20
@@ -354,7 +356,7 @@ class JournalNode:
         self._opening: dict[str, asyncio.Future[_Replica]] = {}
         self._peer_links = {p.node_id: _PeerLink(p, config.node_id) for p in config.peers}
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
-        self._peer_addr[config.node_id] = config.listen
+        self._peer_addr[config.node_id] = config.advertise or config.listen
         self._peer_conns = {p.node_id: _Conn(p.addr, config.frame_bytes_max) for p in config.peers}
         self._core_config_peers = (
             r.Peer(config.node_id, config.az),
