@@ -58,18 +58,18 @@ def plot_comparison(runs: Sequence[RunLike], targets: Sequence[str], workloads: 
             mine = [r for r in runs if r.workload == w and r.target == t]
             med, lo, hi = _stats([r.throughput for r in mine])
             ax_tp.barh(i, med, xerr=[[lo], [hi]], color=colour(t, i), capsize=3)
-            ax_tp.text(med, i, f" {med:,.0f}", va="center", fontsize=8)
+            ax_tp.text(med + hi, i, f" {med:,.0f}", va="center", fontsize=8)  # past the whisker
             for j, (attr, hatch) in enumerate((("p50_us", ""), ("p99_us", "//"))):
                 m, lo_l, hi_l = _stats([getattr(r, attr) / 1000 for r in mine])
                 y = i + (j - 0.5) * 0.38
                 ax_lat.barh(y, m, height=0.36, xerr=[[lo_l], [hi_l]], color=colour(t, i), hatch=hatch,
                             edgecolor="#333333", linewidth=0.4, capsize=2)  # fmt: skip
-                ax_lat.text(m, y, f" {m:.2f}", va="center", fontsize=7)
+                ax_lat.text(m + hi_l, y, f" {m:.2f}", va="center", fontsize=7)
         for ax in (ax_tp, ax_lat):
             ax.set_yticks(range(len(names)), names)
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
-            ax.margins(x=0.18)
+            ax.margins(x=0.22)
         ax_tp.set_ylabel(w, fontsize=11, fontweight="bold")
         label = "events/s" if w.startswith("watch") else "ops/s"
         ax_tp.set_title(f"{w}: throughput ({label}, higher is better)", fontsize=9, loc="left")
