@@ -10,7 +10,7 @@ import time
 import grpc
 
 from bench.options import WORKLOADS, Options
-from bench.report import render, summarize
+from bench.report import print_report, summarize
 from bench.runner import cpu_count, run
 
 EPILOG = """workloads:
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
     if not ns.quiet:
         try:
-            print(render(summary), flush=True)
+            print_report(summary)
+            sys.stdout.flush()
         except BrokenPipeError:  # `kvstore bench ... | head`: the reader left, the result is still in --json
             sys.stdout = None  # no second error when Python flushes stdout at exit
     return 0

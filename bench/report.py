@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from bench.options import Options
 from bench.recorder import Merged, ProcessResult, merge, timeline_stats
@@ -11,6 +17,7 @@ from bench.recorder import Merged, ProcessResult, merge, timeline_stats
 TOOL_CORE_FRACTION_WARN = 0.85
 # A machine with no idle CPU: the tool and the server compete, and the result says so.
 HOST_BUSY_WARN = 0.95
+REPORT_WIDTH = 120  # columns of the plain-text report
 
 
 def summarize(opts: Options, results: list[ProcessResult], host_cores: int) -> dict[str, Any]:
@@ -70,60 +77,85 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
-def render(summary: dict[str, Any]) -> str:
+def op_table(summary: dict[str, Any]) -> Table:
+    """Per operation: count, throughput and latency percentiles (ms)."""
+    table = Table(box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table.add_column("op", style="bold")
+    for name in ("count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"):
+        table.add_column(name, justify="right")
+    for label, d in summary["by_op"].items():
+        lat = d["latency_us"]
+        table.add_row(
+            label, str(lat["count"]), f"{d['throughput_ops_s']:,.1f}",
+            *(_ms(lat[p]) for p in ("p50", "p90", "p99", "p99.9", "max")),
+        )  # fmt: skip
+    return table
+
+
+def renderables(summary: dict[str, Any]) -> list[RenderableType]:
+    """The printed report: a headline, the operations table, then what else the run measured."""
     o = summary["options"]
-    lines = []
     load = f"{o['clients']} clients, {o['conns']} conns/proc, {o['procs']} procs"
     if o["rate"]:
         load += f", rate {o['rate']:g}/s"
-    lines.append(
-        f"{summary['workload']}: {summary['ok']} ok ops in {summary['wall_s']:.2f} s = "
-        f"{summary['throughput_ops_s']:,.1f} ops/s ({load}) -> {', '.join(summary['endpoints'])}"
-    )
-    lines.append(f"{'op':<22}{'count':>9}{'ops/s':>11}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}  (ms)")
-    for label, d in summary["by_op"].items():
-        lat = d["latency_us"]
-        lines.append(
-            f"{label:<22}{lat['count']:>9}{d['throughput_ops_s']:>11,.1f}{_ms(lat['p50']):>9}{_ms(lat['p90']):>9}"
-            f"{_ms(lat['p99']):>9}{_ms(lat['p99.9']):>9}{_ms(lat['max']):>9}"
-        )
+    head = Text.assemble(
+        (summary["workload"], "bold"), f": {summary['ok']} ok ops in {summary['wall_s']:.2f} s = ",
+        (f"{summary['throughput_ops_s']:,.1f} ops/s", "bold green"), f" ({load}) -> {', '.join(summary['endpoints'])}",
+    )  # fmt: skip
+    lines: list[RenderableType] = [head, op_table(summary)]
+    notes: list[str] = []
     if "watch" in summary:
         w = summary["watch"]
-        lines.append(
+        notes.append(
             f"watch: {w['events']} events to {w['watchers']} watchers = {w['events_per_s']:,.1f} events/s; "
             f"expected {w['events_expected']}, missing {w['events_missing']}"
             + ("" if w["drained"] else " (drain timed out)")
         )
     tl = summary["timeline"]
-    lines.append(
+    notes.append(
         f"ok ops per 1 s window: min {tl['per_s_min']:,.0f} / median {tl['per_s_median']:,.0f} / "
         f"max {tl['per_s_max']:,.0f}; "
         f"longest stall with no completion: {tl['stall_ms_max']:.0f} ms (100 ms resolution)"
     )
     errs = summary["errors"]
-    lines.append("errors: " + (", ".join(f"{k}={v}" for k, v in errs.items()) if errs else "none"))
+    notes.append("errors: " + (", ".join(f"{k}={v}" for k, v in errs.items()) if errs else "none"))
     if summary["counters"]:
-        lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in summary["counters"].items()))
+        notes.append("counters: " + ", ".join(f"{k}={v}" for k, v in summary["counters"].items()))
     t = summary["tool_cpu"]
-    lines.append(
+    notes.append(
         f"tool cpu: {t['cpu_s']:.2f} s = {t['cores_used']:.2f} cores over {t['procs']} procs "
         f"(busiest process {t['busiest_proc_core_fraction'] * 100:.0f}% of a core); "
         f"machine {t['host_busy'] * 100:.0f}% busy over {t['host_cores']} cores"
     )
     s = summary["server_cpu"]
     if s["pids"]:
-        lines.append(
+        notes.append(
             f"server cpu (pids {','.join(map(str, s['pids']))}): {s['cpu_s']:.2f} s = {s['cores_used']:.2f} cores, "
             f"{s['us_per_op']:,.0f} µs per ok op"
         )
+    lines += [Text(n) for n in notes]
     if t["saturated"]:
-        lines.append(
+        lines.append(Text(
             "WARNING: a load process used nearly a full core; the tool may be the bottleneck "
-            "(add --procs, if the machine has idle cores)"
-        )
+            "(add --procs, if the machine has idle cores)", style="bold yellow",
+        ))  # fmt: skip
     if t["host_saturated"]:
-        lines.append(
+        lines.append(Text(
             "WARNING: the machine had no idle CPU during the run: the tool and the server competed for it, "
-            "so this measures the pair, not the server alone"
-        )
-    return "\n".join(lines)
+            "so this measures the pair, not the server alone", style="bold yellow",
+        ))  # fmt: skip
+    return lines
+
+
+def print_report(summary: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    for item in renderables(summary):
+        console.print(item, soft_wrap=isinstance(item, Text))  # long lines stay whole for grep
+
+
+def render(summary: dict[str, Any], width: int = REPORT_WIDTH) -> str:
+    """The report as plain text (no colours), as print_report lays it out."""
+    console = Console(width=width, file=io.StringIO(), color_system=None, force_terminal=False)
+    print_report(summary, console)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in str(out).splitlines())

@@ -13,13 +13,22 @@ import multiprocessing as mp
 import os
 import queue
 import resource
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from bench.options import Options
 from bench.recorder import ProcessResult, Recorder
@@ -209,15 +218,16 @@ async def run_process(
 
 
 class ProgressBar:
-    """A one-line bar on stderr, redrawn in place; silent when stderr is not a terminal."""
-
-    WIDTH = 30
+    """The load's progress on stderr (rich): operations done of --total, or time of --duration,
+    with the rate so far; silent when stderr is not a terminal."""
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.enabled = opts.progress and sys.stderr.isatty()
+        self.console = Console(stderr=True)
+        self.enabled = opts.progress and self.console.is_terminal
         self.start: float | None = None  # time.monotonic() when the load began (after set-up)
-        self.drawn = False
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def begin(self, start: float) -> None:
         self.start = start
@@ -225,30 +235,31 @@ class ProgressBar:
     def update(self, done: int) -> None:
         if not self.enabled:
             return
+        if self._progress is None:
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[ops]}"), TimeElapsedColumn(),
+                console=self.console, auto_refresh=False, transient=False,
+            )  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task(f"setting up {self.opts.procs} load process(es)", total=None, ops="")
+        assert self._task is not None
         if self.start is None:
-            sys.stderr.write(f"\rsetting up {self.opts.procs} load process(es)...")
-            sys.stderr.flush()
-            self.drawn = True
+            self._progress.refresh()
             return
         elapsed = time.monotonic() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
         if self.opts.total is not None:
-            frac = min(1.0, done / self.opts.total)
-            goal = f"{done}/{self.opts.total} ops"
+            completed, total = float(min(done, self.opts.total)), float(self.opts.total)
         else:
             assert self.opts.duration_s is not None
-            frac = min(1.0, elapsed / self.opts.duration_s)
-            goal = f"{done} ops"
-        fill = int(frac * self.WIDTH)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        line = f"\r[{'#' * fill}{'.' * (self.WIDTH - fill)}] {frac * 100:5.1f}% {goal} {rate:,.0f}/s {elapsed:5.1f}s"
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        self.drawn = True
+            completed, total = min(elapsed, self.opts.duration_s), self.opts.duration_s
+        self._progress.update(self._task, description=self.opts.workload, completed=completed, total=total,
+                              ops=f"{done:,} ops {rate:,.0f}/s", refresh=True)  # fmt: skip
 
     def close(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def _install_uvloop() -> None:

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id", required=True, help="this node's id")
     s.add_argument("--az", default=None, help="this node's availability zone (default: its id)")
     s.add_argument("--listen", required=True, help="host:port for clients and peers")
+    s.add_argument("--advertise", default="",
+                   help="host:port clients are sent to for this node (default: --listen; needed when that is 0.0.0.0)")
     s.add_argument("--peers", type=parse_peers, default=(), help="id[/az]=host:port,... (the other nodes)")
     s.add_argument("--data-dir", required=True)
     s.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
@@ -191,6 +193,7 @@ def main(argv: list[str]) -> int:
         node_id=args.id,
         az=args.az or args.id,
         listen=args.listen,
+        advertise=args.advertise,
         peers=args.peers,
         data_dir=args.data_dir,
         fsync=args.fsync,

@@ -121,6 +121,7 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
+    advertise: str = ""  # the host:port clients are sent to for this node (default: listen)
     # Largest entry, and largest Append message to a follower. Above etcd's
     # default request limit (1.5 MiB), as a member appends one entry per request.
     append_bytes_max: int = 4 * 1024 * 1024
@@ -434,7 +435,7 @@ class JournalNode:
             p.node_id: _PeerLink(p, config.node_id, self.silence_ms_max, config.client_ssl) for p in config.peers
         }
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
-        self._peer_addr[config.node_id] = config.listen
+        self._peer_addr[config.node_id] = config.advertise or config.listen
         self._peer_conns = {
             p.node_id: _Conn(p.addr, config.frame_bytes_max, ssl_context=config.client_ssl) for p in config.peers
         }

@@ -67,10 +67,20 @@ else
     docker import --change 'CMD ["/bin/bash"]' "$tarball" "$base_image" >/dev/null
 fi
 
-log "building $image"
-docker build --network host --build-arg "BASE_IMAGE=$base_image" -t "$image" -f Dockerfile . >&2
+# Build, then drop the image the tag pointed to before if nothing uses it (no dangling rebuilds).
+build() {  # tag context [docker build args...]
+    local tag=$1 context=$2 before after
+    shift 2
+    before=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    log "building $tag"
+    docker build --network host --build-arg "BASE_IMAGE=$base_image" -t "$tag" "$@" "$context" >&2
+    after=$(docker image inspect -f '{{.Id}}' "$tag")
+    if [[ -n $before && $before != "$after" ]]; then
+        docker rmi "$before" >/dev/null 2>&1 || true
+    fi
+}
+build "$image" . -f Dockerfile
 if (( monitoring )); then
-    log "building $prometheus_image"
-    docker build --network host --build-arg "BASE_IMAGE=$base_image" -t "$prometheus_image" deploy/prometheus >&2
+    build "$prometheus_image" deploy/prometheus
 fi
 log "done"

@@ -45,7 +45,7 @@ def cluster() -> Iterator[tuple[JournalNodes, dict[str, int], ServerProcess]]:
                                           "--log-format", "json", "--log-level", "info"])  # fmt: skip
     for n in "abc":
         nodes.start(n)
-    member = start_kvstore("observed", extra_args=["--journal-endpoints", nodes.endpoints])
+    member = start_kvstore("observed", extra_args=["--journal-endpoints", nodes.endpoints, "--metrics", "extensive"])
     try:
         yield nodes, metrics_ports, member
     finally:
@@ -108,3 +108,18 @@ def test_health_command_and_json_logs(cluster: Cluster) -> None:
     code, answer = _health(f"127.0.0.1:{nodes.ports['c']}")
     assert code == 1 and answer["health"] == "false", answer
     nodes.start("c")
+
+
+def test_the_grafana_dashboard_reads_only_metrics_that_exist(cluster: Cluster) -> None:
+    """deploy/grafana's panels query names a member (--metrics extensive) or a journal node exposes."""
+    _nodes, ports, member = cluster
+    with urllib.request.urlopen(member.metrics_url + "/metrics", timeout=5) as r:  # type: ignore[attr-defined]
+        texts = [r.read().decode(), _scrape(ports["a"])]
+    exposed = {name for t in texts for name in re.findall(r"(?m)^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", t)}
+    families = {name for t in texts for name in re.findall(r"(?m)^# TYPE (\S+)", t)}  # also those with no sample yet
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "kvstore-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 20
+    used = {n for e in exprs for n in re.findall(r"\b((?:etcd|grpc|kvstore|process)_[a-z0-9_]+)\{", e)}
+    missing = sorted(n for n in used if n not in exposed and re.sub(r"_(bucket|count|sum)$", "", n) not in families)
+    assert not missing, missing
