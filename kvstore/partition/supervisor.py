@@ -138,6 +138,10 @@ def check_listeners(argvs: list[list[str]], plan: Plan) -> None:
                 taken[(host, port)] = f"partition {part.name!r} ({flag} {url})"
 
 
+class StartFailed(Exception):
+    """A member exited before it ever served."""
+
+
 @dataclass
 class Child:
     partition: Partition
@@ -147,6 +151,23 @@ class Child:
     backoff_s: float = RESTART_BACKOFF_S_MIN
     restart_at: float | None = None
     restarts: int = 0
+    up: bool = False  # it answered on its client URL once (it started)
+
+
+def serving(url: str) -> bool:
+    """The member on url answers etcd's Maintenance.Status (not merely: something listens there)."""
+    import grpc
+
+    from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    host, port = check_url(url)
+    host = "127.0.0.1" if host in WILDCARD_HOSTS else f"[{host}]" if ":" in host else host
+    with grpc.insecure_channel(f"{host}:{port}") as ch:
+        try:
+            rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=0.5)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 class Supervisor:
@@ -182,6 +203,9 @@ class Supervisor:
             while not self.stopping:
                 self._watch()
                 time.sleep(POLL_INTERVAL_S)
+        except StartFailed as e:
+            log.error("%s; stopping every partition", e)
+            return 1
         finally:
             self.stop()
         return 0
@@ -189,6 +213,12 @@ class Supervisor:
     def _watch(self) -> None:
         now = time.monotonic()
         for child in self.children:
+            if child.proc is not None and not child.up and child.proc.poll() is None:
+                child.up = serving(child.partition.client_urls[0])
+            if child.proc is not None and child.proc.poll() is not None and not child.up:
+                # It never started (a port in use, a bad flag): fail as a single `kvstore serve` would.
+                raise StartFailed(f"partition {child.partition.name}: member exited with {child.proc.returncode} "
+                                  "before it served")  # fmt: skip
             if child.proc is not None and child.proc.poll() is not None:
                 ran_s = now - child.started_at
                 if ran_s > STABLE_RUN_S:
@@ -203,7 +233,7 @@ class Supervisor:
                 self._start(child)
 
     def stop(self) -> None:
-        """SIGTERM every child, wait, then SIGKILL whatever is left of their process group."""
+        """SIGTERM to the members (their whole process group), wait, then SIGKILL any that did not stop."""
         self.stopping = True
         live = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
         if live and self.pgid:

@@ -54,6 +54,11 @@ def test_events_flooded_to_nospace_leave_every_lease_renewal_succeeding(isolated
     assert flood.ok > 0 and flood.nospace > 0 and flood.other_errors == 0
     assert alarms(isolated.target("events")) == ["NOSPACE"]
     assert alarms(isolated.target("leases")) == [] and alarms(isolated.target("default")) == []
+    # `kvstore partitions status` shows the alarm on the events row only.
+    out = isolated.run_cli("partitions", "status")
+    rows = {name: next(r for r in out.stdout.splitlines() if isolated.url(name) in r) for name in ("events", "leases")}
+    assert "NOSPACE" in rows["events"] and "NOSPACE" not in rows["leases"], out.stdout
+    assert out.returncode == 0
     # The leases partition still takes writes; the events partition refuses them.
     isolated.kv("leases").Put(pb.PutRequest(key=b"/registry/leases/x/y", value=b"v"), timeout=20)
     with pytest.raises(Exception, match="database space exceeded"):

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -209,3 +210,15 @@ def test_bench_kube_profile_routes_each_operation_as_kube_apiserver(kube: Partit
         for kv in resp.kvs:
             if kv.key.startswith(b"/registry/"):
                 assert kube.plan.partition_for(kv.key).name == part.name, kv.key
+
+
+def test_a_member_that_cannot_start_stops_the_whole_plan() -> None:
+    srv = Partitioned("kube", ("--journal-fsync", "never"), name="busy-port")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(srv.target("leases").rsplit(":", 1)[1])))
+        with pytest.raises(RuntimeError, match="supervisor exited with 1"):
+            srv.start()
+    assert "partition leases: member exited" in srv.log_tail()
+    pids = srv.member_pids()
+    srv.stop()
+    assert pids == []
