@@ -130,6 +130,7 @@ class Member:
         self._lease_proposed_ms: dict[int, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._checkpointed_position = 0
+        self._changed_position = 0  # the last applied entry that changed more than liveness
         self._snapshot_position = 0
         self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -227,6 +228,7 @@ class Member:
 
     def _install(self, sm: StateMachine) -> None:
         self.sm = sm
+        self._changed_position = sm.applied_position
         self.hub.rebind(sm.store)
         self._update_db_size()
 
@@ -288,7 +290,8 @@ class Member:
         # they take at most CHECKPOINT_LOOP_SHARE_MAX of its time on a large store.
         while True:
             await asyncio.sleep(self.config.checkpoint_interval_s)
-            if self.sm.applied_position == self._checkpointed_position:
+            # heartbeats alone do not justify serialising the store: replaying them is cheap
+            if self._changed_position <= self._checkpointed_position:
                 continue
             started = time.monotonic()
             self.write_checkpoint()
@@ -348,6 +351,8 @@ class Member:
 
     def _apply_one(self, position: int, timestamp_ms: int, data: bytes) -> None:
         applied = self.sm.apply(position, timestamp_ms, data)
+        if not applied.liveness_only:
+            self._changed_position = position
         for rev_events in applied.events:
             self.hub.publish(rev_events)
         if applied.compacted_to is not None:

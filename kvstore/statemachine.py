@@ -98,6 +98,7 @@ class Applied:
     events: list[RevisionEvents] = field(default_factory=list)
     compacted_to: int | None = None  # set when the entry compacted the store
     removed_member: int | None = None  # set when the entry evicted a member
+    liveness_only: bool = False  # a member heartbeat: nothing but liveness changed
 
 
 class StateMachine:
@@ -119,6 +120,7 @@ class StateMachine:
                 out.result = self._lease_expire(msgpack.unpackb(payload), timestamp_ms, out)
             elif kind == Kind.MEMBER_HEARTBEAT:
                 member, ttl_ms = msgpack.unpackb(payload)
+                out.liveness_only = True
                 self.members.expire(timestamp_ms)
                 out.result = self.members.heartbeat(from_pb(pb.Member.FromString(member)), ttl_ms, timestamp_ms)
             else:
