@@ -125,6 +125,8 @@ def test_reader_gives_etcds_range_at_every_revision(source: tuple[ServerProcess,
     assert {b"key", b"meta", b"lease"} <= set(snap.buckets)
     compacted, current = revisions(etcd)
     assert snap.compact_revision == compacted and snap.revision == current
+    bare = read_etcd_snapshot(path.read_bytes()[:-32])  # a `db` file without etcdctl's SHA-256 trailer
+    assert (bare.revision, len(bare.records)) == (snap.revision, len(snap.records))
     sm = to_state_machine(snap, now_ms=0)
     ref, ours = rpc.KVStub(etcd.channel()), _Local(sm.store)
     for rev in range(compacted - 2, current + 2):
