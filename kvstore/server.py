@@ -384,9 +384,6 @@ async def run(args: argparse.Namespace) -> int:
             elif server.add_insecure_port(f"{host}:{port}") == 0:
                 raise SystemExit(f"kvstore: cannot listen on {url}")
         http_urls = parse_urls(args.listen_client_http_urls)
-        for url in http_urls:
-            host, port = host_port(url)
-            listeners.append(await serve_http(member, host, port, gateway))
     else:
         # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
         handler = http_handler(member, gateway)
@@ -396,13 +393,15 @@ async def run(args: argparse.Namespace) -> int:
             listeners.append(await serve_mux(host, port, grpc_socket, handler, url_tls, identities))
         http_urls = []
     await server.start()
+    client_http_urls = set(http_urls)
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         http_urls += parse_urls(args.listen_metrics_urls)
     for url in http_urls:
         host, port = host_port(url)
         if url_scheme(url) == "https":
             raise SystemExit(f"kvstore: {url}: HTTP endpoints outside the client URLs are plain http://")
-        listeners.append(await serve_http(member, host, port))
+        # etcd serves its JSON gateway on the client HTTP URLs, not on the metrics URLs.
+        listeners.append(await serve_http(member, host, port, gateway if url in client_http_urls else None))
     log.info(
         "serving etcd v3 on %s%s (member %x, cluster %x)",
         ",".join(listen),

@@ -49,7 +49,10 @@ class _Context:
 
 async def call_unary(servicer: Any, route: Route, request: Any) -> Any:
     handler = getattr(servicer, route.method)
-    return await handler(request, _Context())
+    response = await handler(request, _Context())
+    if isinstance(response, bytes):  # a handler that answers in wire form (Range: the stored records)
+        return route.response_type.FromString(response)
+    return response
 
 
 _END = object()

@@ -11,6 +11,7 @@ from kvstore import errors
 from kvstore.errors import EtcdError
 from kvstore.mvcc.rangestream import RangeStreamer, next_chunk_keys
 from kvstore.mvcc.store import MVCCStore
+from kvstore.statemachine import Kind
 from proto.etcdserverpb import rpc_pb2 as pb
 from tests.unit.test_mvcc import Driver
 
@@ -116,10 +117,10 @@ def test_compaction_of_the_pinned_revision_mid_stream_is_etcds_compacted_error()
     streamer.next_chunk(5)
     pinned = d.store.revision
     d.put(b"/k/001", b"after")
-    d.store.compact(pinned)  # compacting at the pinned revision keeps it readable
+    d.apply(Kind.COMPACT, pb.CompactionRequest(revision=pinned))  # compacting at the pinned revision keeps it readable
     streamer.next_chunk(5)
     d.put(b"/k/002", b"after")
-    d.store.compact(d.store.revision)
+    d.apply(Kind.COMPACT, pb.CompactionRequest(revision=d.store.revision))
     with pytest.raises(EtcdError) as e:
         streamer.next_chunk(5)
     assert e.value == errors.fail(errors.COMPACTED)
@@ -127,7 +128,7 @@ def test_compaction_of_the_pinned_revision_mid_stream_is_etcds_compacted_error()
 
 def test_a_compacted_or_future_start_revision_fails_as_range_does() -> None:
     d = loaded()
-    d.store.compact(50)
+    d.apply(Kind.COMPACT, pb.CompactionRequest(revision=50))
     for rev, err in ((10, errors.COMPACTED), (10_000, errors.FUTURE_REV)):
         with pytest.raises(EtcdError) as e:
             RangeStreamer(d.store, pb.RangeRequest(key=b"/k/", range_end=b"/k0", revision=rev))
