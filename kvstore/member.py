@@ -38,6 +38,8 @@ from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
 from kvstore import errors
 from kvstore.errors import EtcdError, fail
 from kvstore.mvcc.backend import (
+    FORMAT_VERSION,
+    META_FORMAT,
     META_JOURNAL,
     STATE_FILE,
     Backend,
@@ -264,6 +266,9 @@ class Member:
 
     def _refusal(self, committed: int) -> str:
         """Why the state file cannot serve this journal ("" if it can)."""
+        file_format = self.sm.backend.get_meta(META_FORMAT)
+        if file_format != FORMAT_VERSION:
+            return f"its format is {file_format!r}, this server writes {FORMAT_VERSION!r}"
         meta = msgpack.unpackb(self.sm.backend.get_meta(META_JOURNAL) or b"\x80")
         if meta.get("token") != self.journal_token or meta.get("log") != self.log_name:
             return f"it belongs to another journal (token {meta.get('token')!r}, log {meta.get('log')!r})"

@@ -126,6 +126,7 @@ class Backend:
             meminit=False,
             lock=True,
         )
+        env.reader_check()  # reader slots of a killed process would pin old pages
         info = env.info()
         needed = (info["last_pgno"] + 1) * env.stat()["psize"]
         if os.path.getsize(path) < needed:
