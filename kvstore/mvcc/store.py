@@ -414,11 +414,22 @@ class MVCCStore:
     ) -> list[RevisionEvents]:
         """Events with start_rev <= revision (<= end_rev) on [key, range_end), from the records.
 
-        Used to catch up watchers whose start lies before the watch cache.
         start_rev must be >= compact_revision (the caller checks).
+        """
+        return self.events_between(start_rev, key, range_end, end_rev)[0]
+
+    def events_between(
+        self, start_rev: int, key: bytes, range_end: bytes, end_rev: int | None = None, records_max: int = 0
+    ) -> tuple[list[RevisionEvents], int]:
+        """Events of revisions start_rev .. end_rev on [key, range_end), and the last revision covered.
+
+        Used to catch up watchers whose start lies before the watch cache. With records_max
+        the scan stops at the first revision boundary after that many records (whole
+        revisions only), so one call stays short however many keys a revision changed.
         """
         txn = self._txn
         last = self.revision if end_rev is None else end_rev
+        covered = last
         found: list[tuple[bytes, Any]] = []  # (revision, KeyValue) in (main, sub) order
         if not range_end:
             for ent in keyindex.entries(txn, self._index, key):
@@ -430,16 +441,22 @@ class MVCCStore:
             if cur.set_range(rev_bytes(start_rev)):
                 end = rev_bytes(last + 1)
                 unbounded = range_end == b"\0"
+                scanned = 0
+                previous_main = 0
                 for rev, raw in cur.iternext():
                     if rev >= end:
                         break
+                    main = rev_main(rev)
+                    if records_max and scanned >= records_max and main != previous_main:
+                        covered = previous_main
+                        break
+                    scanned += 1
+                    previous_main = main
                     k = record_key(raw)
                     if k < key or (not unbounded and k >= range_end):
                         continue
                     kv = KeyValue.FromString(raw)
-                    if rev_main(rev) <= self.compact_revision and not self._survives(
-                        k, keyindex.entry(rev, not kv.version)
-                    ):
+                    if main <= self.compact_revision and not self._survives(k, keyindex.entry(rev, not kv.version)):
                         continue
                     found.append((rev, kv))
         out: list[RevisionEvents] = []
@@ -450,7 +467,7 @@ class MVCCStore:
                 out[-1].events.append(ev)
             else:
                 out.append(RevisionEvents(main, [ev]))
-        return out
+        return out, covered
 
     def watch_event(self, event_type: Any, kv: Any, before: Any = False) -> Any:
         """The event for a change, with prev_kv as etcd's watch attaches it.
