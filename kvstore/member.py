@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import signal
 import time
@@ -281,7 +282,7 @@ class Member:
         return ""
 
     async def install_snapshot(self, chunks: Any, *, position: int | None = None) -> None:
-        """Replace the state with a snapshot stream (an iterable of byte chunks).
+        """Replace the state with a snapshot stream: an iterable or an async iterable of byte chunks.
 
         Written into a new file beside the current one in a thread while the member keeps
         serving the old state, then swapped in; watchers catch up from the new state.
@@ -302,8 +303,20 @@ class Member:
             finally:
                 backend.close()
 
+        feeder: asyncio.Task[None] | None = None
+        if hasattr(chunks, "__aiter__"):
+            # An async source (a journal streaming its snapshot): the thread reads a bounded queue.
+            source, chunks = chunks, ThreadQueueChunks()
+            feeder = asyncio.get_running_loop().create_task(chunks.feed(source))
         async with self._write_lock:
-            await asyncio.to_thread(build)
+            try:
+                await asyncio.to_thread(build)
+            finally:
+                if feeder is not None:
+                    chunks.close()
+                    feeder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await feeder
             await self._no_snapshot_readers()
             self.sm.close()
             os.replace(tmp, self.state_path)
@@ -653,6 +666,46 @@ class Member:
     @property
     def store(self) -> MVCCStore:
         return self.sm.store
+
+
+class ThreadQueueChunks:
+    """Chunks of an async iterator handed to a thread through a bounded queue."""
+
+    _END = b""
+    QUEUE_CHUNKS_MAX = 4
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.QUEUE_CHUNKS_MAX)
+        self._closed = False
+
+    def close(self) -> None:
+        """The reader is done (or failed): unblock and stop the feeder."""
+        self._closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+
+    async def feed(self, source: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in source:
+                if self._closed:
+                    return
+                if chunk:
+                    await asyncio.to_thread(self._queue.put, chunk)
+            await asyncio.to_thread(self._queue.put, self._END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the thread sees the source's failure
+            await asyncio.to_thread(self._queue.put, exc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item == self._END:
+                return
+            yield item
 
 
 def _kill_self(where: str) -> None:

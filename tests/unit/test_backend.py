@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -104,7 +107,7 @@ def test_snapshot_stream_in_small_chunks_installs_the_same_state() -> None:
         StateMachine.from_chunks([b"not a snapshot at all, not at all"])
 
 
-def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: object) -> None:
+def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: Path) -> None:
     directory = str(tmp_path)
     backend = Backend(os.path.join(directory, "state.mdb"))
     sm = StateMachine(backend)
@@ -126,3 +129,38 @@ def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: object) 
     assert backend.in_use_bytes <= backend.file_bytes
     assert sm.dumps() == state
     sm.close()
+
+
+async def test_a_member_installs_a_snapshot_streamed_from_another(tmp_path: Path) -> None:
+    """The producer is an async iterator of chunks, the consumer takes one (or a plain iterable):
+    a journal that streams snapshots plugs in between."""
+    from journal.local import LocalJournal
+    from kvstore.member import Member, MemberConfig
+
+    members = []
+    for name in ("a", "b"):
+        config = MemberConfig(name=name, data_dir=str(tmp_path / name), state_dir=str(tmp_path / f"{name}-state"))
+        members.append(Member(config, LocalJournal(str(tmp_path / name / "journal"))))
+    a, b = members
+    _random_history(a.sm, random.Random(5), 200)
+    original = a.sm.dumps()
+
+    async def slowly(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in stream:
+            await asyncio.sleep(0)
+            yield chunk
+
+    await b.install_snapshot(slowly(a.snapshot_stream()))
+    assert b.sm.dumps() == original and b.sm.applied_position == a.sm.applied_position
+    assert b.hub.store is b.sm.store
+    with pytest.raises(snapshot.SnapshotError):
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield b"garbage that is not a snapshot stream"
+            yield b"x" * 10_000
+
+        await b.install_snapshot(broken())
+    assert b.sm.dumps() == original  # a failed install leaves the state as it was
+    for m in members:
+        await m.journal.close()
+        m.sm.close()
