@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import hashlib
 import heapq
 import itertools
@@ -251,6 +252,10 @@ class Member:
 
     def _open_backend(self) -> Backend:
         """The state file, or a fresh one when it cannot be opened (a lost file costs a replay)."""
+        # What a process killed during a defragment or an install left beside the file.
+        for leftover in glob.glob(glob.escape(self.state_path) + ".*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
         try:
             backend = Backend(self.state_path, map_size=self._map_size)
         except (lmdb.Error, StateFileRefused, OSError) as exc:
@@ -288,8 +293,7 @@ class Member:
         serving the old state, then swapped in; watchers catch up from the new state.
         `position` overrides the snapshot's journal position (a restore starts a new journal).
         """
-        tmp = self.state_path + ".install"
-        remove_state_file(tmp)
+        tmp = self.sm.backend.swap_path("install")
 
         def build() -> None:
             backend = Backend(tmp, map_size=self._map_size)
@@ -311,19 +315,22 @@ class Member:
         async with self._write_lock:
             try:
                 await asyncio.to_thread(build)
+            except BaseException:
+                remove_state_file(tmp)
+                raise
             finally:
                 if feeder is not None:
                     chunks.close()
                     feeder.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await feeder
+            remove_state_file(tmp + "-lock")  # the builder's; the swapped-in env makes its own
             await self._no_snapshot_readers()
-            self.sm.close()
-            os.replace(tmp, self.state_path)
-            remove_state_file(tmp)
-            remove_state_file(self.state_path + "-lock")
-            self.sm = StateMachine(Backend(self.state_path, map_size=self._map_size))
+            backend = self.sm.backend
+            cleanup = backend.swap_in(tmp)
+            self.sm = StateMachine(backend)
             self.hub.rebind(self.sm.store)
+        await asyncio.to_thread(cleanup)
         log.info("installed a snapshot at journal position %d", self.sm.applied_position)
 
     # --------------------------------------------------------------- applier
@@ -524,17 +531,19 @@ class Member:
         """etcd's defragment: a compacting copy of the file, then the copy replaces it (the tmpfs
         file shrinks to the pages in use). The copy runs in a thread; reads go on meanwhile,
         applying waits for the swap."""
-        tmp = self.state_path + ".defrag"
         async with self._write_lock:
             await self._no_snapshot_readers()
             backend = self.sm.backend
+            tmp = backend.swap_path("defrag")
             try:
                 await asyncio.to_thread(backend.compact_copy, tmp)
-                backend.reopen(tmp)
-            finally:
+            except BaseException:
                 remove_state_file(tmp)
+                raise
+            cleanup = backend.swap_in(tmp)
             self.sm = StateMachine(backend)
             self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+        await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
 
     @property
     def db_size_bytes(self) -> int:

@@ -24,7 +24,7 @@ import shutil
 import struct
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
@@ -100,13 +100,9 @@ class Backend:
         self.map_size = map_size
         self._owns_dir = owns_dir
         self.env = self._open(path, map_size)
-        self.dbs: dict[bytes, Any] = {}
-        with self.env.begin(write=True) as txn:
-            for name in DATABASES:
-                dupsort = name in DUPSORT_DATABASES
-                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
-            if txn.get(META_FORMAT, db=self.dbs[DB_META]) is None:
-                txn.put(META_FORMAT, FORMAT_VERSION, db=self.dbs[DB_META])
+        self.lock_path = path + "-lock"
+        self._swaps = 0
+        self.dbs = self._open_dbs(self.env)
         self._write: Any = None
         self._reader: Any = None
         self.commits = 0
@@ -257,25 +253,57 @@ class Backend:
             os.remove(target)
         self.env.copy(target, compact=True)
 
-    def reopen(self, replacement: str | None = None) -> None:
-        """Close the environment, move replacement over the file if given, open it again."""
-        assert self._write is None, "reopen between batches"
+    def swap_in(self, replacement: str) -> Callable[[], None]:
+        """Make the environment in file `replacement` this backend's, under this backend's path.
+
+        Cheap on the event loop: the new file is opened and renamed into place; closing the
+        old environment (unmapping it) and freeing its file (tmpfs pages) is the returned
+        cleanup, to run in a thread. The new environment keeps the lock file named after
+        `replacement`, so each replacement needs a name of its own (swap_path).
+        """
+        assert self._write is None, "swap between batches"
         self._drop_reader()
-        self.env.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path + "-lock")
-        if replacement is not None:
-            os.replace(replacement, self.path)
-        self.env = self._open(self.path, self.map_size)
-        with self.env.begin(write=True) as txn:
+        env = self._open(replacement, self.map_size)
+        dbs = self._open_dbs(env)
+        old_env, old_lock = self.env, self.lock_path
+        aside = f"{self.path}.old-{self._swaps}"
+        os.replace(self.path, aside)
+        os.replace(replacement, self.path)
+        self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
+
+        def cleanup() -> None:
+            old_env.close()
+            for p in (aside, old_lock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+
+        return cleanup
+
+    def swap_path(self, kind: str) -> str:
+        """A fresh name beside the file for a replacement (defragment, snapshot install)."""
+        self._swaps += 1
+        path = f"{self.path}.{kind}-{self._swaps}"
+        remove_state_file(path)
+        return path
+
+    @staticmethod
+    def _open_dbs(env: Any) -> dict[bytes, Any]:
+        dbs: dict[bytes, Any] = {}
+        with env.begin(write=True) as txn:
             for name in DATABASES:
                 dupsort = name in DUPSORT_DATABASES
-                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+                dbs[name] = env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+            if txn.get(META_FORMAT, db=dbs[DB_META]) is None:
+                txn.put(META_FORMAT, FORMAT_VERSION, db=dbs[DB_META])
+        return dbs
 
     def close(self) -> None:
         self.abort_batch()
         self._drop_reader()
         self.env.close()
+        if self.lock_path != self.path + "-lock":  # a swapped-in file's lock has a name of its own
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lock_path)
         if self._owns_dir is not None:
             shutil.rmtree(self._owns_dir, ignore_errors=True)
 

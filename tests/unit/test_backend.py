@@ -121,14 +121,20 @@ def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: Path) ->
     state = sm.dumps()
     size_before, in_use = backend.file_bytes, backend.in_use_bytes
     assert in_use < size_before // 4
-    tmp = os.path.join(directory, "state.mdb.defrag")
+    tmp = backend.swap_path("defrag")
     backend.compact_copy(tmp)
-    backend.reopen(tmp)
+    cleanup = backend.swap_in(tmp)
     sm = StateMachine(backend)
+    cleanup()
+    assert sorted(os.listdir(directory)) == ["state.mdb", os.path.basename(backend.lock_path)]
     assert backend.file_bytes < size_before // 4
     assert backend.in_use_bytes <= backend.file_bytes
     assert sm.dumps() == state
     sm.close()
+    assert sorted(os.listdir(directory)) == ["state.mdb"]
+    reopened = StateMachine(Backend(os.path.join(directory, "state.mdb")))
+    assert reopened.dumps() == state
+    reopened.close()
 
 
 async def test_a_member_installs_a_snapshot_streamed_from_another(tmp_path: Path) -> None:
