@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -102,24 +102,12 @@ def record_key(raw: bytes) -> bytes:
     return raw[i : i + n]
 
 
-def is_live(kv: Any) -> bool:
-    return bool(kv.version)
-
-
 @dataclass(slots=True)
 class RevisionEvents:
     """All events of one revision, in sub-revision (execution) order."""
 
     revision: int
     events: list[Any]  # mvccpb.Event, prev_kv filled whenever the key had a live previous record
-
-
-@dataclass(slots=True)
-class WriteResult:
-    """What a write request did: its response and the events it produced."""
-
-    response: Any
-    events: list[Any] = field(default_factory=list)
 
 
 class MVCCStore:
