@@ -7,6 +7,7 @@ follows etcd's bbolt buckets:
 - `records`: revision (main, sub: 8 + 8 bytes big-endian) -> serialized mvccpb.KeyValue
 - `index`:   key -> its revisions (dupsort: revision + 1 flag byte, 1 = tombstone)
 - `live`:    key -> revision of its newest record, for keys whose newest record is live
+- `prefix_counts`: "/"-terminated prefix -> live keys under it (counts of kube's lists)
 - `lease`, `lease_keys`, `lease_due`: the lease table (kvstore/lease.py)
 - `meta`:    name -> blob, one per piece of state-machine state (see META_*)
 
@@ -36,8 +37,18 @@ DB_LIVE = b"live"
 DB_LEASE = b"lease"
 DB_LEASE_KEYS = b"lease_keys"
 DB_LEASE_DUE = b"lease_due"
+DB_PREFIX_COUNTS = b"prefix_counts"
 DB_META = b"meta"
-DATABASES: tuple[bytes, ...] = (DB_RECORDS, DB_INDEX, DB_LIVE, DB_LEASE, DB_LEASE_KEYS, DB_LEASE_DUE, DB_META)
+DATABASES: tuple[bytes, ...] = (
+    DB_RECORDS,
+    DB_INDEX,
+    DB_LIVE,
+    DB_PREFIX_COUNTS,
+    DB_LEASE,
+    DB_LEASE_KEYS,
+    DB_LEASE_DUE,
+    DB_META,
+)
 DUPSORT_DATABASES = frozenset({DB_INDEX})
 
 # Meta entries that are the member's own business, not part of the replicated state:
