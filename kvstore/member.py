@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import hashlib
 import heapq
 import itertools
 import json
 import logging
 import os
+import queue
 import random
 import signal
 import time
@@ -42,6 +44,8 @@ from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT, JWTTokens, SimpleToken
 from kvstore.errors import EtcdError, fail
 from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.backend import (
+    FORMAT_VERSION,
+    META_FORMAT,
     META_JOURNAL,
     STATE_FILE,
     Backend,
@@ -73,7 +77,8 @@ REQUEST_TIMEOUT_MS = 7000
 JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
 JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
 APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
-COMPACT_STEP_ENTRIES_MAX = 5000  # index entries one physical compaction step visits (a few ms)
+COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
+COMPACT_PAUSE_MIN_S = 0.001
 # Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
@@ -287,6 +292,10 @@ class Member:
 
     def _open_backend(self) -> Backend:
         """The state file, or a fresh one when it cannot be opened (a lost file costs a replay)."""
+        # What a process killed during a defragment or an install left beside the file.
+        for leftover in glob.glob(glob.escape(self.state_path) + ".*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
         try:
             backend = Backend(self.state_path, map_size=self._map_size)
         except (lmdb.Error, StateFileRefused, OSError) as exc:
@@ -309,6 +318,9 @@ class Member:
 
     def _refusal(self, committed: int) -> str:
         """Why the state file cannot serve this journal ("" if it can)."""
+        file_format = self.sm.backend.get_meta(META_FORMAT)
+        if file_format != FORMAT_VERSION:
+            return f"its format is {file_format!r}, this server writes {FORMAT_VERSION!r}"
         meta = msgpack.unpackb(self.sm.backend.get_meta(META_JOURNAL) or b"\x80")
         if meta.get("token") != self.journal_token or meta.get("log") != self.log_name:
             return f"it belongs to another journal (token {meta.get('token')!r}, log {meta.get('log')!r})"
@@ -320,14 +332,13 @@ class Member:
         return ""
 
     async def install_snapshot(self, chunks: Any, *, position: int | None = None) -> None:
-        """Replace the state with a snapshot stream (an iterable of byte chunks).
+        """Replace the state with a snapshot stream: an iterable or an async iterable of byte chunks.
 
         Written into a new file beside the current one in a thread while the member keeps
         serving the old state, then swapped in; watchers catch up from the new state.
         `position` overrides the snapshot's journal position (a restore starts a new journal).
         """
-        tmp = self.state_path + ".install"
-        remove_state_file(tmp)
+        tmp = self.sm.backend.swap_path("install")
 
         def build() -> None:
             backend = Backend(tmp, map_size=self._map_size)
@@ -341,15 +352,30 @@ class Member:
             finally:
                 backend.close()
 
+        feeder: asyncio.Task[None] | None = None
+        if hasattr(chunks, "__aiter__"):
+            # An async source (a journal streaming its snapshot): the thread reads a bounded queue.
+            source, chunks = chunks, ThreadQueueChunks()
+            feeder = asyncio.get_running_loop().create_task(chunks.feed(source))
         async with self._write_lock:
-            await asyncio.to_thread(build)
+            try:
+                await asyncio.to_thread(build)
+            except BaseException:
+                remove_state_file(tmp)
+                raise
+            finally:
+                if feeder is not None:
+                    chunks.close()
+                    feeder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await feeder
+            remove_state_file(tmp + "-lock")  # the builder's; the swapped-in env makes its own
             await self._no_snapshot_readers()
-            self.sm.close()
-            os.replace(tmp, self.state_path)
-            remove_state_file(tmp)
-            remove_state_file(self.state_path + "-lock")
-            self.sm = StateMachine(Backend(self.state_path, map_size=self._map_size))
+            backend = self.sm.backend
+            cleanup = backend.swap_in(tmp)
+            self.sm = StateMachine(backend)
             self.hub.rebind(self.sm.store)
+        await asyncio.to_thread(cleanup)
         log.info("installed a snapshot at journal position %d", self.sm.applied_position)
 
     # --------------------------------------------------------------- applier
@@ -459,11 +485,13 @@ class Member:
             if not store.compaction_pending:
                 await asyncio.sleep(0.05)
                 continue
+            started = time.monotonic()
             async with self._write_lock:
                 if self.sm.store is store:
                     with store.backend.batch():
                         store.compact_step(COMPACT_STEP_ENTRIES_MAX)
-            await asyncio.sleep(0)
+            # At most half of the loop's time: requests get at least as long between steps.
+            await asyncio.sleep(max(time.monotonic() - started, COMPACT_PAUSE_MIN_S))
 
     def _wake_apply_waiters(self) -> None:
         applied = self.sm.applied_position
@@ -574,17 +602,19 @@ class Member:
         """etcd's defragment: a compacting copy of the file, then the copy replaces it (the tmpfs
         file shrinks to the pages in use). The copy runs in a thread; reads go on meanwhile,
         applying waits for the swap."""
-        tmp = self.state_path + ".defrag"
         async with self._write_lock:
             await self._no_snapshot_readers()
             backend = self.sm.backend
+            tmp = backend.swap_path("defrag")
             try:
                 await asyncio.to_thread(backend.compact_copy, tmp)
-                backend.reopen(tmp)
-            finally:
+            except BaseException:
                 remove_state_file(tmp)
+                raise
+            cleanup = backend.swap_in(tmp)
             self.sm = StateMachine(backend)
             self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+        await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
 
     @property
     def db_size_bytes(self) -> int:
@@ -771,6 +801,46 @@ class Member:
     @property
     def store(self) -> MVCCStore:
         return self.sm.store
+
+
+class ThreadQueueChunks:
+    """Chunks of an async iterator handed to a thread through a bounded queue."""
+
+    _END = b""
+    QUEUE_CHUNKS_MAX = 4
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.QUEUE_CHUNKS_MAX)
+        self._closed = False
+
+    def close(self) -> None:
+        """The reader is done (or failed): unblock and stop the feeder."""
+        self._closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+
+    async def feed(self, source: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in source:
+                if self._closed:
+                    return
+                if chunk:
+                    await asyncio.to_thread(self._queue.put, chunk)
+            await asyncio.to_thread(self._queue.put, self._END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the thread sees the source's failure
+            await asyncio.to_thread(self._queue.put, exc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item == self._END:
+                return
+            yield item
 
 
 def _kill_self(where: str) -> None:

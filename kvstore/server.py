@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token-ttl", type=int, default=300, help="seconds a simple token lives without use (default 300)"
     )
     p.add_argument("--initial-cluster-token", default="etcd-cluster", help="the cluster id derives from it")
-    p.add_argument("--quota-backend-bytes", type=parse_size, default=2 * 1024**3, help="raise NOSPACE above this")
+    p.add_argument(
+        "--quota-backend-bytes",
+        type=parse_size,
+        default=2 * 1024**3,
+        help="raise NOSPACE when the state file (its real size) would grow beyond this; 20 GiB works (sparse map)",
+    )
     p.add_argument("--max-request-bytes", type=parse_size, default=1_572_864, help="largest request accepted")
     p.add_argument("--max-txn-ops", type=int, default=128, help="most operations in one txn")
     p.add_argument(

@@ -30,6 +30,7 @@ from kvstore.mvcc.store import EVENT_DELETE, EVENT_PUT, Event, MVCCStore, Revisi
 from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH_BATCH_REVISIONS_MAX = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
+WATCH_BATCH_RECORDS_MAX = 10_000  # records read from the store per catch-up step (whole revisions)
 WATCH_CACHE_REVISIONS_DEFAULT = 100_000
 WATCH_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024  # events' serialized size, prev_kv included
 STREAM_QUEUE_RESPONSES_MAX = 1024  # beyond this a stream's watchers fall back to catching up
@@ -381,7 +382,9 @@ class WatchStream:
             if hub.cache.covers(w.next_rev):
                 batch = hub.cache.between(w.next_rev, end)
             else:
-                batch = store.events_since(w.next_rev, w.key, w.store_range_end(), end)
+                batch, end = store.events_between(
+                    w.next_rev, w.key, w.store_range_end(), end, records_max=WATCH_BATCH_RECORDS_MAX
+                )
             events: list[Any] = []
             for rev_events in batch:
                 events.extend(w.select(rev_events.events, store.compact_revision))

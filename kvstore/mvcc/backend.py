@@ -7,6 +7,7 @@ follows etcd's bbolt buckets:
 - `records`: revision (main, sub: 8 + 8 bytes big-endian) -> serialized mvccpb.KeyValue
 - `index`:   key -> its revisions (dupsort: revision + 1 flag byte, 1 = tombstone)
 - `live`:    key -> revision of its newest record, for keys whose newest record is live
+- `prefix_counts`: "/"-terminated prefix -> live keys under it (counts of kube's lists)
 - `lease`, `lease_keys`, `lease_due`: the lease table (kvstore/lease.py)
 - `meta`:    name -> blob, one per piece of state-machine state (see META_*)
 
@@ -24,7 +25,7 @@ import shutil
 import struct
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
@@ -36,8 +37,18 @@ DB_LIVE = b"live"
 DB_LEASE = b"lease"
 DB_LEASE_KEYS = b"lease_keys"
 DB_LEASE_DUE = b"lease_due"
+DB_PREFIX_COUNTS = b"prefix_counts"
 DB_META = b"meta"
-DATABASES: tuple[bytes, ...] = (DB_RECORDS, DB_INDEX, DB_LIVE, DB_LEASE, DB_LEASE_KEYS, DB_LEASE_DUE, DB_META)
+DATABASES: tuple[bytes, ...] = (
+    DB_RECORDS,
+    DB_INDEX,
+    DB_LIVE,
+    DB_PREFIX_COUNTS,
+    DB_LEASE,
+    DB_LEASE_KEYS,
+    DB_LEASE_DUE,
+    DB_META,
+)
 DUPSORT_DATABASES = frozenset({DB_INDEX})
 
 # Meta entries that are the member's own business, not part of the replicated state:
@@ -100,13 +111,9 @@ class Backend:
         self.map_size = map_size
         self._owns_dir = owns_dir
         self.env = self._open(path, map_size)
-        self.dbs: dict[bytes, Any] = {}
-        with self.env.begin(write=True) as txn:
-            for name in DATABASES:
-                dupsort = name in DUPSORT_DATABASES
-                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
-            if txn.get(META_FORMAT, db=self.dbs[DB_META]) is None:
-                txn.put(META_FORMAT, FORMAT_VERSION, db=self.dbs[DB_META])
+        self.lock_path = path + "-lock"
+        self._swaps = 0
+        self.dbs = self._open_dbs(self.env)
         self._write: Any = None
         self._reader: Any = None
         self.commits = 0
@@ -126,6 +133,7 @@ class Backend:
             meminit=False,
             lock=True,
         )
+        env.reader_check()  # reader slots of a killed process would pin old pages
         info = env.info()
         needed = (info["last_pgno"] + 1) * env.stat()["psize"]
         if os.path.getsize(path) < needed:
@@ -256,25 +264,57 @@ class Backend:
             os.remove(target)
         self.env.copy(target, compact=True)
 
-    def reopen(self, replacement: str | None = None) -> None:
-        """Close the environment, move replacement over the file if given, open it again."""
-        assert self._write is None, "reopen between batches"
+    def swap_in(self, replacement: str) -> Callable[[], None]:
+        """Make the environment in file `replacement` this backend's, under this backend's path.
+
+        Cheap on the event loop: the new file is opened and renamed into place; closing the
+        old environment (unmapping it) and freeing its file (tmpfs pages) is the returned
+        cleanup, to run in a thread. The new environment keeps the lock file named after
+        `replacement`, so each replacement needs a name of its own (swap_path).
+        """
+        assert self._write is None, "swap between batches"
         self._drop_reader()
-        self.env.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path + "-lock")
-        if replacement is not None:
-            os.replace(replacement, self.path)
-        self.env = self._open(self.path, self.map_size)
-        with self.env.begin(write=True) as txn:
+        env = self._open(replacement, self.map_size)
+        dbs = self._open_dbs(env)
+        old_env, old_lock = self.env, self.lock_path
+        aside = f"{self.path}.old-{self._swaps}"
+        os.replace(self.path, aside)
+        os.replace(replacement, self.path)
+        self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
+
+        def cleanup() -> None:
+            old_env.close()
+            for p in (aside, old_lock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+
+        return cleanup
+
+    def swap_path(self, kind: str) -> str:
+        """A fresh name beside the file for a replacement (defragment, snapshot install)."""
+        self._swaps += 1
+        path = f"{self.path}.{kind}-{self._swaps}"
+        remove_state_file(path)
+        return path
+
+    @staticmethod
+    def _open_dbs(env: Any) -> dict[bytes, Any]:
+        dbs: dict[bytes, Any] = {}
+        with env.begin(write=True) as txn:
             for name in DATABASES:
                 dupsort = name in DUPSORT_DATABASES
-                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+                dbs[name] = env.open_db(name, txn=txn, dupsort=dupsort, dupfixed=dupsort)
+            if txn.get(META_FORMAT, db=dbs[DB_META]) is None:
+                txn.put(META_FORMAT, FORMAT_VERSION, db=dbs[DB_META])
+        return dbs
 
     def close(self) -> None:
         self.abort_batch()
         self._drop_reader()
         self.env.close()
+        if self.lock_path != self.path + "-lock":  # a swapped-in file's lock has a name of its own
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lock_path)
         if self._owns_dir is not None:
             shutil.rmtree(self._owns_dir, ignore_errors=True)
 

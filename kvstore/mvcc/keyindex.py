@@ -10,6 +10,11 @@ the same environment as the records, so a start rebuilds nothing:
   newest record is not a tombstone. Current reads, counts and list pages
   are cursor scans of it: a page costs O(limit), not O(keys in the range).
 
+- `prefix_counts`: every "/"-terminated prefix of a live key (the key itself
+  too if it ends in "/") -> how many live keys it has. A count over a prefix
+  range, as kube-apiserver asks for every list page and for its object counts,
+  is one lookup, or a scan of the shorter side of the page's start.
+
 All functions take the transaction to work in; none keeps state.
 """
 
@@ -18,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from kvstore.mvcc.backend import LMDB_KEY_BYTES_MAX, rev_bytes
+from kvstore.mvcc.backend import LMDB_KEY_BYTES_MAX, from_u64, rev_bytes, u64
 
 FLAG_PUT = b"\x00"
 FLAG_TOMBSTONE = b"\x01"
@@ -119,3 +124,54 @@ def count_range(txn: Any, live_db: Any, key: bytes, range_end: bytes) -> int:
     for _ in iter_range(txn, live_db, key, range_end, values=False):
         n += 1
     return n
+
+
+SLASH = 0x2F
+
+
+def add_live_count(txn: Any, counts_db: Any, key: bytes, delta: int) -> None:
+    """A key became live (+1) or stopped being live (-1): count it under each of its prefixes."""
+    start = 0
+    while True:
+        i = key.find(b"/", start)
+        if i < 0:
+            return
+        prefix = key[: i + 1]
+        raw = txn.get(prefix, db=counts_db)
+        n = (from_u64(raw) if raw else 0) + delta
+        if n:
+            txn.put(prefix, u64(n), db=counts_db)
+        else:
+            txn.delete(prefix, db=counts_db)
+        start = i + 1
+
+
+def counted_prefix(key: bytes, range_end: bytes) -> bytes | None:
+    """The "/"-terminated prefix P whose range [P, P's end) ends where this range ends and
+    holds its start, if there is one (kube's list pages: [P, P0) then [last key + 0, P0))."""
+    if len(range_end) < 1 or range_end[-1:] != b"0":
+        return None
+    prefix = range_end[:-1] + b"/"
+    return prefix if key.startswith(prefix) else None
+
+
+def count_live(txn: Any, live_db: Any, counts_db: Any, key: bytes, range_end: bytes) -> int:
+    """Live keys in [key, range_end), using the prefix counts when the range ends a prefix."""
+    prefix = counted_prefix(key, range_end) if range_end not in (b"", b"\0") else None
+    if prefix is None:
+        return count_range(txn, live_db, key, range_end)
+    raw = txn.get(prefix, db=counts_db)
+    total = from_u64(raw) if raw else 0
+    if key == prefix:
+        return total
+    # [key, end) directly, or the total less [prefix, key): step both, stop at the shorter.
+    after = iter_range(txn, live_db, key, range_end, values=False)
+    before = iter_range(txn, live_db, prefix, key, values=False)
+    n_after = n_before = 0
+    while True:
+        if next(after, None) is None:
+            return n_after
+        n_after += 1
+        if next(before, None) is None:
+            return total - n_before
+        n_before += 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -34,6 +34,7 @@ from kvstore.mvcc import keyindex
 from kvstore.mvcc.backend import (
     DB_INDEX,
     DB_LIVE,
+    DB_PREFIX_COUNTS,
     DB_RECORDS,
     LMDB_KEY_BYTES_MAX,
     META_COMPACTOR,
@@ -84,7 +85,18 @@ def varint(n: int) -> bytes:
 
 def embed_kvs(raws: list[bytes]) -> bytes:
     """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes)."""
-    return b"".join(KV_FIELD_TAG + varint(len(raw)) + raw for raw in raws)
+    parts: list[bytes] = []
+    add = parts.append
+    for raw in raws:
+        n = len(raw)
+        if n < 0x80:
+            add(bytes((0x12, n)))
+        elif n < 0x4000:
+            add(bytes((0x12, n & 0x7F | 0x80, n >> 7)))
+        else:
+            add(KV_FIELD_TAG + varint(n))
+        add(raw)
+    return b"".join(parts)
 
 
 def record_key(raw: bytes) -> bytes:
@@ -102,24 +114,12 @@ def record_key(raw: bytes) -> bytes:
     return raw[i : i + n]
 
 
-def is_live(kv: Any) -> bool:
-    return bool(kv.version)
-
-
 @dataclass(slots=True)
 class RevisionEvents:
     """All events of one revision, in sub-revision (execution) order."""
 
     revision: int
     events: list[Any]  # mvccpb.Event, prev_kv filled whenever the key had a live previous record
-
-
-@dataclass(slots=True)
-class WriteResult:
-    """What a write request did: its response and the events it produced."""
-
-    response: Any
-    events: list[Any] = field(default_factory=list)
 
 
 class MVCCStore:
@@ -130,6 +130,7 @@ class MVCCStore:
         self._records = backend.dbs[DB_RECORDS]
         self._index = backend.dbs[DB_INDEX]
         self._live = backend.dbs[DB_LIVE]
+        self._prefix_counts = backend.dbs[DB_PREFIX_COUNTS]
         self.leases = LeaseTable(backend)
         raw = backend.get_meta(META_MVCC)
         if raw is None:
@@ -196,7 +197,7 @@ class MVCCStore:
     def _count_live(self, key: bytes, range_end: bytes) -> int:
         if range_end == b"\0" and key <= b"\0":
             return self.live_keys  # every key: the counter, not a scan
-        return keyindex.count_range(self._txn, self._live, key, range_end)
+        return keyindex.count_live(self._txn, self._live, self._prefix_counts, key, range_end)
 
     def iter_live(self, key: bytes, range_end: bytes, rev: int | None = None) -> Iterator[Any]:
         if rev is None:
@@ -261,11 +262,12 @@ class MVCCStore:
         keep = req.limit + 1 if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not filtered else 0
         revs: list[bytes]
         if rev <= 0:
-            count = self._count_live(req.key, req.range_end)
             if req.count_only:
-                return view_rev, [], count, False
+                return view_rev, [], self._count_live(req.key, req.range_end), False
             lives = self._live_revs(req.key, req.range_end)
             revs = [r for _, r in (islice(lives, keep) if keep else lives)]
+            # Every key was seen unless the page stopped early: count the rest only then.
+            count = self._count_live(req.key, req.range_end) if keep and len(revs) == keep else len(revs)
         else:
             count = 0
             revs = []
@@ -275,9 +277,7 @@ class MVCCStore:
                     revs.append(r)
             if req.count_only:
                 return view_rev, [], count, False
-        get = self._txn.get
-        records = self._records
-        raws = [get(r, db=records) for r in revs]
+        raws = [raw for _, raw in self._txn.cursor(self._records).getmulti(revs)] if revs else []
         if filtered or sort_order != pb.RangeRequest.NONE or req.keys_only:
             kvs = [KeyValue.FromString(raw) for raw in raws]
             if filtered:
@@ -342,8 +342,9 @@ class MVCCStore:
         keyindex.add(txn, self._index, key, keyindex.entry(rev, tombstone))
         if tombstone:
             txn.delete(key, db=self._live)
-        else:
-            txn.put(key, rev, db=self._live)
+            keyindex.add_live_count(txn, self._prefix_counts, key, -1)
+        elif txn.replace(key, rev, db=self._live) is None:
+            keyindex.add_live_count(txn, self._prefix_counts, key, +1)  # it was not live: created
 
     def compact(self, rev: int) -> None:
         """Forget history below rev: refused to reads at once, dropped physically by compact_step."""
@@ -419,11 +420,22 @@ class MVCCStore:
     ) -> list[RevisionEvents]:
         """Events with start_rev <= revision (<= end_rev) on [key, range_end), from the records.
 
-        Used to catch up watchers whose start lies before the watch cache.
         start_rev must be >= compact_revision (the caller checks).
+        """
+        return self.events_between(start_rev, key, range_end, end_rev)[0]
+
+    def events_between(
+        self, start_rev: int, key: bytes, range_end: bytes, end_rev: int | None = None, records_max: int = 0
+    ) -> tuple[list[RevisionEvents], int]:
+        """Events of revisions start_rev .. end_rev on [key, range_end), and the last revision covered.
+
+        Used to catch up watchers whose start lies before the watch cache. With records_max
+        the scan stops at the first revision boundary after that many records (whole
+        revisions only), so one call stays short however many keys a revision changed.
         """
         txn = self._txn
         last = self.revision if end_rev is None else end_rev
+        covered = last
         found: list[tuple[bytes, Any]] = []  # (revision, KeyValue) in (main, sub) order
         if not range_end:
             for ent in keyindex.entries(txn, self._index, key):
@@ -435,16 +447,22 @@ class MVCCStore:
             if cur.set_range(rev_bytes(start_rev)):
                 end = rev_bytes(last + 1)
                 unbounded = range_end == b"\0"
+                scanned = 0
+                previous_main = 0
                 for rev, raw in cur.iternext():
                     if rev >= end:
                         break
+                    main = rev_main(rev)
+                    if records_max and scanned >= records_max and main != previous_main:
+                        covered = previous_main
+                        break
+                    scanned += 1
+                    previous_main = main
                     k = record_key(raw)
                     if k < key or (not unbounded and k >= range_end):
                         continue
                     kv = KeyValue.FromString(raw)
-                    if rev_main(rev) <= self.compact_revision and not self._survives(
-                        k, keyindex.entry(rev, not kv.version)
-                    ):
+                    if main <= self.compact_revision and not self._survives(k, keyindex.entry(rev, not kv.version)):
                         continue
                     found.append((rev, kv))
         out: list[RevisionEvents] = []
@@ -455,7 +473,7 @@ class MVCCStore:
                 out[-1].events.append(ev)
             else:
                 out.append(RevisionEvents(main, [ev]))
-        return out
+        return out, covered
 
     def watch_event(self, event_type: Any, kv: Any, before: Any = False) -> Any:
         """The event for a change, with prev_kv as etcd's watch attaches it.
