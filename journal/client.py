@@ -53,13 +53,18 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 # new leader, instead of waiting on TCP (minutes) or the request timeout.
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
-SUSPECT_MS = 2000  # a node that went silent is tried last for this long
+SUSPECT_MS = 2000  # a node whose connection went silent is tried last for this long
 # The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
 # log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
 # unanswered one, so while it retries request s every other request of it that commits lies in
 # (s - DEDUP_WINDOW, s + DEDUP_WINDOW): fewer than the core remembers. A retry therefore finds
 # its own record if s committed, and is never answered dedup_expired (docs/journal.md).
 DEDUP_WINDOW = DEDUP_REQUESTS_PER_CLIENT_MAX // 2
+
+
+class SilentConnection(ConnectionError):
+    """An established connection went silent past the liveness timeout: the node froze or
+    was cut off (unlike a refused or unreachable connect, which says nothing about later)."""
 
 
 def set_liveness_options(sock: socket.socket | None, timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
@@ -203,7 +208,7 @@ class _Conn:
             silent_since = max(self._last_recv, sent_at)
             if now - silent_since >= self.liveness_timeout_s:
                 writer.close()  # the read loop then fails everything waiting here
-                raise ConnectionError(f"{self.addr} silent for {now - silent_since:.1f} s")
+                raise SilentConnection(f"{self.addr} silent for {now - silent_since:.1f} s")
             if now - silent_since >= HEARTBEAT_MS / 1000 and now - self._last_ping >= HEARTBEAT_MS / 1000:
                 self._last_ping = now
                 with contextlib.suppress(RuntimeError, OSError, ProtocolError):
@@ -353,7 +358,8 @@ class JournalClient:
             except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
                 last_error = e
                 self._leader.pop(log_name, None)
-                self._mark_suspect(addr)
+                if isinstance(e, SilentConnection):
+                    self._mark_suspect(addr)
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
             backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
@@ -486,7 +492,7 @@ class JournalClient:
                             data = await asyncio.wait_for(reader.read(256 * 1024), silence_s)
                         except TimeoutError:
                             self._mark_suspect(addr)
-                            raise ConnectionError(f"{addr}: read stream silent") from None
+                            raise SilentConnection(f"{addr}: read stream silent") from None
                         if not data:
                             raise ConnectionError(f"{addr} closed the read stream")
                         decoder.feed(data)
