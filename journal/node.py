@@ -89,6 +89,16 @@ _ERROR_CODES = {
 }
 
 
+_ERROR_MESSAGES = {
+    r.ErrorCode.NOT_LEADER: "leadership lost",
+    r.ErrorCode.POSITION_MISMATCH: "the log's tail is not the expected position",
+    r.ErrorCode.BUSY: "too much uncommitted; retry later",
+    r.ErrorCode.DEDUP_EXPIRED: "the retried request is older than the dedup window remembers",
+    r.ErrorCode.TOO_LARGE: "too many entries or bytes",
+    r.ErrorCode.INVALID: "malformed request",
+}
+
+
 class RequestError(Exception):
     def __init__(self, code: str, message: str = "", **extra: Any) -> None:
         super().__init__(f"{code}: {message}")
@@ -736,7 +746,7 @@ class JournalNode:
         )  # fmt: skip
         res = await self._core_result(rep, rep.appends, token, fut, "not committed in time; retry with the same seq")
         if res.error is not None:
-            raise RequestError(_ERROR_CODES[res.error], res.error.value, tail=res.tail)
+            raise RequestError(_ERROR_CODES[res.error], _ERROR_MESSAGES[res.error], tail=res.tail)
         return {"appended": [[a.position, a.timestamp_ms] for a in res.appended]}
 
     async def _h_barrier(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -749,7 +759,7 @@ class JournalNode:
         rep.core.barrier(rid)
         res = await self._core_result(rep, rep.barriers, rid, fut, "barrier not confirmed in time")
         if res.error is not None:
-            raise RequestError(_ERROR_CODES[res.error], res.error.value)
+            raise RequestError(_ERROR_CODES[res.error], _ERROR_MESSAGES[res.error])
         return {"position": res.position}
 
     async def _core_result(
