@@ -340,10 +340,11 @@ class _PeerLink:
                     reader, writer = await asyncio.open_connection(host, int(port))
                 set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
                 writer.write(encode_frame("hello", {"node": self.node_id}))
-                self.writer = writer
-                backoff_ms = 20
                 # The peer writes only heartbeats on this connection: reading
-                # notices when it goes away or goes silent.
+                # notices when it goes away or goes silent. Frames go out only
+                # once its first heartbeat came back: a frozen peer's kernel
+                # accepts connections, and what it buffered would be a flood of
+                # stale messages for it to work through when it resumes.
                 while not self.closed:
                     try:
                         data = await asyncio.wait_for(reader.read(4096), self.silence_s_max)
@@ -353,6 +354,9 @@ class _PeerLink:
                         break
                     if not data:
                         break
+                    if self.writer is None:
+                        self.writer = writer
+                        backoff_ms = 20
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
                 # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)

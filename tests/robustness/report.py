@@ -83,6 +83,12 @@ class Report:
     longest_gap_s: float
     gap_by_member_s: dict[str, float]
     faults: list[dict[str, Any]] = field(default_factory=list)
+    load_avg: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load at the start and the end
+
+    @property
+    def longest_fault_gap_s(self) -> float:
+        """The longest gap that starts during a fault or within FAULT_TAIL_S of its end."""
+        return max((f["gap_s"] for f in self.faults), default=0.0)
 
     @property
     def safe(self) -> bool:
@@ -101,7 +107,7 @@ class Report:
         return "PASS" if self.available else "UNAVAILABLE"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
+        return {**asdict(self), "verdict": self.verdict, "longest_fault_gap_s": self.longest_fault_gap_s}
 
     def text(self) -> str:
         lines = [
@@ -113,6 +119,7 @@ class Report:
             f"{'ok' if not self.watch_problems else 'BROKEN'}",
             f"  longest unavailability: {self.longest_gap_s:.2f} s (target {AVAILABILITY_TARGET_S:g} s); "
             + ", ".join(f"{m} {g:.2f} s" for m, g in sorted(self.gap_by_member_s.items())),
+            f"  machine load average: {self.load_avg[0]:.1f} at the start, {self.load_avg[1]:.1f} at the end",
         ]
         for f in self.faults:
             lines.append(
@@ -124,7 +131,7 @@ class Report:
         return "\n".join(lines)
 
 
-def build(h: History, scenario: str, seed: int, seconds: float) -> Report:
+def build(h: History, scenario: str, seed: int, seconds: float, load_avg: tuple[float, float] = (0.0, 0.0)) -> Report:
     verdicts = linearizability.check(h.ops)
     bad = [v for v in verdicts if v.ok is False]
     unknown = [v for v in verdicts if v.ok is None]
@@ -153,6 +160,7 @@ def build(h: History, scenario: str, seed: int, seconds: float) -> Report:
         longest_gap_s=longest,
         gap_by_member_s=per_member,
         faults=faults,
+        load_avg=load_avg,
     )
 
 
