@@ -40,7 +40,7 @@ import msgpack
 
 from journal import replication as r
 from journal.api import Snapshot
-from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
+from journal.client import HEARTBEAT_MS, SilentConnection, _Conn, read_or_silent, set_liveness_options
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     SNAPSHOT_FILE,
@@ -347,10 +347,10 @@ class _PeerLink:
                 # stale messages for it to work through when it resumes.
                 while not self.closed:
                     try:
-                        data = await asyncio.wait_for(reader.read(4096), self.silence_s_max)
-                    except TimeoutError:
+                        data = await read_or_silent(reader, 4096, self.silence_s_max, f"peer {self.spec.node_id}")
+                    except SilentConnection as e:
                         self.reconnects += 1
-                        log.info("peer %s: link silent for %.1f s; reconnecting", self.spec.node_id, self.silence_s_max)
+                        log.info("%s; reconnecting", e)
                         break
                     if not data:
                         break
