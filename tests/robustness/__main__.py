@@ -32,7 +32,7 @@ RECOVERY_S = 6.0  # after a fault ends, before the next one
 COOLDOWN_S = 4.0  # after the last fault ends, before the recorder stops
 READY_TIMEOUT_S = 120.0
 
-__doc__ = (__doc__ or "") + ", ".join(KINDS)
+__doc__ = (__doc__ or "").rstrip() + " " + ", ".join(KINDS)
 
 
 def run(
