@@ -57,13 +57,41 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 # new leader, instead of waiting on TCP (minutes) or the request timeout.
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
-SUSPECT_MS = 2000  # a node that went silent is tried last for this long
+SUSPECT_MS = 2000  # a node whose connection went silent is tried last for this long
 # The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
 # log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
 # unanswered one, so while it retries request s every other request of it that commits lies in
 # (s - DEDUP_WINDOW, s + DEDUP_WINDOW): fewer than the core remembers. A retry therefore finds
 # its own record if s committed, and is never answered dedup_expired (docs/journal.md).
 DEDUP_WINDOW = DEDUP_REQUESTS_PER_CLIENT_MAX // 2
+
+
+class SilentConnection(ConnectionError):
+    """An established connection went silent past the liveness timeout: the node froze or
+    was cut off (unlike a refused or unreachable connect, which says nothing about later)."""
+
+
+async def read_or_silent(reader: asyncio.StreamReader, n: int, silence_s: float | None, what: str) -> bytes:
+    """reader.read(n), or SilentConnection after silence_s without a byte (None: wait forever).
+
+    Silence is counted in steps of HEARTBEAT_MS, and a step that took far longer than
+    asked (this process itself was paused: SIGSTOP, a long stall) counts as two steps at
+    most, so that our own pause is not taken for the peer's silence: what it sent
+    meanwhile is in the socket buffer, read at the next step.
+    """
+    if silence_s is None:
+        return await reader.read(n)
+    loop = asyncio.get_running_loop()
+    step_s = HEARTBEAT_MS / 1000
+    silent_s = 0.0
+    while True:
+        started = loop.time()
+        try:
+            return await asyncio.wait_for(reader.read(n), step_s)
+        except TimeoutError:
+            silent_s += min(loop.time() - started, 2 * step_s)
+            if silent_s >= silence_s:
+                raise SilentConnection(f"{what}: silent for {silent_s:.1f} s") from None
 
 
 def set_liveness_options(sock: socket.socket | None, timeout_ms: int = LIVENESS_TIMEOUT_MS) -> None:
@@ -205,25 +233,28 @@ class _Conn:
         after liveness_timeout_s with ConnectionError (then retried elsewhere).
         """
         loop = asyncio.get_running_loop()
-        sent_at = loop.time()
-        deadline = sent_at + timeout_s
+        deadline = loop.time() + timeout_s
+        heartbeat_s = HEARTBEAT_MS / 1000
+        seen = self._last_recv
+        silent_s = 0.0  # counted as in read_or_silent: our own pause is not the node's silence
         while True:
             now = loop.time()
             if now >= deadline:
                 raise TimeoutError(f"no answer from {self.addr} in {timeout_s:.1f} s")
-            silent_since = max(self._last_recv, sent_at)
-            if now - silent_since >= self.liveness_timeout_s:
+            if self._last_recv != seen:
+                seen, silent_s = self._last_recv, 0.0
+            if silent_s >= self.liveness_timeout_s:
                 writer.close()  # the read loop then fails everything waiting here
-                raise ConnectionError(f"{self.addr} silent for {now - silent_since:.1f} s")
-            if now - silent_since >= HEARTBEAT_MS / 1000 and now - self._last_ping >= HEARTBEAT_MS / 1000:
+                raise SilentConnection(f"{self.addr} silent for {silent_s:.1f} s")
+            if silent_s >= heartbeat_s and now - self._last_ping >= heartbeat_s:
                 self._last_ping = now
                 with contextlib.suppress(RuntimeError, OSError, ProtocolError):
                     writer.write(encode_frame("ping", {"id": 0}))
-            step_s = min(HEARTBEAT_MS / 1000, deadline - now, max(0.01, silent_since + self.liveness_timeout_s - now))
+            step_s = min(heartbeat_s, deadline - now)
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), step_s)
             except TimeoutError:
-                continue
+                silent_s += min(loop.time() - now, 2 * step_s)
 
     async def close(self) -> None:
         self.closed = True
@@ -368,7 +399,8 @@ class JournalClient:
             except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
                 last_error = e
                 self._leader.pop(log_name, None)
-                self._mark_suspect(addr)
+                if isinstance(e, SilentConnection):
+                    self._mark_suspect(addr)
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
             backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
@@ -498,10 +530,10 @@ class JournalClient:
                         # stream: silence past the liveness timeout means it froze or is cut off.
                         silence_s = None if failpoints.enabled("pin_read_stream") else self.liveness_timeout_ms / 1000
                         try:
-                            data = await asyncio.wait_for(reader.read(256 * 1024), silence_s)
-                        except TimeoutError:
+                            data = await read_or_silent(reader, 256 * 1024, silence_s, f"{addr} read stream")
+                        except SilentConnection:
                             self._mark_suspect(addr)
-                            raise ConnectionError(f"{addr}: read stream silent") from None
+                            raise
                         if not data:
                             raise ConnectionError(f"{addr} closed the read stream")
                         decoder.feed(data)

@@ -42,7 +42,7 @@ from typing import Any
 import msgpack
 
 from journal import replication as r
-from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
+from journal.client import HEARTBEAT_MS, SilentConnection, _Conn, read_or_silent, set_liveness_options
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     atomic_write,
@@ -90,6 +90,16 @@ _ERROR_CODES = {
     r.ErrorCode.DEDUP_EXPIRED: "dedup_expired",
     r.ErrorCode.TOO_LARGE: "too_large",
     r.ErrorCode.INVALID: "invalid",
+}
+
+
+_ERROR_MESSAGES = {
+    r.ErrorCode.NOT_LEADER: "leadership lost",
+    r.ErrorCode.POSITION_MISMATCH: "the log's tail is not the expected position",
+    r.ErrorCode.BUSY: "too much uncommitted; retry later",
+    r.ErrorCode.DEDUP_EXPIRED: "the retried request is older than the dedup window remembers",
+    r.ErrorCode.TOO_LARGE: "too many entries or bytes",
+    r.ErrorCode.INVALID: "malformed request",
 }
 
 
@@ -386,19 +396,23 @@ class _PeerLink:
                     reader, writer = await asyncio.open_connection(host, int(port), ssl=self.ssl_context)
                 set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
                 writer.write(encode_frame("hello", {"node": self.node_id}))
-                self.writer = writer
-                backoff_ms = 20
                 # The peer writes only heartbeats on this connection: reading
-                # notices when it goes away or goes silent.
+                # notices when it goes away or goes silent. Frames go out only
+                # once its first heartbeat came back: a frozen peer's kernel
+                # accepts connections, and what it buffered would be a flood of
+                # stale messages for it to work through when it resumes.
                 while not self.closed:
                     try:
-                        data = await asyncio.wait_for(reader.read(4096), self.silence_s_max)
-                    except TimeoutError:
+                        data = await read_or_silent(reader, 4096, self.silence_s_max, f"peer {self.spec.node_id}")
+                    except SilentConnection as e:
                         self.reconnects += 1
-                        log.info("peer %s: link silent for %.1f s; reconnecting", self.spec.node_id, self.silence_s_max)
+                        log.info("%s; reconnecting", e)
                         break
                     if not data:
                         break
+                    if self.writer is None:
+                        self.writer = writer
+                        backoff_ms = 20
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
                 # RuntimeError: uvloop's answer to a write on a closed transport.
                 log.debug("peer %s: %s", self.spec.node_id, e)
@@ -823,7 +837,7 @@ class JournalNode:
         res = await self._core_result(rep, rep.appends, token, fut, "not committed in time; retry with the same seq")
         self.metrics.append_duration.labels(rep.name).observe(time.perf_counter() - started)
         if res.error is not None:
-            raise RequestError(_ERROR_CODES[res.error], res.error.value, tail=res.tail)
+            raise RequestError(_ERROR_CODES[res.error], _ERROR_MESSAGES[res.error], tail=res.tail)
         return {"appended": [[a.position, a.timestamp_ms] for a in res.appended]}
 
     async def _h_barrier(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -836,7 +850,7 @@ class JournalNode:
         rep.core.barrier(rid)
         res = await self._core_result(rep, rep.barriers, rid, fut, "barrier not confirmed in time")
         if res.error is not None:
-            raise RequestError(_ERROR_CODES[res.error], res.error.value)
+            raise RequestError(_ERROR_CODES[res.error], _ERROR_MESSAGES[res.error])
         return {"position": res.position}
 
     async def _core_result(

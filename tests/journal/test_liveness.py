@@ -11,13 +11,15 @@ The outer asyncio timeouts only keep a broken build from hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from journal.api import Unavailable
-from journal.client import DEDUP_WINDOW, JournalClient, _Conn
+from journal.client import DEDUP_WINDOW, JournalClient, SilentConnection, _Conn, read_or_silent
 from journal.node import PeerSpec, _PeerLink
 from journal.wire import FrameDecoder, encode_frame
 from tests.journal.cluster import InProcessCluster
@@ -143,3 +145,31 @@ async def test_sequence_numbers_stay_within_the_dedup_window() -> None:
     async with asyncio.timeout(HANG_GUARD_S):
         assert await blocked == first + DEDUP_WINDOW
     await client.close()
+
+
+async def test_own_pause_is_not_taken_for_the_peers_silence() -> None:
+    """After this process was paused (here: the event loop blocked for longer than the silence
+    deadline), what the peer sent meanwhile is read instead of declaring the peer silent."""
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    server = await asyncio.start_server(chatty, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        assert await read_or_silent(reader, 65536, 0.6, "chatty")  # drained: the next read needs new bytes
+        asyncio.get_running_loop().call_soon(time.sleep, 1.5)  # the whole process stalls
+        async with asyncio.timeout(HANG_GUARD_S):
+            for _ in range(3):
+                assert await read_or_silent(reader, 65536, 0.6, "chatty")
+        with pytest.raises(SilentConnection):
+            silent_reader = asyncio.StreamReader()  # nothing ever comes
+            await read_or_silent(silent_reader, 1, 0.6, "mute")
+    finally:
+        writer.close()
+        server.close()

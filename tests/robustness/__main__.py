@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -31,7 +32,7 @@ RECOVERY_S = 6.0  # after a fault ends, before the next one
 COOLDOWN_S = 4.0  # after the last fault ends, before the recorder stops
 READY_TIMEOUT_S = 120.0
 
-__doc__ = (__doc__ or "") + ", ".join(KINDS)
+__doc__ = (__doc__ or "").rstrip() + " " + ", ".join(KINDS)
 
 
 def run(
@@ -50,6 +51,7 @@ def run(
     cluster.needs_netem = kind.netem
     history_path = work / "history.jsonl"
     faults: list[Fault] = []
+    load_start = os.getloadavg()[0]
     try:
         cluster.start()
         ready, stop = work / "recorder.ready", work / "recorder.stop"
@@ -75,7 +77,7 @@ def run(
         cluster.stop()
     h = load(history_path)
     rep.merge_faults(h, faults)
-    r = rep.build(h, scenario, seed, seconds)
+    r = rep.build(h, scenario, seed, seconds, (load_start, os.getloadavg()[0]))
     (work / "report.json").write_text(json.dumps(r.as_dict(), indent=1))
     return r
 

@@ -215,6 +215,30 @@ class Cluster:
             os.environ.clear()
             os.environ.update(saved)
 
+    def wait_member_ready(self, z: str, timeout_s: float = 60.0) -> None:
+        """Until the member answers a serializable range (asked from the recorder's side)."""
+        probe = (
+            "import sys,time,grpc\n"
+            "from proto.etcdserverpb import rpc_pb2 as pb, rpc_pb2_grpc as rpc\n"
+            f"deadline = time.monotonic() + {timeout_s}\n"
+            "while True:\n"
+            f"    ch = grpc.insecure_channel('{self.members[z].addr}')\n"
+            "    try:\n"
+            "        rpc.KVStub(ch).Range(pb.RangeRequest(key=b'/probe', serializable=True), timeout=1); break\n"
+            "    except grpc.RpcError:\n"
+            "        if time.monotonic() > deadline: sys.exit(1)\n"
+            "        time.sleep(0.1)\n"
+            "    finally:\n"
+            "        ch.close()\n"
+        )
+        subprocess.run(
+            [*self.exec_in("cl"), sys.executable, "-c", probe],
+            cwd=ROOT,
+            timeout=timeout_s + 30,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+        )
+
     def restart_node(self, z: str) -> None:
         saved = dict(os.environ)
         os.environ.update(self.env)

@@ -76,6 +76,7 @@ def lost_tmpfs(c: Cluster, rng: random.Random) -> Fault:
     shutil.rmtree(m.state_dir, ignore_errors=True)
     time.sleep(RESTART_AFTER_S)
     c.restart_member(z)
+    c.wait_member_ready(z)  # the target applies once it serves again: process start-up is not the subject
     return Fault(
         "lost-tmpfs",
         f"member {m.name}",

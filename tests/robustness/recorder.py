@@ -60,6 +60,12 @@ def channel(addr: str) -> grpc.Channel:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
             ("grpc.min_reconnect_backoff_ms", 100),
+            # Like clientv3's DialKeepAliveTime/Timeout: a client notices its own connection died
+            # in a cut within about 2 s, so a gap measures the member, not the client's TCP.
+            ("grpc.keepalive_time_ms", 1000),
+            ("grpc.keepalive_timeout_ms", 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
 
