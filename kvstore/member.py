@@ -37,7 +37,7 @@ import lmdb
 import msgpack
 
 from journal import failpoints
-from journal.api import Journal, JournalError, PositionTrimmed, Snapshot
+from journal.api import Journal, JournalError, PositionTrimmed, SnapshotStream
 from kvstore import errors
 from kvstore.auth.store import Authenticated, AuthInfo
 from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT, JWTTokens, SimpleTokens
@@ -242,9 +242,7 @@ class Member:
             self.hub.rebind(self.sm.store)
         if self.sm.applied_position == 0 and self.sm.store.revision == 1:
             # A new (or rebuilt) file: start from the journal's snapshot if it has one.
-            snapshot = await self.journal.snapshot_get(self.log_name)
-            if snapshot is not None:
-                await self.install_snapshot([snapshot.blob])
+            await self._install_journal_snapshot(-1)  # a restored or imported snapshot sits at position 0
         else:
             log.info("opened state file at journal position %d", self.sm.applied_position)
         loop = asyncio.get_running_loop()
@@ -400,16 +398,10 @@ class Member:
                     self._maybe_snapshot()
             except PositionTrimmed:
                 # This member fell behind the journal's trim point: start again from its snapshot.
-                snapshot = await self.journal.snapshot_get(self.log_name)
-                if snapshot is None or snapshot.position <= self.sm.applied_position:
+                log.warning("journal trimmed past position %d; installing its snapshot", self.sm.applied_position,
+                            extra=self._log_fields())  # fmt: skip
+                if not await self._install_journal_snapshot(self.sm.applied_position):
                     raise
-                log.warning(
-                    "journal trimmed past position %d; installing its snapshot at %d",
-                    self.sm.applied_position,
-                    snapshot.position,
-                    extra=self._log_fields(),
-                )
-                await self.install_snapshot([snapshot.blob])
                 self._wake_apply_waiters()
             except JournalError as exc:
                 # Unavailable: no node answered for the journal's request timeout. Keep
@@ -429,8 +421,7 @@ class Member:
         try:
             position = self.sm.applied_position
             with self.metrics.backend_snapshot.time():
-                blob = await self.snapshot_blob()
-                await self.journal.snapshot_put(self.log_name, Snapshot(position, blob))
+                await self.journal.snapshot_put(self.log_name, SnapshotStream(position, self.snapshot_stream()))
             keep = self.config.snapshot_catchup_entries
             if position - keep > 1:
                 await self.journal.trim(self.log_name, position - keep)
@@ -769,15 +760,20 @@ class Member:
             self._snapshot_readers -= 1
             await asyncio.to_thread(chunks.close)
 
-    async def snapshot_blob(self) -> bytes:
-        """The committed state now, as one blob (the journal's snapshot API takes one today),
-        built in a thread."""
-        chunks = self.sm.snapshot_chunks()  # the read transaction starts here
-        self._snapshot_readers += 1
+    async def _install_journal_snapshot(self, after_position: int) -> bool:
+        """Install the journal's snapshot, streamed in chunks, if it is past after_position."""
+        reader = await self.journal.snapshot_open(self.log_name)
+        if reader is None:
+            return False
         try:
-            return await asyncio.to_thread(b"".join, chunks)
+            if reader.position <= after_position:
+                return False
+            log.info("installing the journal's snapshot at position %d (%d bytes)", reader.position,
+                     reader.size_bytes, extra=self._log_fields())  # fmt: skip
+            await self.install_snapshot(reader.chunks())
+            return True
         finally:
-            self._snapshot_readers -= 1
+            await reader.close()
 
     async def read_in_thread(self, read: Callable[[], T]) -> T:
         """Run a read that holds its own LMDB read transaction (a hash of every record) in a
@@ -794,9 +790,9 @@ class Member:
             await asyncio.sleep(0.01)
 
     async def save_journal_snapshot(self) -> None:
-        position = self.sm.applied_position
-        blob = await self.snapshot_blob()
-        await self.journal.snapshot_put(self.log_name, Snapshot(position, blob))
+        """The state now as the journal's snapshot, streamed: never whole in memory."""
+        position = self.sm.applied_position  # snapshot_stream's read transaction starts at this position
+        await self.journal.snapshot_put(self.log_name, SnapshotStream(position, self.snapshot_stream()))
 
     @property
     def store(self) -> MVCCStore:
