@@ -21,11 +21,17 @@ DPI = 110
 
 
 class RunLike(Protocol):
-    target: str
-    workload: str
-    throughput: float
-    p50_us: float
-    p99_us: float
+    # Read-only: a run whose latencies are ints is one too.
+    @property
+    def target(self) -> str: ...
+    @property
+    def workload(self) -> str: ...
+    @property
+    def throughput(self) -> float: ...
+    @property
+    def p50_us(self) -> float: ...
+    @property
+    def p99_us(self) -> float: ...
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float, float]:

@@ -29,7 +29,7 @@ import queue
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -749,7 +749,7 @@ class Member:
         self._snapshot_readers += 1
         return self._chunks_in_thread(chunks)
 
-    async def _chunks_in_thread(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def _chunks_in_thread(self, chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
         try:
             while True:
                 chunk = await asyncio.to_thread(next, chunks, None)

@@ -17,7 +17,7 @@ which apply checks against the auth store as it is at that entry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -399,7 +399,7 @@ class StateMachine:
 
     # ------------------------------------------------------------- snapshots
 
-    def snapshot_chunks(self) -> Iterator[bytes]:
+    def snapshot_chunks(self) -> Generator[bytes, None, None]:
         """The committed state as a stream of byte chunks (kvstore/mvcc/snapshot.py)."""
         return snapshot.produce(self.backend)
 

@@ -12,7 +12,7 @@ write transactions, so a snapshot of any size costs one chunk of heap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -39,7 +39,7 @@ class SnapshotError(ValueError):
     pass
 
 
-def produce(backend: Backend, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+def produce(backend: Backend, chunk_bytes: int = CHUNK_BYTES) -> Generator[bytes, None, None]:
     """The backend's committed state now as chunks of about chunk_bytes.
 
     The read transaction starts in this call (not at the first chunk), so the
@@ -49,7 +49,7 @@ def produce(backend: Backend, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]
     return _produce(backend, backend.snapshot_txn(), chunk_bytes)
 
 
-def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Iterator[bytes]:
+def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, None, None]:
     try:
         compact_rev = -1
         raw = txn.get(META_MVCC, db=backend.dbs[DB_META])
