@@ -28,9 +28,23 @@ class CallFailed(Exception):
         self.message = message
 
 
+Metadata = tuple[tuple[str, str], ...]
+# HTTP headers the gateway hands to the call as gRPC metadata, as grpc-gateway does for etcd:
+# `Authorization` carries an auth token (etcd reads it as "authorization" or "token").
+FORWARDED_HEADERS = (b"authorization", b"token")
+
+
+def gateway_metadata(headers: Any) -> Metadata:
+    """The call's metadata from an HTTP request's headers (name, value byte pairs)."""
+    return tuple(
+        (n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers if n.lower() in FORWARDED_HEADERS
+    )
+
+
 class _Context:
-    def __init__(self, queue: asyncio.Queue[Any] | None = None) -> None:
+    def __init__(self, queue: asyncio.Queue[Any] | None = None, metadata: Metadata = ()) -> None:
         self.queue = queue
+        self.metadata = metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         raise CallFailed(code, details)
@@ -39,17 +53,16 @@ class _Context:
         assert self.queue is not None, "write on a unary call"
         await self.queue.put(message)
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        # No credentials travel through the gateway yet: under auth its calls are anonymous.
-        return ()
+    def invocation_metadata(self) -> Metadata:
+        return self.metadata
 
     def peer(self) -> str:
         return ""
 
 
-async def call_unary(servicer: Any, route: Route, request: Any) -> Any:
+async def call_unary(servicer: Any, route: Route, request: Any, metadata: Metadata = ()) -> Any:
     handler = getattr(servicer, route.method)
-    response = await handler(request, _Context())
+    response = await handler(request, _Context(metadata=metadata))
     if isinstance(response, bytes):  # a handler that answers in wire form (Range: the stored records)
         return route.response_type.FromString(response)
     return response
@@ -58,12 +71,12 @@ async def call_unary(servicer: Any, route: Route, request: Any) -> Any:
 _END = object()
 
 
-async def call_stream(servicer: Any, route: Route, requests: Any) -> AsyncIterator[Any]:
+async def call_stream(servicer: Any, route: Route, requests: Any, metadata: Metadata = ()) -> AsyncIterator[Any]:
     """The responses of a streaming call; `requests` is an async iterator for a client stream,
     a message otherwise. Raises CallFailed when the call ends with an error."""
     handler = getattr(servicer, route.method)
     if inspect.isasyncgenfunction(handler):
-        async for response in handler(requests, _Context()):
+        async for response in handler(requests, _Context(metadata=metadata)):
             yield response
         return
     # A handler that writes through its context (Watch): run it, relay what it writes.
@@ -72,7 +85,7 @@ async def call_stream(servicer: Any, route: Route, requests: Any) -> AsyncIterat
 
     async def run() -> None:
         try:
-            await handler(requests, _Context(queue))
+            await handler(requests, _Context(queue, metadata))
         except Exception as err:
             outcome.append(err)
         finally:

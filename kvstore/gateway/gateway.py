@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from kvstore.gateway import jsonpb
-from kvstore.gateway.calls import CallFailed, call_stream, call_unary
+from kvstore.gateway.calls import CallFailed, Metadata, call_stream, call_unary
 from kvstore.gateway.routes import ROUTES, Route
 
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd: gRPC MaxRecvMsgSize = --max-request-bytes + 512 KiB
@@ -84,7 +84,7 @@ class Gateway:
             raise self.too_large(size)
         return message
 
-    async def unary(self, route: Route, body: bytes) -> tuple[int, bytes]:
+    async def unary(self, route: Route, body: bytes, metadata: Metadata = ()) -> tuple[int, bytes]:
         """(HTTP status, JSON body) of a unary call."""
         try:
             request = self._checked(jsonpb.decode(body, route.request_type))
@@ -93,7 +93,7 @@ class Gateway:
         except CallFailed as err:
             return error_body(err.code, err.message)
         try:
-            response = await call_unary(self.servicers[route.service], route, request)
+            response = await call_unary(self.servicers[route.service], route, request, metadata)
         except CallFailed as err:
             return error_body(err.code, err.message)
         return 200, jsonpb.encode(response)
@@ -150,7 +150,7 @@ class Gateway:
                 raise self.too_large(len(text))
 
     async def open_stream(
-        self, route: Route, chunks: AsyncIterator[bytes], hold_open: Any
+        self, route: Route, chunks: AsyncIterator[bytes], hold_open: Any, metadata: Metadata = ()
     ) -> tuple[int, bytes | None, AsyncIterator[bytes]]:
         """Start a streaming call. Until its first response an error is a plain error answer
         (status, body, nothing); after it, (200, None, the response lines)."""
@@ -167,7 +167,7 @@ class Gateway:
             except CallFailed as err:
                 status, error = error_body(err.code, err.message)
                 return status, error, _nothing()
-        responses = call_stream(self.servicers[route.service], route, requests).__aiter__()
+        responses = call_stream(self.servicers[route.service], route, requests, metadata).__aiter__()
         try:
             first = await responses.__anext__()
         except StopAsyncIteration:

@@ -18,6 +18,7 @@ from typing import Any
 
 import h11
 
+from kvstore.gateway.calls import Metadata, gateway_metadata
 from kvstore.gateway.gateway import Gateway, error_body
 from kvstore.member import CLUSTER_VERSION, ETCD_VERSION, STORAGE_VERSION, Member
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -136,7 +137,7 @@ class _Connection:
         method = request.method.decode("latin-1")
         url = urllib.parse.urlsplit(request.target.decode("latin-1"))
         if self.gateway is not None and url.path.startswith("/v3/"):
-            await self.handle_gateway(method, url.path)
+            await self.handle_gateway(method, url.path, gateway_metadata(request.headers))
             return
         if method not in ("GET", "HEAD"):
             await self.respond(405, "text/plain", b"method not allowed\n")
@@ -144,7 +145,7 @@ class _Connection:
         status, ctype, body = route(self.member, url.path, urllib.parse.parse_qs(url.query))
         await self.respond(status, ctype, body, head_only=method == "HEAD")
 
-    async def handle_gateway(self, method: str, path: str) -> None:
+    async def handle_gateway(self, method: str, path: str, metadata: Metadata) -> None:
         assert self.gateway is not None
         gw_route = self.gateway.route(path)
         text = "text/plain; charset=utf-8"
@@ -156,7 +157,7 @@ class _Connection:
             await self.respond(405, text, b"Method Not Allowed\n", extra=nosniff)
             return
         if gw_route.client_streaming or gw_route.server_streaming:
-            await self.handle_stream(gw_route)
+            await self.handle_stream(gw_route, metadata)
             return
         body = await self.read_body(self.gateway.body_bytes_max)
         if body is None:
@@ -164,11 +165,11 @@ class _Connection:
             status, answer = error_body(too_large.code, too_large.message)
             await self.respond(status, "application/json", answer, extra=[*CORS_HEADERS, (b"connection", b"close")])
             return
-        status, answer = await self.gateway.unary(gw_route, body)
+        status, answer = await self.gateway.unary(gw_route, body, metadata)
         ok = [(b"grpc-metadata-content-type", b"application/grpc")] if status == 200 else []
         await self.respond(status, "application/json", answer, extra=[*CORS_HEADERS, *ok])
 
-    async def handle_stream(self, gw_route: Any) -> None:
+    async def handle_stream(self, gw_route: Any, metadata: Metadata) -> None:
         assert self.gateway is not None
         chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STREAM_CHUNKS_QUEUED_MAX)  # backpressure
         disconnected = asyncio.Event()
@@ -199,7 +200,7 @@ class _Connection:
 
         async def answer() -> None:
             assert self.gateway is not None
-            status, error, lines = await self.gateway.open_stream(gw_route, body(), disconnected.wait)
+            status, error, lines = await self.gateway.open_stream(gw_route, body(), disconnected.wait, metadata)
             if error is not None:
                 await self.respond(status, "application/json", error, extra=CORS_HEADERS)
                 return

@@ -40,13 +40,18 @@ def _mask(obj: Any) -> Any:
     return obj
 
 
-def post(base: str, path: str, body: bytes | str, conn: http.client.HTTPConnection | None = None) -> dict[str, Any]:
+def post(
+    base: str, path: str, body: bytes | str, conn: http.client.HTTPConnection | None = None, token: str = ""
+) -> dict[str, Any]:
     data = body.encode() if isinstance(body, str) else body
     own = conn is None
     host = base.split("//", 1)[1]
     c = conn or http.client.HTTPConnection(host, timeout=HTTP_TIMEOUT_S)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = token
     try:
-        c.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        c.request("POST", path, body=data, headers=headers)
         r = c.getresponse()
         raw = r.read()
         out: dict[str, Any] = {"status": r.status, "type": r.getheader("Content-Type")}
@@ -345,3 +350,48 @@ def test_maintenance_snapshot_streams_the_file_as_json(pair: Pair) -> None:
         data = b"".join(base64.b64decode(r.get("blob", "")) for r in results)
         assert "remaining_bytes" not in results[-1]  # 0: omitted
         assert hashlib.sha256(data[:-32]).digest() == data[-32:], s.kind
+
+
+def test_calls_under_auth_carry_the_token_in_the_authorization_header(diff_pool: PairPool) -> None:
+    """etcd's gateway hands the Authorization header to the call as its token: with it a user's
+    permissions apply, without it the call is refused as an anonymous one."""
+    pair = diff_pool.fresh()
+    try:
+        setup = [
+            ("/v3/auth/user/add", '{"name":"root","password":"rootpw"}'),
+            ("/v3/auth/user/grant", '{"user":"root","role":"root"}'),
+            ("/v3/auth/role/add", '{"name":"root"}'),
+            ("/v3/auth/user/grant", '{"user":"root","role":"root"}'),
+            ("/v3/auth/user/add", '{"name":"alice","password":"alicepw"}'),
+            ("/v3/auth/role/add", '{"name":"gw"}'),
+            ("/v3/auth/role/grant", json.dumps(
+                {"name": "gw", "perm": {"permType": "READWRITE", "key": b64("/gw/a/"), "range_end": b64("/gw/a0")}})),
+            ("/v3/auth/user/grant", '{"user":"alice","role":"gw"}'),
+            ("/v3/auth/enable", "{}"),
+        ]  # fmt: skip
+        for path, body in setup:
+            post(pair.a.client_url, path, body)
+            post(pair.b.client_url, path, body)
+        answers = []
+        for server in (pair.a, pair.b):
+            auth = post(server.client_url, "/v3/auth/authenticate", '{"name":"alice","password":"alicepw"}')
+            token = auth.get("json", {}).get("token", "")
+            assert token, auth
+            calls = []
+            for path, body, with_token in (
+                ("/v3/kv/put", json.dumps({"key": b64("/gw/a/k"), "value": b64("v")}), True),
+                ("/v3/kv/range", json.dumps({"key": b64("/gw/a/k")}), True),
+                ("/v3/kv/put", json.dumps({"key": b64("/gw/b/k"), "value": b64("v")}), True),
+                ("/v3/kv/range", json.dumps({"key": b64("/gw/a/k")}), False),
+                ("/v3/kv/range", json.dumps({"key": b64("/gw/a/k")}), "not-a-token"),
+            ):
+                sent = token if with_token is True else (with_token or "")
+                answer = post(server.client_url, path, body, token=sent)
+                answer.get("json", {}).pop("header", None)
+                calls.append(answer)
+            answers.append(calls)
+        assert answers[0] == answers[1], json.dumps(answers, indent=1)
+        # The token made a difference: alice's own prefix works with it, nothing works without it.
+        assert [a["status"] for a in answers[1]] == [200, 200, 403, 400, 401], answers[1]
+    finally:
+        pair.stop()
