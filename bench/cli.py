@@ -23,6 +23,7 @@ EPILOG = """workloads:
   kube       mixed profile of kube-apiserver traffic (see docs/benchmarks.md); with --partitions kube
              each operation goes to its partition, as kube-apiserver with `kvstore kube-flags` sends it
   compare    start etcd (1 and 3 members) and kvstore serve, run workloads A B A B, write a table
+  floor      a do-nothing grpc.aio KV server, ours and etcd: the same put/range loads, ours / floor
   scale      load N keys of 1 KiB into ours, then into etcd: memory, restart, lists, compaction, gaps
 
 examples:
@@ -30,6 +31,7 @@ examples:
   kvstore bench range --consistency s --range-keys 100 --total 20000 --json out.json
   kvstore bench watch --watchers 100 --clients 4 --rate 500 --duration 10
   kvstore bench compare --quick
+  kvstore bench floor --quick
   kvstore bench scale --keys 1000000 --targets kvstore,etcd
 """
 
@@ -135,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.compare import main as compare_main
 
         return compare_main(args[1:])
+    if args and args[0] == "floor":
+        from bench.floor import main as floor_main
+
+        return floor_main(args[1:])
     if args and args[0] == "scale":
         from bench.scale import main as scale_main
 

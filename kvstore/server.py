@@ -292,6 +292,20 @@ def journal_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise SystemExit(f"kvstore: journal TLS: {err}") from None
 
 
+def grpc_server_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """The client gRPC server's channel options (bench.floor runs its do-nothing server with the same)."""
+    return [
+        ("grpc.max_receive_message_length", max_request_bytes + MAX_RECV_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        # kube-apiserver pings every 30 s, also without active calls: accept it (etcd's MinTime is 5 s).
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
 def grpc_socket_path(state_dir: str) -> str:
     """Where gRPC listens behind the client-URL multiplexer: a unix socket in the temp dir,
     named after the state dir (one per member; the state dir holds only state)."""
@@ -354,17 +368,9 @@ async def run(args: argparse.Namespace) -> int:
         await import_etcd_snapshot(member, args.import_etcd_snapshot, imported)
     await member.start()
 
-    options = [
-        ("grpc.max_receive_message_length", config.max_request_bytes + MAX_RECV_OVERHEAD_BYTES),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        # kube-apiserver pings every 30 s, also without active calls: accept it (etcd's MinTime is 5 s).
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(options=options, interceptors=[member.metrics.grpc_interceptor()])
+    server = grpc.aio.server(
+        options=grpc_server_options(config.max_request_bytes), interceptors=[member.metrics.grpc_interceptor()]
+    )
     identities = PeerIdentities()
     servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
     from kvstore.gateway.gateway import Gateway
