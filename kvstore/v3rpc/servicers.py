@@ -454,9 +454,10 @@ def strict_parser(message_type: Any) -> Callable[[bytes], Any]:
             msg = message_type.FromString(data)
         except DecodeError as err:
             return Malformed(str(err))
-        size = msg.ByteSize()
         msg.DiscardUnknownFields()
-        if msg.ByteSize() != size:  # rare: look closer only when something unknown was there
+        # One size, not one before and one after the discard (each costs an encode): a message that
+        # re-encodes to other bytes lost unknown fields, or was sent non-canonically; look closer then.
+        if msg.ByteSize() != len(data):
             wrong = [f.field_number for f in UnknownFieldSet(message_type.FromString(data)) if f.field_number in known]
             if wrong:
                 return Malformed(f"proto: wrong wireType for field number {wrong[0]}")
