@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -101,6 +102,30 @@ class Cluster:
         return f"{self.project}_{az}"
 
 
+PARTITIONS = 5  # the kube plan: default, events, leases, pods, nodes (in that order, consecutive ports)
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    for _ in range(200):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def etcdctl(port: int, *args: str, timeout_s: float = 10) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [etcd_binary("etcdctl") or "etcdctl", f"--endpoints=127.0.0.1:{port}", "--command-timeout=3s", *args],
@@ -151,12 +176,14 @@ def _leader(c: Cluster) -> str:
 def cluster() -> Iterator[Cluster]:
     project = f"kvstoretest{uuid.uuid4().hex[:10]}"
     env = dict(os.environ)
-    ports = {"member-1": free_port(), "member-2": free_port()}
-    env.update(
-        KVSTORE_MEMBER1_PORT=str(ports["member-1"]), KVSTORE_MEMBER1_METRICS_PORT=str(free_port()),
-        KVSTORE_MEMBER2_PORT=str(ports["member-2"]), KVSTORE_MEMBER2_METRICS_PORT=str(free_port()),
-        KVSTORE_PROMETHEUS_PORT=str(free_port()),
-    )  # fmt: skip
+    ports = {}
+    for n in (1, 2):  # each member publishes one port per partition of the kube plan, consecutive
+        client, metrics = free_port_range(PARTITIONS), free_port_range(PARTITIONS)
+        ports[f"member-{n}"] = client
+        env[f"KVSTORE_MEMBER{n}_PORT"] = str(client)
+        env[f"KVSTORE_MEMBER{n}_PORTS"] = f"{client}-{client + PARTITIONS - 1}"
+        env[f"KVSTORE_MEMBER{n}_METRICS_PORTS"] = f"{metrics}-{metrics + PARTITIONS - 1}"
+    env["KVSTORE_PROMETHEUS_PORT"] = str(free_port())
     started = time.monotonic()
     build = subprocess.run([str(ROOT / "scripts" / "build-image.sh"), "--monitoring"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
@@ -185,6 +212,23 @@ def test_put_get_through_every_member_port(cluster: Cluster) -> None:
         for name in cluster.ports:
             r = etcdctl(port, "get", f"/from/{name}", "--print-value-only")
             assert (r.returncode, r.stdout.strip()) == (0, name), (port, name, r.stderr)
+
+
+def test_every_partition_is_a_keyspace_of_its_own(cluster: Cluster) -> None:
+    """The kube plan: a pod written through member-1's pods partition is read through member-2's,
+    and the default partition (another journal log, other revisions) does not hold it."""
+    pods = PARTITIONS - 2  # default, events, leases, pods, nodes
+    one, two = cluster.ports["member-1"], cluster.ports["member-2"]
+    r = etcdctl(one + pods, "put", "/registry/pods/ns/p", "pod")
+    assert (r.returncode, r.stdout.strip()) == (0, "OK"), r.stderr
+    r = etcdctl(two + pods, "get", "/registry/pods/ns/p", "--print-value-only")
+    assert (r.returncode, r.stdout.strip()) == (0, "pod"), r.stderr
+    r = etcdctl(one, "get", "/registry/pods/ns/p", "--print-value-only")
+    assert (r.returncode, r.stdout.strip()) == (0, ""), r.stderr
+    for offset in range(PARTITIONS):  # every partition of every member serves
+        for base in (one, two):
+            r = etcdctl(base + offset, "endpoint", "health")
+            assert r.returncode == 0, (base + offset, r.stderr)
 
 
 def test_writes_go_on_when_the_journal_leader_stops(cluster: Cluster) -> None:
@@ -244,7 +288,8 @@ def test_prometheus_scrapes_every_target(cluster: Cluster) -> None:
     if not cluster.monitoring:
         pytest.skip("the Prometheus image (deploy/prometheus) could not be built here")
     url = f"http://127.0.0.1:{cluster.env['KVSTORE_PROMETHEUS_PORT']}/api/v1/targets"
-    expected = {"member-1:2381", "member-2:2381", "journal-a:7080", "journal-b:7080", "journal-c:7080"}
+    expected = {f"member-{n}:{2391 + i}" for n in (1, 2) for i in range(PARTITIONS)}
+    expected |= {"journal-a:7080", "journal-b:7080", "journal-c:7080"}
     deadline = time.monotonic() + LIVENESS_TIMEOUT_S
     while True:
         try:
