@@ -31,7 +31,58 @@ def _kill_leftovers() -> None:
             p.wait()
 
 
-class NodeProc:
+class FaultableProc:
+    """A test process the fault injectors act on: kill -9, SIGSTOP/SIGCONT, SIGTERM, its stderr.
+
+    Subclasses set `proc` (started with _STARTED.add), `paused` and `log_path`."""
+
+    proc: subprocess.Popen[bytes] | None
+    paused: bool
+    log_path: Path
+
+    def stderr_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """kill -9: no flush, no goodbye."""
+        assert self.proc is not None
+        if self.paused:
+            self.cont()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        _STARTED.discard(self.proc)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def cont(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.paused:
+            self.cont()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        _STARTED.discard(self.proc)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class NodeProc(FaultableProc):
     def __init__(
         self,
         node_id: str,
@@ -93,48 +144,6 @@ class NodeProc:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"node {self.node_id} did not start: {self.stderr_tail()}")
-
-    def stderr_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        """kill -9: no flush, no goodbye."""
-        assert self.proc is not None
-        if self.paused:
-            self.cont()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        _STARTED.discard(self.proc)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def cont(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        if self.paused:
-            self.cont()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        _STARTED.discard(self.proc)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
 
 class ProcCluster:
     def __init__(

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.journal.cluster import free_ports
-from tests.journal.procs import _STARTED, NodeProc
+from tests.journal.procs import _STARTED, FaultableProc, NodeProc
 from tests.journal.test_netns_partition import ip, netns_unavailable
 
 AZS = ("a", "b", "c")
@@ -35,7 +34,7 @@ NETNS_MEMBER_PORT = 2379
 NETNS_METRICS_PORT = 2381
 
 
-class MemberProc:
+class MemberProc(FaultableProc):
     """`kvstore serve` on the journal, optionally inside a namespace."""
 
     def __init__(
@@ -83,46 +82,6 @@ class MemberProc:
         _STARTED.add(self.proc)
         self.paused = False
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        if self.paused:
-            self.cont()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        _STARTED.discard(self.proc)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def cont(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    def stop(self) -> None:
-        if not self.running():
-            return
-        assert self.proc is not None
-        if self.paused:
-            self.cont()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        _STARTED.discard(self.proc)
-
-    def stderr_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
 
 class Cluster:
