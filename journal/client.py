@@ -68,7 +68,25 @@ DEDUP_WINDOW = DEDUP_REQUESTS_PER_CLIENT_MAX // 2
 
 class SilentConnection(ConnectionError):
     """An established connection went silent past the liveness timeout: the node froze or
-    was cut off (unlike a refused or unreachable connect, which says nothing about later)."""
+    was cut off (unlike a refused connect, which is answered at once and costs nothing)."""
+
+
+class UnreachableNode(ConnectionError):
+    """A connect got no answer within the liveness timeout: the node is cut off (a live
+    node's kernel completes the handshake at once, however busy the process is). Each such
+    attempt costs the whole timeout, so the node is tried last for a while (SUSPECT_MS)."""
+
+
+async def open_connection(
+    addr: str, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio.open_connection to host:port, or UnreachableNode after timeout_s."""
+    host, port = _parse_addr(addr)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.open_connection(host, port, ssl=ssl_context)
+    except TimeoutError:
+        raise UnreachableNode(f"{addr}: no answer to connect in {timeout_s:.1f} s") from None
 
 
 async def read_or_silent(reader: asyncio.StreamReader, n: int, silence_s: float | None, what: str) -> bytes:
@@ -155,9 +173,9 @@ class _Conn:
         async with self._connect_lock:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
-            host, port = _parse_addr(self.addr)
-            async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context)
+            reader, writer = await open_connection(
+                self.addr, min(timeout_s, self.liveness_timeout_s), self.ssl_context
+            )
             set_liveness_options(writer.get_extra_info("socket"), int(self.liveness_timeout_s * 1000))
             self._writer = writer
             self._last_recv = asyncio.get_running_loop().time()
@@ -349,7 +367,9 @@ class JournalClient:
                 return addr
         return self.endpoints[self._next_endpoint % len(self.endpoints)]
 
-    def _mark_suspect(self, addr: str) -> None:
+    def _mark_suspect(self, addr: str, why: BaseException) -> None:
+        if not self._is_suspect(addr):
+            log.info("journal node %s: %s; trying it last for %d ms", addr, why, SUSPECT_MS)
         self._suspect[addr] = asyncio.get_running_loop().time() + SUSPECT_MS / 1000
 
     def _is_suspect(self, addr: str) -> bool:
@@ -398,9 +418,13 @@ class JournalClient:
                     self._leader.pop(log_name, None)
             except (OSError, ConnectionError, TimeoutError, ProtocolError) as e:
                 last_error = e
-                self._leader.pop(log_name, None)
-                if isinstance(e, SilentConnection):
-                    self._mark_suspect(addr)
+                if isinstance(e, SilentConnection | UnreachableNode):
+                    self._mark_suspect(addr, e)
+                if type(e) is not TimeoutError:
+                    # (A TimeoutError is a slow answer on a live connection: the node
+                    # showed it is alive, and a leader that lost its leadership answers
+                    # not_leader; retry there rather than try every node in turn.)
+                    self._leader.pop(log_name, None)
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
             backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
@@ -514,9 +538,11 @@ class JournalClient:
             addr = await self._read_target(log)
             writer: asyncio.StreamWriter | None = None
             try:
-                host, port = _parse_addr(addr)
-                async with asyncio.timeout(self.rpc_timeout_ms / 1000):
-                    reader, w = await asyncio.open_connection(host, port, ssl=self.ssl_context)
+                try:
+                    reader, w = await open_connection(addr, self.liveness_timeout_ms / 1000, self.ssl_context)
+                except UnreachableNode as e:
+                    self._mark_suspect(addr, e)
+                    raise
                 set_liveness_options(w.get_extra_info("socket"), self.liveness_timeout_ms)
                 writer = w
                 request = {"id": 1, "log": log, "from": position, "leader_only": self.read_from == "leader"}
@@ -531,8 +557,8 @@ class JournalClient:
                         silence_s = None if failpoints.enabled("pin_read_stream") else self.liveness_timeout_ms / 1000
                         try:
                             data = await read_or_silent(reader, 256 * 1024, silence_s, f"{addr} read stream")
-                        except SilentConnection:
-                            self._mark_suspect(addr)
+                        except SilentConnection as e:
+                            self._mark_suspect(addr, e)
                             raise
                         if not data:
                             raise ConnectionError(f"{addr} closed the read stream")
@@ -583,10 +609,13 @@ class JournalClient:
         if self.read_from == "leader":
             leader = self._leader.get(log_name)
             if leader is None:
+                addr = self._rotate()
                 try:  # learn it: one status round trip per (re)connect
                     async with asyncio.timeout(self.rpc_timeout_ms / 1000):
-                        leader = (await self._conn(self._rotate()).call("status", {"log": log_name}, 1.0)).get("leader")
-                except (OSError, ConnectionError, TimeoutError, ProtocolError, RemoteError, RuntimeError):
+                        leader = (await self._conn(addr).call("status", {"log": log_name}, 1.0)).get("leader")
+                except (OSError, ConnectionError, TimeoutError, ProtocolError, RemoteError, RuntimeError) as e:
+                    if isinstance(e, SilentConnection | UnreachableNode):
+                        self._mark_suspect(addr, e)
                     leader = None
                 if leader and self._is_suspect(str(leader)):
                     leader = None

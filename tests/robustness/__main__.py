@@ -43,12 +43,13 @@ def run(
     netns: str = "auto",
     code: Path | None = None,
     env: dict[str, str] | None = None,
+    cpu_cores: float | None = None,
 ) -> rep.Report:
     kind = KINDS[scenario]
     use_netns = kind.netns or netns == "yes"
     rng = random.Random(seed)
-    cluster = Cluster(work, use_netns, code, env)
-    cluster.needs_netem = kind.netem
+    cluster = Cluster(work, use_netns, code, env, cpu_cores)
+    cluster.needs_impair = kind.impairs
     history_path = work / "history.jsonl"
     faults: list[Fault] = []
     load_start = os.getloadavg()[0]
@@ -79,6 +80,8 @@ def run(
     rep.merge_faults(h, faults)
     r = rep.build(h, scenario, seed, seconds, (load_start, os.getloadavg()[0]))
     (work / "report.json").write_text(json.dumps(r.as_dict(), indent=1))
+    # To line the history's monotonic times up with the processes' logs (wall clock).
+    (work / "clock.json").write_text(json.dumps({"wall_minus_monotonic_s": time.time() - time.monotonic()}))
     return r
 
 
@@ -95,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", type=Path, default=None, help="run nodes and members from this checkout")
     ap.add_argument("--work", type=Path, default=None, help="keep the run's files here (default: a temp dir)")
     ap.add_argument("--failpoints", default="", help="test-only failpoints for nodes and members (comma list)")
+    ap.add_argument(
+        "--cpu-cores",
+        type=float,
+        default=None,
+        help="cap the nodes and members at this many CPUs together (a cgroup): a starved machine, reproducibly",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"robustness-{args.scenario}-"))
     env = {"KVSTORE_FAILPOINTS": args.failpoints} if args.failpoints else {}
     try:
-        r = run(args.scenario, args.seconds, args.seed, work, args.netns, args.code, env)
+        r = run(args.scenario, args.seconds, args.seed, work, args.netns, args.code, env, args.cpu_cores)
     except NetnsUnavailable as e:
         print(f"scenario {args.scenario} needs network namespaces: {e}", file=sys.stderr)
         return 2

@@ -5,8 +5,10 @@ Two layouts:
 - netns: one network namespace per AZ holding that AZ's journal node and
   member, one for the recorder, bridged in a hub namespace, as in
   tests/journal/test_netns_partition.py; network faults act on the AZ's link
-  (cut: the hub side down, no TCP reset; delay and loss: `tc netem` on both
-  ends of the AZ's veth). Nothing is added to the runner's own namespace.
+  (cut: the hub side down, no TCP reset; delay and loss: every packet in or
+  out of the AZ's eth0 goes through a userspace delay line, tests.robustness.delay,
+  by iptables' NFQUEUE: this kernel has no sch_netem). Nothing is added to the
+  runner's own namespace.
 
 ``code`` runs the nodes and members from another checkout (for measuring a
 base commit); the recorder and the checkers always run from this tree.
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.journal.cluster import free_ports
@@ -32,6 +35,16 @@ NETNS_ADDR = {"a": "10.78.0.1", "b": "10.78.0.2", "c": "10.78.0.3", "cl": "10.78
 NETNS_JOURNAL_PORT = 7500
 NETNS_MEMBER_PORT = 2379
 NETNS_METRICS_PORT = 2381
+# The delay line's rules (NFQUEUE): the legacy backend, as this kernel has the xt target but not nft's queue.
+IPTABLES = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What the delay line does to each packet in or out of an AZ (each way)."""
+
+    delay_ms: float = 0.0
+    loss_pct: float = 0.0
 
 
 class MemberProc(FaultableProc):
@@ -74,7 +87,7 @@ class MemberProc(FaultableProc):
             f"--advertise-client-urls=http://{self.addr}",
             f"--listen-metrics-urls=http://{self.host}:{self.metrics_port}",
             f"--journal-endpoints={self.journal}",
-            "--log-level=warn",
+            "--log-level=info",  # the run's record: journal reconnects, leader changes
         ]
         env = {**os.environ, "PYTHONPATH": str(self.code)}
         with open(self.log_path, "ab") as err:
@@ -83,16 +96,60 @@ class MemberProc(FaultableProc):
         self.paused = False
 
 
+class CpuLimit:
+    """A CPU cgroup (v2 or v1) capping the cluster's nodes and members at ``cores`` CPUs.
+
+    Emulates a starved machine (what the other engineers' load does to a run)
+    without taking CPU from anyone: only the cluster's own processes are
+    throttled. Processes join through a ``sh`` prefix (before ``ip netns exec``,
+    which mounts a sysfs of its own), so restarts join too.
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists():
+            self.path = Path("/sys/fs/cgroup") / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{int(cores * self.PERIOD_US)} {self.PERIOD_US}")
+        else:
+            self.path = Path("/sys/fs/cgroup/cpu") / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(int(cores * self.PERIOD_US)))
+
+    def prefix(self) -> list[str]:
+        return ["sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh"]
+
+    def remove(self) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:  # processes still leaving
+                time.sleep(0.1)
+
 
 class Cluster:
-    def __init__(self, base: Path, netns: bool, code: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        netns: bool,
+        code: Path | None = None,
+        env: dict[str, str] | None = None,
+        cpu_cores: float | None = None,
+    ) -> None:
         self.base = base
         self.netns = netns
         self.code = code or ROOT
         self.env = env or {}  # extra environment for nodes and members (failpoints)
-        self.needs_netem = False  # set by the runner for delay and loss scenarios
+        self.needs_impair = False  # set by the runner for delay and loss scenarios
+        self._impairs: dict[str, subprocess.Popen[bytes]] = {}  # AZ -> its delay line
         self.ns_prefix = f"kvr{os.getpid() % 100000}"
         self._made: list[str] = []
+        # --cpu-cores: nodes and members share this many CPUs (None: no limit).
+        self.cpu = CpuLimit(self.ns_prefix, cpu_cores) if cpu_cores else None
         if netns:
             hosts = {z: NETNS_ADDR[z] for z in AZS}
             jports = {z: NETNS_JOURNAL_PORT for z in AZS}
@@ -111,14 +168,22 @@ class Cluster:
                 jports[z],
                 {o: jaddr[o] for o in AZS if o != z},
                 base / f"journal-{z}",
-                prefix=self.exec_in(z),
+                prefix=(self.cpu.prefix() if self.cpu else []) + self.exec_in(z),
                 cwd=self.code,
+                extra_args=["--log-level", "INFO"],  # leader changes, peer reconnects
             )
             for z in AZS
         }
         self.members = {
             z: MemberProc(
-                f"m{z}", hosts[z], mports[z][0], mports[z][1], self.journal_endpoints, base, self.exec_in(z), self.code
+                f"m{z}",
+                hosts[z],
+                mports[z][0],
+                mports[z][1],
+                self.journal_endpoints,
+                base,
+                (self.cpu.prefix() if self.cpu else []) + self.exec_in(z),
+                self.code,
             )
             for z in AZS
         }
@@ -135,8 +200,8 @@ class Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         if self.netns:
             self._make_namespaces()
-            if self.needs_netem:
-                why = self.netem_unavailable()
+            if self.needs_impair:
+                why = self.impair_unavailable()
                 if why is not None:
                     self.stop()
                     raise NetnsUnavailable(why)
@@ -155,6 +220,8 @@ class Cluster:
             os.environ.update(saved)
 
     def stop(self) -> None:
+        for az in list(self._impairs):
+            self.impair(az, None)
         for m in self.members.values():
             m.stop()
         for n in self.nodes.values():
@@ -164,6 +231,8 @@ class Cluster:
         for name in reversed(self._made):
             ip("netns", "del", name, check=False)
         self._made.clear()
+        if self.cpu is not None:
+            self.cpu.remove()
 
     def restart_member(self, z: str) -> None:
         saved = dict(os.environ)
@@ -243,42 +312,65 @@ class Cluster:
     def cut(self, az: str, up: bool) -> None:
         ip("-n", self.ns("hub"), "link", "set", f"h{az}", "up" if up else "down")
 
-    def netem_unavailable(self) -> str | None:
-        """Why `tc netem` cannot be used here (None if it can): a probe on a throwaway veth."""
-        probe = self.ns("netem-probe")
+    def impair_unavailable(self) -> str | None:
+        """Why the delay line cannot work here (None if it can): a probe namespace with the rule."""
+        try:
+            import netfilterqueue  # noqa: F401
+        except ImportError:
+            return "the delay line needs the netfilterqueue package (pip; libnetfilter-queue-dev from apt)"
+        if shutil.which(IPTABLES) is None:
+            return f"the delay line needs {IPTABLES} (apt: iptables)"
+        probe = self.ns("impair-probe")
         r = ip("netns", "add", probe, check=False)
         if r.returncode != 0:
             return f"cannot create a network namespace: {r.stderr.strip()}"
         try:
-            ip("-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+            rule = ["OUTPUT", "-o", "lo", "-j", "NFQUEUE", "--queue-num", "1", "--queue-bypass"]
             t = subprocess.run(
-                ["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"],
-                capture_output=True,
-                text=True,
-                timeout=10,
+                ["ip", "netns", "exec", probe, IPTABLES, "-I", *rule], capture_output=True, text=True, timeout=10
             )
             if t.returncode != 0:
-                return f"`tc qdisc add ... netem` fails: {t.stderr.strip()} (a kernel without sch_netem?)"
+                return f"`{IPTABLES} ... -j NFQUEUE` fails: {t.stderr.strip()}"
             return None
         finally:
             ip("netns", "del", probe, check=False)
 
-    def netem(self, az: str, spec: list[str] | None) -> None:
-        """`tc netem` on both ends of the AZ's link (None: remove). spec e.g. ["delay", "100ms"]."""
-        for nsname, dev in ((self.ns(az), "eth0"), (self.ns("hub"), f"h{az}")):
-            if spec is None:
-                subprocess.run(
-                    ["ip", "netns", "exec", nsname, "tc", "qdisc", "del", "dev", dev, "root"],
-                    capture_output=True,
-                    timeout=10,
-                )
-            else:
-                subprocess.run(
-                    ["ip", "netns", "exec", nsname, "tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec],
-                    check=True,
-                    capture_output=True,
-                    timeout=10,
-                )
+    def impair(self, az: str, spec: Impairment | None) -> None:
+        """Every packet in or out of the AZ's eth0 through a delay line (None: remove it).
+
+        Both directions: ``delay_ms`` each way adds twice that to every round trip
+        with the AZ (node and member alike); traffic inside the AZ is untouched.
+        """
+        queue = 10 + AZS.index(az)
+        rules = [
+            ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"],
+            ["INPUT", "-i", "eth0", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"],
+        ]
+        run = ["ip", "netns", "exec", self.ns(az)]
+        if spec is None:
+            for rule in rules:
+                subprocess.run([*run, IPTABLES, "-D", *rule], capture_output=True, timeout=10)
+            p = self._impairs.pop(az, None)
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=10)
+            return
+        cmd = [*run, sys.executable, "-m", "tests.robustness.delay", "--queue", str(queue)]
+        cmd += ["--delay-ms", str(spec.delay_ms), "--loss-pct", str(spec.loss_pct)]
+        err_path = self.base / f"delay-{az}.stderr"
+        with open(err_path, "ab") as err:
+            p = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
+        _STARTED.add(p)
+        self._impairs[az] = p
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != b"ready":  # bound before any packet is queued to it
+            raise RuntimeError(
+                f"delay line for az {az} did not start: {(self.base / f'delay-{az}.stderr').read_text()}"
+            )
+        for rule in rules:
+            subprocess.run([*run, IPTABLES, "-I", *rule], check=True, capture_output=True, timeout=10)
 
     # ------------------------------------------------------------ queries
 

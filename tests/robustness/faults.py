@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.robustness.cluster import AZS, Cluster
+from tests.robustness.cluster import AZS, Cluster, Impairment
 from tests.robustness.history import Fault
 
 RESTART_AFTER_S = 2.0  # a killed process comes back after this long
@@ -115,17 +115,16 @@ def cut_az(c: Cluster, role: str, seconds: float, rng: random.Random) -> Fault:
     )
 
 
-def netem_az(c: Cluster, role: str, spec: list[str], seconds: float, name: str, rng: random.Random) -> Fault:
+def impair_az(c: Cluster, role: str, spec: Impairment, seconds: float, name: str, rng: random.Random) -> Fault:
     z = _pick(c, role, rng)
     start = _now()
-    c.netem(z, spec)
+    c.impair(z, spec)
     try:
         time.sleep(seconds)
     finally:
-        c.netem(z, None)
-    return Fault(
-        f"{name}-{role}", f"az {z}", start, _now(), f"tc netem {' '.join(spec)} on both ends for {seconds:g} s"
-    )
+        c.impair(z, None)
+    what = f"{spec.delay_ms:g} ms delay" if spec.delay_ms else f"{spec.loss_pct:g}% loss"
+    return Fault(f"{name}-{role}", f"az {z}", start, _now(), f"{what} each way on the AZ's link for {seconds:g} s")
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,11 @@ class FaultKind:
     inject: Callable[[Cluster, random.Random], Fault]
 
     @property
-    def netem(self) -> bool:
+    def impairs(self) -> bool:
         return self.name.startswith(("delay-", "loss-"))
 
 
-NETEM_S = 10.0
+IMPAIR_S = 10.0  # how long a delay or loss lasts
 KINDS: dict[str, FaultKind] = {
     k.name: k
     for k in [
@@ -155,19 +154,21 @@ KINDS: dict[str, FaultKind] = {
         FaultKind("cut-leader-3s", True, lambda c, rng: cut_az(c, "leader", 3, rng)),
         FaultKind("cut-leader-15s", True, lambda c, rng: cut_az(c, "leader", 15, rng)),
         FaultKind("cut-follower-3s", True, lambda c, rng: cut_az(c, "follower", 3, rng)),
-        # 100 ms on each end of the AZ's link: 200 ms more round trip to and from that AZ.
+        # 100 ms each way on the AZ's link: 200 ms more round trip to and from that AZ.
         FaultKind(
             "delay-leader-200ms",
             True,
-            lambda c, rng: netem_az(c, "leader", ["delay", "100ms"], NETEM_S, "delay-200ms", rng),
+            lambda c, rng: impair_az(c, "leader", Impairment(delay_ms=100), IMPAIR_S, "delay-200ms", rng),
         ),
         FaultKind(
             "delay-follower-200ms",
             True,
-            lambda c, rng: netem_az(c, "follower", ["delay", "100ms"], NETEM_S, "delay-200ms", rng),
+            lambda c, rng: impair_az(c, "follower", Impairment(delay_ms=100), IMPAIR_S, "delay-200ms", rng),
         ),
         FaultKind(
-            "loss-leader-20pct", True, lambda c, rng: netem_az(c, "leader", ["loss", "10%"], NETEM_S, "loss-20pct", rng)
+            "loss-leader-20pct",
+            True,
+            lambda c, rng: impair_az(c, "leader", Impairment(loss_pct=10), IMPAIR_S, "loss-20pct", rng),
         ),
     ]
 }
