@@ -355,7 +355,9 @@ class Cluster:
                 p.terminate()
                 p.wait(timeout=10)
             return
-        cmd = [*run, sys.executable, "-m", "tests.robustness.delay", "--queue", str(queue)]
+        # Real-time priority: the "network" must not be starved by the machine's load (netem is in the kernel).
+        rt = ["chrt", "-f", "10"] if shutil.which("chrt") and os.geteuid() == 0 else []
+        cmd = [*run, *rt, sys.executable, "-m", "tests.robustness.delay", "--queue", str(queue)]
         cmd += ["--delay-ms", str(spec.delay_ms), "--loss-pct", str(spec.loss_pct)]
         err_path = self.base / f"delay-{az}.stderr"
         with open(err_path, "ab") as err:

@@ -14,7 +14,11 @@ on both ends of the link. ``--loss-pct`` drops that share of the packets instead
 (at random, seeded), like netem's ``loss``. The rules use ``--queue-bypass``: with this program
 gone, packets pass undelayed instead of being dropped.
 
-It prints "ready" once bound, and runs until SIGTERM.
+It prints "ready" once bound, and runs until SIGTERM; then it writes to stderr
+how many packets it delayed and dropped and how late it released them (past
+their due time: the precision of the injected delay). The cluster runs it with
+real-time priority (``chrt``) where it can: netem works in the kernel, which the
+machine's load does not starve, and neither should this.
 """
 
 from __future__ import annotations
@@ -45,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     held: collections.deque[tuple[float, Any]] = collections.deque()  # (release time, packet), in arrival order
     stopping = False
+    dropped = 0
+    late_ms: list[float] = []  # per released packet: how long after its due time
 
     def hold(pkt: Any) -> None:
+        nonlocal dropped
         if loss and rng.random() < loss:
+            dropped += 1
             pkt.drop()
         elif delay_s:
             held.append((time.monotonic() + delay_s, pkt))
@@ -68,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping:
             now = time.monotonic()
             while held and held[0][0] <= now:
-                held.popleft()[1].accept()
+                due, pkt = held.popleft()
+                pkt.accept()
+                late_ms.append((now - due) * 1000)
             timeout_s = max(0.0, held[0][0] - now) if held else 0.5
             try:
                 readable, _, _ = select.select([fd], [], [], timeout_s)
@@ -80,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         for _, pkt in held:  # let what is held go rather than drop it
             pkt.accept()
         nfq.unbind()
+    late_ms.sort()
+    if late_ms:
+        p50, p99 = late_ms[len(late_ms) // 2], late_ms[int(len(late_ms) * 0.99)]
+        print(
+            f"delayed {len(late_ms)} packets by {args.delay_ms:g} ms, released late by p50 {p50:.1f} ms, "
+            f"p99 {p99:.1f} ms, max {late_ms[-1]:.1f} ms; dropped {dropped}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"delayed 0 packets; dropped {dropped}", file=sys.stderr)
     return 0
 
 
