@@ -57,7 +57,10 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 # new leader, instead of waiting on TCP (minutes) or the request timeout.
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
-SUSPECT_MS = 2000  # a node whose connection went silent is tried last for this long
+# A node whose connection went silent, or that did not answer a connect, is tried last for
+# this long, renewed while a ping to it (every HEARTBEAT_MS) fails, and forgiven as soon as
+# one is answered: a healed or resumed node is used again within about a heartbeat.
+SUSPECT_MS = 2000
 # The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
 # log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
 # unanswered one, so while it retries request s every other request of it that commits lies in
@@ -344,6 +347,7 @@ class JournalClient:
         self._unanswered: set[int] = set()  # sequence numbers of proposals not yet answered
         self._seq_space = asyncio.Event()
         self._suspect: dict[str, float] = {}  # address -> loop time until which it is tried last
+        self._probes: dict[str, asyncio.Task[None]] = {}  # address -> its ping loop while suspect
         self._appenders: dict[str, _LogAppender] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # proposals in flight (strong refs)
         self._closed = False
@@ -369,8 +373,28 @@ class JournalClient:
 
     def _mark_suspect(self, addr: str, why: BaseException) -> None:
         if not self._is_suspect(addr):
-            log.info("journal node %s: %s; trying it last for %d ms", addr, why, SUSPECT_MS)
+            log.info("journal node %s: %s; trying it last until it answers a ping", addr, why)
         self._suspect[addr] = asyncio.get_running_loop().time() + SUSPECT_MS / 1000
+        if addr not in self._probes and not self._closed:
+            self._probes[addr] = asyncio.create_task(self._probe(addr))
+
+    async def _probe(self, addr: str) -> None:
+        """Ping a suspect node every heartbeat: renew the suspicion while it fails, end it once answered."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed and addr in self._suspect:
+                await asyncio.sleep(HEARTBEAT_MS / 1000)
+                try:
+                    await self._conn(addr).call("ping", {}, self.liveness_timeout_ms / 1000)
+                except RemoteError:
+                    pass  # an answer all the same: the node is alive
+                except (OSError, ConnectionError, TimeoutError, ProtocolError, RuntimeError):
+                    self._suspect[addr] = loop.time() + SUSPECT_MS / 1000
+                    continue
+                self._suspect.pop(addr, None)
+                log.info("journal node %s answers again", addr)
+        finally:
+            self._probes.pop(addr, None)
 
     def _is_suspect(self, addr: str) -> bool:
         return self._suspect.get(addr, 0.0) > asyncio.get_running_loop().time()
@@ -652,6 +676,8 @@ class JournalClient:
     async def close(self) -> None:
         self._closed = True
         self._seq_space.set()
+        for probe in list(self._probes.values()):
+            probe.cancel()
         for ap in self._appenders.values():
             ap.wake.set()
             ap.space.set()
