@@ -67,6 +67,11 @@ REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "un
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
 CONN_REQUESTS_INFLIGHT_MAX = 4096  # unary requests in flight on one connection
+# Warn (as etcd's "slow fdatasync" does) when one Ready's write + fsync, or the gap between
+# two ticks, takes this long: a quarter of an election timeout's worth of the 2 s failover
+# budget. The log then tells a slow disk or a starved process from a fault.
+SLOW_PERSIST_S = 0.5
+LATE_TICK_S = 0.5
 
 _ERROR_CODES = {
     r.ErrorCode.NOT_LEADER: "not_leader",
@@ -359,7 +364,11 @@ class JournalNode:
                         rep.persist_thread, rep.storage.persist, rd
                     )
                     await asyncio.shield(rep.persisting)
-                    self.metrics.fsync_duration.labels(rep.name).observe(time.perf_counter() - persist_started)
+                    persist_s = time.perf_counter() - persist_started
+                    self.metrics.fsync_duration.labels(rep.name).observe(persist_s)
+                    if persist_s >= SLOW_PERSIST_S:
+                        log.warning("log %r: slow fsync: writing %d entries took %.2f s",
+                                    rep.name, len(rd.entries), persist_s)  # fmt: skip
                     rep.persisting = None
                     rep.last_fsync_monotonic = time.monotonic()
                     if rd.entries:
@@ -424,6 +433,9 @@ class JournalNode:
         next_at = loop.time() + interval_s
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            late_s = loop.time() - next_at
+            if late_s >= LATE_TICK_S:
+                log.warning("tick %.2f s late: this process did not run (paused or starved of CPU)", late_s)
             # After a pause (SIGSTOP, a long GC) deliver one tick, not a burst.
             next_at = max(next_at + interval_s, loop.time())
             for rep in list(self._replicas.values()):
