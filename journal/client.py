@@ -74,6 +74,11 @@ class SilentConnection(ConnectionError):
     was cut off (unlike a refused connect, which is answered at once and costs nothing)."""
 
 
+class SlowAnswer(TimeoutError):
+    """The request's deadline passed on a connection that is alive (the node answered a ping
+    within the last two heartbeats): a slow node, not a gone one."""
+
+
 class UnreachableNode(ConnectionError):
     """A connect got no answer within the liveness timeout: the node is cut off (a live
     node's kernel completes the handshake at once, however busy the process is). Each such
@@ -261,6 +266,8 @@ class _Conn:
         while True:
             now = loop.time()
             if now >= deadline:
+                if self._last_recv != seen or silent_s < 2 * heartbeat_s:
+                    raise SlowAnswer(f"no answer from {self.addr} in {timeout_s:.1f} s (it answers pings)")
                 raise TimeoutError(f"no answer from {self.addr} in {timeout_s:.1f} s")
             if self._last_recv != seen:
                 seen, silent_s = self._last_recv, 0.0
@@ -444,10 +451,10 @@ class JournalClient:
                 last_error = e
                 if isinstance(e, SilentConnection | UnreachableNode):
                     self._mark_suspect(addr, e)
-                if type(e) is not TimeoutError:
-                    # (A TimeoutError is a slow answer on a live connection: the node
-                    # showed it is alive, and a leader that lost its leadership answers
-                    # not_leader; retry there rather than try every node in turn.)
+                if not isinstance(e, SlowAnswer):
+                    # (A slow answer on a live connection: the node showed it is alive,
+                    # and a leader that lost its leadership answers not_leader; retry
+                    # there rather than try every node in turn.)
                     self._leader.pop(log_name, None)
             self.retries += 1
             await asyncio.sleep(min(backoff_ms, max(0.0, deadline - loop.time()) * 1000) / 1000)
