@@ -79,6 +79,8 @@ def run(
     h = load(history_path)
     rep.merge_faults(h, faults)
     r = rep.build(h, scenario, seed, seconds, (load_start, os.getloadavg()[0]))
+    # Paused nodes (stop-* faults) log late ticks too: that is the fault, not the machine.
+    r.stalls = rep.machine_stalls([p.read_text(errors="replace") for p in sorted(work.glob("[abc].stderr"))])
     (work / "report.json").write_text(json.dumps(r.as_dict(), indent=1))
     # To line the history's monotonic times up with the processes' logs (wall clock).
     (work / "clock.json").write_text(json.dumps({"wall_minus_monotonic_s": time.time() - time.monotonic()}))

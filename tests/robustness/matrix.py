@@ -23,6 +23,7 @@ from typing import Any
 from tests.robustness.__main__ import run
 from tests.robustness.cluster import NetnsUnavailable
 from tests.robustness.faults import KINDS
+from tests.robustness.report import machine_stalls
 
 
 def seconds_for(scenario: str) -> float:
@@ -33,11 +34,13 @@ def seconds_for(scenario: str) -> float:
 def table(results: list[dict[str, Any]]) -> str:
     rows = defaultdict(list)
     for r in results:
+        if "stalls" not in r and Path(r.get("work", "/nonexistent")).is_dir():  # a run from before stalls were kept
+            r["stalls"] = machine_stalls([p.read_text(errors="replace") for p in Path(r["work"]).glob("[abc].stderr")])
         rows[(r["scenario"], r.get("code", ""))].append(r)
     out = [
         "| scenario | code | runs | verdicts | longest gap around a fault, per run (each fault) | "
-        "longest gap anywhere | ops per run (unknown) | load avg |",
-        "|---|---|---|---|---|---|---|---|",
+        "longest gap anywhere | ops per run (unknown) | load avg | slow fsyncs (longest), late ticks (longest) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (scenario, code), rs in sorted(rows.items()):
         rs.sort(key=lambda r: r["seed"])
@@ -50,9 +53,15 @@ def table(results: list[dict[str, Any]]) -> str:
         anywhere = "; ".join(f"{r['longest_gap_s']:.2f} s" for r in rs)
         ops = "; ".join(f"{r['ops']} ({r['ops_unknown']})" for r in rs)
         load = "; ".join(f"{r['load_avg'][0]:.0f}-{r['load_avg'][1]:.0f}" for r in rs)
+        stalls = "; ".join(
+            f"{s['slow_fsyncs']:g} ({s['slow_fsync_max_s']:.1f} s), {s['late_ticks']:g} ({s['late_tick_max_s']:.1f} s)"
+            if (s := r.get("stalls"))
+            else "-"
+            for r in rs
+        )
         out.append(
             f"| `{scenario}` | {code or 'this tree'} | {len(rs)} | {verdicts}{', all safe' if safe else ''} | "
-            f"{per_run} | {anywhere} | {ops} | {load} |"
+            f"{per_run} | {anywhere} | {ops} | {load} | {stalls} |"
         )
     return "\n".join(out)
 
@@ -78,11 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 if (scenario, seed, code) in done:
                     continue
-                work = Path(tempfile.mkdtemp(prefix=f"{scenario}-{seed}-", dir=args.out))
-                try:
-                    r = run(scenario, seconds_for(scenario), seed, work, code=args.code, cpu_cores=args.cpu_cores)
-                except NetnsUnavailable as e:
-                    print(f"{scenario}: skipped: {e}", file=sys.stderr)
+                r = None
+                for _attempt in range(2):  # a run that cannot start (a port taken meanwhile) is tried once more
+                    work = Path(tempfile.mkdtemp(prefix=f"{scenario}-{seed}-", dir=args.out))
+                    try:
+                        r = run(scenario, seconds_for(scenario), seed, work, code=args.code, cpu_cores=args.cpu_cores)
+                        break
+                    except NetnsUnavailable as e:
+                        print(f"{scenario}: skipped: {e}", file=sys.stderr)
+                        break
+                    except (RuntimeError, OSError, TimeoutError) as e:
+                        print(f"{scenario} seed {seed}: the run failed to start or finish: {e!r}", file=sys.stderr)
+                if r is None:
                     continue
                 d = {**r.as_dict(), "code": code, "work": str(work)}
                 with open(results_path, "a") as f:

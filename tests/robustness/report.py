@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -84,6 +85,8 @@ class Report:
     gap_by_member_s: dict[str, float]
     faults: list[dict[str, Any]] = field(default_factory=list)
     load_avg: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load at the start and the end
+    # What the nodes logged of the machine (machine_stalls()): slow fsyncs and late ticks, count and longest.
+    stalls: dict[str, float] = field(default_factory=dict)
 
     @property
     def longest_fault_gap_s(self) -> float:
@@ -124,6 +127,12 @@ class Report:
             + ", ".join(f"{m} {g:.2f} s" for m, g in sorted(self.gap_by_member_s.items())),
             f"  machine load average: {self.load_avg[0]:.1f} at the start, {self.load_avg[1]:.1f} at the end",
         ]
+        if self.stalls:
+            lines.append(
+                f"  machine stalls the nodes logged: {self.stalls['slow_fsyncs']:g} slow fsyncs (longest "
+                f"{self.stalls['slow_fsync_max_s']:.2f} s), {self.stalls['late_ticks']:g} late ticks (longest "
+                f"{self.stalls['late_tick_max_s']:.2f} s)"
+            )
         for f in self.faults:
             lines.append(
                 f"  fault {f['name']} on {f['target']} at +{f['at_s']:.1f} s for {f['took_s']:.1f} s "
@@ -165,6 +174,23 @@ def build(h: History, scenario: str, seed: int, seconds: float, load_avg: tuple[
         faults=faults,
         load_avg=load_avg,
     )
+
+
+_SLOW_FSYNC = re.compile(r"slow fsync: writing \d+ entries took ([0-9.]+) s")
+_LATE_TICK = re.compile(r"tick ([0-9.]+) s late")
+
+
+def machine_stalls(logs: list[str]) -> dict[str, float]:
+    """Slow fsyncs and late ticks in the nodes' logs (journal.node warns of both): a slow disk
+    or a starved process, which a gap may owe to the machine rather than to the fault."""
+    fsyncs = [float(m.group(1)) for text in logs for m in _SLOW_FSYNC.finditer(text)]
+    ticks = [float(m.group(1)) for text in logs for m in _LATE_TICK.finditer(text)]
+    return {
+        "slow_fsyncs": len(fsyncs),
+        "slow_fsync_max_s": max(fsyncs, default=0.0),
+        "late_ticks": len(ticks),
+        "late_tick_max_s": max(ticks, default=0.0),
+    }
 
 
 def merge_faults(h: History, faults: list[Fault]) -> None:
