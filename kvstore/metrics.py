@@ -187,7 +187,7 @@ class _MemberCollector(Collector):
         yield gauge("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.",
                       m.sm.applied_position)  # fmt: skip
         yield gauge("etcd_server_proposals_pending", "The current number of pending proposals to commit.",
-                    len(m._pending))  # fmt: skip
+                    len(m.proposer.pending))  # fmt: skip
         yield counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen.",
                       c["proposals_failed"])  # fmt: skip
         yield gauge("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.",
