@@ -255,6 +255,8 @@ class Member:
         for leftover in glob.glob(glob.escape(self.state_path) + ".*"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
+        if os.path.islink(self.state_path + "-lock"):  # to a swapped-in lock file (Backend.swap_in), gone now
+            os.remove(self.state_path + "-lock")
         try:
             backend = Backend(self.state_path, map_size=self._map_size)
         except (lmdb.Error, StateFileRefused, OSError) as exc:

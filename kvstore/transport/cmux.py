@@ -193,12 +193,16 @@ async def serve_mux(
     http_handler: HttpHandler | None,
     tls: ServerTLS | None = None,
     identities: PeerIdentities | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> Any:
+    """reuse_port: other processes listen on the same port too (kvstore serve --workers)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _ClientConnection(grpc_socket_path, http_handler, tls, identities),
         host,
         port,
+        reuse_port=reuse_port or None,
         ssl=tls.listening_context() if tls is not None else None,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls is not None else None,
     )
