@@ -278,17 +278,19 @@ class Backend:
         dbs = self._open_dbs(env)
         old_env, old_lock = self.env, self.lock_path
         aside = f"{self.path}.old-{self._swaps}"
-        os.replace(self.path, aside)
-        os.replace(replacement, self.path)
-        self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
         # Other processes that open the file read-only (kvstore/workers) must share the new
-        # environment's reader table: the canonical lock name points to its lock file.
+        # environment's reader table: the canonical lock name points to its lock file, before
+        # the file is renamed into place (the old file has no writer any more: a reader of it
+        # needs no slot in its table).
         canonical_lock = self.path + "-lock"
         link = f"{canonical_lock}.link-{self._swaps}"
         with contextlib.suppress(FileNotFoundError):
             os.remove(link)
-        os.symlink(os.path.basename(self.lock_path), link)
+        os.symlink(os.path.basename(replacement + "-lock"), link)
         os.replace(link, canonical_lock)
+        os.replace(self.path, aside)
+        os.replace(replacement, self.path)
+        self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
 
         def cleanup() -> None:
             old_env.close()
