@@ -65,19 +65,19 @@ class LocalRanges:
         self.metrics = metrics
         self.header = pb.ResponseHeader()
         self._parse = strict_parser(pb.RangeRequest)
+        self._forward: Any = None  # the forwarding call, made once
 
     async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
         msg = self._parse(request)
+        if self._forward is None:
+            self._forward = forwarder.unary_call(KV_RANGE)
         if isinstance(msg, Malformed) or not msg.serializable or _has_token(context):
-            return await forwarder.unary(forwarder.unary_call(KV_RANGE), request, context)
+            return await forwarder.unary(self._forward, request, context)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
-            if self.view.auth_enabled:
-                answer = b""
-                local = False
-            else:
-                local = True
+            auth_enabled = self.view.auth_enabled  # then the member checks permissions
+            if not auth_enabled:
                 try:
                     validate.check_range(msg)
                     header = pb.ResponseHeader()
@@ -85,8 +85,8 @@ class LocalRanges:
                     answer = store.range_encoded(msg, header)
                 except EtcdError as err:
                     error = err
-        if not local:
-            return await forwarder.unary(forwarder.unary_call(KV_RANGE), request, context)
+        if auth_enabled:
+            return await forwarder.unary(self._forward, request, context)
         self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK)
         if error is not None:
             await context.abort(error.code, error.message)
