@@ -171,3 +171,26 @@ def test_front_ends_follow_a_defragment(two_workers: ServerProcess) -> None:
             with own_channel(srv) as ch:
                 got = rpc.KVStub(ch).Range(pb.RangeRequest(key=b"/defrag/after", serializable=True), timeout=WAIT_S)
                 assert [kv.value for kv in got.kvs] == [b"%d" % round_]
+
+
+def test_a_token_from_one_connection_works_on_every_connection(two_workers: ServerProcess) -> None:
+    """Simple tokens live in the member's process; front ends forward every request that carries one."""
+    srv = two_workers
+    auth = rpc.AuthStub(srv.channel())
+    auth.UserAdd(pb.AuthUserAddRequest(name="root", password="pw"), timeout=WAIT_S)
+    auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=WAIT_S)
+    auth.AuthEnable(pb.AuthEnableRequest(), timeout=WAIT_S)
+    token = auth.Authenticate(pb.AuthenticateRequest(name="root", password="pw"), timeout=WAIT_S).token
+    rpc.KVStub(srv.channel()).Put(pb.PutRequest(key=b"/auth/k", value=b"v"), metadata=[("token", token)],
+                                  timeout=WAIT_S)  # fmt: skip
+    refusals = set()
+    for _ in range(CONNECTIONS):
+        with own_channel(srv) as ch:
+            kv = rpc.KVStub(ch)
+            got = kv.Range(pb.RangeRequest(key=b"/auth/k", serializable=True), metadata=[("token", token)],
+                           timeout=WAIT_S)  # fmt: skip
+            assert [kv.value for kv in got.kvs] == [b"v"]
+            with pytest.raises(grpc.RpcError) as refused:  # auth is on: no token, no read, on any process
+                kv.Range(pb.RangeRequest(key=b"/auth/k", serializable=True), timeout=WAIT_S)
+            refusals.add((refused.value.code(), refused.value.details()))
+    assert len(refusals) == 1, refusals
