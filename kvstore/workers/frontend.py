@@ -66,12 +66,15 @@ class LocalRanges:
         self.header = pb.ResponseHeader()
         self._parse = strict_parser(pb.RangeRequest)
         self._forward: Any = None  # the forwarding call, made once
+        # Set when the front end stops (also when the member died: parent-death signal): from
+        # then on the member, or its successor, answers, never a view of a file it may rebuild.
+        self.stopping = False
 
     async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
         msg = self._parse(request)
         if self._forward is None:
             self._forward = forwarder.unary_call(KV_RANGE)
-        if isinstance(msg, Malformed) or not msg.serializable or _has_token(context):
+        if isinstance(msg, Malformed) or not msg.serializable or _has_token(context) or self.stopping:
             return await forwarder.unary(self._forward, request, context)
         error: EtcdError | None = None
         answer = b""
@@ -186,6 +189,7 @@ async def run_front_end(args: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    ranges.stopping = True
     follower.cancel()
     for listener in listeners:
         listener.close()
