@@ -420,7 +420,9 @@ async def run(args: argparse.Namespace) -> int:
         options=grpc_server_options(config.max_request_bytes, reuse_port=args.workers > 1),
         interceptors=[member.metrics.grpc_interceptor()],
     )
-    identities = PeerIdentities()
+    # With --workers, the front ends vouch for their clients' certificates with this secret.
+    front_end_secret = os.urandom(16).hex() if args.workers > 1 else ""
+    identities = PeerIdentities(forward_secret=front_end_secret)
     servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
     from kvstore.gateway.gateway import Gateway
 
@@ -429,7 +431,7 @@ async def run(args: argparse.Namespace) -> int:
     tls = client_tls(args, data_dir, listen)
     grpc_socket = grpc_socket_path(member.state_dir)
     workers = args.workers
-    front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member) if workers > 1 else None
+    front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
     if front_ends is not None:
         await front_ends.listen_http(http_handler(member, gateway))  # the front ends' HTTP connections
     listeners, http_urls = await open_client_listeners(
@@ -565,9 +567,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_workers(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise SystemExit(f"kvstore: --workers {args.workers}: at least 1")
-    if args.workers > 1 and args.client_cert_auth:
-        # A forwarded call reaches the applier from the front end's socket, not with the client's certificate.
-        raise SystemExit("kvstore: --workers > 1 cannot be used with --client-cert-auth (yet); use --workers 1")
+
 
 
 if __name__ == "__main__":

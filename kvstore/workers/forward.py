@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from kvstore.transport.cmux import FORWARDED_CN_METADATA, FORWARDED_SECRET_METADATA, PeerIdentities
 from proto.etcdserverpb import rpc_pb2 as pb
 
 # Metadata gRPC sets itself on every call: never copied onto the forwarded one.
@@ -29,14 +30,29 @@ FORWARD_CHANNEL_OPTIONS = [
 ]
 
 LocalUnary = Callable[[bytes, Any, "Forwarder"], Awaitable[bytes]]
+Identity = Callable[[Any], tuple[tuple[str, str], ...]]
 
 
-def forwarded_metadata(context: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple(
-        (md.key, md.value)
-        for md in context.invocation_metadata() or ()
-        if md.key not in RESERVED_METADATA_KEYS and not md.key.startswith(RESERVED_METADATA_PREFIXES)
+def certificate_identity(identities: PeerIdentities, secret: str) -> Identity:
+    """The metadata that names a call's verified client certificate to the member (--client-cert-auth)."""
+
+    def identity(context: Any) -> tuple[tuple[str, str], ...]:
+        name = identities.common_name(context.peer())
+        return ((FORWARDED_CN_METADATA, name), (FORWARDED_SECRET_METADATA, secret)) if name else ()
+
+    return identity
+
+
+def forwarded_metadata(context: Any, identity: Identity | None = None) -> tuple[tuple[str, Any], ...]:
+    """The caller's metadata, and what `identity` vouches for (the client certificate's name)."""
+    own = tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if key not in RESERVED_METADATA_KEYS
+        and not key.startswith(RESERVED_METADATA_PREFIXES)
+        and key not in (FORWARDED_CN_METADATA, FORWARDED_SECRET_METADATA)  # never the client's own claim
     )
+    return own if identity is None else own + identity(context)
 
 
 async def abort_as(context: Any, err: grpc.aio.AioRpcError) -> None:
@@ -46,9 +62,12 @@ async def abort_as(context: Any, err: grpc.aio.AioRpcError) -> None:
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A generic handler for every method the applier serves."""
 
-    def __init__(self, channel: grpc.aio.Channel, local: dict[str, LocalUnary] | None = None) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, local: dict[str, LocalUnary] | None = None, identity: Identity | None = None
+    ) -> None:
         self.channel = channel
         self.local = local or {}
+        self.identity = identity
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         services = [*pb.DESCRIPTOR.services_by_name.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]]
         for service in services:
@@ -75,7 +94,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             call_stream = channel.unary_stream(path)
 
             async def unary_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
-                call = call_stream(request, metadata=forwarded_metadata(context), timeout=context.time_remaining())
+                call = call_stream(request, metadata=self.metadata(context), timeout=context.time_remaining())
                 try:
                     async for response in call:
                         yield response
@@ -89,7 +108,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             call_client_stream = channel.stream_unary(path)
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> bytes:
-                call = call_client_stream(requests, metadata=forwarded_metadata(context),
+                call = call_client_stream(requests, metadata=self.metadata(context),
                                           timeout=context.time_remaining())  # fmt: skip
                 try:
                     response: bytes = await call
@@ -104,7 +123,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         call_bidi = channel.stream_stream(path)
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            call = call_bidi(requests, metadata=forwarded_metadata(context), timeout=context.time_remaining())
+            call = call_bidi(requests, metadata=self.metadata(context), timeout=context.time_remaining())
             try:
                 async for response in call:
                     yield response
@@ -118,12 +137,15 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     async def unary(self, call: Any, request: bytes, context: Any) -> bytes:
         """Forward one unary call: its answer, or its status."""
         try:
-            response: bytes = await call(request, metadata=forwarded_metadata(context),
+            response: bytes = await call(request, metadata=self.metadata(context),
                                          timeout=context.time_remaining())  # fmt: skip
             return response
         except grpc.aio.AioRpcError as err:
             await abort_as(context, err)
             raise
+
+    def metadata(self, context: Any) -> tuple[tuple[str, Any], ...]:
+        return forwarded_metadata(context, self.identity)
 
     def unary_call(self, path: str) -> Any:
         return self.channel.unary_unary(path)

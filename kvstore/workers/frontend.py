@@ -43,8 +43,9 @@ from kvstore.v3rpc import validate
 from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
 from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers import member_socket_path
-from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder
+from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
 from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
 from proto.etcdserverpb import rpc_pb2 as pb
 
@@ -97,7 +98,7 @@ class LocalRanges:
 
 
 def _has_token(context: Any) -> bool:
-    return any(md.key in TOKEN_METADATA_KEYS for md in context.invocation_metadata() or ())
+    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
 
 
 async def _member_status(channel: grpc.aio.Channel) -> Any:
@@ -171,14 +172,17 @@ async def run_front_end(args: Any) -> int:
     metrics = FrontEndMetrics()
     ranges = LocalRanges(view, metrics)
     ranges.header = _identity(status.header)
+    identities = PeerIdentities()
+    identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
+        else None  # fmt: skip
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),
-        handlers=[Forwarder(channel, {KV_RANGE: ranges})],
+        handlers=[Forwarder(channel, {KV_RANGE: ranges}, identity)],
     )
     own_socket = member_socket_path(state_dir, f"grpc-{index}")
     listeners, _ = await open_client_listeners(
         args, listen, server, own_socket, pipe_http_to(member_socket_path(state_dir, "http")),
-        client_tls(args, data_dir, listen), PeerIdentities(), reuse_port=True,
+        client_tls(args, data_dir, listen), identities, reuse_port=True,
     )  # fmt: skip
     await server.start()
     loop = asyncio.get_running_loop()

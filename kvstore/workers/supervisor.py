@@ -35,6 +35,7 @@ RESTART_DELAY_MAX_S = 10.0
 STABLE_RUN_S = 30.0  # a front end that ran this long is restarted at once again
 STOP_TIMEOUT_S = 10.0
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
+FRONT_END_SECRET_ENV = "KVSTORE_FRONT_END_SECRET"
 
 
 def metrics_dir_for(state_dir: str) -> str:
@@ -43,8 +44,9 @@ def metrics_dir_for(state_dir: str) -> str:
 
 
 class FrontEnds:
-    def __init__(self, argv: list[str], count: int, member: Member) -> None:
+    def __init__(self, argv: list[str], count: int, member: Member, secret: str) -> None:
         self.argv = argv
+        self.secret = secret  # vouches for the client certificates front ends verified
         self.count = count
         self.member = member
         self.http_socket = member_socket_path(member.state_dir, "http")
@@ -72,6 +74,7 @@ class FrontEnds:
         delay_s = RESTART_DELAY_MIN_S
         env = dict(os.environ)
         env[METRICS_DIR_ENV] = self.metrics_dir
+        env[FRONT_END_SECRET_ENV] = self.secret  # in the environment: readable only by this user
         while not self._stopping:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
