@@ -64,9 +64,12 @@ DEFAULT_WORKLOADS = ["put", "put-1client", "range-l", "range-s", "txn-put", "wat
 ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
 # Partitioned targets (the `kube` plan, one member process per partition), run when asked for.
 PARTITIONED_TARGETS = {"kvstore-kube": 0, "kvstore-3-kube": 3}  # name -> journal nodes
+# One member served by several processes (`kvstore serve --workers N`), run when asked for.
+WORKERS_TARGETS = {"kvstore-w2": 2}  # name -> --workers
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
 PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-kube", "etcd-1"), ("kvstore-kube", "kvstore"),
-         ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3")]  # fmt: skip
+         ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3"), ("kvstore-w2", "kvstore"),
+         ("kvstore-w2", "etcd-1")]  # fmt: skip
 QUICK_WORKLOADS = ["put", "range-l", "kube"]
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
 NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
@@ -372,7 +375,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma-separated, from {','.join([*ALL_TARGETS, *PARTITIONED_TARGETS])} (default: the first four)",
+        help=f"comma-separated, from {','.join([*ALL_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
+        "(default: the first four)",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
@@ -428,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "kvstore-3":
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3)
                     targets.append(Target(name, server))
+                elif name in WORKERS_TARGETS:
+                    extra = [*shlex.split(ns.kvstore_args), f"--workers={WORKERS_TARGETS[name]}"]
+                    targets.append(Target(name, start_kvstore(work, name, extra)))
                 elif name in PARTITIONED_TARGETS:
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args),
                                            journal_nodes=PARTITIONED_TARGETS[name], partitions="kube")  # fmt: skip

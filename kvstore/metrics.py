@@ -118,6 +118,8 @@ class MemberMetrics:
             registry=r,
         )
 
+        # Other processes' counts to add (kvstore/workers/metrics.py, with --workers).
+        self.collect_with: Callable[[CollectorRegistry], Any] | None = None
         self._init_grpc_series()
 
     def _init_grpc_series(self) -> None:
@@ -139,7 +141,8 @@ class MemberMetrics:
 
     def exposition(self) -> tuple[str, bytes]:
         """The content type and body of a /metrics answer (Prometheus text format 0.0.4)."""
-        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        source = self.registry if self.collect_with is None else self.collect_with(self.registry)
+        return CONTENT_TYPE_LATEST, generate_latest(source)
 
     def grpc_interceptor(self) -> grpc.aio.ServerInterceptor:
         return _GrpcMetricsInterceptor(self)
@@ -187,7 +190,7 @@ class _MemberCollector(Collector):
         yield gauge("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.",
                       m.sm.applied_position)  # fmt: skip
         yield gauge("etcd_server_proposals_pending", "The current number of pending proposals to commit.",
-                    len(m._pending))  # fmt: skip
+                    len(m.proposer.pending))  # fmt: skip
         yield counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen.",
                       c["proposals_failed"])  # fmt: skip
         yield gauge("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.",

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import signal
 import ssl
 import sys
-import tempfile
 import urllib.parse
+from typing import Any
 
 import grpc
 
@@ -28,7 +27,8 @@ from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
-from kvstore.transport.cmux import PeerIdentities, serve_mux
+from kvstore.transport.cmux import HttpHandler, PeerIdentities, serve_mux
+from kvstore.transport.http import http_handler, serve_http
 from kvstore.transport.tls import (
     ServerTLS,
     TLSConfigError,
@@ -38,10 +38,13 @@ from kvstore.transport.tls import (
     self_signed,
 )
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
+from kvstore.workers import member_socket_path
+from kvstore.workers import supervisor as workers_supervisor
 
 log = logging.getLogger("kvstore")
 
 MAX_RECV_OVERHEAD_BYTES = 512 * 1024  # etcd: gRPC MaxRecvMsgSize = max-request-bytes + 512 KiB
+WORKERS_DEFAULT = 1
 
 
 def parse_size(text: str) -> int:
@@ -225,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)  # set by the partition supervisor
     p.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS_DEFAULT,
+        help="processes that serve the client URLs (default 1): the member's own, which applies the journal, "
+        "and N-1 front ends that answer serializable ranges from the shared state file and forward every "
+        "other call to it (docs/workers.md)",
+    )
+    p.add_argument("--front-end-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
+    p.add_argument(
         "--restore-snapshot",
         default="",
         help="seed an empty data dir from a file saved with `etcdctl snapshot save` against this server "
@@ -292,8 +304,9 @@ def journal_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise SystemExit(f"kvstore: journal TLS: {err}") from None
 
 
-def grpc_server_options(max_request_bytes: int) -> list[tuple[str, int]]:
-    """The client gRPC server's channel options (bench.floor runs its do-nothing server with the same)."""
+def grpc_server_options(max_request_bytes: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """The client gRPC server's channel options (bench.floor runs its do-nothing server with the same).
+    reuse_port: the front ends of --workers share the client port (with --listen-client-http-urls)."""
     return [
         ("grpc.max_receive_message_length", max_request_bytes + MAX_RECV_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
@@ -302,15 +315,50 @@ def grpc_server_options(max_request_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
 def grpc_socket_path(state_dir: str) -> str:
     """Where gRPC listens behind the client-URL multiplexer: a unix socket in the temp dir,
     named after the state dir (one per member; the state dir holds only state)."""
-    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"kvstore-grpc-{digest}.sock")
+    return member_socket_path(state_dir, "grpc")
+
+
+async def open_client_listeners(
+    args: argparse.Namespace,
+    listen: list[str],
+    server: grpc.aio.Server,
+    grpc_socket: str,
+    handler: HttpHandler,
+    tls: ServerTLS | None,
+    identities: PeerIdentities,
+    *,
+    reuse_port: bool,
+) -> tuple[list[Any], list[str]]:
+    """The client URLs' listeners (and gRPC's unix socket behind the multiplexer); the HTTP-only
+    URLs of --listen-client-http-urls still to open. reuse_port: several processes share the URLs."""
+    listeners = []
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(grpc_socket)
+    if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
+        raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
+    if args.listen_client_http_urls:
+        # etcd's split: gRPC alone on the client URLs, HTTP on its own. Plain ones are gRPC's own
+        # port; https ones go through the multiplexer, which terminates TLS and pipes gRPC only.
+        for url in listen:
+            host, port = host_port(url)
+            if url_scheme(url) == "https":
+                listeners.append(await serve_mux(host, port, grpc_socket, None, tls, identities, reuse_port=reuse_port))
+            elif server.add_insecure_port(f"{host}:{port}") == 0:
+                raise SystemExit(f"kvstore: cannot listen on {url}")
+        return listeners, parse_urls(args.listen_client_http_urls)
+    # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
+    for url in listen:
+        host, port = host_port(url)
+        url_tls = tls if url_scheme(url) == "https" else None
+        listeners.append(await serve_mux(host, port, grpc_socket, handler, url_tls, identities, reuse_port=reuse_port))
+    return listeners, []
 
 
 def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
@@ -369,41 +417,29 @@ async def run(args: argparse.Namespace) -> int:
     await member.start()
 
     server = grpc.aio.server(
-        options=grpc_server_options(config.max_request_bytes), interceptors=[member.metrics.grpc_interceptor()]
+        options=grpc_server_options(config.max_request_bytes, reuse_port=args.workers > 1),
+        interceptors=[member.metrics.grpc_interceptor()],
     )
-    identities = PeerIdentities()
+    # With --workers, the front ends vouch for their clients' certificates with this secret.
+    front_end_secret = os.urandom(16).hex() if args.workers > 1 else ""
+    identities = PeerIdentities(forward_secret=front_end_secret)
     servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
     from kvstore.gateway.gateway import Gateway
-    from kvstore.transport.http import http_handler, serve_http
 
     gateway = Gateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
 
-    listeners = []
     tls = client_tls(args, data_dir, listen)
     grpc_socket = grpc_socket_path(member.state_dir)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(grpc_socket)
-    if server.add_insecure_port(f"unix:{grpc_socket}") == 0:
-        raise SystemExit(f"kvstore: cannot listen on unix:{grpc_socket}")
-    if args.listen_client_http_urls:
-        # etcd's split: gRPC alone on the client URLs, HTTP on its own. Plain ones are gRPC's own
-        # port; https ones go through the multiplexer, which terminates TLS and pipes gRPC only.
-        for url in listen:
-            host, port = host_port(url)
-            if url_scheme(url) == "https":
-                listeners.append(await serve_mux(host, port, grpc_socket, None, tls, identities))
-            elif server.add_insecure_port(f"{host}:{port}") == 0:
-                raise SystemExit(f"kvstore: cannot listen on {url}")
-        http_urls = parse_urls(args.listen_client_http_urls)
-    else:
-        # etcd's default: gRPC and HTTP/1.1 on the same client URLs, told apart per connection.
-        handler = http_handler(member, gateway)
-        for url in listen:
-            host, port = host_port(url)
-            url_tls = tls if url_scheme(url) == "https" else None
-            listeners.append(await serve_mux(host, port, grpc_socket, handler, url_tls, identities))
-        http_urls = []
+    workers = args.workers
+    front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
+    if front_ends is not None:
+        await front_ends.listen_http(http_handler(member, gateway))  # the front ends' HTTP connections
+    listeners, http_urls = await open_client_listeners(
+        args, listen, server, grpc_socket, http_handler(member, gateway), tls, identities, reuse_port=workers > 1
+    )
     await server.start()
+    if front_ends is not None:
+        front_ends.start()
     client_http_urls = set(http_urls)
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         http_urls += parse_urls(args.listen_metrics_urls)
@@ -433,6 +469,8 @@ async def run(args: argparse.Namespace) -> int:
     log.info("shutting down%s", " (removed from the cluster)" if member.removed.is_set() else "")
     for listener in listeners:
         listener.close()
+    if front_ends is not None:
+        await front_ends.stop()
     await server.stop(grace=1.0)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(grpc_socket)
@@ -496,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     apply_env_defaults(parser, os.environ)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    check_workers(args)
     setup_logging(args.log_level, args.log_format, {"member": args.name, "partition": args.journal_log})
     if args.partitions:
         from kvstore.partition.plan import PlanError
@@ -517,7 +557,17 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+    if args.front_end_index:
+        from kvstore.workers.frontend import run_front_end
+
+        return asyncio.run(run_front_end(args))
     return asyncio.run(run(args))
+
+
+def check_workers(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise SystemExit(f"kvstore: --workers {args.workers}: at least 1")
+
 
 
 if __name__ == "__main__":

@@ -264,6 +264,9 @@ def start_etcd(
         raise
 
 
+# Set to N: every `kvstore serve` these tests start runs with --workers N (CI runs the
+# differential and watch suites with 2).
+TEST_WORKERS_ENV = "KVSTORE_TEST_WORKERS"
 # etcd's flag names -> ours, where they differ.
 _KVSTORE_FLAG_RENAMES = {"experimental-watch-progress-notify-interval": "watch-progress-notify-interval"}
 
@@ -280,6 +283,9 @@ def start_kvstore(
     # /health, /version and /metrics also live on a separate URL (default port+2, which may be taken).
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     renamed = {_KVSTORE_FLAG_RENAMES.get(k, k): v for k, v in (flags or {}).items()}
+    workers = os.environ.get(TEST_WORKERS_ENV)
+    if workers and "workers" not in renamed and not any(a.startswith("--workers") for a in extra_args):
+        renamed["workers"] = workers  # the whole suite can run against N processes per member
     argv = [
         sys.executable,
         "-m",

@@ -278,6 +278,16 @@ class Backend:
         dbs = self._open_dbs(env)
         old_env, old_lock = self.env, self.lock_path
         aside = f"{self.path}.old-{self._swaps}"
+        # Other processes that open the file read-only (kvstore/workers) must share the new
+        # environment's reader table: the canonical lock name points to its lock file, before
+        # the file is renamed into place (the old file has no writer any more: a reader of it
+        # needs no slot in its table).
+        canonical_lock = self.path + "-lock"
+        link = f"{canonical_lock}.link-{self._swaps}"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(link)
+        os.symlink(os.path.basename(replacement + "-lock"), link)
+        os.replace(link, canonical_lock)
         os.replace(self.path, aside)
         os.replace(replacement, self.path)
         self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
@@ -285,6 +295,8 @@ class Backend:
         def cleanup() -> None:
             old_env.close()
             for p in (aside, old_lock):
+                if p == canonical_lock:  # now the link to the new lock file
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(p)
 
@@ -315,6 +327,8 @@ class Backend:
         if self.lock_path != self.path + "-lock":  # a swapped-in file's lock has a name of its own
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.lock_path)
+            if os.path.islink(self.path + "-lock"):  # the link swap_in made to it
+                os.remove(self.path + "-lock")
         if self._owns_dir is not None:
             shutil.rmtree(self._owns_dir, ignore_errors=True)
 

@@ -20,6 +20,7 @@ which auth takes as the user, as etcd does with --client-cert-auth.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import os
 import socket
@@ -37,13 +38,22 @@ TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and sends nothing (or p
 HttpHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class PeerIdentities:
-    """gRPC peer string of a piped connection -> common name of its verified client certificate."""
+# A call forwarded by a front end of `kvstore serve --workers` carries the client certificate's
+# common name the front end verified, vouched for by a secret the member gave its front ends.
+FORWARDED_CN_METADATA = "kvstore-forwarded-cn"
+FORWARDED_SECRET_METADATA = "kvstore-forwarded-secret"
 
-    def __init__(self) -> None:
+
+class PeerIdentities:
+    """gRPC peer string of a piped connection -> common name of its verified client certificate.
+
+    forward_secret: calls that carry it (from the member's own front ends) name their common name."""
+
+    def __init__(self, forward_secret: str = "") -> None:
         self._names: dict[str, str] = {}
         self._prefix = f"kvstore-mux-{os.getpid()}-{os.urandom(6).hex()}-"
         self._ids = itertools.count(1)
+        self._forward_secret = forward_secret
 
     def new_address(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
@@ -56,6 +66,17 @@ class PeerIdentities:
 
     def common_name(self, grpc_peer: str) -> str:
         return self._names.get(grpc_peer, "")
+
+    def common_name_of(self, context: Any) -> str:
+        """The common name of a gRPC call's client certificate ("" if none was verified)."""
+        name = self.common_name(context.peer())
+        if name or not self._forward_secret:
+            return name
+        metadata = dict(context.invocation_metadata() or ())
+        secret = metadata.get(FORWARDED_SECRET_METADATA)
+        if isinstance(secret, str) and hmac.compare_digest(secret, self._forward_secret):
+            return str(metadata.get(FORWARDED_CN_METADATA, ""))
+        return ""
 
 
 class _Upstream(asyncio.Protocol):
@@ -145,7 +166,7 @@ class _ClientConnection(asyncio.Protocol):
                 sock.connect(self.grpc_socket_path)
             except BlockingIOError:  # its backlog is full: wait for it
                 await loop.sock_connect(sock, self.grpc_socket_path)
-            await loop.create_unix_connection(lambda: self.upstream, sock=sock)  # type: ignore[arg-type, return-value]
+            await loop.create_unix_connection(lambda: self.upstream, sock=sock)  # type: ignore[type-var]
         except OSError:
             sock.close()
             self._forget_identity()
@@ -193,12 +214,16 @@ async def serve_mux(
     http_handler: HttpHandler | None,
     tls: ServerTLS | None = None,
     identities: PeerIdentities | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> Any:
+    """reuse_port: other processes listen on the same port too (kvstore serve --workers)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _ClientConnection(grpc_socket_path, http_handler, tls, identities),
         host,
         port,
+        reuse_port=reuse_port or None,
         ssl=tls.listening_context() if tls is not None else None,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls is not None else None,
     )

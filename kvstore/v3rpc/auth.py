@@ -72,7 +72,7 @@ class Authenticator:
                 raise fail(errors.INVALID_AUTH_TOKEN)  # the token itself is never logged
             return AuthInfo(username, auth.revision)
         if self.client_cert_auth and self.identities is not None:
-            common_name = self.identities.common_name(context.peer())
+            common_name = self.identities.common_name_of(context)
             if common_name:
                 return AuthInfo(common_name, auth.revision)
         return None

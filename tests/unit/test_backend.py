@@ -126,7 +126,10 @@ def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: Path) ->
     cleanup = backend.swap_in(tmp)
     sm = StateMachine(backend)
     cleanup()
-    assert sorted(os.listdir(directory)) == ["state.mdb", os.path.basename(backend.lock_path)]
+    lock = os.path.basename(backend.lock_path)
+    assert sorted(os.listdir(directory)) == ["state.mdb", "state.mdb-lock", lock]
+    # Processes that open state.mdb read-only (--workers) share the new lock file's reader table.
+    assert os.readlink(os.path.join(directory, "state.mdb-lock")) == lock
     assert backend.file_bytes < size_before // 4
     assert backend.in_use_bytes <= backend.file_bytes
     assert sm.dumps() == state

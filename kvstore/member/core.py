@@ -19,18 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-import hashlib
 import heapq
 import itertools
 import json
 import logging
 import os
-import queue
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, TypeVar
 
 import lmdb
@@ -40,8 +37,30 @@ from journal import failpoints
 from journal.api import Journal, JournalError, PositionTrimmed, SnapshotStream
 from kvstore import errors
 from kvstore.auth.store import Authenticated, AuthInfo
-from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT, JWTTokens, SimpleTokens
+from kvstore.auth.tokens import JWTTokens, SimpleTokens
 from kvstore.errors import EtcdError, fail
+from kvstore.member.config import (
+    APPLIER_RETRY_S,
+    COMPACT_PAUSE_MIN_S,
+    COMPACT_STEP_ENTRIES_MAX,
+    FAULT_KILL_AFTER_COMMIT_ENV,
+    FAULT_KILL_IN_BATCH_ENV,
+    IDENTITY_FILE,
+    JOURNAL_CONTACT_S_MAX,
+    JOURNAL_STATUS_INTERVAL_S,
+    JOURNAL_STATUS_TIMEOUT_S,
+    LEASE_EXPIRE_BATCH_MAX,
+    LEASE_EXPIRE_RETRY_MS,
+    LEASE_EXPIRY_CHECK_S,
+    MEMBER_HEARTBEATS_PER_TTL,
+    MemberConfig,
+    default_state_dir,
+    id64,
+    now_ms,
+    parse_duration_s,
+)
+from kvstore.member.proposer import Proposer
+from kvstore.member.snapshots import ThreadQueueChunks
 from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.backend import (
     FORMAT_VERSION,
@@ -54,76 +73,12 @@ from kvstore.mvcc.backend import (
     remove_state_file,
 )
 from kvstore.mvcc.store import MVCCStore
-from kvstore.statemachine import Kind, StateMachine, encode_entry
+from kvstore.statemachine import Kind, StateMachine
 from kvstore.watch import WatchHub
 from proto.etcdserverpb import rpc_pb2 as pb
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kvstore.member")
 T = TypeVar("T")
-
-ETCD_VERSION = "3.6.0"  # what Status and /version report: kube-apiserver needs >= 3.5.13 for progress requests
-CLUSTER_VERSION = "3.6.0"
-STORAGE_VERSION = "3.6.0"
-PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
-PROPOSAL_BATCH_ENTRIES_MAX = 1024
-LEASE_EXPIRY_CHECK_S = 0.5
-LEASE_EXPIRE_BATCH_MAX = 1000
-LEASE_EXPIRE_RETRY_MS = 3000  # propose a due lease again only after this long
-IDENTITY_FILE = "member.json"
-JOURNAL_STATUS_INTERVAL_S = 0.5
-# etcd's request timeout: 5 s + 2 x the election timeout (1 s by default). A proposal the
-# journal has not committed by then answers "etcdserver: request timed out".
-REQUEST_TIMEOUT_MS = 7000
-JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
-JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
-APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
-COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
-COMPACT_PAUSE_MIN_S = 0.001
-# Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
-# commit, before the next journal read; or in the middle of the Nth batch, before its commit.
-FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
-FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
-MEMBER_HEARTBEATS_PER_TTL = 4
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _id64(text: str) -> int:
-    """A stable non-zero 64-bit id (etcd derives member and cluster ids by hashing too)."""
-    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-    return value or 1
-
-
-@dataclass
-class MemberConfig:
-    name: str = "default"
-    data_dir: str = "default.etcd"
-    state_dir: str = ""  # "" -> under /dev/shm (see default_state_dir)
-    advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
-    advertise_peer_urls: list[str] = field(default_factory=list)  # shown in MemberList; MemberAdd matches them
-    member_liveness_ttl_s: float = 10.0  # a member missing heartbeats this long leaves MemberList
-    initial_cluster_token: str = "etcd-cluster"
-    log_name: str = "default"  # the journal log (partition) this member serves
-    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
-    max_request_bytes: int = 1_572_864
-    max_txn_ops: int = 128
-    auto_compaction_mode: str = "periodic"  # periodic | revision
-    auto_compaction_retention: str = "0"  # "0" disables
-    progress_notify_interval_s: float = 600.0  # etcd's default: 10 minutes
-    snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
-    snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
-    watch_cache_revisions: int = 100_000
-    metrics: str = "basic"  # etcd's --metrics: basic | extensive (adds gRPC handling-time histograms)
-    watch_cache_bytes: int = 16 * 1024 * 1024
-    auth_token_ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT  # etcd's --auth-token-ttl (simple tokens)
-
-
-def default_state_dir(data_dir: str) -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.path.abspath(data_dir), "state")
-    digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
-    return os.path.join(base, "kvstore", f"{os.path.basename(os.path.abspath(data_dir))}-{digest}")
 
 
 class Member:
@@ -139,9 +94,6 @@ class Member:
         self.member_id: int = identity["member_id"]
         self.cluster_id: int = identity["cluster_id"]
         self.journal_token: str = identity["journal_token"]
-        # Identifies this process's proposals in the journal; new per start so a
-        # replayed entry from an earlier incarnation never resolves a new request.
-        self.origin = random.getrandbits(62) | 1
         self.state_path = os.path.join(self.state_dir, STATE_FILE)
         self._map_size = map_size_for(config.quota_backend_bytes)
         self.sm = StateMachine(self._open_backend())
@@ -154,10 +106,6 @@ class Member:
         )
         self.raft_term = 1
         self.committed_position = 0
-        self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._outbox: list[tuple[int, bytes]] = []
-        self._flush_scheduled = False
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._barrier_next: asyncio.Future[int] | None = None
@@ -184,6 +132,14 @@ class Member:
         }
         self.ready = asyncio.Event()
         self.metrics = MemberMetrics(self, config.metrics)
+        self.proposer = Proposer(
+            journal,
+            self.log_name,
+            timer=self.metrics.wal_fsync.time,
+            on_contact=self._journal_contacted,
+            counters=self.counters,
+            log_fields=self._log_fields,
+        )
         # Simple tokens live in each member's memory, as in etcd (see kvstore.auth.tokens);
         # jwt is set when --auth-token is jwt,... and then issues every token.
         self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
@@ -200,8 +156,8 @@ class Member:
             return identity
         identity = {
             "name": self.config.name,
-            "member_id": _id64(f"member/{self.config.name}/{self.config.initial_cluster_token}/{os.urandom(8).hex()}"),
-            "cluster_id": _id64(f"cluster/{self.config.initial_cluster_token}"),
+            "member_id": id64(f"member/{self.config.name}/{self.config.initial_cluster_token}/{os.urandom(8).hex()}"),
+            "cluster_id": id64(f"cluster/{self.config.initial_cluster_token}"),
             "journal_token": os.urandom(16).hex(),
         }
         self._identity_new = True
@@ -216,6 +172,13 @@ class Member:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def _journal_contacted(self) -> None:
+        self._journal_contact = time.monotonic()
+
+    @property
+    def origin(self) -> int:
+        return self.proposer.origin
 
     @property
     def journal_reachable(self) -> bool:
@@ -281,9 +244,7 @@ class Member:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(fail(errors.STOPPED))
+        self.proposer.stop()
         self.sm.close()
 
     # ------------------------------------------------------------ state file
@@ -294,6 +255,8 @@ class Member:
         for leftover in glob.glob(glob.escape(self.state_path) + ".*"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
+        if os.path.islink(self.state_path + "-lock"):  # to a swapped-in lock file (Backend.swap_in), gone now
+            os.remove(self.state_path + "-lock")
         try:
             backend = Backend(self.state_path, map_size=self._map_size)
         except (lmdb.Error, StateFileRefused, OSError) as exc:
@@ -464,10 +427,8 @@ class Member:
             self.auth_tokens.clear()
         if applied.removed_member is not None and applied.removed_member == self.member_id:
             self._evicted()
-        if applied.origin == self.origin:
-            fut = self._pending.pop(applied.seq, None)
-            if fut is not None and not fut.done():
-                fut.set_result(applied.result)
+        if applied.origin == self.proposer.origin:
+            self.proposer.resolve(applied.seq, applied.result)
 
     async def _compactor_loop(self) -> None:
         """Physical compaction in bounded steps, one write transaction each, between batches."""
@@ -504,46 +465,10 @@ class Member:
     async def propose(self, kind: Kind, request: Any, auth: AuthInfo | None = None) -> Any:
         """Append a request to the journal; return the response our applier computed for it.
         `auth`: the credentials it was made with, checked where it is applied."""
-        return await self.propose_payload(kind, request.SerializeToString(), auth)
+        return await self.proposer.propose_payload(kind, request.SerializeToString(), auth)
 
     async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
-        if len(self._pending) >= PENDING_PROPOSALS_MAX:
-            raise fail(errors.TOO_MANY_REQUESTS)
-        if self._stopping:
-            raise fail(errors.STOPPED)
-        seq = next(self._seq)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload, auth)))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        result = await fut
-        if isinstance(result, EtcdError):
-            raise result
-        return result
-
-    def _flush(self) -> None:
-        """Send every proposal queued in this loop iteration as one append (group commit starts here)."""
-        self._flush_scheduled = False
-        while self._outbox:
-            batch = self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
-            del self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
-            asyncio.get_running_loop().create_task(self._append(batch))
-
-    async def _append(self, batch: list[tuple[int, bytes]]) -> None:
-        try:
-            with self.metrics.wal_fsync.time():
-                await self.journal.append(self.log_name, [data for _, data in batch])
-                self._journal_contact = time.monotonic()
-            self.counters["proposals_committed"] += len(batch)
-        except (JournalError, OSError) as exc:
-            log.warning("journal append failed: %s", exc, extra=self._log_fields())
-            self.counters["proposals_failed"] += len(batch)
-            for seq, _ in batch:
-                fut = self._pending.pop(seq, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(fail(errors.TIMEOUT))
+        return await self.proposer.propose_payload(kind, payload, auth)
 
     # ------------------------------------------------------------------ reads
 
@@ -799,74 +724,8 @@ class Member:
         return self.sm.store
 
 
-class ThreadQueueChunks:
-    """Chunks of an async iterator handed to a thread through a bounded queue."""
-
-    _END = b""
-    QUEUE_CHUNKS_MAX = 4
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.QUEUE_CHUNKS_MAX)
-        self._closed = False
-
-    def close(self) -> None:
-        """The reader is done (or failed): unblock and stop the feeder."""
-        self._closed = True
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-
-    async def feed(self, source: AsyncIterator[bytes]) -> None:
-        try:
-            async for chunk in source:
-                if self._closed:
-                    return
-                if chunk:
-                    await asyncio.to_thread(self._queue.put, chunk)
-            await asyncio.to_thread(self._queue.put, self._END)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the thread sees the source's failure
-            await asyncio.to_thread(self._queue.put, exc)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item == self._END:
-                return
-            yield item
-
-
 def _kill_self(where: str) -> None:
     log.critical("fault injection: SIGKILL %s", where)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def parse_duration_s(text: str, default_unit_s: float) -> float:
-    """etcd's retention values: a bare number is in the default unit (hours), else a Go duration like 5m, 30s."""
-    text = text.strip()
-    try:
-        return float(text) * default_unit_s
-    except ValueError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    total = 0.0
-    number = ""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else ch
-        if unit not in units or not number:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    if number:
-        raise ValueError(f"invalid duration {text!r}: missing unit")
-    return total

@@ -1,0 +1,102 @@
+"""A member's settings, identity helpers and the limits it runs with."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT
+
+ETCD_VERSION = "3.6.0"  # what Status and /version report: kube-apiserver needs >= 3.5.13 for progress requests
+CLUSTER_VERSION = "3.6.0"
+STORAGE_VERSION = "3.6.0"
+PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
+PROPOSAL_BATCH_ENTRIES_MAX = 1024
+LEASE_EXPIRY_CHECK_S = 0.5
+LEASE_EXPIRE_BATCH_MAX = 1000
+LEASE_EXPIRE_RETRY_MS = 3000  # propose a due lease again only after this long
+IDENTITY_FILE = "member.json"
+JOURNAL_STATUS_INTERVAL_S = 0.5
+# etcd's request timeout: 5 s + 2 x the election timeout (1 s by default). A proposal the
+# journal has not committed by then answers "etcdserver: request timed out".
+REQUEST_TIMEOUT_MS = 7000
+JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
+JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
+APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
+COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
+COMPACT_PAUSE_MIN_S = 0.001
+# Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
+# commit, before the next journal read; or in the middle of the Nth batch, before its commit.
+FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
+FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
+MEMBER_HEARTBEATS_PER_TTL = 4
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def id64(text: str) -> int:
+    """A stable non-zero 64-bit id (etcd derives member and cluster ids by hashing too)."""
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+    return value or 1
+
+
+@dataclass
+class MemberConfig:
+    name: str = "default"
+    data_dir: str = "default.etcd"
+    state_dir: str = ""  # "" -> under /dev/shm (see default_state_dir)
+    advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_peer_urls: list[str] = field(default_factory=list)  # shown in MemberList; MemberAdd matches them
+    member_liveness_ttl_s: float = 10.0  # a member missing heartbeats this long leaves MemberList
+    initial_cluster_token: str = "etcd-cluster"
+    log_name: str = "default"  # the journal log (partition) this member serves
+    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
+    max_request_bytes: int = 1_572_864
+    max_txn_ops: int = 128
+    auto_compaction_mode: str = "periodic"  # periodic | revision
+    auto_compaction_retention: str = "0"  # "0" disables
+    progress_notify_interval_s: float = 600.0  # etcd's default: 10 minutes
+    snapshot_count: int = 100_000  # etcd's --snapshot-count: journal entries between snapshots
+    snapshot_catchup_entries: int = 5000  # entries kept behind a snapshot for members slightly behind
+    watch_cache_revisions: int = 100_000
+    metrics: str = "basic"  # etcd's --metrics: basic | extensive (adds gRPC handling-time histograms)
+    watch_cache_bytes: int = 16 * 1024 * 1024
+    auth_token_ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT  # etcd's --auth-token-ttl (simple tokens)
+
+
+def default_state_dir(data_dir: str) -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.path.abspath(data_dir), "state")
+    digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+    return os.path.join(base, "kvstore", f"{os.path.basename(os.path.abspath(data_dir))}-{digest}")
+
+
+def parse_duration_s(text: str, default_unit_s: float) -> float:
+    """etcd's retention values: a bare number is in the default unit (hours), else a Go duration like 5m, 30s."""
+    text = text.strip()
+    try:
+        return float(text) * default_unit_s
+    except ValueError:
+        pass
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    total = 0.0
+    number = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        if unit not in units or not number:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    if number:
+        raise ValueError(f"invalid duration {text!r}: missing unit")
+    return total

@@ -1,0 +1,102 @@
+"""The proposer: requests become journal entries, sent in batches, answered when applied.
+
+Proposals made in the same event-loop turn go out as one append (the journal
+groups concurrent appends into one fsync). Each waits for the applier to reach
+its entry: the applier hands the result computed there to `resolve` when the
+entry's origin is this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from journal.api import Journal, JournalError
+from kvstore import errors
+from kvstore.auth.store import AuthInfo
+from kvstore.errors import EtcdError, fail
+from kvstore.member.config import PENDING_PROPOSALS_MAX, PROPOSAL_BATCH_ENTRIES_MAX
+from kvstore.statemachine import Kind, encode_entry
+
+log = logging.getLogger("kvstore.member")
+
+
+class Proposer:
+    def __init__(
+        self,
+        journal: Journal,
+        log_name: str,
+        *,
+        timer: Callable[[], AbstractContextManager[Any]],
+        on_contact: Callable[[], None],
+        counters: dict[str, int],
+        log_fields: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.journal = journal
+        self.log_name = log_name
+        # Identifies this process's proposals in the journal; new per start so a
+        # replayed entry from an earlier incarnation never resolves a new request.
+        self.origin = random.getrandbits(62) | 1
+        self._timer = timer
+        self._on_contact = on_contact
+        self._counters = counters
+        self._log_fields = log_fields
+        self._seq = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self._outbox: list[tuple[int, bytes]] = []
+        self._flush_scheduled = False
+        self.stopping = False
+
+    async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
+        if len(self.pending) >= PENDING_PROPOSALS_MAX:
+            raise fail(errors.TOO_MANY_REQUESTS)
+        if self.stopping:
+            raise fail(errors.STOPPED)
+        seq = next(self._seq)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[seq] = fut
+        self._outbox.append((seq, encode_entry(kind, self.origin, seq, payload, auth)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        result = await fut
+        if isinstance(result, EtcdError):
+            raise result
+        return result
+
+    def resolve(self, seq: int, result: Any) -> None:
+        """The applier applied our entry `seq`: answer the request waiting for it."""
+        fut = self.pending.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(fail(errors.STOPPED))
+
+    def _flush(self) -> None:
+        """Send every proposal queued in this loop iteration as one append (group commit starts here)."""
+        self._flush_scheduled = False
+        while self._outbox:
+            batch = self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
+            del self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
+            asyncio.get_running_loop().create_task(self._append(batch))
+
+    async def _append(self, batch: list[tuple[int, bytes]]) -> None:
+        try:
+            with self._timer():
+                await self.journal.append(self.log_name, [data for _, data in batch])
+                self._on_contact()
+            self._counters["proposals_committed"] += len(batch)
+        except (JournalError, OSError) as exc:
+            log.warning("journal append failed: %s", exc, extra=self._log_fields())
+            self._counters["proposals_failed"] += len(batch)
+            for seq, _ in batch:
+                self.resolve(seq, fail(errors.TIMEOUT))

@@ -1,0 +1,26 @@
+"""`kvstore serve --workers N`: several processes serve one member's client URLs.
+
+- supervisor.py (in the member's process, the applier): starts N-1 front-end
+  processes, restarts one that dies, stops them with the member
+- frontend.py: a front-end process: accepts gRPC and HTTP on the same client
+  URLs (SO_REUSEPORT), answers serializable ranges from its own read-only view
+  of the state file, forwards every other call to the applier
+- forward.py: the gRPC calls a front end passes on, as bytes
+- view.py: the read-only view of the state file in another process
+- metrics.py: the front ends' counts, summed into the member's /metrics
+
+See docs/workers.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+
+def member_socket_path(state_dir: str, role: str) -> str:
+    """A unix socket of one member's processes, in the temp dir, named after the state dir
+    (one set per member; the state dir holds only state)."""
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"kvstore-{role}-{digest}.sock")

@@ -1,0 +1,205 @@
+"""A front-end process of `kvstore serve --workers N`.
+
+It listens on the member's client URLs beside the member's own process
+(SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
+
+- answers serializable ranges (KV.Range with serializable=true, no token, auth
+  off) from its read-only view of the state file (kvstore/workers/view.py):
+  what the applier committed before the request arrived, as the member would;
+- forwards every other gRPC call to the member's process over its unix socket
+  (kvstore/workers/forward.py): writes, linearizable reads, watches, leases,
+  auth, maintenance and cluster calls answer exactly as the member answers them;
+- pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
+  member's HTTP endpoints, so the member stays one unit for its users.
+
+Response headers carry the member's ids and raft term, which the front end
+learns from the member's Status (again every IDENTITY_REFRESH_S).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+import grpc
+
+from kvstore.errors import EtcdError
+from kvstore.member import default_state_dir
+from kvstore.mvcc.backend import STATE_FILE, map_size_for
+from kvstore.server import (
+    client_tls,
+    grpc_server_options,
+    grpc_socket_path,
+    host_port,
+    open_client_listeners,
+    parse_urls,
+)
+from kvstore.transport.cmux import PeerIdentities
+from kvstore.v3rpc import validate
+from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
+from kvstore.v3rpc.servicers import Malformed, strict_parser
+from kvstore.workers import member_socket_path
+from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
+from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
+from kvstore.workers.view import StateView
+from proto.etcdserverpb import rpc_pb2 as pb
+
+log = logging.getLogger("kvstore.workers")
+
+KV_RANGE = "/etcdserverpb.KV/Range"
+MAINTENANCE_STATUS = "/etcdserverpb.Maintenance/Status"
+IDENTITY_REFRESH_S = 0.5  # as the member follows the journal's epoch
+MEMBER_WAIT_S = 30.0  # the member's socket answers within this at start, or the front end gives up
+HTTP_PIPE_CHUNK_BYTES = 64 * 1024
+
+
+class LocalRanges:
+    """KV.Range answered in the front end when it may be: serializable, no token, auth off."""
+
+    def __init__(self, view: StateView, metrics: FrontEndMetrics) -> None:
+        self.view = view
+        self.metrics = metrics
+        self.header = pb.ResponseHeader()
+        self._parse = strict_parser(pb.RangeRequest)
+        self._forward: Any = None  # the forwarding call, made once
+        # Set when the front end stops (also when the member died: parent-death signal): from
+        # then on the member, or its successor, answers, never a view of a file it may rebuild.
+        self.stopping = False
+
+    async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        msg = self._parse(request)
+        if self._forward is None:
+            self._forward = forwarder.unary_call(KV_RANGE)
+        if isinstance(msg, Malformed) or not msg.serializable or _has_token(context) or self.stopping:
+            return await forwarder.unary(self._forward, request, context)
+        error: EtcdError | None = None
+        answer = b""
+        with self.view.reading() as store:
+            auth_enabled = self.view.auth_enabled  # then the member checks permissions
+            if not auth_enabled:
+                try:
+                    validate.check_range(msg)
+                    header = pb.ResponseHeader()
+                    header.CopyFrom(self.header)
+                    answer = store.range_encoded(msg, header)
+                except EtcdError as err:
+                    error = err
+        if auth_enabled:
+            return await forwarder.unary(self._forward, request, context)
+        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK)
+        if error is not None:
+            await context.abort(error.code, error.message)
+        return answer
+
+
+def _has_token(context: Any) -> bool:
+    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
+
+
+async def _member_status(channel: grpc.aio.Channel) -> Any:
+    raw = await channel.unary_unary(MAINTENANCE_STATUS)(pb.StatusRequest().SerializeToString(), timeout=5.0)
+    return pb.StatusResponse.FromString(raw)
+
+
+async def _wait_for_member(channel: grpc.aio.Channel) -> Any:
+    async with asyncio.timeout(MEMBER_WAIT_S):
+        while True:
+            try:
+                return await _member_status(channel)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+
+
+async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges) -> None:
+    while True:
+        await asyncio.sleep(IDENTITY_REFRESH_S)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            status = await _member_status(channel)
+            ranges.header = _identity(status.header)
+
+
+def _identity(header: Any) -> Any:
+    return pb.ResponseHeader(cluster_id=header.cluster_id, member_id=header.member_id, raft_term=header.raft_term)
+
+
+def pipe_http_to(socket_path: str) -> Any:
+    """An HTTP/1.1 connection handler that pipes the connection to the member's HTTP socket."""
+
+    async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, half_close: bool) -> None:
+        try:
+            while data := await reader.read(HTTP_PIPE_CHUNK_BYTES):
+                writer.write(data)
+                await writer.drain()
+            if half_close and writer.can_write_eof():
+                writer.write_eof()
+            else:
+                writer.close()
+        except (ConnectionError, OSError):
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
+        except OSError:
+            writer.close()
+            return
+        upstream = asyncio.get_running_loop().create_task(copy(reader, up_writer, half_close=True))
+        try:
+            await copy(up_reader, writer, half_close=False)
+        finally:
+            upstream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upstream
+            up_writer.close()
+            writer.close()
+
+    return handle
+
+
+async def run_front_end(args: Any) -> int:
+    index = args.front_end_index
+    data_dir = args.data_dir or f"{args.name}.etcd"
+    state_dir = args.state_dir or default_state_dir(data_dir)
+    listen = parse_urls(args.listen_client_urls)
+    channel = grpc.aio.insecure_channel(f"unix:{grpc_socket_path(state_dir)}", options=FORWARD_CHANNEL_OPTIONS)
+    status = await _wait_for_member(channel)
+    view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
+    metrics = FrontEndMetrics()
+    ranges = LocalRanges(view, metrics)
+    ranges.header = _identity(status.header)
+    identities = PeerIdentities()
+    identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
+        else None  # fmt: skip
+    server = grpc.aio.server(
+        options=grpc_server_options(args.max_request_bytes, reuse_port=True),
+        handlers=[Forwarder(channel, {KV_RANGE: ranges}, identity)],
+    )
+    own_socket = member_socket_path(state_dir, f"grpc-{index}")
+    listeners, _ = await open_client_listeners(
+        args, listen, server, own_socket, pipe_http_to(member_socket_path(state_dir, "http")),
+        client_tls(args, data_dir, listen), identities, reuse_port=True,
+    )  # fmt: skip
+    await server.start()
+    loop = asyncio.get_running_loop()
+    follower = loop.create_task(_follow_identity(channel, ranges))
+    log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
+             status.header.member_id)  # fmt: skip
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    ranges.stopping = True
+    follower.cancel()
+    for listener in listeners:
+        listener.close()
+    await server.stop(grace=1.0)
+    await channel.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(own_socket)
+    view.close()
+    return 0

@@ -1,0 +1,76 @@
+"""The front ends' counts, summed into the member's /metrics.
+
+A front end counts what it answers itself (serializable ranges: etcd's
+grpc_server_started_total, grpc_server_handled_total, etcd_mvcc_range_total)
+with prometheus_client in multiprocess mode: the counters live in files in a
+directory the supervisor hands it (PROMETHEUS_MULTIPROC_DIR), which survive
+the process, so a restarted front end never makes a counter go back. The
+calls it forwards are counted by the member's own gRPC interceptor, once. The
+member's /metrics adds the files' sums to its own series of the same name and
+labels: one set of metrics with etcd's names for the whole member.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from kvstore.metrics import GRPC_CODE_NAMES
+
+RANGE_LABELS = ("unary", "etcdserverpb.KV", "Range")
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class FrontEndMetrics:
+    def __init__(self) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        # Not registered anywhere: the member reads the multiprocess files.
+        self.started = Counter("grpc_server_started_total", "", labels, registry=None)
+        self.handled = Counter("grpc_server_handled_total", "", (*labels, "grpc_code"), registry=None)
+        self.ranges = Counter("etcd_mvcc_range_total", "", registry=None)
+
+    def range_served(self, code: grpc.StatusCode) -> None:
+        self.started.labels(*RANGE_LABELS).inc()
+        self.handled.labels(*RANGE_LABELS, GRPC_CODE_NAMES[code]).inc()
+        self.ranges.inc()
+
+
+def front_end_counts(metrics_dir: str) -> dict[SampleKey, float]:
+    """Every front end's samples (dead ones' too), summed by name and labels."""
+    counts: dict[SampleKey, float] = defaultdict(float)
+    for family in MultiProcessCollector(None, path=metrics_dir).collect():  # type: ignore[no-untyped-call]
+        for sample in family.samples:
+            counts[(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
+    return counts
+
+
+class _Summed:
+    """A registry's families with the front ends' counts added to the samples they share."""
+
+    def __init__(self, registry: CollectorRegistry, counts: dict[SampleKey, float]) -> None:
+        self.registry = registry
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            summed = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                extra = self.counts.get((s.name, tuple(sorted(s.labels.items()))), 0.0)
+                summed.add_sample(s.name, s.labels, s.value + extra, s.timestamp, s.exemplar)
+            yield summed
+
+
+def with_front_ends(metrics_dir: str) -> Callable[[CollectorRegistry], Any]:
+    """What the member's exposition collects from: its registry plus the front ends' files."""
+
+    def collector(registry: CollectorRegistry) -> Any:
+        return _Summed(registry, front_end_counts(metrics_dir))
+
+    return collector

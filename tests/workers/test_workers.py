@@ -1,0 +1,196 @@
+"""`kvstore serve --workers N` as one unit: front ends share the client URL, restart alone, stop with it.
+
+Each client channel below gets a connection of its own (a local subchannel pool), so the kernel's
+SO_REUSEPORT spreads them over the member's process and its front ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from kvstore.workers.supervisor import metrics_dir_for
+from proto.etcdserverpb import rpc_pb2 as pb
+from proto.etcdserverpb import rpc_pb2_grpc as rpc
+from tests.servers import ServerProcess, start_kvstore
+
+WAIT_S = 30.0
+CONNECTIONS = 16  # the chance that all land on one of 2 processes is 2**-15
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def wait_for(predicate: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def front_ends_serving(srv: ServerProcess) -> int:
+    """Front ends that said they listen (their log line), over the server's life."""
+    return len(re.findall(r"kvstore\.workers: front end \d+ serving", srv.log_path.read_text()))
+
+
+def own_channel(srv: ServerProcess) -> grpc.Channel:
+    return srv.new_channel([("grpc.use_local_subchannel_pool", 1)])
+
+
+def front_end_ranges(srv: ServerProcess) -> float:
+    """Serializable ranges the front ends answered themselves (their multiprocess counter files)."""
+    total = 0.0
+    for family in MultiProcessCollector(None, path=metrics_dir_for(str(srv.work_dir / "state"))).collect():
+        total += sum(s.value for s in family.samples if s.name == "etcd_mvcc_range_total")
+    return total
+
+
+def metric(srv: ServerProcess, sample: str) -> float:
+    with urllib.request.urlopen(f"{srv.client_url}/metrics", timeout=WAIT_S) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{sample} not in /metrics")
+
+
+@pytest.fixture
+def two_workers() -> Iterator[ServerProcess]:
+    srv = start_kvstore("workers", {"workers": 2})
+    assert srv.proc is not None
+    wait_for(lambda: front_ends_serving(srv) == 1, "the front end to serve")
+    rpc.KVStub(srv.channel()).Range(pb.RangeRequest(key=b"x", serializable=True), timeout=WAIT_S)
+    yield srv
+    srv.stop()
+
+
+def test_every_connection_reads_its_writes_and_front_ends_serve_reads(two_workers: ServerProcess) -> None:
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        kvs = [rpc.KVStub(ch) for ch in channels]
+        for i, kv in enumerate(kvs):
+            put = kv.Put(pb.PutRequest(key=b"/rw/%d" % i, value=b"v%d" % i), timeout=WAIT_S)
+            # A serializable read on another connection (maybe another process) sees the write at once.
+            other = kvs[(i + 1) % len(kvs)]
+            got = other.Range(pb.RangeRequest(key=b"/rw/%d" % i, serializable=True), timeout=WAIT_S)
+            assert [kv.value for kv in got.kvs] == [b"v%d" % i]
+            assert got.header.revision >= put.header.revision
+            assert got.header.member_id == put.header.member_id and got.header.cluster_id == put.header.cluster_id
+        assert front_end_ranges(srv) > 0, "no serializable range reached the front end"
+        # One /metrics for the member: the front ends' ranges are in it, counted once.
+        ranges = metric(srv, "etcd_mvcc_range_total")
+        served = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range",'
+                        'grpc_service="etcdserverpb.KV",grpc_type="unary"}')  # fmt: skip
+        assert ranges == served == CONNECTIONS + 1  # + the fixture's
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_a_killed_front_end_is_restarted_and_the_other_connections_stay_up(two_workers: ServerProcess) -> None:
+    srv = two_workers
+    assert srv.proc is not None
+    (front_end,) = children(srv.proc.pid)
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        watches = []
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.WatchRequest]:
+            yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/crash/k"))
+            done.wait(WAIT_S)  # the stream stays open (a half-closed watch stream ends)
+
+        for ch in channels:
+            call = rpc.WatchStub(ch).Watch(requests(), timeout=WAIT_S)
+            assert next(call).created
+            watches.append(call)
+        os.kill(front_end, signal.SIGKILL)
+        # On a connection of its own: the shared one may have been the killed front end's.
+        with own_channel(srv) as ch:
+            put = rpc.KVStub(ch).Put
+            put(pb.PutRequest(key=b"/crash/k", value=b"after"), timeout=WAIT_S, wait_for_ready=True)
+        survived = dropped = 0
+        for call in watches:
+            try:
+                resp = next(call)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                dropped += 1
+                continue
+            assert [e.kv.value for e in resp.events] == [b"after"]
+            survived += 1
+        assert survived > 0 and dropped > 0, (survived, dropped)
+        wait_for(lambda: children(srv.proc.pid) not in ([], [front_end]), "the front end's restart")  # type: ignore[union-attr]
+        (restarted,) = children(srv.proc.pid)
+        assert restarted != front_end and srv.running
+        # The restarted front end serves: every new connection answers.
+        for _ in range(CONNECTIONS):
+            with own_channel(srv) as ch:
+                got = rpc.KVStub(ch).Range(pb.RangeRequest(key=b"/crash/k", serializable=True), timeout=WAIT_S)
+                assert [kv.value for kv in got.kvs] == [b"after"]
+    finally:
+        done.set()
+        for ch in channels:
+            ch.close()
+
+
+def test_sigterm_stops_every_process(two_workers: ServerProcess) -> None:
+    srv = two_workers
+    assert srv.proc is not None
+    front_ends = children(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(WAIT_S) == 0
+    for pid in front_ends:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],  # noqa: E501
+                 f"front end {pid} to exit")  # fmt: skip
+
+
+def test_front_ends_follow_a_defragment(two_workers: ServerProcess) -> None:
+    """Defragment replaces the state file: front ends reopen it and keep serving new writes."""
+    srv = two_workers
+    kv = rpc.KVStub(srv.channel())
+    for i in range(200):
+        kv.Put(pb.PutRequest(key=b"/defrag/%d" % i, value=b"x" * 1000), timeout=WAIT_S)
+    rpc.MaintenanceStub(srv.channel()).Defragment(pb.DefragmentRequest(), timeout=WAIT_S)
+    for round_ in range(3):
+        kv.Put(pb.PutRequest(key=b"/defrag/after", value=b"%d" % round_), timeout=WAIT_S)
+        for _ in range(CONNECTIONS // 2):
+            with own_channel(srv) as ch:
+                got = rpc.KVStub(ch).Range(pb.RangeRequest(key=b"/defrag/after", serializable=True), timeout=WAIT_S)
+                assert [kv.value for kv in got.kvs] == [b"%d" % round_]
+
+
+def test_a_token_from_one_connection_works_on_every_connection(two_workers: ServerProcess) -> None:
+    """Simple tokens live in the member's process; front ends forward every request that carries one."""
+    srv = two_workers
+    auth = rpc.AuthStub(srv.channel())
+    auth.UserAdd(pb.AuthUserAddRequest(name="root", password="pw"), timeout=WAIT_S)
+    auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=WAIT_S)
+    auth.AuthEnable(pb.AuthEnableRequest(), timeout=WAIT_S)
+    token = auth.Authenticate(pb.AuthenticateRequest(name="root", password="pw"), timeout=WAIT_S).token
+    rpc.KVStub(srv.channel()).Put(pb.PutRequest(key=b"/auth/k", value=b"v"), metadata=[("token", token)],
+                                  timeout=WAIT_S)  # fmt: skip
+    refusals = set()
+    for _ in range(CONNECTIONS):
+        with own_channel(srv) as ch:
+            kv = rpc.KVStub(ch)
+            got = kv.Range(pb.RangeRequest(key=b"/auth/k", serializable=True), metadata=[("token", token)],
+                           timeout=WAIT_S)  # fmt: skip
+            assert [kv.value for kv in got.kvs] == [b"v"]
+            with pytest.raises(grpc.RpcError) as refused:  # auth is on: no token, no read, on any process
+                kv.Range(pb.RangeRequest(key=b"/auth/k", serializable=True), timeout=WAIT_S)
+            refusals.add((refused.value.code(), refused.value.details()))
+    assert len(refusals) == 1, refusals
