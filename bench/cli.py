@@ -25,6 +25,8 @@ EPILOG = """workloads:
   compare    start etcd (1 and 3 members) and kvstore serve, run workloads A B A B, write a table
   floor      a do-nothing grpc.aio KV server, ours and etcd: the same put/range loads, ours / floor
   scale      load N keys of 1 KiB into ours, then into etcd: memory, restart, lists, compaction, gaps
+  go         the Go load driver (etcd's Go client, as etcd's tools/benchmark): go put|range ...;
+             compiled on first use (needs golang-go and golang-etcd-server-dev)
 
 examples:
   kvstore bench put --endpoints http://127.0.0.1:2379 --clients 32 --conns 4 --duration 10
@@ -33,6 +35,7 @@ examples:
   kvstore bench compare --quick
   kvstore bench floor --quick
   kvstore bench scale --keys 1000000 --targets kvstore,etcd
+  kvstore bench go put --endpoints http://127.0.0.1:2379 --conns 8 --clients 64 --seconds 10
 """
 
 
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.floor import main as floor_main
 
         return floor_main(args[1:])
+    if args and args[0] == "go":
+        from bench.gobench import main as go_main
+
+        return go_main(args[1:])
     if args and args[0] == "scale":
         from bench.scale import main as scale_main
 

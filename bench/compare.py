@@ -11,6 +11,10 @@ over rounds with the ratios kvstore / etcd-1 and kvstore-3 / etcd-3, plus the ma
 
     python -m bench.compare --quick          # put, range-l, kube; 3 s runs, 3 rounds: ~3 minutes
     python -m bench.compare --workloads put,kube --duration 10 --rounds 5
+    python -m bench.compare --driver go --workloads put,put-1client,range-l,range-s --clients 64 --conns 8
+
+With --driver go the load comes from the Go driver (`kvstore bench go`, etcd's Go client): put and range
+workloads only, and far less CPU taken from the server than the Python load tool takes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -35,7 +40,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.histogram import Histogram
-from bench.runner import pids_cpu_s
+from bench.runner import host_cpu_ticks, pids_cpu_s
 from bench.servers import Server, etcd_binary, etcd_version, start_etcd, start_kvstore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -71,6 +76,18 @@ PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-kube", "etcd-
          ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3"), ("kvstore-w2", "kvstore"),
          ("kvstore-w2", "etcd-1")]  # fmt: skip
 QUICK_WORKLOADS = ["put", "range-l", "kube"]
+# --driver go: name -> Go driver arguments (after the common ones, so a preset's --clients/--conns win)
+GO_PRESETS: dict[str, list[str]] = {
+    "put": ["put"],
+    "put-1client": ["put", "--clients", "1", "--conns", "1"],
+    "range-l": ["range", "--consistency", "l"],
+    "range-s": ["range", "--consistency", "s"],
+    "range-l-1client": ["range", "--consistency", "l", "--clients", "1", "--conns", "1"],
+    "range-s-1client": ["range", "--consistency", "s", "--clients", "1", "--conns", "1"],
+}
+GO_DEFAULT_WORKLOADS = list(GO_PRESETS)
+GO_KEY_SPACE = 10_000
+_go_populated: set[str] = set()  # targets whose key space the Go driver has written (once per target)
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".
 NOT_CLIENT_OPS = {"watch-delivery", "list-page", "lease-grant"}
 
@@ -211,6 +228,49 @@ def run_once(target: Target, workload: str, rnd: int, common: list[str], duratio
         host_busy=r["tool_cpu"]["host_busy"],
         stall_ms=r["timeline"]["stall_ms_max"],
         counters=r["counters"],
+    )
+
+
+def run_once_go(target: Target, workload: str, rnd: int, common: list[str], duration_s: float, out: Path) -> Run:
+    """One run of the Go driver; server CPU from /proc around it, the driver's own CPU from its rusage."""
+    from bench.gobench import driver
+
+    assert target.server is not None
+    args = GO_PRESETS[workload]
+    endpoints = ["--endpoints", ",".join(target.server.endpoints)]
+    cmd = [str(driver()), args[0], *common, *args[1:], *endpoints, "--seconds", f"{duration_s:g}", "--json"]
+    if args[0] == "range" and target.name not in _go_populated:  # write the key space once, outside the window
+        fill = [str(driver()), "range", *common, *endpoints, "--total", "1", "--clients", "1", "--conns", "1"]
+        done = subprocess.run(fill, capture_output=True, text=True, timeout=RUN_OVERHEAD_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"{target.name}: writing the key space failed:\n{done.stderr[-3000:]}")
+        _go_populated.add(target.name)
+    if args[0] == "range":
+        cmd.append("--populate=false")
+    pids = target.server.pids()
+    tool_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before, host_before = pids_cpu_s(pids), host_cpu_ticks()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + RUN_OVERHEAD_TIMEOUT_S)
+    server_s, host_after = pids_cpu_s(pids) - server_before, host_cpu_ticks()
+    tool_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{target.name} {workload}: Go driver failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out.write_text(proc.stdout)
+    r: dict[str, Any] = json.loads(proc.stdout)
+    tool_s = (tool_after.ru_utime + tool_after.ru_stime) - (tool_before.ru_utime + tool_before.ru_stime)
+    busy, total = host_after[0] - host_before[0], host_after[1] - host_before[1]
+    ops = int(r["ops"])
+    return Run(
+        target=target.name,
+        workload=workload,
+        round=rnd,
+        throughput=float(r["ops_per_s"]),
+        p50_us=round(r["latency_ms"]["p50"] * 1000),
+        p99_us=round(r["latency_ms"]["p99"] * 1000),
+        errors=int(r["errors"]),
+        server_cpu_us_per_op=server_s / ops * 1e6 if ops else 0.0,
+        tool_cores=tool_s / float(r["seconds"]) if r["seconds"] else 0.0,
+        host_busy=busy / total if total else 0.0,
     )
 
 
@@ -378,6 +438,12 @@ def parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {','.join([*ALL_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
         "(default: the first four)",
     )
+    p.add_argument(
+        "--driver",
+        choices=("python", "go"),
+        default="python",
+        help=f"the load: the Python load tool, or the Go driver (workloads {','.join(GO_PRESETS)})",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
     p.add_argument("--quick", action="store_true", help=f"{','.join(QUICK_WORKLOADS)}, 3 s runs, 3 rounds (~2-3 min)")
@@ -405,9 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workloads = DEFAULT_WORKLOADS if ns.workloads is None else ns.workloads.split(",")
         duration_s, rounds = ns.duration, ns.rounds
-    unknown = [w for w in workloads if w not in PRESETS]
+    go = ns.driver == "go"
+    if go and ns.workloads is None:
+        workloads = GO_DEFAULT_WORKLOADS
+    presets = GO_PRESETS if go else PRESETS
+    unknown = [w for w in workloads if w not in presets]
     if unknown:
-        print(f"unknown workloads {unknown}; choose from {', '.join(PRESETS)}", file=sys.stderr)
+        print(f"unknown workloads {unknown}; choose from {', '.join(presets)}", file=sys.stderr)
         return 2
     if not (1 <= rounds <= ROUNDS_MAX and 0 < duration_s <= 3600):
         print("rounds in 1..100 and duration in (0, 3600]", file=sys.stderr)
@@ -417,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
     common += ["--val-size", str(ns.val_size)]
+    if go:
+        common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--val-size", str(ns.val_size),
+                  "--key-space", str(GO_KEY_SPACE)]  # fmt: skip
+    once = run_once_go if go else run_once
     targets: list[Target] = []
     started = time.monotonic()
     try:
@@ -474,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                     out = work / f"run-{rnd}-{w}-{t.name}.json"
                     progress.update(task, description=f"round {rnd}/{rounds} {w} on {t.name}")
                     try:
-                        r = run_once(t, w, rnd, common, duration_s, out)
+                        r = once(t, w, rnd, common, duration_s, out)
                     except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
                         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                         failures.append(f"{t.name} / {w} / round {rnd}: {first}")
@@ -489,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
         progress.stop()
         settings = {
-            "workloads": ", ".join(f"{w} (`{' '.join(PRESETS[w][0])}`)" for w in workloads),
+            "load": "the Go driver (`kvstore bench go`, etcd's clientv3)" if go else "the Python load tool",
+            "workloads": ", ".join(f"{w} (`{' '.join(GO_PRESETS[w] if go else PRESETS[w][0])}`)" for w in workloads),
             "per run": f"{duration_s:g} s, `{' '.join(common)}`",
             "rounds": f"{rounds}, target order rotated each round",
             "targets": "; ".join(

@@ -4,7 +4,8 @@
 
 Each client thread holds one HTTP/1.1 connection and sends POST /v3/kv/put then /v3/kv/range
 (one key each) in turn; the figure is completed calls per second over all clients, and the
-median and p99 latency of each call. Rounds alternate between the servers.
+median and p99 latency of each call, and the server's CPU per call (every process of it, from /proc:
+the steadiest figure on a shared machine). Rounds alternate between the servers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.runner import pids_cpu_s
 from bench.servers import Server, start_etcd, start_kvstore
 
 ROUNDS = 2
@@ -47,19 +49,23 @@ def client(url: str, n: int, worker: int, latencies: list[float]) -> None:
         conn.close()
 
 
-def run(server: Server, requests: int, clients: int) -> tuple[float, float, float]:
+def run(server: Server, requests: int, clients: int) -> tuple[float, float, float, float]:
     latencies: list[float] = []
     per_client = requests // clients
     threads = [threading.Thread(target=client, args=(server.endpoints[0], per_client, w, latencies))
                for w in range(clients)]
+    pids = server.pids()
+    cpu_before = pids_cpu_s(pids)
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    cpu_us_per_call = (pids_cpu_s(pids) - cpu_before) / len(latencies) * 1e6
     latencies.sort()
-    return len(latencies) / elapsed, statistics.median(latencies) * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3
+    p50, p99 = statistics.median(latencies) * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3
+    return len(latencies) / elapsed, p50, p99, cpu_us_per_call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for r in range(ROUNDS):
                 for name, server in servers.items():
-                    rate, p50, p99 = run(server, args.requests, args.clients)
-                    print(f"round {r + 1} {name:8s}: {rate:8.1f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+                    rate, p50, p99, cpu = run(server, args.requests, args.clients)
+                    print(f"round {r + 1} {name:8s}: {rate:8.1f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                          f"server CPU {cpu:6.0f} us/call", flush=True)
         finally:
             for server in servers.values():
                 server.stop()

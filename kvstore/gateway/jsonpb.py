@@ -311,6 +311,58 @@ def _to_json_ready(obj: Any) -> Any:
     return obj
 
 
+_PLAIN: dict[str, bool] = {}
+_NOT_PLAIN_TYPES = frozenset({FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_GROUP})
+
+
+def _plain(descriptor: Descriptor) -> bool:
+    """Whether json_format treats every field of this type (and of the types inside) as the direct
+    paths below do: no floats (special values), maps or well-known types (their own JSON forms)."""
+    known = _PLAIN.get(descriptor.full_name)
+    if known is not None:
+        return known
+    _PLAIN[descriptor.full_name] = True  # a recursive type is plain unless another field says otherwise
+    plain = not descriptor.full_name.startswith("google.protobuf.")
+    for f in descriptor.fields:
+        if f.type in _NOT_PLAIN_TYPES:
+            plain = False
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            if f.message_type.GetOptions().map_entry or not _plain(f.message_type):
+                plain = False
+    _PLAIN[descriptor.full_name] = plain
+    return plain
+
+
+class _Fallback(Exception):
+    """The direct fill met what only json_format decides (two members of a oneof)."""
+
+
+def _fill(msg: Message, normalized: dict[str, Any]) -> None:
+    """Set normalized's checked values on msg directly: what json_format.ParseDict does with them,
+    without the base64 round trip and ParseDict's per-field interpretation."""
+    fields = msg.DESCRIPTOR.fields_by_name
+    oneofs: set[str] = set()
+    for name, value in normalized.items():
+        field = fields[name]
+        if field.containing_oneof is not None:
+            if field.containing_oneof.name in oneofs:
+                raise _Fallback
+            oneofs.add(field.containing_oneof.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.is_repeated:
+                container = getattr(msg, name)
+                for element in value:
+                    _fill(container.add(), element)
+            else:
+                sub = getattr(msg, name)
+                sub.SetInParent()  # present even when empty, as ParseDict makes it
+                _fill(sub, value)
+        elif field.is_repeated:
+            getattr(msg, name).extend(value)
+        else:
+            setattr(msg, name, value)
+
+
 def from_value(value: Any, message_type: type[Message]) -> Message:
     """A parsed JSON value (parse_value) as a request message; raises JsonError."""
     msg = message_type()
@@ -319,6 +371,12 @@ def from_value(value: Any, message_type: type[Message]) -> Message:
     if not isinstance(value, dict):
         raise _cannot(value, "map[string]json.RawMessage")
     normalized = _normalize(value, msg.DESCRIPTOR)
+    if _plain(msg.DESCRIPTOR):
+        try:
+            _fill(msg, normalized)
+            return msg
+        except (_Fallback, ValueError, TypeError):
+            msg.Clear()  # json_format decides (and words any error) as it always did
     json_format.ParseDict(_to_json_ready(normalized), msg)
     return msg
 
@@ -337,7 +395,38 @@ def decode(body: bytes, message_type: type[Message]) -> Message:
     return from_value(value, message_type)
 
 
+_INT64_TYPES = frozenset(t for t, (go_type, _, _) in _INT_TYPES.items() if go_type in ("int64", "uint64"))
+
+
+def _json_of(field: FieldDescriptor, value: Any) -> Any:
+    t = field.type
+    if t == FieldDescriptor.TYPE_MESSAGE:
+        return _dict_of(value)
+    if t in _INT64_TYPES:
+        return str(value)
+    if t == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    if t == FieldDescriptor.TYPE_ENUM:
+        named = field.enum_type.values_by_number.get(value)
+        return value if named is None else named.name
+    return value  # bool, string, 32-bit integers
+
+
+def _dict_of(msg: Message) -> dict[str, Any]:
+    """MessageToDict(preserving_proto_field_name=True) for a plain type: the set fields in field-number
+    order, int64 as strings, bytes as base64, enums by name (an unknown number as itself)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        if field.is_repeated:
+            out[field.name] = [_json_of(field, v) for v in value]
+        else:
+            out[field.name] = _json_of(field, value)
+    return out
+
+
 def to_dict(msg: Message) -> dict[str, Any]:
+    if _plain(msg.DESCRIPTOR):
+        return _dict_of(msg)
     out: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     return out
 

@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 
 from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT
 
-ETCD_VERSION = "3.6.0"  # what Status and /version report: kube-apiserver needs >= 3.5.13 for progress requests
-CLUSTER_VERSION = "3.6.0"
-STORAGE_VERSION = "3.6.0"
+# What Status and /version report. Clients gate features on it: kube-apiserver requests watch progress
+# from 3.4.31 / 3.5.13 and (1.37, EtcdRangeStream) streams lists with KV.RangeStream from 3.7; both are
+# served, see docs/rangestream.md "The etcd version" and tests/differential/test_version_gates.py.
+ETCD_VERSION = "3.7.0"
+CLUSTER_VERSION = "3.7.0"
+STORAGE_VERSION = "3.7.0"
 PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
 PROPOSAL_BATCH_ENTRIES_MAX = 1024
 LEASE_EXPIRY_CHECK_S = 0.5

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
@@ -63,6 +64,17 @@ def route(member: Member, path: str, query: dict[str, list[str]]) -> tuple[int, 
     return 404, "text/plain", b"404 page not found\n"
 
 
+_date_cache: list[Any] = [0, b""]  # [second, its Date header value]: formatted once a second, not per answer
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, email.utils.formatdate(now, usegmt=True).encode()]
+    value: bytes = _date_cache[1]
+    return value
+
+
 def _reason(status: int) -> bytes:
     return HTTPStatus(status).phrase.encode()
 
@@ -88,16 +100,16 @@ class _Connection:
             self.conn.receive_data(await self.reader.read(READ_BYTES))
 
     async def send(self, *events: Any) -> None:
-        for event in events:
-            data = self.conn.send(event)
-            if data:
-                self.writer.write(data)
+        # One write for all the events (a response's head, body and end): one send() per answer, not three.
+        data = b"".join(filter(None, (self.conn.send(event) for event in events)))
+        if data:
+            self.writer.write(data)
         await self.writer.drain()
 
     async def respond(self, status: int, content_type: str, body: bytes, *, head_only: bool = False,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
-                   (b"date", email.utils.formatdate(usegmt=True).encode()), *(extra or [])]
+                   (b"date", _http_date()), *(extra or [])]
         events: list[Any] = [h11.Response(status_code=status, headers=headers, reason=_reason(status))]
         if body and not head_only:
             events.append(h11.Data(data=body))
@@ -105,7 +117,8 @@ class _Connection:
 
     async def serve(self) -> None:
         while True:
-            event = await asyncio.wait_for(self.next_event(), READ_TIMEOUT_S)
+            async with asyncio.timeout(READ_TIMEOUT_S):  # no task per event, as wait_for would make
+                event = await self.next_event()
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed, or the client went away between requests
             await self.handle(event)
@@ -122,7 +135,8 @@ class _Connection:
         parts: list[bytes] = []
         size = 0
         while True:
-            event = await asyncio.wait_for(self.next_event(), READ_TIMEOUT_S)
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                event = await self.next_event()
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit_bytes:
@@ -204,7 +218,7 @@ class _Connection:
             if error is not None:
                 await self.respond(status, "application/json", error, extra=CORS_HEADERS)
                 return
-            headers = [(b"content-type", b"application/json"), (b"date", email.utils.formatdate(usegmt=True).encode()),
+            headers = [(b"content-type", b"application/json"), (b"date", _http_date()),
                        *CORS_HEADERS, (b"grpc-metadata-content-type", b"application/grpc")]
             await self.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
             try:
