@@ -57,7 +57,7 @@ META_JOURNAL = b"journal"  # msgpack {"token", "log"}: which journal this file f
 META_COMPACTOR = b"compactor"  # physical compaction progress (invisible to reads)
 META_LOCAL = frozenset({META_JOURNAL, META_COMPACTOR})
 META_FORMAT = b"format"
-FORMAT_VERSION = b"kvstore-lmdb-1"
+FORMAT_VERSION = b"kvstore-lmdb-2"  # 2: keys longer than 470 bytes stored hashed
 
 STATE_FILE = "state.mdb"
 MAP_SIZE_MIN_BYTES = 1 << 30

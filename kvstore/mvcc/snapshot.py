@@ -21,7 +21,10 @@ from kvstore.mvcc import keyindex
 from kvstore.mvcc.backend import (
     DATABASES,
     DB_INDEX,
+    DB_LEASE_KEYS,
+    DB_LIVE,
     DB_META,
+    DB_PREFIX_COUNTS,
     DB_RECORDS,
     DUPSORT_DATABASES,
     META_LOCAL,
@@ -30,7 +33,11 @@ from kvstore.mvcc.backend import (
 )
 from kvstore.mvcc.store import META_MVCC, KeyValue
 
-MAGIC = b"KVSTORE-LMDB-SNAPSHOT-1\n"
+MAGIC = b"KVSTORE-LMDB-SNAPSHOT-2\n"
+# Version 1 stored every key as it is (keys were at most 503 bytes): installing one stores the
+# keys that are longer than keyindex.KEY_INLINE_BYTES_MAX in their hashed form.
+MAGIC_V1 = b"KVSTORE-LMDB-SNAPSHOT-1\n"
+_KEYED_DATABASES = frozenset({DB_INDEX, DB_LIVE, DB_PREFIX_COUNTS})
 CHUNK_BYTES = 1 << 20  # bytes per chunk handed out
 INSTALL_TXN_BYTES_MAX = 64 << 20  # bytes written per write transaction while installing
 
@@ -102,11 +109,10 @@ def _pairs(backend: Backend, txn: Any, name: bytes, compact_rev: int) -> Iterato
             if not cur.next_nodup():
                 return
     if name == DB_RECORDS:
-        index = backend.dbs[DB_INDEX]
         for rev, raw in cur.iternext():
             if rev_main(rev) <= compact_rev:
                 kv = KeyValue.FromString(raw)
-                if not kv.version or keyindex.at(txn, index, kv.key, compact_rev) != keyindex.entry(rev, False):
+                if not kv.version or keyindex.at(txn, backend.dbs, kv.key, compact_rev) != keyindex.entry(rev, False):
                     continue
             yield rev, raw
         return
@@ -132,7 +138,8 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
         first += chunk
         if len(first) >= len(MAGIC):
             break
-    if not first.startswith(MAGIC):
+    legacy = first.startswith(MAGIC_V1)
+    if not first.startswith(MAGIC) and not legacy:
         raise SnapshotError("not a kvstore snapshot (etcd's bbolt snapshots cannot be loaded)")
     unpacker.feed(first[len(MAGIC) :])
     items = 0
@@ -162,6 +169,8 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
                 append = name == DB_RECORDS
                 for i in range(0, len(pairs), 2):
                     k, v = pairs[i], pairs[i + 1]
+                    if legacy and len(k) > keyindex.KEY_INLINE_BYTES_MAX:
+                        k = _legacy_key(name, k)
                     txn.put(k, v, db=db, dupdata=dupdata, append=append)
                     written += len(k) + len(v)
                 items += 1
@@ -177,6 +186,15 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
         backend.abort_batch()
         raise
     backend.commit_batch()
+
+
+def _legacy_key(name: bytes, k: bytes) -> bytes:
+    """A version-1 snapshot's key of database `name`, as this version stores it."""
+    if name in _KEYED_DATABASES:
+        return keyindex.stored_key(k)
+    if name == DB_LEASE_KEYS:
+        return k[: keyindex.LEASE_ID_BYTES] + keyindex.stored_key(k[keyindex.LEASE_ID_BYTES :])
+    return k
 
 
 def _then(unpacker: Any, it: Iterator[bytes]) -> Iterator[bytes]:

@@ -169,7 +169,7 @@ def test_compaction_drops_deleted_keys_and_old_versions() -> None:
             pass
     assert not d.store.compaction_pending
     assert backend.entries(DB_RECORDS) == 1
-    assert list(keyindex.iter_range(backend.txn, backend.dbs[DB_INDEX], b"\0", b"\0", values=False)) == [b"a"]
+    assert list(keyindex.iter_range(backend.txn, backend.dbs, DB_INDEX, b"\0", b"\0", values=False)) == [b"a"]
     assert d.store.hash_kv(5) == hash_compacted and d.sm.dumps() == snapshot_compacted
 
 
