@@ -2,7 +2,8 @@
 
 The stream is `MAGIC` then msgpack items: `["m", name, blob]` for each
 replicated meta entry, `["d", db, [k1, v1, k2, v2, ...]]` for the pairs of
-each database in key order (dupsort databases: one pair per duplicate), and
+each database in key order (dupsort databases: one pair per duplicate; records:
+one pair per record, in revision order, whether packed or not), and
 `["e", items]` at the end. What compaction drops but is still on file is
 left out, so two members with the same applied state produce the same bytes
 whatever their physical compaction progress. The producer never holds more
@@ -17,13 +18,14 @@ from typing import Any
 
 import msgpack
 
-from kvstore.mvcc import keyindex
+from kvstore.mvcc import keyindex, records
 from kvstore.mvcc.backend import (
     DATABASES,
     DB_INDEX,
     DB_LEASE_KEYS,
     DB_LIVE,
     DB_META,
+    DB_PACKED,
     DB_PREFIX_COUNTS,
     DB_RECORDS,
     DUPSORT_DATABASES,
@@ -65,6 +67,8 @@ def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, N
         buf = bytearray(MAGIC)
         items = 0
         for name in DATABASES:
+            if name == DB_PACKED:
+                continue  # records are carried one by one under DB_RECORDS, whatever their layout
             pairs: list[bytes] = []
             size = 0
             for k, v in _pairs(backend, txn, name, compact_rev):
@@ -109,7 +113,7 @@ def _pairs(backend: Backend, txn: Any, name: bytes, compact_rev: int) -> Iterato
             if not cur.next_nodup():
                 return
     if name == DB_RECORDS:
-        for rev, raw in cur.iternext():
+        for rev, raw in records.iter_from(txn, backend.dbs, bytes(records.REV_BYTES)):
             if rev_main(rev) <= compact_rev:
                 kv = KeyValue.FromString(raw)
                 if not kv.version or keyindex.at(txn, backend.dbs, kv.key, compact_rev) != keyindex.entry(rev, False):
@@ -166,12 +170,14 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
                 db = backend.dbs[name]
                 txn = backend.txn
                 dupdata = name in DUPSORT_DATABASES
-                append = name == DB_RECORDS
                 for i in range(0, len(pairs), 2):
                     k, v = pairs[i], pairs[i + 1]
-                    if legacy and len(k) > keyindex.KEY_INLINE_BYTES_MAX:
-                        k = _legacy_key(name, k)
-                    txn.put(k, v, db=db, dupdata=dupdata, append=append)
+                    if name == DB_RECORDS:
+                        records.put(txn, backend.dbs, k, v)  # in revision order: packed as they come
+                    else:
+                        if legacy and len(k) > keyindex.KEY_INLINE_BYTES_MAX:
+                            k = _legacy_key(name, k)
+                        txn.put(k, v, db=db, dupdata=dupdata)
                     written += len(k) + len(v)
                 items += 1
                 if written >= INSTALL_TXN_BYTES_MAX:

@@ -12,8 +12,8 @@ import pytest
 
 from kvstore import errors
 from kvstore.errors import EtcdError
-from kvstore.mvcc import snapshot
-from kvstore.mvcc.backend import DB_RECORDS, Backend
+from kvstore.mvcc import records, snapshot
+from kvstore.mvcc.backend import Backend
 from kvstore.mvcc.keyindex import KEY_INLINE_BYTES_MAX, in_range
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -63,7 +63,7 @@ def test_physical_compaction_progress_is_invisible() -> None:
         ]
         req = pb.RangeRequest(key=b"k", range_end=b"l", revision=max(a.store.compact_revision, a.store.revision - 3))
         assert a.store.range(req) == b.store.range(req)
-    assert a.backend.entries(DB_RECORDS) < b.backend.entries(DB_RECORDS)
+    assert records.count(a.backend.txn, a.backend.dbs) < records.count(b.backend.txn, b.backend.dbs)
 
 
 def test_a_failed_txn_leaves_nothing_in_the_batch() -> None:
@@ -294,3 +294,50 @@ def test_prefix_counts_match_scans_for_every_page_shape() -> None:
             ]))  # lease 77 does not exist: half of these abort after their first put
         check(sm)
     check(StateMachine.loads(sm.dumps()))
+
+
+def test_packed_records_read_as_unpacked_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two members with the same entries, one packing its records (records.py), one never: same
+    reads at every revision, same watch history, same hash and snapshot bytes, through
+    compaction (which rewrites groups) and a snapshot install."""
+    rng = random.Random(21)
+    packing, plain = StateMachine(), StateMachine()
+    names = [b"/g/%03d" % i for i in range(60)]
+
+    def apply_both(kind: Kind, req: object) -> None:
+        _apply(packing, kind, req)
+        with monkeypatch.context() as m:
+            m.setattr(records, "PACK_TRIGGER_PAGES", 1 << 40)
+            _apply(plain, kind, req)
+
+    def check(rev: int) -> None:
+        for a, b in ((b"/g/", b"/g0"), (b"/g/01", b"/g/05"), (rng.choice(names), b"")):
+            req = pb.RangeRequest(key=a, range_end=b, revision=rev)
+            assert packing.store.range(req) == plain.store.range(req)
+        start = max(packing.store.compact_revision, rev)
+        assert packing.store.events_since(start, b"/g/", b"/g0") == plain.store.events_since(start, b"/g/", b"/g0")
+
+    for step in range(700):
+        op = rng.random()
+        if op < 0.8:
+            size = rng.choice([10, 900, 1500, 3000, 5000]) if rng.random() < 0.98 else 100_000
+            puts = [pb.RequestOp(request_put=pb.PutRequest(key=rng.choice(names), value=rng.randbytes(size)))
+                    for _ in range(rng.randrange(1, 4))]
+            apply_both(Kind.TXN, pb.TxnRequest(success=puts))
+        elif op < 0.95:
+            apply_both(Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=rng.choice(names)))
+        else:
+            apply_both(Kind.COMPACT, pb.CompactionRequest(revision=packing.store.revision - rng.randrange(50)))
+            with packing.backend.batch():
+                while packing.store.compact_step(entries_max=rng.randrange(1, 40)):
+                    pass
+        if step % 50 == 0:
+            check(rng.randrange(max(packing.store.compact_revision, 1), packing.store.revision + 1))
+    assert packing.backend.entries(b"packed") > 10 and plain.backend.entries(b"packed") == 0
+    assert packing.backend.in_use_bytes < plain.backend.in_use_bytes * 0.9
+    rev = packing.store.revision
+    assert packing.store.hash_kv(rev) == plain.store.hash_kv(rev)
+    assert packing.dumps() == plain.dumps()
+    installed = StateMachine.loads(plain.dumps())
+    assert installed.backend.entries(b"packed") > 0 and installed.dumps() == packing.dumps()
+    check(max(packing.store.compact_revision, 1))
