@@ -98,18 +98,13 @@ def _group_record(group: bytes, n: int, i: int) -> bytes:
 
 
 def _group_find(group: bytes, rev: bytes) -> bytes | None:
-    """The record at rev in group, or None (binary search of the revisions)."""
+    """The record at rev in group, or None (a search of the revisions, in C)."""
     n = _group_count(group)
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _group_rev(group, mid) < rev:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < n and _group_rev(group, lo) == rev:
-        return _group_record(group, n, lo)
-    return None
+    head, end = _COUNT.size, _COUNT.size + n * REV_BYTES
+    at = group.find(rev, head, end)
+    while at >= 0 and (at - head) % REV_BYTES:  # a match across two revisions: look further
+        at = group.find(rev, at + 1, end)
+    return None if at < 0 else _group_record(group, n, (at - head) // REV_BYTES)
 
 
 def _group_items(group: bytes) -> list[tuple[bytes, bytes]]:

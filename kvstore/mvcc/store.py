@@ -397,10 +397,12 @@ class MVCCStore:
                     drops.append((key, drop))
                 if not cur.next_nodup():
                     break
+        revs: list[bytes] = []
         for key, drop in drops:  # key: the stored key
             for ent in drop:
                 txn.delete(key, ent, db=index)
-            records.delete(txn, self._dbs, [ent[:16] for ent in drop])
+                revs.append(ent[:16])
+        records.delete(txn, self._dbs, revs)  # in one call: a group is rewritten once per step
         if next_key is None:
             self._compactor = None
             self.backend.delete_meta(META_COMPACTOR)
@@ -498,8 +500,8 @@ class MVCCStore:
     # ---------------------------------------------------------------- hashing
 
     def hash_kv(self, rev: int) -> int:
-        """A stable CRC32 of every record kept at or below rev, in key then revision order
-        (etcd's HashKV shape: what a compaction keeps, not what is still on file)."""
+        """A stable CRC32 of every record kept at or below rev, in revision order (etcd's
+        HashKV shape: what a compaction keeps, not what is still on file)."""
         return self._hash_kv(self._txn, rev, self.compact_revision)
 
     def hash_kv_reader(self, rev: int) -> Callable[[], int]:
@@ -519,12 +521,13 @@ class MVCCStore:
     def _hash_kv(self, txn: Any, rev: int, compact: int) -> int:
         h = 0
         dbs = self._dbs
-        for key in keyindex.iter_range(txn, dbs, DB_INDEX, b"\0", b"\0", values=False):
-            for ent in keyindex.entries(txn, dbs, key):
-                if rev_main(ent) > rev:
-                    break
-                if self._survives(key, ent, txn, compact):
-                    h = zlib.crc32(records.get(txn, dbs, ent[:16]), h)
+        for r, raw in records.iter_from(txn, dbs, rev_bytes(0)):
+            main = rev_main(r)
+            if main > rev:
+                break
+            # At or below the compact revision only a key's newest record there is kept, if live.
+            if main > compact or keyindex.at(txn, dbs, record_key(raw), compact) == keyindex.entry(r, False):
+                h = zlib.crc32(raw, h)
         return h
 
 
