@@ -83,9 +83,10 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def embed_kvs(raws: list[bytes]) -> bytes:
-    """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes)."""
-    parts: list[bytes] = []
+def embed_kvs(raws: list[bytes], head: bytes = b"", tail: bytes = b"") -> bytes:
+    """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes),
+    between head and tail (joined once)."""
+    parts: list[bytes] = [head]
     add = parts.append
     for raw in raws:
         n = len(raw)
@@ -96,6 +97,7 @@ def embed_kvs(raws: list[bytes]) -> bytes:
         else:
             add(KV_FIELD_TAG + varint(n))
         add(raw)
+    add(tail)
     return b"".join(parts)
 
 
@@ -249,7 +251,7 @@ class MVCCStore:
         header.revision = view_rev
         head: bytes = pb.RangeResponse(header=header).SerializeToString()
         tail: bytes = pb.RangeResponse(more=more, count=count).SerializeToString()
-        return head + embed_kvs(raws) + tail
+        return embed_kvs(raws, head, tail)
 
     def _range(self, req: Any, txn: WriteTxn | None) -> tuple[int, list[bytes], int, bool]:
         """(view revision, serialized KeyValues of the page, count, more)."""
