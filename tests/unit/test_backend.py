@@ -341,3 +341,41 @@ def test_packed_records_read_as_unpacked_ones(monkeypatch: pytest.MonkeyPatch) -
     installed = StateMachine.loads(plain.dumps())
     assert installed.backend.entries(b"packed") > 0 and installed.dumps() == packing.dumps()
     check(max(packing.store.compact_revision, 1))
+
+
+def test_version_1_snapshot_installs_with_its_long_keys_restored() -> None:
+    """Version 1 streams stored every key as it was (keys were at most 503 bytes); installing
+    one stores the keys longer than the inline limit in their hashed form."""
+    import msgpack
+
+    from kvstore.mvcc import keyindex
+
+    sm = StateMachine()
+    long_key = b"/v/" + b"x" * 490
+    _apply(sm, Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=3, TTL=60))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=long_key, value=b"1", lease=3))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=long_key + b"/", value=b"2"))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=b"/v/short", value=b"3"))
+    raw = {keyindex.stored_key(k): k for k in (long_key, long_key + b"/")}
+    stream = sm.dumps()
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(stream[len(snapshot.MAGIC) :])
+    items = []
+    for item in unpacker:
+        if item[0] == "d":
+            pairs = item[2]
+            for i in range(0, len(pairs), 2):
+                k = pairs[i]
+                if k in raw:
+                    pairs[i] = raw[k]
+                elif k[8:] in raw:
+                    pairs[i] = k[:8] + raw[k[8:]]
+        items.append(item)
+    v1 = snapshot.MAGIC_V1 + b"".join(msgpack.packb(item) for item in items)
+    assert v1 != snapshot.MAGIC_V1 + stream[len(snapshot.MAGIC) :]  # the long keys were raw in it
+    installed = StateMachine.loads(v1)
+    assert installed.dumps() == stream
+    got = installed.store.get(long_key)
+    assert got is not None and got.value == b"1"
+    lease = installed.store.leases.get(3)
+    assert lease is not None and lease.keys == [long_key]
