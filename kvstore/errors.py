@@ -54,8 +54,6 @@ STOPPED = _error(Code.UNAVAILABLE, "etcdserver: server stopped")
 NOT_CAPABLE = _error(Code.FAILED_PRECONDITION, "etcdserver: not capable")
 BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "etcdserver: member not found")
-# Not an etcd error: LMDB, the backend, limits keys to 511 bytes (503 with a lease's prefix).
-KEY_TOO_LONG = _error(Code.INVALID_ARGUMENT, "kvstore: key is too long (at most 503 bytes)")
 MEMBER_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: member ID already exist")
 PEER_URL_EXIST = _error(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
 MEMBER_BAD_URLS = _error(Code.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")

@@ -7,9 +7,10 @@ deadline, so duplicate or early expiry entries are harmless no-ops. Nothing
 here reads a clock.
 
 Three databases of the member's LMDB environment (kvstore/mvcc/backend.py):
-`lease` (id -> ttl, deadline), `lease_keys` (id + key -> nothing: the keys
-attached) and `lease_due` (deadline + id -> nothing: finding what is due is a
-cursor scan from the start, never a scan of every lease).
+`lease` (id -> ttl, deadline), `lease_keys` (id + stored key -> nothing: the keys
+attached; a long key's stored form is kvstore/mvcc/keyindex.py's) and `lease_due`
+(deadline + id -> nothing: finding what is due is a cursor scan from the start,
+never a scan of every lease).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.mvcc.backend import DB_LEASE, DB_LEASE_DUE, DB_LEASE_KEYS, Backend
+from kvstore.mvcc.keyindex import full_key, stored_key
 
 # etcd's limits (server/lease/lessor.go, server/etcdserver/server.go).
 MAX_LEASE_TTL_S = 9_000_000_000
@@ -89,7 +91,7 @@ class LeaseTable:
         for k in cur.iternext(keys=True, values=False):
             if not k.startswith(prefix):
                 break
-            out.append(k[len(prefix) :])
+            out.append(full_key(txn, self.backend.dbs, k[len(prefix) :]))
         return out
 
     def ids(self) -> list[int]:
@@ -126,17 +128,17 @@ class LeaseTable:
         txn.delete(_due_key(lease.deadline_ms, lease_id), db=self._due_db)
         prefix = _id_key(lease_id)
         for key in lease.keys:
-            txn.delete(prefix + key, db=self._keys_db)
+            txn.delete(prefix + stored_key(key), db=self._keys_db)
         return lease
 
     def attach(self, lease_id: int, key: bytes) -> None:
         if lease_id:
             assert lease_id in self, "attaching a key to an unknown lease"
-            self.backend.txn.put(_id_key(lease_id) + key, b"", db=self._keys_db)
+            self.backend.txn.put(_id_key(lease_id) + stored_key(key), b"", db=self._keys_db)
 
     def detach(self, lease_id: int, key: bytes) -> None:
         if lease_id:
-            self.backend.txn.delete(_id_key(lease_id) + key, db=self._keys_db)
+            self.backend.txn.delete(_id_key(lease_id) + stored_key(key), db=self._keys_db)
 
     def due(self, now_ms: int, limit: int) -> list[int]:
         """Up to `limit` lease ids whose deadline has passed at now_ms, earliest first."""

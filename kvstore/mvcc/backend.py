@@ -5,6 +5,7 @@ state machine uses; nothing of the state lives on the Python heap. The layout
 follows etcd's bbolt buckets:
 
 - `records`: revision (main, sub: 8 + 8 bytes big-endian) -> serialized mvccpb.KeyValue
+  (the newest; older ones packed by revision into `packed`: kvstore/mvcc/records.py)
 - `index`:   key -> its revisions (dupsort: revision + 1 flag byte, 1 = tombstone)
 - `live`:    key -> revision of its newest record, for keys whose newest record is live
 - `prefix_counts`: "/"-terminated prefix -> live keys under it (counts of kube's lists)
@@ -32,6 +33,7 @@ import lmdb
 
 # Names of the databases in the environment; a new concept with its own table adds its name here.
 DB_RECORDS = b"records"
+DB_PACKED = b"packed"
 DB_INDEX = b"index"
 DB_LIVE = b"live"
 DB_LEASE = b"lease"
@@ -41,6 +43,7 @@ DB_PREFIX_COUNTS = b"prefix_counts"
 DB_META = b"meta"
 DATABASES: tuple[bytes, ...] = (
     DB_RECORDS,
+    DB_PACKED,
     DB_INDEX,
     DB_LIVE,
     DB_PREFIX_COUNTS,
@@ -57,7 +60,7 @@ META_JOURNAL = b"journal"  # msgpack {"token", "log"}: which journal this file f
 META_COMPACTOR = b"compactor"  # physical compaction progress (invisible to reads)
 META_LOCAL = frozenset({META_JOURNAL, META_COMPACTOR})
 META_FORMAT = b"format"
-FORMAT_VERSION = b"kvstore-lmdb-1"
+FORMAT_VERSION = b"kvstore-lmdb-2"  # 2: keys longer than 470 bytes stored hashed, old records packed
 
 STATE_FILE = "state.mdb"
 MAP_SIZE_MIN_BYTES = 1 << 30

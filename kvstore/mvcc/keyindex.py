@@ -15,19 +15,54 @@ the same environment as the records, so a start rebuilds nothing:
   range, as kube-apiserver asks for every list page and for its object counts,
   is one lookup, or a scan of the shorter side of the page's start.
 
-All functions take the transaction to work in; none keeps state.
+Keys longer than LMDB's key limit: a key of more than `KEY_INLINE_BYTES_MAX`
+bytes is stored as its first KEY_INLINE_BYTES_MAX bytes and a SHA-256 of the
+whole key (`stored_key`); the whole key is in its records. Stored keys sort as
+the keys do except among long keys sharing their first KEY_INLINE_BYTES_MAX
+bytes (a key up to that long sorts before any longer key it starts, as its
+stored form does): scans read such a run whole and sort it by the full keys.
+
+All functions take the transaction (and the backend's databases) to work in;
+none keeps state.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from kvstore.mvcc.backend import LMDB_KEY_BYTES_MAX, from_u64, rev_bytes, u64
+from kvstore.mvcc import records
+from kvstore.mvcc.backend import DB_INDEX, DB_LIVE, DB_PREFIX_COUNTS, LMDB_KEY_BYTES_MAX, from_u64, rev_bytes, u64
 
 FLAG_PUT = b"\x00"
 FLAG_TOMBSTONE = b"\x01"
 ENTRY_BYTES = 17
+KEY_HASH_BYTES = 32  # SHA-256
+# A lease's attached keys are stored as lease id (8 bytes) + stored key: that too fits LMDB's limit.
+LEASE_ID_BYTES = 8
+KEY_INLINE_BYTES_MAX = LMDB_KEY_BYTES_MAX - LEASE_ID_BYTES - KEY_HASH_BYTES - 1
+
+
+def stored_key(key: bytes) -> bytes:
+    """The LMDB key that stands for key (itself unless it is longer than KEY_INLINE_BYTES_MAX)."""
+    if len(key) <= KEY_INLINE_BYTES_MAX:
+        return key
+    return key[:KEY_INLINE_BYTES_MAX] + hashlib.sha256(key).digest()
+
+
+def is_hashed(sk: bytes) -> bool:
+    return len(sk) > KEY_INLINE_BYTES_MAX
+
+
+def full_key(txn: Any, dbs: dict[bytes, Any], sk: bytes) -> bytes:
+    """The key a stored key stands for (a hashed one: read from its first record)."""
+    if not is_hashed(sk):
+        return sk
+    cur = txn.cursor(dbs[DB_INDEX])
+    found = cur.set_key(sk)
+    assert found, "a stored key without index entries"
+    return records.record_key(records.get(txn, dbs, cur.value()[:16]))
 
 
 def entry(rev: bytes, tombstone: bool) -> bytes:
@@ -38,105 +73,152 @@ def is_tombstone(ent: bytes) -> bool:
     return ent[16:17] == FLAG_TOMBSTONE
 
 
-def _seek_key(key: bytes) -> bytes:
-    # Stored keys are never longer than the limit, so the first stored key >= key[:limit] is the
-    # first one > key when key is longer (see kvstore/mvcc/store.py KEY_BYTES_MAX).
-    return key[:LMDB_KEY_BYTES_MAX]
-
-
-def newest(txn: Any, index_db: Any, key: bytes) -> bytes | None:
+def newest(txn: Any, dbs: dict[bytes, Any], key: bytes) -> bytes | None:
     """The key's newest index entry (live or tombstone), or None."""
-    if len(key) > LMDB_KEY_BYTES_MAX:
-        return None
-    cur = txn.cursor(index_db)
-    if not cur.set_key(key):
+    cur = txn.cursor(dbs[DB_INDEX])
+    if not cur.set_key(stored_key(key)):
         return None
     cur.last_dup()
     ent: bytes = cur.value()
     return ent
 
 
-def at(txn: Any, index_db: Any, key: bytes, rev: int) -> bytes | None:
+def at(txn: Any, dbs: dict[bytes, Any], key: bytes, rev: int) -> bytes | None:
     """The key's newest index entry with main revision <= rev, or None."""
-    if len(key) > LMDB_KEY_BYTES_MAX:
-        return None
-    cur = txn.cursor(index_db)
-    if cur.set_range_dup(key, rev_bytes(rev + 1, 0) + FLAG_PUT):
+    sk = stored_key(key)
+    cur = txn.cursor(dbs[DB_INDEX])
+    if cur.set_range_dup(sk, rev_bytes(rev + 1, 0) + FLAG_PUT):
         if not cur.prev_dup():
             return None
         ent: bytes = cur.value()
         return ent
-    if not cur.set_key(key):
+    if not cur.set_key(sk):
         return None
     cur.last_dup()
     ent = cur.value()
     return ent
 
 
-def entries(txn: Any, index_db: Any, key: bytes) -> list[bytes]:
+def entries(txn: Any, dbs: dict[bytes, Any], key: bytes) -> list[bytes]:
     """Every index entry of key, oldest first."""
-    if len(key) > LMDB_KEY_BYTES_MAX:
-        return []
-    cur = txn.cursor(index_db)
-    if not cur.set_key(key):
+    cur = txn.cursor(dbs[DB_INDEX])
+    if not cur.set_key(stored_key(key)):
         return []
     return list(cur.iternext_dup())
 
 
-def add(txn: Any, index_db: Any, key: bytes, ent: bytes) -> None:
-    txn.put(key, ent, db=index_db, dupdata=True)
+def add(txn: Any, dbs: dict[bytes, Any], key: bytes, ent: bytes) -> None:
+    txn.put(stored_key(key), ent, db=dbs[DB_INDEX], dupdata=True)
 
 
-def live_rev(txn: Any, live_db: Any, key: bytes) -> bytes | None:
-    if len(key) > LMDB_KEY_BYTES_MAX:
-        return None
-    rev: bytes | None = txn.get(key, db=live_db)
+def live_rev(txn: Any, dbs: dict[bytes, Any], key: bytes) -> bytes | None:
+    rev: bytes | None = txn.get(stored_key(key), db=dbs[DB_LIVE])
     return rev
 
 
+def set_live(txn: Any, dbs: dict[bytes, Any], key: bytes, rev: bytes) -> bool:
+    """Make rev the key's live revision; True if the key was not live before."""
+    return txn.replace(stored_key(key), rev, db=dbs[DB_LIVE]) is None
+
+
+def clear_live(txn: Any, dbs: dict[bytes, Any], key: bytes) -> None:
+    txn.delete(stored_key(key), db=dbs[DB_LIVE])
+
+
+def _exact_bound(bound: bytes) -> bool:
+    """Whether comparing stored keys with bound gives the same answer as comparing the keys."""
+    return len(bound) <= KEY_INLINE_BYTES_MAX
+
+
 def iter_range(
-    txn: Any, db: Any, key: bytes, range_end: bytes, *, values: bool = True, dupsort: bool = False
+    txn: Any, dbs: dict[bytes, Any], name: bytes, key: bytes, range_end: bytes, *, values: bool = True
 ) -> Iterator[Any]:
-    """(key, value) pairs (or keys) of db in etcd's range [key, range_end).
+    """(key, value) pairs (or keys) of database `name` (index or live) in etcd's range
+    [key, range_end), in key order; for the index, one per key (its first entry).
 
     range_end b"" means the single key, b"\\0" every key from key on.
     """
+    db = dbs[name]
     cur = txn.cursor(db)
     if not range_end:
-        if len(key) <= LMDB_KEY_BYTES_MAX and cur.set_key(key):
+        sk = stored_key(key)
+        if cur.set_key(sk):
             yield (key, cur.value()) if values else key
         return
     if range_end != b"\0" and range_end <= key:
         return
-    if not cur.set_range(_seek_key(key)):
+    if not cur.set_range(key[:KEY_INLINE_BYTES_MAX]):
         return
     unbounded = range_end == b"\0"
-    items = cur.iternext_nodup(keys=True, values=values) if dupsort else cur.iternext(keys=True, values=values)
-    for item in items:
-        k = item[0] if values else item
-        if not unbounded and k >= range_end:
-            return
-        yield item
+    exact = _exact_bound(key)
+    items = cur.iternext_nodup(keys=True, values=True) if name == DB_INDEX else cur.iternext(keys=True, values=True)
+    run: list[tuple[bytes, bytes]] = []  # hashed stored keys sharing their inline part
+    for sk, v in items:
+        if run and sk[:KEY_INLINE_BYTES_MAX] != run[0][0][:KEY_INLINE_BYTES_MAX]:
+            yield from _run_in_range(txn, dbs, run, key, range_end, values)
+            run = []
+        if is_hashed(sk):
+            if not unbounded and sk[:KEY_INLINE_BYTES_MAX] > range_end[:KEY_INLINE_BYTES_MAX]:
+                break  # this key and every later one sort after range_end
+            run.append((sk, v))
+            continue
+        if not unbounded and sk >= range_end:
+            break
+        if exact or sk >= key:
+            yield (sk, v) if values else sk
+    if run:
+        yield from _run_in_range(txn, dbs, run, key, range_end, values)
 
 
-def count_range(txn: Any, live_db: Any, key: bytes, range_end: bytes) -> int:
-    n = 0
-    for _ in iter_range(txn, live_db, key, range_end, values=False):
-        n += 1
-    return n
+def _run_in_range(
+    txn: Any, dbs: dict[bytes, Any], run: list[tuple[bytes, bytes]], key: bytes, range_end: bytes, values: bool
+) -> Iterator[Any]:
+    """A run of hashed stored keys, by full key, those in the range."""
+    full = sorted((full_key(txn, dbs, sk), v) for sk, v in run)
+    for k, v in full:
+        if in_range(k, key, range_end):
+            yield (k, v) if values else k
+
+
+def in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
+    """Whether k is in etcd's range [key, range_end) (b"": key alone, b"\\0": from key on)."""
+    if not range_end:
+        return k == key
+    return k >= key and (range_end == b"\0" or k < range_end)
+
+
+def count_range(txn: Any, dbs: dict[bytes, Any], key: bytes, range_end: bytes) -> int:
+    """Live keys in [key, range_end), by a scan of `live`."""
+    if range_end and (range_end == b"\0" or _exact_bound(range_end)) and _exact_bound(key):
+        # Stored keys compare with these bounds as the keys do: count them in a tight loop.
+        if range_end != b"\0" and range_end <= key:
+            return 0
+        cur = txn.cursor(dbs[DB_LIVE])
+        if not cur.set_range(key):
+            return 0
+        if range_end == b"\0":
+            return sum(1 for _ in cur.iternext(keys=True, values=False))
+        n = 0
+        for sk in cur.iternext(keys=True, values=False):
+            if sk >= range_end:
+                break
+            n += 1
+        return n
+    return sum(1 for _ in iter_range(txn, dbs, DB_LIVE, key, range_end, values=False))
 
 
 SLASH = 0x2F
 
 
-def add_live_count(txn: Any, counts_db: Any, key: bytes, delta: int) -> None:
+def add_live_count(txn: Any, dbs: dict[bytes, Any], key: bytes, delta: int) -> None:
     """A key became live (+1) or stopped being live (-1): count it under each of its prefixes."""
+    counts_db = dbs[DB_PREFIX_COUNTS]
     start = 0
     while True:
         i = key.find(b"/", start)
         if i < 0:
             return
-        prefix = key[: i + 1]
+        prefix = stored_key(key[: i + 1])
         raw = txn.get(prefix, db=counts_db)
         n = (from_u64(raw) if raw else 0) + delta
         if n:
@@ -155,18 +237,36 @@ def counted_prefix(key: bytes, range_end: bytes) -> bytes | None:
     return prefix if key.startswith(prefix) else None
 
 
-def count_live(txn: Any, live_db: Any, counts_db: Any, key: bytes, range_end: bytes) -> int:
+def count_live(txn: Any, dbs: dict[bytes, Any], key: bytes, range_end: bytes) -> int:
     """Live keys in [key, range_end), using the prefix counts when the range ends a prefix."""
     prefix = counted_prefix(key, range_end) if range_end not in (b"", b"\0") else None
     if prefix is None:
-        return count_range(txn, live_db, key, range_end)
-    raw = txn.get(prefix, db=counts_db)
+        return count_range(txn, dbs, key, range_end)
+    raw = txn.get(stored_key(prefix), db=dbs[DB_PREFIX_COUNTS])
     total = from_u64(raw) if raw else 0
     if key == prefix:
         return total
+    if not (_exact_bound(key) and _exact_bound(range_end)):
+        after = iter_range(txn, dbs, DB_LIVE, key, range_end, values=False)
+        before = iter_range(txn, dbs, DB_LIVE, prefix, key, values=False)
+        return _shorter_side(after, before, total)
     # [key, end) directly, or the total less [prefix, key): step both, stop at the shorter.
-    after = iter_range(txn, live_db, key, range_end, values=False)
-    before = iter_range(txn, live_db, prefix, key, values=False)
+    # Stored keys compare with these bounds as the keys do: plain cursors, no decoding.
+    a, b = txn.cursor(dbs[DB_LIVE]), txn.cursor(dbs[DB_LIVE])
+    if not a.set_range(key):
+        return 0
+    b.set_range(prefix)
+    n = 0
+    for ka, kb in zip(a.iternext(keys=True, values=False), b.iternext(keys=True, values=False), strict=False):
+        if ka >= range_end:
+            return n
+        if kb >= key:
+            return total - n
+        n += 1
+    return n  # `after` ran out: the end of the database
+
+
+def _shorter_side(after: Iterator[bytes], before: Iterator[bytes], total: int) -> int:
     n_after = n_before = 0
     while True:
         if next(after, None) is None:

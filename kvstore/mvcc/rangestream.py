@@ -67,7 +67,7 @@ class RangeStreamer:
         store, req = self.store, self.req
         if req.revision <= 0:
             return store._count_live(req.key, req.range_end)
-        return sum(1 for _ in store.iter_live(req.key, req.range_end, self.pinned))
+        return store.count_at(req.key, req.range_end, self.pinned)
 
     def _final(self, resp: Any) -> Any:
         self.done = True

@@ -2,7 +2,8 @@
 
 The stream is `MAGIC` then msgpack items: `["m", name, blob]` for each
 replicated meta entry, `["d", db, [k1, v1, k2, v2, ...]]` for the pairs of
-each database in key order (dupsort databases: one pair per duplicate), and
+each database in key order (dupsort databases: one pair per duplicate; records:
+one pair per record, in revision order, whether packed or not), and
 `["e", items]` at the end. What compaction drops but is still on file is
 left out, so two members with the same applied state produce the same bytes
 whatever their physical compaction progress. The producer never holds more
@@ -17,11 +18,15 @@ from typing import Any
 
 import msgpack
 
-from kvstore.mvcc import keyindex
+from kvstore.mvcc import keyindex, records
 from kvstore.mvcc.backend import (
     DATABASES,
     DB_INDEX,
+    DB_LEASE_KEYS,
+    DB_LIVE,
     DB_META,
+    DB_PACKED,
+    DB_PREFIX_COUNTS,
     DB_RECORDS,
     DUPSORT_DATABASES,
     META_LOCAL,
@@ -30,7 +35,11 @@ from kvstore.mvcc.backend import (
 )
 from kvstore.mvcc.store import META_MVCC, KeyValue
 
-MAGIC = b"KVSTORE-LMDB-SNAPSHOT-1\n"
+MAGIC = b"KVSTORE-LMDB-SNAPSHOT-2\n"
+# Version 1 stored every key as it is (keys were at most 503 bytes): installing one stores the
+# keys that are longer than keyindex.KEY_INLINE_BYTES_MAX in their hashed form.
+MAGIC_V1 = b"KVSTORE-LMDB-SNAPSHOT-1\n"
+_KEYED_DATABASES = frozenset({DB_INDEX, DB_LIVE, DB_PREFIX_COUNTS})
 CHUNK_BYTES = 1 << 20  # bytes per chunk handed out
 INSTALL_TXN_BYTES_MAX = 64 << 20  # bytes written per write transaction while installing
 
@@ -58,6 +67,8 @@ def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, N
         buf = bytearray(MAGIC)
         items = 0
         for name in DATABASES:
+            if name == DB_PACKED:
+                continue  # records are carried one by one under DB_RECORDS, whatever their layout
             pairs: list[bytes] = []
             size = 0
             for k, v in _pairs(backend, txn, name, compact_rev):
@@ -102,11 +113,10 @@ def _pairs(backend: Backend, txn: Any, name: bytes, compact_rev: int) -> Iterato
             if not cur.next_nodup():
                 return
     if name == DB_RECORDS:
-        index = backend.dbs[DB_INDEX]
-        for rev, raw in cur.iternext():
+        for rev, raw in records.iter_from(txn, backend.dbs, bytes(records.REV_BYTES)):
             if rev_main(rev) <= compact_rev:
                 kv = KeyValue.FromString(raw)
-                if not kv.version or keyindex.at(txn, index, kv.key, compact_rev) != keyindex.entry(rev, False):
+                if not kv.version or keyindex.at(txn, backend.dbs, kv.key, compact_rev) != keyindex.entry(rev, False):
                     continue
             yield rev, raw
         return
@@ -132,7 +142,8 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
         first += chunk
         if len(first) >= len(MAGIC):
             break
-    if not first.startswith(MAGIC):
+    legacy = first.startswith(MAGIC_V1)
+    if not first.startswith(MAGIC) and not legacy:
         raise SnapshotError("not a kvstore snapshot (etcd's bbolt snapshots cannot be loaded)")
     unpacker.feed(first[len(MAGIC) :])
     items = 0
@@ -159,10 +170,14 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
                 db = backend.dbs[name]
                 txn = backend.txn
                 dupdata = name in DUPSORT_DATABASES
-                append = name == DB_RECORDS
                 for i in range(0, len(pairs), 2):
                     k, v = pairs[i], pairs[i + 1]
-                    txn.put(k, v, db=db, dupdata=dupdata, append=append)
+                    if name == DB_RECORDS:
+                        records.put(txn, backend.dbs, k, v)  # in revision order: packed as they come
+                    else:
+                        if legacy and len(k) > keyindex.KEY_INLINE_BYTES_MAX:
+                            k = _legacy_key(name, k)
+                        txn.put(k, v, db=db, dupdata=dupdata)
                     written += len(k) + len(v)
                 items += 1
                 if written >= INSTALL_TXN_BYTES_MAX:
@@ -177,6 +192,15 @@ def install(backend: Backend, chunks: Iterable[bytes]) -> None:
         backend.abort_batch()
         raise
     backend.commit_batch()
+
+
+def _legacy_key(name: bytes, k: bytes) -> bytes:
+    """A version-1 snapshot's key of database `name`, as this version stores it."""
+    if name in _KEYED_DATABASES:
+        return keyindex.stored_key(k)
+    if name == DB_LEASE_KEYS:
+        return k[: keyindex.LEASE_ID_BYTES] + keyindex.stored_key(k[keyindex.LEASE_ID_BYTES :])
+    return k
 
 
 def _then(unpacker: Any, it: Iterator[bytes]) -> Iterator[bytes]:

@@ -30,18 +30,17 @@ import msgpack
 from kvstore import errors
 from kvstore.errors import fail
 from kvstore.lease import LeaseTable
-from kvstore.mvcc import keyindex
+from kvstore.mvcc import keyindex, records
 from kvstore.mvcc.backend import (
     DB_INDEX,
     DB_LIVE,
-    DB_PREFIX_COUNTS,
-    DB_RECORDS,
-    LMDB_KEY_BYTES_MAX,
     META_COMPACTOR,
     Backend,
     rev_bytes,
     rev_main,
 )
+from kvstore.mvcc.keyindex import in_range
+from kvstore.mvcc.records import record_key
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.mvccpb import kv_pb2
 
@@ -51,8 +50,9 @@ EVENT_PUT = kv_pb2.Event.PUT
 EVENT_DELETE = kv_pb2.Event.DELETE
 
 META_MVCC = b"mvcc"  # msgpack [revision, compact_revision, live keys]
-# A lease's attached keys are stored as lease id (8 bytes) + key, within LMDB's key limit.
-KEY_BYTES_MAX = LMDB_KEY_BYTES_MAX - 8
+# count_at corrects the current count by the changes since the revision read while they are
+# fewer than this many records (or than the keys counted, if more).
+COUNT_CHANGES_RECORDS_MIN = 1000
 KV_FIELD_TAG = b"\x12"  # RangeResponse.kvs: field 2, length-delimited
 
 _SORT_TARGET_FIELD = {
@@ -83,9 +83,10 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def embed_kvs(raws: list[bytes]) -> bytes:
-    """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes)."""
-    parts: list[bytes] = []
+def embed_kvs(raws: list[bytes], head: bytes = b"", tail: bytes = b"") -> bytes:
+    """Serialized KeyValues as the `kvs` field of a RangeResponse (wire tag + length + bytes),
+    between head and tail (joined once)."""
+    parts: list[bytes] = [head]
     add = parts.append
     for raw in raws:
         n = len(raw)
@@ -96,22 +97,8 @@ def embed_kvs(raws: list[bytes]) -> bytes:
         else:
             add(KV_FIELD_TAG + varint(n))
         add(raw)
+    add(tail)
     return b"".join(parts)
-
-
-def record_key(raw: bytes) -> bytes:
-    """The key of a serialized KeyValue without parsing it all (field 1 is written first)."""
-    if raw[:1] != b"\x0a":
-        return bytes(KeyValue.FromString(raw).key)
-    n, shift, i = 0, 0, 1
-    while True:
-        b = raw[i]
-        n |= (b & 0x7F) << shift
-        i += 1
-        if b < 0x80:
-            break
-        shift += 7
-    return raw[i : i + n]
 
 
 @dataclass(slots=True)
@@ -127,10 +114,7 @@ class MVCCStore:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._records = backend.dbs[DB_RECORDS]
-        self._index = backend.dbs[DB_INDEX]
-        self._live = backend.dbs[DB_LIVE]
-        self._prefix_counts = backend.dbs[DB_PREFIX_COUNTS]
+        self._dbs = backend.dbs
         self.leases = LeaseTable(backend)
         raw = backend.get_meta(META_MVCC)
         if raw is None:
@@ -161,20 +145,20 @@ class MVCCStore:
         return self.backend.txn
 
     def _record(self, rev: bytes) -> Any:
-        return KeyValue.FromString(self._txn.get(rev, db=self._records))
+        return KeyValue.FromString(records.get(self._txn, self._dbs, rev))
 
     def _entry_at(self, key: bytes, rev: int | None) -> bytes | None:
         txn = self._txn
         if rev is None:
-            return keyindex.newest(txn, self._index, key)
-        return keyindex.at(txn, self._index, key, rev)
+            return keyindex.newest(txn, self._dbs, key)
+        return keyindex.at(txn, self._dbs, key, rev)
 
     def get(self, key: bytes, rev: int | None = None) -> Any | None:
         """The live KeyValue of key at rev (None: the newest, own txn writes included), or None."""
         if rev is None:
-            live = keyindex.live_rev(self._txn, self._live, key)
+            live = keyindex.live_rev(self._txn, self._dbs, key)
             return None if live is None else self._record(live)
-        ent = keyindex.at(self._txn, self._index, key, rev)
+        ent = keyindex.at(self._txn, self._dbs, key, rev)
         if ent is None or keyindex.is_tombstone(ent):
             return None
         if rev < self.compact_revision and not self._survives(key, ent):
@@ -183,21 +167,48 @@ class MVCCStore:
 
     def _live_revs(self, key: bytes, range_end: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(key, revision of its newest record) for keys live now in etcd's range [key, range_end)."""
-        it: Iterator[tuple[bytes, bytes]] = keyindex.iter_range(self._txn, self._live, key, range_end)
+        it: Iterator[tuple[bytes, bytes]] = keyindex.iter_range(self._txn, self._dbs, DB_LIVE, key, range_end)
         return it
 
     def _revs_at(self, key: bytes, range_end: bytes, rev: int) -> Iterator[bytes]:
         """Record revisions of the keys live at rev in the range, in key order."""
-        txn, index = self._txn, self._index
-        for k in keyindex.iter_range(txn, index, key, range_end, values=False, dupsort=True):
-            ent = keyindex.at(txn, index, k, rev)
+        txn, dbs = self._txn, self._dbs
+        for k in keyindex.iter_range(txn, dbs, DB_INDEX, key, range_end, values=False):
+            ent = keyindex.at(txn, dbs, k, rev)
             if ent is not None and not keyindex.is_tombstone(ent):
                 yield ent[:16]
 
     def _count_live(self, key: bytes, range_end: bytes) -> int:
         if range_end == b"\0" and key <= b"\0":
             return self.live_keys  # every key: the counter, not a scan
-        return keyindex.count_live(self._txn, self._live, self._prefix_counts, key, range_end)
+        return keyindex.count_live(self._txn, self._dbs, key, range_end)
+
+    def count_at(self, key: bytes, range_end: bytes, rev: int) -> int:
+        """Keys live at rev in the range: the count now, corrected by the changes since rev.
+
+        A list's later pages read at its first page's revision (kube's GetList); counting
+        them by visiting every key of the range at rev costs O(range) per page. The
+        changes since rev are usually few: each changed key in the range counts -1 if it
+        is live now and +1 if it was live at rev. When more records changed since rev
+        than the range holds keys, visiting the range is cheaper.
+        """
+        now = self._count_live(key, range_end)
+        txn, dbs = self._txn, self._dbs
+        records_max = max(COUNT_CHANGES_RECORDS_MIN, now)
+        changed: set[bytes] = set()
+        for n, (_, raw) in enumerate(records.iter_from(txn, dbs, rev_bytes(rev + 1))):
+            if n >= records_max:
+                return sum(1 for _ in self._revs_at(key, range_end, rev))
+            k = record_key(raw)
+            if in_range(k, key, range_end):
+                changed.add(k)
+        for k in changed:
+            then = keyindex.at(txn, dbs, k, rev)
+            if keyindex.live_rev(txn, dbs, k) is not None:
+                now -= 1
+            if then is not None and not keyindex.is_tombstone(then):
+                now += 1
+        return now
 
     def iter_live(self, key: bytes, range_end: bytes, rev: int | None = None) -> Iterator[Any]:
         if rev is None:
@@ -240,7 +251,7 @@ class MVCCStore:
         header.revision = view_rev
         head: bytes = pb.RangeResponse(header=header).SerializeToString()
         tail: bytes = pb.RangeResponse(more=more, count=count).SerializeToString()
-        return head + embed_kvs(raws) + tail
+        return embed_kvs(raws, head, tail)
 
     def _range(self, req: Any, txn: WriteTxn | None) -> tuple[int, list[bytes], int, bool]:
         """(view revision, serialized KeyValues of the page, count, more)."""
@@ -261,6 +272,8 @@ class MVCCStore:
         # target with order NONE sorts only the first limit+1 keys.
         keep = req.limit + 1 if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not filtered else 0
         revs: list[bytes]
+        if rev >= self.revision and (txn is None or not txn.changed):
+            rev = 0  # nothing changed since: the current state, read from `live`
         if rev <= 0:
             if req.count_only:
                 return view_rev, [], self._count_live(req.key, req.range_end), False
@@ -269,15 +282,12 @@ class MVCCStore:
             # Every key was seen unless the page stopped early: count the rest only then.
             count = self._count_live(req.key, req.range_end) if keep and len(revs) == keep else len(revs)
         else:
-            count = 0
-            revs = []
-            for r in self._revs_at(req.key, req.range_end, rev):
-                count += 1
-                if not req.count_only and (not keep or len(revs) < keep):
-                    revs.append(r)
             if req.count_only:
-                return view_rev, [], count, False
-        raws = [raw for _, raw in self._txn.cursor(self._records).getmulti(revs)] if revs else []
+                return view_rev, [], self.count_at(req.key, req.range_end, rev), False
+            at_rev = self._revs_at(req.key, req.range_end, rev)
+            revs = list(islice(at_rev, keep) if keep else at_rev)
+            count = self.count_at(req.key, req.range_end, rev) if keep and len(revs) == keep else len(revs)
+        raws = records.get_many(self._txn, self._dbs, revs)
         if filtered or sort_order != pb.RangeRequest.NONE or req.keys_only:
             kvs = [KeyValue.FromString(raw) for raw in raws]
             if filtered:
@@ -336,15 +346,14 @@ class MVCCStore:
         self._write(kv.key, kv, rev, tombstone)
 
     def _write(self, key: bytes, kv: Any, rev: bytes, tombstone: bool) -> None:
-        txn = self._txn
-        # Revisions only grow, so records append at the end of the tree: pages fill densely.
-        txn.put(rev, kv.SerializeToString(), db=self._records, append=True)
-        keyindex.add(txn, self._index, key, keyindex.entry(rev, tombstone))
+        txn, dbs = self._txn, self._dbs
+        records.put(txn, dbs, rev, kv.SerializeToString())
+        keyindex.add(txn, dbs, key, keyindex.entry(rev, tombstone))
         if tombstone:
-            txn.delete(key, db=self._live)
-            keyindex.add_live_count(txn, self._prefix_counts, key, -1)
-        elif txn.replace(key, rev, db=self._live) is None:
-            keyindex.add_live_count(txn, self._prefix_counts, key, +1)  # it was not live: created
+            keyindex.clear_live(txn, dbs, key)
+            keyindex.add_live_count(txn, dbs, key, -1)
+        elif keyindex.set_live(txn, dbs, key, rev):
+            keyindex.add_live_count(txn, dbs, key, +1)  # it was not live: created
 
     def compact(self, rev: int) -> None:
         """Forget history below rev: refused to reads at once, dropped physically by compact_step."""
@@ -372,7 +381,7 @@ class MVCCStore:
         if self._compactor is None:
             return False
         target, start = self._compactor
-        txn, index = self._txn, self._index
+        txn, index = self._txn, self._dbs[DB_INDEX]
         cur = txn.cursor(index)
         drops: list[tuple[bytes, list[bytes]]] = []
         visited = 0
@@ -390,10 +399,12 @@ class MVCCStore:
                     drops.append((key, drop))
                 if not cur.next_nodup():
                     break
-        for key, drop in drops:
+        revs: list[bytes] = []
+        for key, drop in drops:  # key: the stored key
             for ent in drop:
                 txn.delete(key, ent, db=index)
-                txn.delete(ent[:16], db=self._records)
+                revs.append(ent[:16])
+        records.delete(txn, self._dbs, revs)  # in one call: a group is rewritten once per step
         if next_key is None:
             self._compactor = None
             self.backend.delete_meta(META_COMPACTOR)
@@ -410,7 +421,7 @@ class MVCCStore:
             return True
         if keyindex.is_tombstone(ent):
             return False
-        newest = keyindex.at(txn or self._txn, self._index, key, compact)
+        newest = keyindex.at(txn or self._txn, self._dbs, key, compact)
         return newest == ent
 
     # ------------------------------------------------------------ watch feed
@@ -438,33 +449,31 @@ class MVCCStore:
         covered = last
         found: list[tuple[bytes, Any]] = []  # (revision, KeyValue) in (main, sub) order
         if not range_end:
-            for ent in keyindex.entries(txn, self._index, key):
+            for ent in keyindex.entries(txn, self._dbs, key):
                 main = rev_main(ent)
                 if start_rev <= main <= last and self._survives(key, ent):
                     found.append((ent[:16], self._record(ent[:16])))
         else:
-            cur = txn.cursor(self._records)
-            if cur.set_range(rev_bytes(start_rev)):
-                end = rev_bytes(last + 1)
-                unbounded = range_end == b"\0"
-                scanned = 0
-                previous_main = 0
-                for rev, raw in cur.iternext():
-                    if rev >= end:
-                        break
-                    main = rev_main(rev)
-                    if records_max and scanned >= records_max and main != previous_main:
-                        covered = previous_main
-                        break
-                    scanned += 1
-                    previous_main = main
-                    k = record_key(raw)
-                    if k < key or (not unbounded and k >= range_end):
-                        continue
-                    kv = KeyValue.FromString(raw)
-                    if main <= self.compact_revision and not self._survives(k, keyindex.entry(rev, not kv.version)):
-                        continue
-                    found.append((rev, kv))
+            end = rev_bytes(last + 1)
+            unbounded = range_end == b"\0"
+            scanned = 0
+            previous_main = 0
+            for rev, raw in records.iter_from(txn, self._dbs, rev_bytes(start_rev)):
+                if rev >= end:
+                    break
+                main = rev_main(rev)
+                if records_max and scanned >= records_max and main != previous_main:
+                    covered = previous_main
+                    break
+                scanned += 1
+                previous_main = main
+                k = record_key(raw)
+                if k < key or (not unbounded and k >= range_end):
+                    continue
+                kv = KeyValue.FromString(raw)
+                if main <= self.compact_revision and not self._survives(k, keyindex.entry(rev, not kv.version)):
+                    continue
+                found.append((rev, kv))
         out: list[RevisionEvents] = []
         for rev, kv in found:
             main = rev_main(rev)
@@ -493,8 +502,8 @@ class MVCCStore:
     # ---------------------------------------------------------------- hashing
 
     def hash_kv(self, rev: int) -> int:
-        """A stable CRC32 of every record kept at or below rev, in key then revision order
-        (etcd's HashKV shape: what a compaction keeps, not what is still on file)."""
+        """A stable CRC32 of every record kept at or below rev, in revision order (etcd's
+        HashKV shape: what a compaction keeps, not what is still on file)."""
         return self._hash_kv(self._txn, rev, self.compact_revision)
 
     def hash_kv_reader(self, rev: int) -> Callable[[], int]:
@@ -513,13 +522,14 @@ class MVCCStore:
 
     def _hash_kv(self, txn: Any, rev: int, compact: int) -> int:
         h = 0
-        get, records, index = txn.get, self._records, self._index
-        for key in keyindex.iter_range(txn, index, b"\0", b"\0", values=False, dupsort=True):
-            for ent in keyindex.entries(txn, index, key):
-                if rev_main(ent) > rev:
-                    break
-                if self._survives(key, ent, txn, compact):
-                    h = zlib.crc32(get(ent[:16], db=records), h)
+        dbs = self._dbs
+        for r, raw in records.iter_from(txn, dbs, rev_bytes(0)):
+            main = rev_main(r)
+            if main > rev:
+                break
+            # At or below the compact revision only a key's newest record there is kept, if live.
+            if main > compact or keyindex.at(txn, dbs, record_key(raw), compact) == keyindex.entry(r, False):
+                h = zlib.crc32(raw, h)
         return h
 
 
@@ -571,8 +581,6 @@ class WriteTxn:
     def put(self, key: bytes, value: bytes, lease: int, *, ignore_value: bool, ignore_lease: bool) -> Any | None:
         """Write key; return its previous live KeyValue. Checks were done by the caller."""
         store = self.store
-        if len(key) > KEY_BYTES_MAX:
-            raise fail(errors.KEY_TOO_LONG)
         prev = store.get(key)
         if ignore_value or ignore_lease:
             if prev is None:

@@ -7,7 +7,6 @@ from typing import Any
 
 from kvstore import errors
 from kvstore.errors import fail
-from kvstore.mvcc.store import KEY_BYTES_MAX
 from proto.etcdserverpb import rpc_pb2 as pb
 
 DEFAULT_MAX_TXN_OPS = 128
@@ -31,8 +30,6 @@ def check_range(r: Any) -> None:
 def check_put(r: Any) -> None:
     if not r.key:
         raise fail(errors.EMPTY_KEY)
-    if len(r.key) > KEY_BYTES_MAX:
-        raise fail(errors.KEY_TOO_LONG)
     if r.ignore_value and r.value:
         raise fail(errors.VALUE_PROVIDED)
     if r.ignore_lease and r.lease:

@@ -8,6 +8,7 @@ from tests.differential import (  # noqa: F401  (they register scenarios)
     sc_kube,
     sc_kv,
     sc_lease,
+    sc_longkeys,
     sc_misc,
     sc_restart,
     sc_txn,

@@ -12,8 +12,9 @@ import pytest
 
 from kvstore import errors
 from kvstore.errors import EtcdError
-from kvstore.mvcc import snapshot
-from kvstore.mvcc.backend import DB_RECORDS, Backend
+from kvstore.mvcc import records, snapshot
+from kvstore.mvcc.backend import Backend
+from kvstore.mvcc.keyindex import KEY_INLINE_BYTES_MAX, in_range
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
 
@@ -62,7 +63,7 @@ def test_physical_compaction_progress_is_invisible() -> None:
         ]
         req = pb.RangeRequest(key=b"k", range_end=b"l", revision=max(a.store.compact_revision, a.store.revision - 3))
         assert a.store.range(req) == b.store.range(req)
-    assert a.backend.entries(DB_RECORDS) < b.backend.entries(DB_RECORDS)
+    assert records.count(a.backend.txn, a.backend.dbs) < records.count(b.backend.txn, b.backend.dbs)
 
 
 def test_a_failed_txn_leaves_nothing_in_the_batch() -> None:
@@ -81,14 +82,100 @@ def test_a_failed_txn_leaves_nothing_in_the_batch() -> None:
     assert sm.store.hash_kv(2) == position_only.store.hash_kv(2)
 
 
-def test_too_long_key_is_refused_before_anything_is_written() -> None:
+def _long_key_names() -> list[bytes]:
+    """Keys around the inline limit: runs of long keys sharing their inline part, the inline part
+    itself, keys just shorter and longer, and "/"-prefixes longer than the limit."""
+    inline = KEY_INLINE_BYTES_MAX
+    base = b"/p/" + b"a" * (inline - 3)
+    assert len(base) == inline
+    return [
+        b"/p/",
+        b"/p/a",
+        base[:-1],
+        base,
+        base + b"\0",
+        base + b"b",
+        base + b"b" * 40,
+        base + b"c",
+        base + b"/",
+        base + b"/x",
+        base + b"/y" * 300,
+        base[:-1] + b"b" + b"z" * 100,
+        b"/p/" + b"a" * 600,
+        b"/p/b" * 3000,
+        b"/q",
+    ]
+
+
+def test_long_keys_keep_key_order_counts_history_and_leases() -> None:
+    """Keys longer than LMDB's limit are stored hashed; every read agrees with a model in which
+    keys are plain bytes: ranges in key order at every revision, counts, deletes, leases, compaction,
+    snapshots."""
+    rng = random.Random(5)
     sm = StateMachine()
-    result = _apply(sm, Kind.PUT, pb.PutRequest(key=b"k" * 504, value=b"v"))
-    assert isinstance(result, EtcdError) and result.message == errors.KEY_TOO_LONG[1]
-    assert sm.store.revision == 1
-    assert sm.store.get(b"k" * 600) is None  # lookups of longer keys find nothing, no error
-    resp = sm.store.range(pb.RangeRequest(key=b"k" * 600, range_end=b"\0"))
-    assert resp.count == 0
+    names = _long_key_names()
+    model: dict[bytes, bytes] = {}
+    history: list[tuple[int, dict[bytes, bytes]]] = []
+    _apply(sm, Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=7, TTL=60))
+
+    def bounds() -> tuple[bytes, bytes]:
+        a, b = rng.choice(names), rng.choice([*names, b"\0", b"", b"/p0"])
+        if rng.random() < 0.3:
+            a = a + b"\0"
+        return a, b
+
+    def expected(state: dict[bytes, bytes], a: bytes, b: bytes) -> list[bytes]:
+        return sorted(k for k in state if in_range(k, a, b))
+
+    for step in range(300):
+        k = rng.choice(names)
+        op = rng.random()
+        if op < 0.55:
+            v = b"v%d" % step
+            lease = 7 if rng.random() < 0.3 else 0
+            assert not isinstance(_apply(sm, Kind.PUT, pb.PutRequest(key=k, value=v, lease=lease)), EtcdError)
+            model[k] = v
+        elif op < 0.8:
+            a, b = bounds()
+            _apply(sm, Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=a, range_end=b))
+            for gone in expected(model, a, b):
+                del model[gone]
+        elif op < 0.85:
+            _apply(sm, Kind.COMPACT, pb.CompactionRequest(revision=sm.store.revision))
+            history = [(r, m) for r, m in history if r >= sm.store.revision]
+            with sm.backend.batch():
+                while sm.store.compact_step(entries_max=5):
+                    pass
+        history.append((sm.store.revision, dict(model)))
+        for _ in range(3):
+            a, b = bounds()
+            rev, state = rng.choice(history)
+            limit = rng.choice([0, 1, 2, 5])
+            req = pb.RangeRequest(key=a, range_end=b, limit=limit, revision=rev)
+            resp = sm.store.range(req)
+            want = expected(state, a, b)
+            assert [kv.key for kv in resp.kvs] == (want[:limit] if limit else want), (a[:8], b[:8], rev)
+            assert [kv.value for kv in resp.kvs] == [state[x] for x in (want[:limit] if limit else want)]
+            assert resp.count == len(want)
+            assert sm.store.range(pb.RangeRequest(key=a, range_end=b, count_only=True)).count == len(
+                expected(model, a, b)
+            )
+    for k in names:
+        got = sm.store.get(k)
+        assert (got.value if got is not None else None) == model.get(k)
+    # The lease knows its keys by their full names, and revoking it deletes them all.
+    for k in (names[-2], names[-4]):
+        _apply(sm, Kind.PUT, pb.PutRequest(key=k, value=b"leased", lease=7))
+        model[k] = b"leased"
+    lease = sm.store.leases.get(7)
+    assert lease is not None
+    attached = set(lease.keys)
+    assert {names[-2], names[-4]} <= attached <= set(model)
+    copy = StateMachine.loads(sm.dumps())
+    assert copy.store.hash_kv(copy.store.revision) == sm.store.hash_kv(sm.store.revision)
+    _apply(sm, Kind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=7))
+    for k in attached:
+        assert sm.store.get(k) is None
 
 
 def test_snapshot_stream_in_small_chunks_installs_the_same_state() -> None:
@@ -187,13 +274,12 @@ def test_prefix_counts_match_scans_for_every_page_shape() -> None:
 
     def check(machine: StateMachine) -> None:
         b = machine.backend
-        live, counts = b.dbs[b"live"], b.dbs[b"prefix_counts"]
         for p in prefixes:
             end = p[:-1] + b"0"
             starts = [p, *(k + b"\0" for k in names if k.startswith(p))]
             for start in starts:
-                scan = keyindex.count_range(b.txn, live, start, end)
-                assert keyindex.count_live(b.txn, live, counts, start, end) == scan, (p, start)
+                scan = keyindex.count_range(b.txn, b.dbs, start, end)
+                assert keyindex.count_live(b.txn, b.dbs, start, end) == scan, (p, start)
                 req = pb.RangeRequest(key=start, range_end=end, limit=1)
                 assert machine.store.range(req).count == scan
 
@@ -211,3 +297,88 @@ def test_prefix_counts_match_scans_for_every_page_shape() -> None:
             ]))  # lease 77 does not exist: half of these abort after their first put
         check(sm)
     check(StateMachine.loads(sm.dumps()))
+
+
+def test_packed_records_read_as_unpacked_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two members with the same entries, one packing its records (records.py), one never: same
+    reads at every revision, same watch history, same hash and snapshot bytes, through
+    compaction (which rewrites groups) and a snapshot install."""
+    rng = random.Random(21)
+    packing, plain = StateMachine(), StateMachine()
+    names = [b"/g/%03d" % i for i in range(60)]
+
+    def apply_both(kind: Kind, req: object) -> None:
+        _apply(packing, kind, req)
+        with monkeypatch.context() as m:
+            m.setattr(records, "PACK_TRIGGER_PAGES", 1 << 40)
+            _apply(plain, kind, req)
+
+    def check(rev: int) -> None:
+        for a, b in ((b"/g/", b"/g0"), (b"/g/01", b"/g/05"), (rng.choice(names), b"")):
+            req = pb.RangeRequest(key=a, range_end=b, revision=rev)
+            assert packing.store.range(req) == plain.store.range(req)
+        start = max(packing.store.compact_revision, rev)
+        assert packing.store.events_since(start, b"/g/", b"/g0") == plain.store.events_since(start, b"/g/", b"/g0")
+
+    for step in range(700):
+        op = rng.random()
+        if op < 0.8:
+            size = rng.choice([10, 900, 1500, 3000, 5000]) if rng.random() < 0.98 else 100_000
+            puts = [pb.RequestOp(request_put=pb.PutRequest(key=rng.choice(names), value=rng.randbytes(size)))
+                    for _ in range(rng.randrange(1, 4))]
+            apply_both(Kind.TXN, pb.TxnRequest(success=puts))
+        elif op < 0.95:
+            apply_both(Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=rng.choice(names)))
+        else:
+            apply_both(Kind.COMPACT, pb.CompactionRequest(revision=packing.store.revision - rng.randrange(50)))
+            with packing.backend.batch():
+                while packing.store.compact_step(entries_max=rng.randrange(1, 40)):
+                    pass
+        if step % 50 == 0:
+            check(rng.randrange(max(packing.store.compact_revision, 1), packing.store.revision + 1))
+    assert packing.backend.entries(b"packed") > 10 and plain.backend.entries(b"packed") == 0
+    assert packing.backend.in_use_bytes < plain.backend.in_use_bytes * 0.9
+    rev = packing.store.revision
+    assert packing.store.hash_kv(rev) == plain.store.hash_kv(rev)
+    assert packing.dumps() == plain.dumps()
+    installed = StateMachine.loads(plain.dumps())
+    assert installed.backend.entries(b"packed") > 0 and installed.dumps() == packing.dumps()
+    check(max(packing.store.compact_revision, 1))
+
+
+def test_version_1_snapshot_installs_with_its_long_keys_restored() -> None:
+    """Version 1 streams stored every key as it was (keys were at most 503 bytes); installing
+    one stores the keys longer than the inline limit in their hashed form."""
+    import msgpack
+
+    from kvstore.mvcc import keyindex
+
+    sm = StateMachine()
+    long_key = b"/v/" + b"x" * 490
+    _apply(sm, Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=3, TTL=60))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=long_key, value=b"1", lease=3))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=long_key + b"/", value=b"2"))
+    _apply(sm, Kind.PUT, pb.PutRequest(key=b"/v/short", value=b"3"))
+    raw = {keyindex.stored_key(k): k for k in (long_key, long_key + b"/")}
+    stream = sm.dumps()
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(stream[len(snapshot.MAGIC) :])
+    items = []
+    for item in unpacker:
+        if item[0] == "d":
+            pairs = item[2]
+            for i in range(0, len(pairs), 2):
+                k = pairs[i]
+                if k in raw:
+                    pairs[i] = raw[k]
+                elif k[8:] in raw:
+                    pairs[i] = k[:8] + raw[k[8:]]
+        items.append(item)
+    v1 = snapshot.MAGIC_V1 + b"".join(msgpack.packb(item) for item in items)
+    assert v1 != snapshot.MAGIC_V1 + stream[len(snapshot.MAGIC) :]  # the long keys were raw in it
+    installed = StateMachine.loads(v1)
+    assert installed.dumps() == stream
+    got = installed.store.get(long_key)
+    assert got is not None and got.value == b"1"
+    lease = installed.store.leases.get(3)
+    assert lease is not None and lease.keys == [long_key]

@@ -7,8 +7,8 @@ import pytest
 
 from kvstore import errors
 from kvstore.errors import EtcdError
-from kvstore.mvcc import keyindex
-from kvstore.mvcc.backend import DB_INDEX, DB_RECORDS
+from kvstore.mvcc import keyindex, records
+from kvstore.mvcc.backend import DB_INDEX
 from kvstore.mvcc.store import MVCCStore
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from kvstore.v3rpc import validate
@@ -157,7 +157,7 @@ def test_compaction_drops_deleted_keys_and_old_versions() -> None:
     d.put(b"b")
     d.delete(b"b")
     backend = d.store.backend
-    assert backend.entries(DB_RECORDS) == 4
+    assert records.count(backend.txn, backend.dbs) == 4
     hash_before = d.store.hash_kv(5)
     d.apply(Kind.COMPACT, pb.CompactionRequest(revision=5))
     # Logically compacted at once (the hash counts only what is kept), physically in steps.
@@ -168,8 +168,8 @@ def test_compaction_drops_deleted_keys_and_old_versions() -> None:
         while d.store.compact_step(entries_max=1):
             pass
     assert not d.store.compaction_pending
-    assert backend.entries(DB_RECORDS) == 1
-    assert list(keyindex.iter_range(backend.txn, backend.dbs[DB_INDEX], b"\0", b"\0", values=False)) == [b"a"]
+    assert records.count(backend.txn, backend.dbs) == 1
+    assert list(keyindex.iter_range(backend.txn, backend.dbs, DB_INDEX, b"\0", b"\0", values=False)) == [b"a"]
     assert d.store.hash_kv(5) == hash_compacted and d.sm.dumps() == snapshot_compacted
 
 

@@ -1,0 +1,244 @@
+"""The records: revision (main, sub) -> serialized mvccpb.KeyValue, as etcd's bbolt `key` bucket.
+
+Every read and write of a record goes through here, so that how records are
+laid out in the file is decided in one place. Two databases hold them:
+
+- `records`: the newest records, one LMDB value each, appended in revision order.
+- `packed`:  older records, packed in revision order into groups of about
+  `GROUP_PAGES` pages: first revision of the group -> group (see `_pack_group`).
+
+Why packing: LMDB's pages are the OS's 4 KiB and a record is one node of a
+leaf page, so records of 1 KiB fill three to a page (80 %) and those of 2-4 KiB
+take a page of their own. A group is one value on consecutive overflow pages,
+filled but for its last page. Every packed revision is below every unpacked
+one (packing takes the oldest), so a scan in revision order reads the groups,
+then `records`.
+
+Packing runs inside the write that makes `records` big enough (`put`), so it
+is part of applying the journal: the same entries give the same layout on
+every member. Snapshots carry records one by one, whatever their layout.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from kvstore.mvcc.backend import DB_PACKED, DB_RECORDS
+from proto.mvccpb import kv_pb2
+
+PAGE_BYTES = 4096  # LMDB's page: the OS page
+OVERFLOW_PAGE_HEADER_BYTES = 16
+GROUP_PAGES = 16
+# A group fills GROUP_PAGES overflow pages at most (their first 16 bytes are LMDB's header).
+GROUP_BYTES_MAX = GROUP_PAGES * PAGE_BYTES - OVERFLOW_PAGE_HEADER_BYTES
+# `records` is packed once its pages reach this many: then every group's worth of its oldest
+# records is packed, leaving the newest (less than a group: at most about 2 x GROUP_PAGES
+# pages, whatever the records' sizes) as they are.
+PACK_TRIGGER_PAGES = 3 * GROUP_PAGES
+REV_BYTES = 16
+_COUNT = struct.Struct(">I")
+_END = struct.Struct(">I")
+_GROUP_ENTRY_BYTES = REV_BYTES + _END.size  # per record: its revision and where it ends
+
+
+def record_key(raw: bytes) -> bytes:
+    """The key of a serialized KeyValue without parsing it all (field 1 is written first)."""
+    if raw[:1] != b"\x0a":
+        return bytes(kv_pb2.KeyValue.FromString(raw).key)
+    n, shift, i = 0, 0, 1
+    while True:
+        b = raw[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            break
+        shift += 7
+    return raw[i : i + n]
+
+
+# ------------------------------------------------------------------ groups
+
+
+def _pack_group(items: list[tuple[bytes, bytes]]) -> bytes:
+    """A group: count (4 bytes), the revisions (16 bytes each, ascending), where each record
+    ends in the data (4 bytes each), then the records' bytes."""
+    ends: list[int] = []
+    pos = 0
+    for _, raw in items:
+        pos += len(raw)
+        ends.append(pos)
+    n = len(items)
+    return b"".join(
+        [_COUNT.pack(n), *(rev for rev, _ in items), struct.pack(f">{n}I", *ends), *(raw for _, raw in items)]
+    )
+
+
+def _group_bytes(n: int, data_bytes: int) -> int:
+    return _COUNT.size + n * _GROUP_ENTRY_BYTES + data_bytes
+
+
+def _group_count(group: bytes) -> int:
+    n: int = _COUNT.unpack_from(group)[0]
+    return n
+
+
+def _group_rev(group: bytes, i: int) -> bytes:
+    at = _COUNT.size + i * REV_BYTES
+    return group[at : at + REV_BYTES]
+
+
+def _group_record(group: bytes, n: int, i: int) -> bytes:
+    ends_at = _COUNT.size + n * REV_BYTES
+    data_at = ends_at + n * _END.size
+    start = _END.unpack_from(group, ends_at + (i - 1) * _END.size)[0] if i else 0
+    end = _END.unpack_from(group, ends_at + i * _END.size)[0]
+    return group[data_at + start : data_at + end]
+
+
+def _group_find(group: bytes, rev: bytes) -> bytes | None:
+    """The record at rev in group, or None (a search of the revisions, in C)."""
+    n = _group_count(group)
+    head, end = _COUNT.size, _COUNT.size + n * REV_BYTES
+    at = group.find(rev, head, end)
+    while at >= 0 and (at - head) % REV_BYTES:  # a match across two revisions: look further
+        at = group.find(rev, at + 1, end)
+    return None if at < 0 else _group_record(group, n, (at - head) // REV_BYTES)
+
+
+def _group_items(group: bytes) -> list[tuple[bytes, bytes]]:
+    n = _group_count(group)
+    head = _COUNT.size
+    data_at = head + n * _GROUP_ENTRY_BYTES
+    revs = [group[i : i + REV_BYTES] for i in range(head, head + n * REV_BYTES, REV_BYTES)]
+    ends = struct.unpack_from(f">{n}I", group, head + n * REV_BYTES)
+    starts = (0, *ends[:-1])
+    return [(rev, group[data_at + a : data_at + b]) for rev, a, b in zip(revs, starts, ends, strict=True)]
+
+
+def _group_of(cur: Any, rev: bytes) -> tuple[bytes, bytes] | None:
+    """(first revision, group) of the group that would hold rev, or None."""
+    if cur.set_range(rev):
+        if cur.key() == rev:
+            return cur.key(), cur.value()
+        if not cur.prev():
+            return None
+    elif not cur.last():
+        return None
+    return cur.key(), cur.value()
+
+
+# ------------------------------------------------------------------- reads
+
+
+def get(txn: Any, dbs: dict[bytes, Any], rev: bytes) -> bytes:
+    """The record at rev (which must exist)."""
+    raw: bytes | None = txn.get(rev, db=dbs[DB_RECORDS])
+    if raw is None:
+        found = _group_of(txn.cursor(dbs[DB_PACKED]), rev)
+        raw = _group_find(found[1], rev) if found is not None else None
+        assert raw is not None, "a revision with no record"
+    return raw
+
+
+def get_many(txn: Any, dbs: dict[bytes, Any], revs: list[bytes]) -> list[bytes]:
+    """The records at revs (which must exist), in that order."""
+    if not revs:
+        return []
+    found = dict(txn.cursor(dbs[DB_RECORDS]).getmulti(revs))
+    if len(found) == len(revs):
+        return [found[r] for r in revs]
+    cur = txn.cursor(dbs[DB_PACKED])
+    unpacked: dict[bytes, bytes] = {}  # the records of the groups read so far
+    out: list[bytes] = []
+    for rev in revs:
+        raw = found.get(rev) or unpacked.get(rev)
+        if raw is None:
+            hit = _group_of(cur, rev)
+            assert hit is not None, "a revision with no record"
+            unpacked.update(_group_items(hit[1]))
+            raw = unpacked[rev]
+        out.append(raw)
+    return out
+
+
+def iter_from(txn: Any, dbs: dict[bytes, Any], start: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(revision, record) from revision start on, in revision order: the groups, then `records`."""
+    cur = txn.cursor(dbs[DB_PACKED])
+    hit = _group_of(cur, start)
+    if cur.set_key(hit[0]) if hit is not None else cur.first():
+        for _, group in cur.iternext():
+            for rev, raw in _group_items(group):
+                if rev >= start:
+                    yield rev, raw
+    cur = txn.cursor(dbs[DB_RECORDS])
+    if cur.set_range(start):
+        yield from cur.iternext()
+
+
+def count(txn: Any, dbs: dict[bytes, Any]) -> int:
+    """Records on file (those compaction dropped from the index but not from here yet included)."""
+    n: int = txn.stat(dbs[DB_RECORDS])["entries"]
+    for group in txn.cursor(dbs[DB_PACKED]).iternext(keys=False, values=True):
+        n += _group_count(group)
+    return n
+
+
+# ------------------------------------------------------------------ writes
+
+
+def put(txn: Any, dbs: dict[bytes, Any], rev: bytes, raw: bytes) -> None:
+    """Append a record (revisions only grow, so it goes at the end of `records`); pack the
+    oldest ones once `records` is big enough."""
+    db = dbs[DB_RECORDS]
+    txn.put(rev, raw, db=db, append=True)
+    st = txn.stat(db)
+    if st["leaf_pages"] + st["overflow_pages"] >= PACK_TRIGGER_PAGES:
+        _pack(txn, dbs)
+
+
+def _pack(txn: Any, dbs: dict[bytes, Any]) -> None:
+    """Move the oldest records of `records` into full groups; the newest, less than one
+    group's worth, stay (a record bigger than a group is a group of its own)."""
+    db, packed = dbs[DB_RECORDS], dbs[DB_PACKED]
+    group: list[tuple[bytes, bytes]] = []
+    data = 0
+    moved: list[bytes] = []
+    for rev, raw in txn.cursor(db).iternext():
+        if group and _group_bytes(len(group) + 1, data + len(raw)) > GROUP_BYTES_MAX:
+            txn.put(group[0][0], _pack_group(group), db=packed)
+            moved += (r for r, _ in group)
+            group, data = [], 0
+        group.append((rev, raw))
+        data += len(raw)
+    if group and _group_bytes(len(group), data) > GROUP_BYTES_MAX:  # one record bigger than a group
+        txn.put(group[0][0], _pack_group(group), db=packed)
+        moved += (r for r, _ in group)
+    for rev in moved:
+        txn.delete(rev, db=db)
+
+
+def delete(txn: Any, dbs: dict[bytes, Any], revs: list[bytes]) -> None:
+    """Remove the records at revs (compaction); each group touched is rewritten once."""
+    db = dbs[DB_RECORDS]
+    from_groups: dict[bytes, list[bytes]] = {}  # group's first revision -> revisions to drop
+    cur = None
+    for rev in revs:
+        if txn.delete(rev, db=db):
+            continue
+        if cur is None:
+            cur = txn.cursor(dbs[DB_PACKED])
+        hit = _group_of(cur, rev)
+        assert hit is not None, "a revision with no record"
+        from_groups.setdefault(hit[0], []).append(rev)
+    packed = dbs[DB_PACKED]
+    for first, drop in from_groups.items():
+        gone = set(drop)
+        kept = [item for item in _group_items(txn.get(first, db=packed)) if item[0] not in gone]
+        if kept:
+            # The group keeps its first revision as its key even if that record is gone: it is
+            # still below every revision the group holds, and above the previous group's.
+            txn.put(first, _pack_group(kept), db=packed)
+        else:
+            txn.delete(first, db=packed)
