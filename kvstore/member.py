@@ -9,7 +9,8 @@ reads waiting at that moment) and wait until the applier has reached it.
 
 State lives in an LMDB file in the state directory (tmpfs by default,
 kvstore/mvcc/backend.py). The applier commits one write transaction per
-journal batch, holding the batch's changes and the position it reaches, so a
+journal batch (cut into parts of APPLY_BATCH_BYTES_MAX, one event-loop step
+each), holding the batch's changes and the position it reaches, so a
 restart opens the file and replays only the journal's tail; a lost, damaged
 or foreign file is rebuilt from the journal's snapshot and tail.
 """
@@ -77,6 +78,12 @@ REQUEST_TIMEOUT_MS = 7000
 JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
 JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
 APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
+# Entry bytes applied in one write transaction, i.e. one event-loop step (one Txn of 100 1 KiB
+# puts, a few ms): a journal read batch (up to 4 MiB) applied whole kept reads waiting 0.3-0.8 s.
+APPLY_BATCH_BYTES_MAX = 64 * 1024
+# Pause after each such step: with sleep(0) the applier took the loop back before gRPC's poller
+# thread had handed over waiting requests, and a get needs a few loop turns (gaps doubled).
+APPLY_PAUSE_S = 0.001
 COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
 COMPACT_PAUSE_MIN_S = 0.001
 # Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
@@ -391,10 +398,12 @@ class Member:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
-                    async with self._write_lock:
-                        self._apply_batch(batch)
-                    self.committed_position = max(self.committed_position, self.sm.applied_position)
-                    self._wake_apply_waiters()
+                    for part in _parts(batch, APPLY_BATCH_BYTES_MAX):
+                        async with self._write_lock:
+                            self._apply_batch(part)
+                        self.committed_position = max(self.committed_position, self.sm.applied_position)
+                        self._wake_apply_waiters()
+                        await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
                     self._maybe_snapshot()
             except PositionTrimmed:
                 # This member fell behind the journal's trim point: start again from its snapshot.
@@ -432,7 +441,7 @@ class Member:
             log.warning("snapshot at %d failed: %s", position, exc)
 
     def _apply_batch(self, batch: Any) -> None:
-        """One journal batch in one LMDB write transaction: all of it lands, or none of it."""
+        """Entries of one journal batch (or a part of one) in one LMDB write transaction: all of them land, or none."""
         backend = self.sm.backend
         self._batches += 1
         backend.begin_batch()
@@ -837,6 +846,20 @@ class ThreadQueueChunks:
             if item == self._END:
                 return
             yield item
+
+
+def _parts(batch: list[Any], bytes_max: int) -> Iterator[list[Any]]:
+    """A journal batch cut into runs of entries of at most bytes_max bytes (at least one entry each)."""
+    part: list[Any] = []
+    part_bytes = 0
+    for entry in batch:
+        if part and part_bytes + len(entry.data) > bytes_max:
+            yield part
+            part, part_bytes = [], 0
+        part.append(entry)
+        part_bytes += len(entry.data)
+    if part:
+        yield part
 
 
 def _kill_self(where: str) -> None:
