@@ -84,12 +84,18 @@ APPLY_BATCH_BYTES_MAX = 64 * 1024
 # Pause after each such step: with sleep(0) the applier took the loop back before gRPC's poller
 # thread had handed over waiting requests, and a get needs a few loop turns (gaps doubled).
 APPLY_PAUSE_S = 0.001
+# Defragment: rounds of catching the copy up while applying goes on, then the rest (at most about
+# this many entries, a few ms each) with applying held.
+DEFRAG_CATCH_UP_ROUNDS_MAX = 5
+DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX = 20
 COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
 COMPACT_PAUSE_MIN_S = 0.001
+COMPACT_WAIT_POLL_S = 0.01
 # Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
 FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
+FAULT_DEFRAG_COPY_DELAY_ENV = "KVSTORE_FAULT_DEFRAG_COPY_DELAY_S"  # the defragment copy takes this much longer
 MEMBER_HEARTBEATS_PER_TTL = 4
 
 
@@ -173,8 +179,10 @@ class Member:
         self._tasks: list[asyncio.Task[Any]] = []
         # Held by whatever writes the backend (applier batches, compaction steps, defragment).
         self._write_lock = asyncio.Lock()
+        self._defrag_lock = asyncio.Lock()  # one defragment at a time
         self._fault_after_commit = int(os.environ.get(FAULT_KILL_AFTER_COMMIT_ENV, "0"))
         self._fault_in_batch = int(os.environ.get(FAULT_KILL_IN_BATCH_ENV, "0"))
+        self._fault_defrag_delay_s = float(os.environ.get(FAULT_DEFRAG_COPY_DELAY_ENV, "0"))
         self._batches = 0
         self._snapshot_readers = 0
         self._snapshot_position = 0
@@ -493,6 +501,12 @@ class Member:
             # At most half of the loop's time: requests get at least as long between steps.
             await asyncio.sleep(max(time.monotonic() - started, COMPACT_PAUSE_MIN_S))
 
+    async def wait_compacted(self) -> None:
+        """Until physical compaction has nothing left to drop (etcd's Compact with physical=true
+        answers then; a defragment after it can free the pages)."""
+        while self.sm.store.compaction_pending and not self._stopping:
+            await asyncio.sleep(COMPACT_WAIT_POLL_S)
+
     def _wake_apply_waiters(self) -> None:
         applied = self.sm.applied_position
         waiters = self._apply_waiters
@@ -599,22 +613,94 @@ class Member:
             raise fail(errors.NO_SPACE)
 
     async def defragment(self) -> None:
-        """etcd's defragment: a compacting copy of the file, then the copy replaces it (the tmpfs
-        file shrinks to the pages in use). The copy runs in a thread; reads go on meanwhile,
-        applying waits for the swap."""
-        async with self._write_lock:
-            await self._no_snapshot_readers()
+        """etcd's defragment: a compacting copy of the file replaces it (the tmpfs file shrinks to
+        the pages in use). The copy runs in a thread while the member goes on applying and
+        serving; the entries applied meanwhile are then applied to the copy as well (it knows the
+        position it was copied at, and applying is deterministic), and only the last of that
+        catch-up and the swap hold up applying: never the copy (631 ms at 2.8 GiB)."""
+        async with self._defrag_lock:
             backend = self.sm.backend
             tmp = backend.swap_path("defrag")
             try:
                 await asyncio.to_thread(backend.compact_copy, tmp)
+                await asyncio.sleep(self._fault_defrag_delay_s)
+                copy = StateMachine(Backend(tmp, map_size=self._map_size))
+                copied_at = copy.applied_position
+                try:
+                    if await self._defrag_catch_up(copy, backend):
+                        cleanup = await self._defrag_swap(copy, backend, tmp)
+                        log.info("defragmented; %d entries applied meanwhile, then to the copy",
+                                 self.sm.applied_position - copied_at, extra=self._log_fields())  # fmt: skip
+                    else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
+                        cleanup = None
+                finally:
+                    copy.close()
             except BaseException:
                 remove_state_file(tmp)
                 raise
-            cleanup = backend.swap_in(tmp)
-            self.sm = StateMachine(backend)
-            self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+            if cleanup is None:
+                remove_state_file(tmp)
+                async with self._write_lock:  # as etcd does: applying waits for the whole copy
+                    backend = self.sm.backend
+                    tmp = backend.swap_path("defrag")
+                    try:
+                        await asyncio.to_thread(backend.compact_copy, tmp)
+                        await self._no_snapshot_readers()
+                        cleanup = self._swap_in(backend, tmp)
+                    except BaseException:
+                        remove_state_file(tmp)
+                        raise
         await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+
+    async def _defrag_catch_up(self, copy: StateMachine, backend: Backend) -> bool:
+        """Apply to the copy what the member applied since it was taken, in rounds while applying
+        goes on; False if the journal no longer has those entries."""
+        for _ in range(DEFRAG_CATCH_UP_ROUNDS_MAX):
+            if self.sm.backend is not backend:
+                return False
+            behind = self.sm.applied_position - copy.applied_position
+            if behind <= DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX:
+                break
+            if not await self._apply_to(copy, self.sm.applied_position):
+                return False
+        return True
+
+    async def _defrag_swap(self, copy: StateMachine, backend: Backend, tmp: str) -> Callable[[], None] | None:
+        async with self._write_lock:
+            if self.sm.backend is not backend or not await self._apply_to(copy, self.sm.applied_position):
+                return None
+            assert copy.applied_position == self.sm.applied_position
+            copy.close()
+            remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
+            await self._no_snapshot_readers()
+            return self._swap_in(backend, tmp)
+
+    def _swap_in(self, backend: Backend, tmp: str) -> Callable[[], None]:
+        cleanup = backend.swap_in(tmp)
+        self.sm = StateMachine(backend)
+        self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+        return cleanup
+
+    async def _apply_to(self, sm: StateMachine, position: int) -> bool:
+        """Apply the journal's entries after sm's position up to `position` to a state machine
+        that is not the member's (its results and events are the member's already)."""
+        if sm.applied_position >= position:
+            return True
+        reader = self.journal.read(self.log_name, sm.applied_position + 1)
+        try:
+            async for batch in reader:
+                for part in _parts([e for e in batch if e.position <= position], APPLY_BATCH_BYTES_MAX):
+                    with sm.backend.batch():
+                        for entry in part:
+                            sm.apply(entry.position, entry.timestamp_ms, entry.data)
+                    await asyncio.sleep(APPLY_PAUSE_S)
+                if sm.applied_position >= position:
+                    return True
+        except PositionTrimmed:
+            return False
+        finally:
+            await reader.aclose()  # type: ignore[attr-defined]
+        return False
 
     @property
     def db_size_bytes(self) -> int:
