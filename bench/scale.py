@@ -46,6 +46,7 @@ from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
 KEYS_MAX = 100_000_000
 QUICK_KEYS = 2000
+LOAD_CHUNK_KEYS = 1_000_000  # keys the loader holds at once
 LIST_PREFIX_KEYS = 10_000  # keys under each listed prefix
 LIST_PAGE_LIMIT = 500  # kube-apiserver's page size
 REPEATS = 5  # timed reads (count, list) repeated; median and max reported
@@ -67,6 +68,11 @@ TARGETS = ("kvstore", "etcd")
 def key_of(i: int) -> bytes:
     """Key i: LIST_PREFIX_KEYS keys share each prefix /scale/NNNNN/, so one prefix is a 10K-key list."""
     return f"/scale/{i // LIST_PREFIX_KEYS:05d}/{i % LIST_PREFIX_KEYS:06d}".encode()
+
+
+def data_bytes_of(keys: int, value_bytes: int) -> int:
+    """Bytes of keys and values (every key_of(i) has the same length while i < 10^9)."""
+    return keys * (len(key_of(0)) + value_bytes)
 
 
 def list_prefix() -> bytes:
@@ -352,16 +358,19 @@ async def _first_get(endpoint: str, key: bytes, value: bytes, deadline: float) -
     raise TimeoutError("no successful get after restart")
 
 
-def _write_keys(endpoint: str, keys: list[bytes], value: bytes, conns_n: int) -> None:
-    async def go() -> None:
+def _write_keys(endpoint: str, keys: int, value: bytes, conns_n: int) -> None:
+    """Put keys 0..keys-1, made LOAD_CHUNK_KEYS at a time (10M keys as bytes would be 0.9 GB here)."""
+
+    async def go(start: int, stop: int) -> None:
         conns = [Conn(endpoint) for _ in range(conns_n)]
         try:
-            await put_many(conns, keys, lambda: value, RPC_TIMEOUT_S)
+            await put_many(conns, [key_of(i) for i in range(start, stop)], lambda: value, RPC_TIMEOUT_S)
         finally:
             for c in conns:
                 await c.close()
 
-    asyncio.run(go())
+    for start in range(0, keys, LOAD_CHUNK_KEYS):
+        asyncio.run(go(start, min(keys, start + LOAD_CHUNK_KEYS)))
 
 
 def _call(endpoint: str, fn: Callable[[Conn], Any]) -> Any:
@@ -391,19 +400,18 @@ def measure(
 ) -> Result:
     """Every phase against one started server; it is stopped by the caller."""
     ep = server.endpoints[0]
-    all_keys = [key_of(i) for i in range(keys)]
     value, value2 = b"a" * value_bytes, b"b" * value_bytes
-    data_bytes = sum(len(k) for k in all_keys) + keys * value_bytes
+    data_bytes = data_bytes_of(keys, value_bytes)
     res = Result(target, keys, data_bytes)
     f = res.figures
     phases: list[Phase] = []
     mem = MemorySampler(server, state)
     f["rss_idle_bytes"] = rss_bytes(server.pids())["rss"]
 
-    with mem, GetProbe(ep, all_keys[0]) as probe:
+    with mem, GetProbe(ep, key_of(0)) as probe:
         _log(f"{target}: loading {keys} keys of {value_bytes} B")
         with timed(phases, "load") as load:
-            _write_keys(ep, all_keys, value, conns_n)
+            _write_keys(ep, keys, value, conns_n)
         settle(mem)
     f["load_s"] = round(load.seconds, 2)
     f["load_keys_per_s"] = round(keys / load.seconds, 1)
@@ -424,7 +432,7 @@ def measure(
     server.kill9()
     t0 = time.monotonic()
     server.relaunch()
-    asyncio.run(_first_get(ep, all_keys[-1], value, t0 + RESTART_TIMEOUT_S))
+    asyncio.run(_first_get(ep, key_of(keys - 1), value, t0 + RESTART_TIMEOUT_S))
     f["restart_s"] = round(time.monotonic() - t0, 2)
     count = _call(ep, lambda c: c.kv.Range(pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True)))
     if count.count != keys:
@@ -432,10 +440,10 @@ def measure(
     f["rss_after_restart_bytes"] = rss_bytes(server.pids())["rss"]
 
     mem = MemorySampler(server, state)
-    with mem, GetProbe(ep, all_keys[0]) as probe:
+    with mem, GetProbe(ep, key_of(0)) as probe:
         _log(f"{target}: overwriting {overwrite_keys} keys")
         with timed(phases, "overwrite") as over:
-            _write_keys(ep, all_keys[:overwrite_keys], value2, conns_n)
+            _write_keys(ep, overwrite_keys, value2, conns_n)
         rev = _call(ep, _status).header.revision
         _log(f"{target}: compacting at revision {rev}")
         # physical=true: both servers answer once the compacted records are gone from the file,
@@ -635,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "keys": keys,
         "value_bytes": ns.value_bytes,
-        "data_bytes": sum(len(key_of(i)) for i in range(keys)) + keys * ns.value_bytes,
+        "data_bytes": data_bytes_of(keys, ns.value_bytes),
         "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "elapsed_s": round(time.monotonic() - started),
         "notes": ns.note,
