@@ -539,6 +539,8 @@ def _bytes(v: int) -> str:
 
 
 def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
+    if kind in ("ms2", "bytes2") and not any(k.startswith(figure) for k in f):
+        return "-"
     if kind == "ms2":
         return f"{f[figure + '_median']:,.1f} / {f[figure + '_max']:,.1f} ms"
     if kind == "bytes2":
@@ -564,6 +566,9 @@ def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
 
 
 def render(results: list[Result], failures: dict[str, str], meta: dict[str, Any]) -> str:
+    # A target that failed keeps its column (every figure "-"), beside the reason under the table.
+    results = results + [Result(t, meta["keys"], meta["data_bytes"]) for t in failures if t not in
+                         {r.target for r in results}]  # fmt: skip
     names = [r.target for r in results]
     lines = [f"# Scale benchmark: {meta['keys']:,} keys of {meta['value_bytes']} B", ""]
     data_gb = meta["data_bytes"] / 1e9
