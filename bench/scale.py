@@ -6,14 +6,16 @@ For each target (started fresh, data on tmpfs where the design puts it):
   memory      resident memory of the server's processes (and children) and the tmpfs bytes of its
               state, after the load, and the peak sampled during the load; memory per byte of data
   count       Range(count_only) over every key; list: a 10K-key prefix in pages of 500 (kube's GetList)
-  restart     kill -9, start again, time until the first get succeeds (and the count is right)
-  compaction  overwrite every key, then Compact(current revision, physical)
-  defragment  Defragment
+  restart     kill -9, start again, time until the first get succeeds (and the count is right); --restarts
+  compaction  overwrite every key (or --overwrite-keys), then Compact(current revision, physical): until
+              the compacted records are gone from the file, on both servers
+  defragment  Defragment (skipped, with the reason, when its copy would not fit in the memory available)
 and, under a background get loop in its own process, the longest time no get completed during the
 load, the compaction and the defragment.
 
     python -m bench.scale --quick                       # N=2000, both targets: ~1 minute
-    python -m bench.scale --keys 1000000 --targets kvstore,etcd   # ~5-8 GB of RAM per target
+    python -m bench.scale --keys 1000000 --targets kvstore,etcd   # ~5-10 GB of RAM per target
+    python -m bench.scale --keys 10000000 --targets kvstore --overwrite-keys 1000000 --restarts 3  # ~17 GB
 """
 
 from __future__ import annotations
