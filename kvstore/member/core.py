@@ -9,7 +9,8 @@ reads waiting at that moment) and wait until the applier has reached it.
 
 State lives in an LMDB file in the state directory (tmpfs by default,
 kvstore/mvcc/backend.py). The applier commits one write transaction per
-journal batch, holding the batch's changes and the position it reaches, so a
+journal batch (cut into parts of APPLY_BATCH_BYTES_MAX, one event-loop step
+each), holding the batch's changes and the position it reaches, so a
 restart opens the file and replays only the journal's tail; a lost, damaged
 or foreign file is rebuilt from the journal's snapshot and tail.
 """
@@ -41,8 +42,14 @@ from kvstore.auth.tokens import JWTTokens, SimpleTokens
 from kvstore.errors import EtcdError, fail
 from kvstore.member.config import (
     APPLIER_RETRY_S,
+    APPLY_BATCH_BYTES_MAX,
+    APPLY_PAUSE_S,
     COMPACT_PAUSE_MIN_S,
     COMPACT_STEP_ENTRIES_MAX,
+    COMPACT_WAIT_POLL_S,
+    DEFRAG_CATCH_UP_ROUNDS_MAX,
+    DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX,
+    FAULT_DEFRAG_COPY_DELAY_ENV,
     FAULT_KILL_AFTER_COMMIT_ENV,
     FAULT_KILL_IN_BATCH_ENV,
     IDENTITY_FILE,
@@ -114,8 +121,10 @@ class Member:
         self._tasks: list[asyncio.Task[Any]] = []
         # Held by whatever writes the backend (applier batches, compaction steps, defragment).
         self._write_lock = asyncio.Lock()
+        self._defrag_lock = asyncio.Lock()  # one defragment at a time
         self._fault_after_commit = int(os.environ.get(FAULT_KILL_AFTER_COMMIT_ENV, "0"))
         self._fault_in_batch = int(os.environ.get(FAULT_KILL_IN_BATCH_ENV, "0"))
+        self._fault_defrag_delay_s = float(os.environ.get(FAULT_DEFRAG_COPY_DELAY_ENV, "0"))
         self._batches = 0
         self._snapshot_readers = 0
         self._snapshot_position = 0
@@ -354,10 +363,12 @@ class Member:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
-                    async with self._write_lock:
-                        self._apply_batch(batch)
-                    self.committed_position = max(self.committed_position, self.sm.applied_position)
-                    self._wake_apply_waiters()
+                    for part in _parts(batch, APPLY_BATCH_BYTES_MAX):
+                        async with self._write_lock:
+                            self._apply_batch(part)
+                        self.committed_position = max(self.committed_position, self.sm.applied_position)
+                        self._wake_apply_waiters()
+                        await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
                     self._maybe_snapshot()
             except PositionTrimmed:
                 # This member fell behind the journal's trim point: start again from its snapshot.
@@ -395,7 +406,7 @@ class Member:
             log.warning("snapshot at %d failed: %s", position, exc)
 
     def _apply_batch(self, batch: Any) -> None:
-        """One journal batch in one LMDB write transaction: all of it lands, or none of it."""
+        """Entries of one journal batch (or a part of one) in one LMDB write transaction: all of them land, or none."""
         backend = self.sm.backend
         self._batches += 1
         backend.begin_batch()
@@ -444,6 +455,12 @@ class Member:
                         store.compact_step(COMPACT_STEP_ENTRIES_MAX)
             # At most half of the loop's time: requests get at least as long between steps.
             await asyncio.sleep(max(time.monotonic() - started, COMPACT_PAUSE_MIN_S))
+
+    async def wait_compacted(self) -> None:
+        """Until physical compaction has nothing left to drop (etcd's Compact with physical=true
+        answers then; a defragment after it can free the pages)."""
+        while self.sm.store.compaction_pending and not self._stopping:
+            await asyncio.sleep(COMPACT_WAIT_POLL_S)
 
     def _wake_apply_waiters(self) -> None:
         applied = self.sm.applied_position
@@ -515,22 +532,94 @@ class Member:
             raise fail(errors.NO_SPACE)
 
     async def defragment(self) -> None:
-        """etcd's defragment: a compacting copy of the file, then the copy replaces it (the tmpfs
-        file shrinks to the pages in use). The copy runs in a thread; reads go on meanwhile,
-        applying waits for the swap."""
-        async with self._write_lock:
-            await self._no_snapshot_readers()
+        """etcd's defragment: a compacting copy of the file replaces it (the tmpfs file shrinks to
+        the pages in use). The copy runs in a thread while the member goes on applying and
+        serving; the entries applied meanwhile are then applied to the copy as well (it knows the
+        position it was copied at, and applying is deterministic), and only the last of that
+        catch-up and the swap hold up applying: never the copy (631 ms at 2.8 GiB)."""
+        async with self._defrag_lock:
             backend = self.sm.backend
             tmp = backend.swap_path("defrag")
             try:
                 await asyncio.to_thread(backend.compact_copy, tmp)
+                await asyncio.sleep(self._fault_defrag_delay_s)
+                copy = StateMachine(Backend(tmp, map_size=self._map_size))
+                copied_at = copy.applied_position
+                try:
+                    if await self._defrag_catch_up(copy, backend):
+                        cleanup = await self._defrag_swap(copy, backend, tmp)
+                        log.info("defragmented; %d entries applied meanwhile, then to the copy",
+                                 self.sm.applied_position - copied_at, extra=self._log_fields())  # fmt: skip
+                    else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
+                        cleanup = None
+                finally:
+                    copy.close()
             except BaseException:
                 remove_state_file(tmp)
                 raise
-            cleanup = backend.swap_in(tmp)
-            self.sm = StateMachine(backend)
-            self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+            if cleanup is None:
+                remove_state_file(tmp)
+                async with self._write_lock:  # as etcd does: applying waits for the whole copy
+                    backend = self.sm.backend
+                    tmp = backend.swap_path("defrag")
+                    try:
+                        await asyncio.to_thread(backend.compact_copy, tmp)
+                        await self._no_snapshot_readers()
+                        cleanup = self._swap_in(backend, tmp)
+                    except BaseException:
+                        remove_state_file(tmp)
+                        raise
         await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+
+    async def _defrag_catch_up(self, copy: StateMachine, backend: Backend) -> bool:
+        """Apply to the copy what the member applied since it was taken, in rounds while applying
+        goes on; False if the journal no longer has those entries."""
+        for _ in range(DEFRAG_CATCH_UP_ROUNDS_MAX):
+            if self.sm.backend is not backend:
+                return False
+            behind = self.sm.applied_position - copy.applied_position
+            if behind <= DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX:
+                break
+            if not await self._apply_to(copy, self.sm.applied_position):
+                return False
+        return True
+
+    async def _defrag_swap(self, copy: StateMachine, backend: Backend, tmp: str) -> Callable[[], None] | None:
+        async with self._write_lock:
+            if self.sm.backend is not backend or not await self._apply_to(copy, self.sm.applied_position):
+                return None
+            assert copy.applied_position == self.sm.applied_position
+            copy.close()
+            remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
+            await self._no_snapshot_readers()
+            return self._swap_in(backend, tmp)
+
+    def _swap_in(self, backend: Backend, tmp: str) -> Callable[[], None]:
+        cleanup = backend.swap_in(tmp)
+        self.sm = StateMachine(backend)
+        self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
+        return cleanup
+
+    async def _apply_to(self, sm: StateMachine, position: int) -> bool:
+        """Apply the journal's entries after sm's position up to `position` to a state machine
+        that is not the member's (its results and events are the member's already)."""
+        if sm.applied_position >= position:
+            return True
+        reader = self.journal.read(self.log_name, sm.applied_position + 1)
+        try:
+            async for batch in reader:
+                for part in _parts([e for e in batch if e.position <= position], APPLY_BATCH_BYTES_MAX):
+                    with sm.backend.batch():
+                        for entry in part:
+                            sm.apply(entry.position, entry.timestamp_ms, entry.data)
+                    await asyncio.sleep(APPLY_PAUSE_S)
+                if sm.applied_position >= position:
+                    return True
+        except PositionTrimmed:
+            return False
+        finally:
+            await reader.aclose()  # type: ignore[attr-defined]
+        return False
 
     @property
     def db_size_bytes(self) -> int:
@@ -722,6 +811,20 @@ class Member:
     @property
     def store(self) -> MVCCStore:
         return self.sm.store
+
+
+def _parts(batch: list[Any], bytes_max: int) -> Iterator[list[Any]]:
+    """A journal batch cut into runs of entries of at most bytes_max bytes (at least one entry each)."""
+    part: list[Any] = []
+    part_bytes = 0
+    for entry in batch:
+        if part and part_bytes + len(entry.data) > bytes_max:
+            yield part
+            part, part_bytes = [], 0
+        part.append(entry)
+        part_bytes += len(entry.data)
+    if part:
+        yield part
 
 
 def _kill_self(where: str) -> None:

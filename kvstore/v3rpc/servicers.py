@@ -109,7 +109,10 @@ class KV(rpc.KVServicer):
 
     @unary
     async def Compact(self, request: Any, context: Any) -> Any:
-        return await proposed(self.m, Kind.COMPACT, request, self.authn.info(context))
+        resp = await proposed(self.m, Kind.COMPACT, request, self.authn.info(context))
+        if request.physical:  # etcd answers once the compacted records are gone from the backend
+            await self.m.wait_compacted()
+        return resp
 
 
 WATCH_WRITE_BATCH_MAX = 256  # queued responses looked at together before writing
