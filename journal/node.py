@@ -6,10 +6,10 @@ asks (which it cannot do itself):
 
 - persist: the core's Raft log goes to a SegmentLog keyed by Raft index
   (record epoch = Raft term); hard state (term, vote) and the trimmed-prefix
-  metadata go to one small file written atomically;
+  metadata go to one small file written atomically (journal.node_storage);
 - send: messages go to peers over one outbound TCP link per peer, dropped
   rather than queued without bound when a peer is slow or gone (Raft
-  retransmits);
+  retransmits; journal.peer_link);
 - time: every ``tick_ms`` each core gets one tick;
 - serve clients (journal.wire): append (leader only; the leader's clock gives
   the timestamp), read following the tail (any node, committed and locally
@@ -25,7 +25,6 @@ the next Ready together.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -34,22 +33,23 @@ import os
 import random
 import ssl
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from journal import replication as r
-from journal.client import HEARTBEAT_MS, SilentConnection, _Conn, read_or_silent, set_liveness_options
+from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     atomic_write,
     log_dir_name,
 )
 from journal.metrics import JournalMetrics, LogSample, NodeSample, PeerSample
-from journal.segments import FSYNC_POLICIES, SEGMENT_BYTES_MAX_DEFAULT, FsyncPolicy, Record, SegmentLog
+from journal.node_storage import ReplicaStorage
+from journal.peer_link import PeerLink
+from journal.peer_link import PeerSpec as PeerSpec  # the node's configuration names its peers
+from journal.read_batches import entries_from
+from journal.segments import FSYNC_POLICIES, SEGMENT_BYTES_MAX_DEFAULT, FsyncPolicy
 from journal.snapshot_node import SNAPSHOT_REQUESTS, NodeSnapshots, SnapshotRequestError
 from journal.snapshots import remove_temporaries
 from journal.wire import (
@@ -57,28 +57,13 @@ from journal.wire import (
     FrameDecoder,
     ProtocolError,
     decode_message,
-    decode_snapshot_meta,
     encode_frame,
     encode_message,
-    encode_snapshot_meta,
 )
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "raft_state"
-RAFT_DIR = "raft"
-READ_BATCH_ENTRIES_MAX = 1024
-READ_BATCH_BYTES_MAX = 1024 * 1024
 REQUEST_TIMEOUT_MS = 10_000  # a proposal the core has not answered by then: "unavailable", client retries
-# Unsent bytes in the socket to one peer before frames wait in per-log backlogs
-# (drained round-robin, so every log gets its turn on the shared connection).
-PEER_SOCKET_BYTES_MAX = 2 * 1024 * 1024
-# Backlogged bytes of one log to one peer before that log's frames are dropped.
-# The core's flow control bounds what is in flight per log (inflight_appends_max
-# Appends of at most append_bytes_max), so in practice only a stuck peer loses
-# frames. A dropped Append costs a Raft retransmission round for that log.
-PEER_LOG_BACKLOG_BYTES_MAX = 80 * 1024 * 1024
-PEER_BACKOFF_MS_MAX = 200  # reconnect soon after a cut heals (attempts are bounded by the silence deadline)
 LOGS_MAX_DEFAULT = 256
 CONNECTIONS_MAX = 1024
 CONN_REQUESTS_INFLIGHT_MAX = 4096  # unary requests in flight on one connection
@@ -109,13 +94,6 @@ class RequestError(Exception):
         self.code = code
         self.message = message  # what goes on the wire; the code travels separately
         self.extra = extra
-
-
-@dataclass(frozen=True, slots=True)
-class PeerSpec:
-    node_id: str
-    az: str
-    addr: str
 
 
 @dataclass(slots=True)
@@ -152,130 +130,6 @@ class NodeConfig:
         assert self.tick_ms > 0 and self.election_ticks > self.heartbeat_ticks >= 1
 
 
-# ---------------------------------------------------------------- storage
-
-
-def _encode_entry_payload(e: r.LogEntry) -> bytes:
-    data: bytes = msgpack.packb(
-        [int(e.kind), e.position, e.data, e.client_id, e.request_seq, e.batch_index, e.batch_size],
-        use_bin_type=True,
-    )
-    return data
-
-
-def _decode_record(rec: Record) -> r.LogEntry:
-    kind, position, data, client_id, seq, batch_index, batch_size = msgpack.unpackb(rec.payload, raw=False)
-    return r.LogEntry(
-        rec.position, rec.epoch, position, rec.timestamp_ms, r.EntryKind(kind), data, client_id, seq,
-        batch_index, batch_size,
-    )  # fmt: skip
-
-
-def _write_state(path: str, hs: r.HardState, snap: r.SnapshotMeta) -> None:
-    body: bytes = msgpack.packb([hs.term, hs.vote, encode_snapshot_meta(snap)], use_bin_type=True)
-    atomic_write(path, zlib.crc32(body).to_bytes(4, "little") + body)
-
-
-def _read_state(path: str) -> tuple[r.HardState, r.SnapshotMeta]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return r.HardState(), r.SnapshotMeta()
-    body = raw[4:]
-    if len(raw) < 4 or zlib.crc32(body) != int.from_bytes(raw[:4], "little"):
-        # Written atomically (tmp + fsync + rename), so this is real corruption.
-        raise RuntimeError(f"{path}: corrupt raft state")
-    term, vote, snap = msgpack.unpackb(body, raw=False)
-    return r.HardState(term, vote), decode_snapshot_meta(snap)
-
-
-class _Storage:
-    """One replica's durable state. Only the driver's worker thread touches it after load."""
-
-    def __init__(self, directory: str, fsync: FsyncPolicy, segment_bytes_max: int) -> None:
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
-        self.state_path = os.path.join(directory, STATE_FILE)
-        self.hard_state, self.snap = _read_state(self.state_path)
-        self.segments = SegmentLog(
-            os.path.join(directory, RAFT_DIR),
-            fsync=fsync,
-            segment_bytes_max=segment_bytes_max,
-            first_position=self.snap.index + 1,
-        )
-        self.fsync_count_state = 0
-
-    def load(self) -> r.RestoredState:
-        """Read the log back, dropping what does not chain onto the snapshot."""
-        seg = self.segments
-        snap = self.snap
-        if seg.first_position > snap.index + 1 or seg.last_position < snap.index:
-            # The log does not reach the snapshot (a crash during a snapshot
-            # install, or entries never written here): start after it.
-            log.warning("%s: log [%d, %d] does not reach snapshot %d; resetting",
-                        self.directory, seg.first_position, seg.last_position, snap.index)  # fmt: skip
-            seg.reset(snap.index + 1)
-        elif snap.index >= seg.first_position and seg.read(snap.index, snap.index)[0].epoch != snap.term:
-            # What follows the snapshot here is from another history (a crash
-            # between writing an installed snapshot and resetting the log).
-            log.warning("%s: entry %d disagrees with the snapshot; resetting", self.directory, snap.index)
-            seg.reset(snap.index + 1)
-        entries: list[r.LogEntry] = []
-        prev_index, prev_term, prev_pos, prev_ts = snap.index, snap.term, snap.position, snap.timestamp_ms
-        position = snap.index + 1
-        bad_at: int | None = None
-        while position <= seg.last_position and bad_at is None:
-            for rec in seg.read(position, seg.last_position):
-                e = _decode_record(rec)
-                step = 1 if e.kind is r.EntryKind.DATA else 0
-                if (
-                    e.index != prev_index + 1
-                    or e.term < prev_term
-                    or e.position != prev_pos + step
-                    or (e.timestamp_ms < prev_ts)
-                ):
-                    bad_at = e.index
-                    break
-                entries.append(e)
-                prev_index, prev_term, prev_pos, prev_ts = e.index, e.term, e.position, e.timestamp_ms
-                position = e.index + 1
-        if bad_at is not None:
-            log.warning("%s: entries from index %d do not chain onto the log; dropping them", self.directory, bad_at)
-            seg.truncate_suffix(bad_at)
-        return r.RestoredState(self.hard_state, snap, tuple(entries))
-
-    def persist(self, rd: r.Ready) -> None:
-        seg = self.segments
-        if rd.snapshot is not None:
-            snap = rd.snapshot
-            hs = rd.hard_state or self.hard_state
-            _write_state(self.state_path, hs, snap)  # first: the trimmed prefix is described before it goes
-            self.hard_state, self.snap = hs, snap
-            self.fsync_count_state += 1
-            keeps_prefix = seg.first_position <= snap.index <= seg.last_position and (
-                seg.read(snap.index, snap.index)[0].epoch == snap.term
-            )
-            if keeps_prefix or (seg.last_position == snap.index and seg.first_position == snap.index + 1):
-                seg.trim(snap.index + 1)
-            else:
-                seg.reset(snap.index + 1)
-        if rd.entries:
-            first = rd.entries[0].index
-            if first <= seg.last_position:
-                seg.truncate_suffix(first)
-            assert seg.last_position == first - 1, (seg.last_position, first)
-            seg.append([Record(e.index, e.term, e.timestamp_ms, _encode_entry_payload(e)) for e in rd.entries])
-            seg.sync()
-        if rd.hard_state is not None and rd.snapshot is None:
-            _write_state(self.state_path, rd.hard_state, self.snap)
-            self.hard_state = rd.hard_state
-            self.fsync_count_state += 1
-
-    def close(self) -> None:
-        self.segments.close()
-
-
 # ----------------------------------------------------------------- replica
 
 
@@ -284,7 +138,7 @@ class _Replica:
     name: str
     directory: str
     core: r.ReplicationCore
-    storage: _Storage
+    storage: ReplicaStorage
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     committed_event: asyncio.Event = field(default_factory=asyncio.Event)  # replaced when readable moves
     readable_position: int = 0  # committed AND durable here: what reads may serve
@@ -304,126 +158,6 @@ class _Replica:
     persist_thread: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-persist")
     )
-
-
-class _PeerLink:
-    """Outbound frames to one peer, written straight to the socket while it has room.
-
-    Frames are written at once (no queue, no task hop: a leader's appends
-    leave before its own fsync starts) while the socket buffer holds at most
-    PEER_SOCKET_BYTES_MAX. Beyond that they wait in one bounded backlog per
-    log, which a pump drains round-robin, one frame per log per turn, as the
-    socket drains: a flood of one log's Appends cannot queue another log's
-    heartbeats and Appends behind it (fair batching), and a log over its
-    backlog bound (PEER_LOG_BACKLOG_BYTES_MAX) loses only its own frames.
-    Frames are dropped while the peer is disconnected (Raft retransmits).
-    """
-
-    def __init__(
-        self, spec: PeerSpec, node_id: str, silence_ms_max: int, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
-        self.spec = spec
-        self.node_id = node_id
-        # The peer writes a heartbeat frame on this connection every HEARTBEAT_MS;
-        # silence past this (the longest election timeout) means the connection is
-        # dead even if TCP has not noticed: reconnect instead of waiting for TCP's
-        # retransmission back-off (about 11 s after a 15 s cut).
-        self.silence_s_max = silence_ms_max / 1000
-        self.reconnects = 0
-        self.ssl_context = ssl_context
-        self.writer: asyncio.StreamWriter | None = None
-        self.dropped = 0
-        self.closed = False
-        self.task: asyncio.Task[None] | None = None
-        self.backlog: dict[str, collections.deque[bytes]] = {}  # per log, in order; insertion order = turns
-        self.backlog_bytes: dict[str, int] = {}
-        self.pump: asyncio.Task[None] | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self.writer is not None
-
-    def send(self, frame: bytes, log: str = "") -> None:
-        w = self.writer
-        if w is None or w.is_closing():
-            self.dropped += 1
-            return
-        if not self.backlog and w.transport.get_write_buffer_size() <= PEER_SOCKET_BYTES_MAX:
-            try:
-                w.write(frame)
-            except RuntimeError:  # uvloop, on a transport closed under us
-                self.dropped += 1
-            return
-        queued = self.backlog_bytes.get(log, 0)
-        if queued + len(frame) > PEER_LOG_BACKLOG_BYTES_MAX:
-            self.dropped += 1
-            return
-        self.backlog.setdefault(log, collections.deque()).append(frame)
-        self.backlog_bytes[log] = queued + len(frame)
-        if self.pump is None:
-            self.pump = asyncio.get_running_loop().create_task(self._pump(w))
-
-    async def _pump(self, w: asyncio.StreamWriter) -> None:
-        """Drain the per-log backlogs into the socket, one frame per log per turn."""
-        try:
-            w.transport.set_write_buffer_limits(high=PEER_SOCKET_BYTES_MAX)
-            while self.backlog and self.writer is w and not w.is_closing():
-                await w.drain()  # returns once the socket buffer is below its low-water mark
-                while self.backlog and w.transport.get_write_buffer_size() <= PEER_SOCKET_BYTES_MAX:
-                    for log in list(self.backlog):
-                        q = self.backlog[log]
-                        frame = q.popleft()
-                        self.backlog_bytes[log] -= len(frame)
-                        if not q:
-                            del self.backlog[log], self.backlog_bytes[log]
-                        w.write(frame)
-        except (OSError, ConnectionError, RuntimeError):
-            pass  # the connection went away; run() reconnects
-        finally:
-            self.pump = None
-            if self.backlog and (self.writer is not w or w.is_closing()):
-                self.dropped += sum(len(q) for q in self.backlog.values())
-                self.backlog.clear()
-                self.backlog_bytes.clear()
-
-    async def run(self) -> None:
-        host, _, port = self.spec.addr.rpartition(":")
-        backoff_ms = 20
-        while not self.closed:
-            writer: asyncio.StreamWriter | None = None
-            try:
-                async with asyncio.timeout(self.silence_s_max):
-                    reader, writer = await asyncio.open_connection(host, int(port), ssl=self.ssl_context)
-                set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
-                writer.write(encode_frame("hello", {"node": self.node_id}))
-                # The peer writes only heartbeats on this connection: reading
-                # notices when it goes away or goes silent. Frames go out only
-                # once its first heartbeat came back: a frozen peer's kernel
-                # accepts connections, and what it buffered would be a flood of
-                # stale messages for it to work through when it resumes.
-                while not self.closed:
-                    try:
-                        data = await read_or_silent(reader, 4096, self.silence_s_max, f"peer {self.spec.node_id}")
-                    except SilentConnection as e:
-                        self.reconnects += 1
-                        log.info("%s; reconnecting", e)
-                        break
-                    if not data:
-                        break
-                    if self.writer is None:
-                        self.writer = writer
-                        backoff_ms = 20
-            except (OSError, TimeoutError, ConnectionError, RuntimeError) as e:
-                # RuntimeError: uvloop's answer to a write on a closed transport.
-                log.debug("peer %s: %s", self.spec.node_id, e)
-            except Exception:
-                log.exception("peer %s: link failed; reconnecting", self.spec.node_id)
-            finally:
-                self.writer = None
-                if writer is not None:
-                    writer.close()
-            await asyncio.sleep(backoff_ms / 1000)
-            backoff_ms = min(PEER_BACKOFF_MS_MAX, backoff_ms * 2)
 
 
 def _snapshot_handler(kind: str) -> Any:
@@ -446,7 +180,7 @@ class JournalNode:
         # Liveness deadline for connections that should never be silent: the longest election timeout.
         self.silence_ms_max = 2 * config.election_ticks * config.tick_ms
         self._peer_links = {
-            p.node_id: _PeerLink(p, config.node_id, self.silence_ms_max, config.client_ssl) for p in config.peers
+            p.node_id: PeerLink(p, config.node_id, self.silence_ms_max, config.client_ssl) for p in config.peers
         }
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
         self._peer_addr[config.node_id] = config.advertise or config.listen
@@ -559,13 +293,13 @@ class JournalNode:
         try:
             directory = os.path.join(self.cfg.data_dir, "logs", log_dir_name(name))
 
-            def open_storage() -> tuple[_Storage, r.RestoredState]:
+            def open_storage() -> tuple[ReplicaStorage, r.RestoredState]:
                 os.makedirs(directory, exist_ok=True)
                 name_path = os.path.join(directory, "name")
                 if not os.path.exists(name_path):
                     atomic_write(name_path, name.encode())
                 remove_temporaries(directory)  # of snapshot uploads cut short by a crash
-                st = _Storage(directory, self.cfg.fsync, self.cfg.segment_bytes_max)
+                st = ReplicaStorage(directory, self.cfg.fsync, self.cfg.segment_bytes_max)
                 return st, st.load()
 
             storage, restored = await asyncio.to_thread(open_storage)
@@ -723,7 +457,7 @@ class JournalNode:
                     if kind == "raft":
                         await self._on_raft(payload)
                     elif kind == "hello":
-                        # A peer's outbound link: show it this node is alive (see _PeerLink).
+                        # A peer's outbound link: show it this node is alive (see journal.peer_link).
                         if heartbeat is None:
                             heartbeat = self._spawn(self._peer_heartbeats(writer, write_lock))
                         continue
@@ -943,7 +677,7 @@ class JournalNode:
                         # Idle: an empty batch tells the reader this node is alive.
                         await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": []}))
                     continue
-                batch, index_hint = self._entries_from(rep, position, rep.readable_position, index_hint)
+                batch, index_hint = entries_from(rep.core, position, rep.readable_position, index_hint)
                 assert batch and batch[0][0] == position
                 self.entries_served += len(batch)
                 position = batch[-1][0] + 1
@@ -958,38 +692,6 @@ class JournalNode:
             with contextlib.suppress(OSError, ConnectionError):
                 frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
                 await self._write(writer, lock, frame)
-
-    @staticmethod
-    def _entries_from(rep: _Replica, position: int, upto: int, index_hint: int) -> tuple[list[list[Any]], int]:
-        """Committed DATA entries from position (<= upto), and the index to look at next time."""
-        core = rep.core
-        st = core.status()
-        lo, hi = st.first_index, st.last_index
-        index = index_hint
-        got = core.log_entries(index, index) if index >= lo else []
-        if not got or got[0].position != position or got[0].kind is not r.EntryKind.DATA:
-            # Smallest index whose position is >= position: the DATA entry
-            # holding it (a NOOP repeats the position before it).
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if core.log_entries(mid, mid)[0].position >= position:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            index = lo
-        out: list[list[Any]] = []
-        size = 0
-        for e in core.log_entries(index, index + READ_BATCH_ENTRIES_MAX - 1):
-            index = e.index + 1
-            if e.kind is not r.EntryKind.DATA:
-                continue
-            if e.position > upto or size > READ_BATCH_BYTES_MAX:
-                index = e.index
-                break
-            assert e.position == position + len(out), (e.position, position, len(out))
-            out.append([e.position, e.timestamp_ms, e.data])
-            size += len(e.data)
-        return out, index
 
     # --------------------------------------------------------- introspection
 

@@ -38,401 +38,75 @@ so a new leader holds every committed entry (the election restriction, Raft 5.4.
 
 from __future__ import annotations
 
-import enum
-import random
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from journal.api import Appended
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A voting member of the log's replica group."""
-
-    node_id: str
-    az: str
-
-
-# Committed requests remembered per client for retries (journal.client keeps its requests
-# in flight within half of this: see DEDUP_WINDOW there and docs/journal.md).
-DEDUP_REQUESTS_PER_CLIENT_MAX = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Static configuration of one core. ``peers`` lists every member, self included."""
-
-    node_id: str
-    peers: tuple[Peer, ...]
-    # An election timeout is drawn uniformly from [election_ticks, 2 * election_ticks).
-    election_ticks: int = 10
-    heartbeat_ticks: int = 1
-    # Flow control, per follower: entries and bytes in one Append, Appends in flight.
-    append_entries_max: int = 64
-    append_bytes_max: int = 1 << 20
-    inflight_appends_max: int = 64
-    # Proposals are refused (BUSY) while this many data bytes are uncommitted.
-    uncommitted_bytes_max: int = 64 << 20
-    # One proposal: at most this many entries.
-    proposal_entries_max: int = 1024
-    # Dedup table: clients remembered, and recent requests remembered per client.
-    dedup_clients_max: int = 4096
-    dedup_requests_per_client_max: int = DEDUP_REQUESTS_PER_CLIENT_MAX
-    # Barriers waiting for a leadership confirmation round.
-    barriers_pending_max: int = 4096
-    # Results not yet taken by ready() (bounds memory if the shell stalls).
-    pending_proposals_max: int = 65536
-
-    def validate(self) -> None:
-        ids = [p.node_id for p in self.peers]
-        assert len(ids) == len(set(ids)), "duplicate node ids"
-        assert self.node_id in ids, "node_id must be one of the peers"
-        azs = {p.az for p in self.peers}
-        assert len(azs) >= 2, "a commit quorum must span two AZs: configure at least two AZs"
-        # A majority of nodes in pairwise distinct AZs always spans >= 2 AZs when n >= 3;
-        # with several nodes per AZ the commit rule checks AZ spread explicitly.
-        assert self.election_ticks > self.heartbeat_ticks >= 1
-        assert self.append_entries_max >= 1 and self.append_bytes_max >= 1
-        assert self.inflight_appends_max >= 1
-        assert self.dedup_clients_max >= 1 and self.dedup_requests_per_client_max >= 1
-
-
-# --------------------------------------------------------------------------- log
-
-
-class EntryKind(enum.IntEnum):
-    DATA = 0  # a client's entry; takes the next journal position
-    NOOP = 1  # appended by a new leader; invisible to readers; repeats the previous position
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One Raft log entry.
-
-    ``client_id``/``request_seq`` identify the proposal that created the entry (empty
-    client_id: no dedup). All entries of one proposal share them, and ``batch_index``
-    /``batch_size`` place the entry within its proposal.
-    """
-
-    index: int
-    term: int
-    position: int
-    timestamp_ms: int
-    kind: EntryKind
-    data: bytes = b""
-    client_id: str = ""
-    request_seq: int = 0
-    batch_index: int = 0
-    batch_size: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class DedupRecord:
-    """Outcome of one committed proposal, kept to answer its retries."""
-
-    request_seq: int
-    first_position: int
-    count: int
-    timestamp_ms: int  # every entry of one proposal carries the same timestamp
-
-
-# client_id -> that client's most recent committed proposals, oldest first.
-DedupState = tuple[tuple[str, tuple[DedupRecord, ...]], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotMeta:
-    """The state of the log's trimmed prefix: everything at or below ``index``.
-
-    The journal's member snapshots (opaque blobs) live elsewhere; what replication
-    needs of a trimmed prefix is only where it ends and the dedup table at that point.
-    """
-
-    index: int = 0
-    term: int = 0
-    position: int = 0
-    timestamp_ms: int = 0
-    dedup: DedupState = ()
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    """What must survive a crash besides the log: Raft's currentTerm and votedFor."""
-
-    term: int = 0
-    vote: str = ""  # "" when this node has not voted in ``term``
-
-
-@dataclass(frozen=True, slots=True)
-class RestoredState:
-    """What the shell read back from disk at start (all of it durable)."""
-
-    hard_state: HardState = HardState()
-    snapshot: SnapshotMeta = SnapshotMeta()
-    entries: tuple[LogEntry, ...] = ()  # contiguous, starting at snapshot.index + 1
-
-
-# --------------------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, slots=True)
-class RequestVote:
-    """(Pre-)vote request. For a pre-vote, ``term`` is the term the sender WOULD use."""
-
-    term: int
-    src: str
-    dst: str
-    last_index: int
-    last_term: int
-    pre_vote: bool
-
-
-@dataclass(frozen=True, slots=True)
-class VoteResponse:
-    term: int
-    src: str
-    dst: str
-    granted: bool
-    pre_vote: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """Entries after (prev_index, prev_term), plus the leader's commit index."""
-
-    term: int
-    src: str
-    dst: str
-    prev_index: int
-    prev_term: int
-    entries: tuple[LogEntry, ...]
-    commit: int
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResponse:
-    """success: the follower durably holds the leader's log through ``match_index``.
-
-    On rejection, ``last_index`` is the follower's last index: a hint for the leader's
-    next probe (Raft's fast back-off, simplified).
-    """
-
-    term: int
-    src: str
-    dst: str
-    success: bool
-    match_index: int
-    last_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Leader liveness; ``read_seq`` tags the leadership-confirmation round for barriers."""
-
-    term: int
-    src: str
-    dst: str
-    commit: int
-    read_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatResponse:
-    term: int
-    src: str
-    dst: str
-    read_seq: int
-    last_index: int  # lets the leader notice a follower that fell behind
-
-
-@dataclass(frozen=True, slots=True)
-class InstallSnapshot:
-    """The follower needs entries the leader has trimmed: jump to ``snapshot``."""
-
-    term: int
-    src: str
-    dst: str
-    snapshot: SnapshotMeta
-
-
-Message = RequestVote | VoteResponse | Append | AppendResponse | Heartbeat | HeartbeatResponse | InstallSnapshot
-
-
-# --------------------------------------------------------------------------- results
-
-
-class ErrorCode(enum.Enum):
-    NOT_LEADER = "not_leader"  # retry at ``leader`` (may be ""); outcome of a pending append unknown
-    POSITION_MISMATCH = "position_mismatch"  # conditional append: the tail is ``tail``
-    BUSY = "busy"  # too many uncommitted bytes or pending requests: back off and retry
-    DEDUP_EXPIRED = "dedup_expired"  # the retried request is older than the dedup table remembers
-    TOO_LARGE = "too_large"  # more entries than proposal_entries_max / bytes than append_bytes_max
-    INVALID = "invalid"  # malformed (empty batch, negative seq, ...)
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """Answer to propose(client_id, request_seq, ...): committed positions or an error."""
-
-    client_id: str
-    request_seq: int
-    appended: tuple[Appended, ...] = ()
-    error: ErrorCode | None = None
-    tail: int = 0  # POSITION_MISMATCH: the tail position
-    leader: str = ""  # NOT_LEADER: the leader this node believes in ("" if unknown)
-    token: int = 0  # echoes propose(token=...) for the shell's bookkeeping
-
-
-@dataclass(frozen=True, slots=True)
-class BarrierResult:
-    """Answer to barrier(request_id): a committed position, or an error."""
-
-    request_id: int
-    position: int = 0
-    error: ErrorCode | None = None
-    leader: str = ""
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    PRE_CANDIDATE = "pre_candidate"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Everything the core asks of its shell since the previous ready().
-
-    Persist in this order: ``snapshot`` (replaces the log prefix and discards any stored
-    entry at or below snapshot.index that does not match it), then ``entries`` (if the
-    first one's index is at or below the stored last index, truncate the stored log from
-    there first: a new leader overwrote an uncommitted suffix), then ``hard_state``.
-    """
-
-    seq: int  # 1, 2, 3, ...: advance() must see them in this order
-    hard_state: HardState | None
-    snapshot: SnapshotMeta | None
-    entries: tuple[LogEntry, ...]
-    messages: tuple[Message, ...]  # send now
-    messages_after_persist: tuple[Message, ...]  # send only after the writes above are durable
-    # Committed through this index/position. May cover entries handed in this or an
-    # earlier Ready and not yet fsynced locally (another quorum holds them durably).
-    commit_index: int
-    commit_position: int
-    append_results: tuple[AppendResult, ...]
-    barrier_results: tuple[BarrierResult, ...]
-    role: Role
-    term: int
-    leader: str
-
-    def must_persist(self) -> bool:
-        return self.hard_state is not None or self.snapshot is not None or bool(self.entries)
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    node_id: str
-    role: Role
-    term: int
-    leader: str
-    commit_index: int
-    commit_position: int
-    last_index: int
-    tail_position: int
-    first_index: int  # lowest index still held (snapshot.index + 1)
-
-
-# --------------------------------------------------------------------------- internals
-
-
-class _Flow(enum.Enum):
-    PROBE = "probe"  # next is a guess: one Append at a time until the follower answers
-    REPLICATE = "replicate"  # next is known: stream Appends, up to inflight_appends_max
-
-
-@dataclass(slots=True)
-class _Progress:
-    """The leader's view of one follower (etcd's tracker.Progress, reduced)."""
-
-    match: int = 0
-    next: int = 1
-    flow: _Flow = _Flow.PROBE
-    paused: bool = False  # PROBE: an Append is out, wait for an answer or a heartbeat
-    inflight: list[int] = field(default_factory=list)  # last index of each Append in flight
-    recent_active: bool = False  # heard from since the last check-quorum
-    read_ack: int = 0  # highest barrier round (read_seq) it acknowledged in this term
-    match_at_heartbeat: int = 0  # match at the previous heartbeat answer: detects stalls
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A proposal appended by this leader (or inherited uncommitted) awaiting commit."""
-
-    client_id: str
-    request_seq: int
-    last_index: int  # of the proposal's last entry
-    tokens: list[int]
-
-
-@dataclass(slots=True)
-class _BarrierWait:
-    request_id: int
-    read_seq: int
-
-
-class _Dedup:
-    """The replicated dedup table: a deterministic function of the committed log.
-
-    Every node applies committed entries to it in order, so after a failover the new
-    leader answers a retry with the original positions. Bounded: least recently
-    active clients are forgotten first, and each client keeps its latest requests.
-    """
-
-    def __init__(self, clients_max: int, requests_max: int, state: DedupState = ()) -> None:
-        self._clients_max = clients_max
-        self._requests_max = requests_max
-        self._table: OrderedDict[str, OrderedDict[int, DedupRecord]] = OrderedDict()
-        for client_id, records in state:
-            self._table[client_id] = OrderedDict((r.request_seq, r) for r in records)
-
-    def lookup(self, client_id: str, request_seq: int) -> DedupRecord | ErrorCode | None:
-        """The record of a committed request, DEDUP_EXPIRED if too old to know, else None."""
-        records = self._table.get(client_id)
-        if records is None:
-            return None
-        record = records.get(request_seq)
-        if record is not None:
-            return record
-        if len(records) >= self._requests_max and request_seq < min(records):
-            return ErrorCode.DEDUP_EXPIRED
-        return None
-
-    def apply(self, entry: LogEntry) -> None:
-        """Record a committed proposal when its last entry commits."""
-        if entry.kind is not EntryKind.DATA or not entry.client_id:
-            return
-        if entry.batch_index != entry.batch_size - 1:
-            return
-        records = self._table.pop(entry.client_id, None)
-        if records is None:
-            records = OrderedDict()
-        records[entry.request_seq] = DedupRecord(
-            entry.request_seq, entry.position - entry.batch_size + 1, entry.batch_size, entry.timestamp_ms
-        )
-        while len(records) > self._requests_max:
-            records.popitem(last=False)
-        self._table[entry.client_id] = records  # most recently active last
-        while len(self._table) > self._clients_max:
-            self._table.popitem(last=False)
-
-    def state(self) -> DedupState:
-        return tuple((client_id, tuple(records.values())) for client_id, records in self._table.items())
-
+from journal.dedup import DEDUP_REQUESTS_PER_CLIENT_MAX, DedupTable
+from journal.replication_io import (
+    Append,
+    AppendResponse,
+    AppendResult,
+    BarrierResult,
+    ErrorCode,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    Ready,
+    RequestVote,
+    Role,
+    Status,
+    VoteResponse,
+)
+from journal.replication_log import (
+    DedupRecord,
+    DedupState,
+    EntryKind,
+    HardState,
+    LogEntry,
+    RestoredState,
+    SnapshotMeta,
+)
+from journal.replication_state import (
+    BarrierWait,
+    Config,
+    CoreState,
+    Flow,
+    Peer,
+    PendingProposal,
+    Progress,
+)
+
+# The core's types live by concept in replication_log (what is persisted),
+# replication_io (messages and results), replication_state (configuration and
+# state) and dedup; callers import them from here, with the core.
+__all__ = [
+    "DEDUP_REQUESTS_PER_CLIENT_MAX",
+    "Append",
+    "AppendResponse",
+    "AppendResult",
+    "BarrierResult",
+    "Config",
+    "DedupRecord",
+    "DedupState",
+    "EntryKind",
+    "ErrorCode",
+    "HardState",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "LogEntry",
+    "Message",
+    "Peer",
+    "Ready",
+    "ReplicationCore",
+    "RequestVote",
+    "RestoredState",
+    "Role",
+    "SnapshotMeta",
+    "Status",
+    "VoteResponse",
+]
 
 # Retries of one pending proposal waiting for its outcome (more get BUSY).
 _RETRY_WAITERS_MAX = 64
@@ -447,127 +121,8 @@ def _entry_bytes(entry: LogEntry) -> int:
     return len(entry.data) + len(entry.client_id) + 64  # 64: a rough per-entry overhead
 
 
-# --------------------------------------------------------------------------- the core
-
-
-class ReplicationCore:
+class ReplicationCore(CoreState):
     """Raft for one log, as a deterministic state machine (see the module docstring)."""
-
-    def __init__(self, config: Config, rng: random.Random, restored: RestoredState | None = None) -> None:
-        config.validate()
-        restored = restored or RestoredState()
-        self.cfg = config
-        self.id = config.node_id
-        self._rng = rng
-        self._az = {p.node_id: p.az for p in config.peers}
-        self._others = tuple(p.node_id for p in config.peers if p.node_id != self.id)
-        self._majority = len(config.peers) // 2 + 1
-
-        # Persistent state (Raft figure 2), as last handed to the shell ...
-        self.term = restored.hard_state.term
-        self.vote = restored.hard_state.vote
-        self._snap = restored.snapshot
-        self._log: list[LogEntry] = list(restored.entries)
-        self._check_log()
-        if self._last_term() > self.term:
-            # Entries reached the disk but the hard state written after them did not:
-            # currentTerm is never below a term in the log, and we voted in none of it.
-            self.term, self.vote = self._last_term(), ""
-        # ... and as known durable (advance() moves these).
-        self._hs_handed = restored.hard_state
-        self._hs_durable = restored.hard_state
-        self._persisted_index = self._last_index()
-        self._persist_from: int | None = None  # lowest index changed since the last Ready
-        self._snap_to_persist: SnapshotMeta | None = None
-
-        # Volatile state.
-        self.role = Role.FOLLOWER
-        self.leader = ""
-        self.commit = self._snap.index
-        self._dedup = _Dedup(config.dedup_clients_max, config.dedup_requests_per_client_max, self._snap.dedup)
-        self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
-        self._election_timeout = self._random_timeout()
-        self._votes: dict[str, bool] = {}
-
-        # Leader state.
-        self._progress: dict[str, _Progress] = {}
-        self._pending: list[_Pending] = []  # in index order
-        self._pending_by_key: dict[tuple[str, int], _Pending] = {}
-        self._uncommitted_bytes = 0
-        self._read_seq = 0  # last barrier round started
-        self._read_round_wanted = False
-        self._barriers: list[_BarrierWait] = []
-        self._barriers_before_commit: list[int] = []  # wait for this term's first commit
-
-        # Outputs, drained by ready().
-        self._msgs: list[Message] = []
-        self._msgs_after: list[Message] = []
-        self._append_results: list[AppendResult] = []
-        self._barrier_results: list[BarrierResult] = []
-        self._ready_seq = 0
-        self._advanced_seq = 0
-        self._last_ready_commit = self.commit
-        self._last_ready_soft = (self.role, self.term, self.leader)
-
-    # ------------------------------------------------------------------ log helpers
-
-    def _check_log(self) -> None:
-        prev_index, prev_position, prev_ts = self._snap.index, self._snap.position, self._snap.timestamp_ms
-        prev_term = self._snap.term
-        for e in self._log:
-            assert e.index == prev_index + 1, "log must be contiguous after the snapshot"
-            assert e.term >= prev_term and e.timestamp_ms >= prev_ts
-            assert e.position == prev_position + (1 if e.kind is EntryKind.DATA else 0)
-            prev_index, prev_position, prev_ts, prev_term = e.index, e.position, e.timestamp_ms, e.term
-
-    def _last_index(self) -> int:
-        return self._snap.index + len(self._log)
-
-    def _last_term(self) -> int:
-        return self._log[-1].term if self._log else self._snap.term
-
-    def _tail_position(self) -> int:
-        return self._log[-1].position if self._log else self._snap.position
-
-    def _last_timestamp_ms(self) -> int:
-        return self._log[-1].timestamp_ms if self._log else self._snap.timestamp_ms
-
-    def _term_at(self, index: int) -> int | None:
-        """Term of the entry at index; None if trimmed away or beyond the end."""
-        if index == self._snap.index:
-            return self._snap.term
-        offset = index - self._snap.index - 1
-        if 0 <= offset < len(self._log):
-            return self._log[offset].term
-        return None
-
-    def _entry(self, index: int) -> LogEntry:
-        offset = index - self._snap.index - 1
-        assert 0 <= offset < len(self._log), (index, self._snap.index, len(self._log))
-        return self._log[offset]
-
-    def _position_at(self, index: int) -> int:
-        return self._snap.position if index == self._snap.index else self._entry(index).position
-
-    def _timestamp_at(self, index: int) -> int:
-        return self._snap.timestamp_ms if index == self._snap.index else self._entry(index).timestamp_ms
-
-    def _append_to_log(self, entries: Sequence[LogEntry]) -> None:
-        """Append entries, truncating a conflicting (never committed) suffix first."""
-        if not entries:
-            return
-        first = entries[0].index
-        assert first > self.commit, "a committed entry is never overwritten"
-        assert self._snap.index < first <= self._last_index() + 1
-        del self._log[first - self._snap.index - 1 :]
-        self._log.extend(entries)
-        self._persisted_index = min(self._persisted_index, first - 1)
-        self._persist_from = first if self._persist_from is None else min(self._persist_from, first)
-
-    def _up_to_date(self, last_index: int, last_term: int) -> bool:
-        """Raft 5.4.1: a candidate's log is at least as up to date as ours."""
-        return (last_term, last_index) >= (self._last_term(), self._last_index())
 
     # ------------------------------------------------------------------ public API
 
@@ -674,7 +229,7 @@ class ReplicationCore:
             index += 1
         if index == self._snap.index:
             return
-        dedup = _Dedup(self.cfg.dedup_clients_max, self.cfg.dedup_requests_per_client_max, self._snap.dedup)
+        dedup = DedupTable(self.cfg.dedup_clients_max, self.cfg.dedup_requests_per_client_max, self._snap.dedup)
         for i in range(self._snap.index + 1, index + 1):
             dedup.apply(self._entry(i))
         e = self._entry(index)
@@ -754,33 +309,6 @@ class ReplicationCore:
         elif self.role is Role.LEADER:
             self._maybe_commit()
 
-    def status(self) -> Status:
-        return Status(
-            node_id=self.id,
-            role=self.role,
-            term=self.term,
-            leader=self.leader,
-            commit_index=self.commit,
-            commit_position=self._position_at(self.commit),
-            last_index=self._last_index(),
-            tail_position=self._tail_position(),
-            first_index=self._snap.index + 1,
-        )
-
-    def peer_match_indexes(self) -> dict[str, int]:
-        """A leader's view: the index through which each follower durably holds the log (empty unless leading)."""
-        return {peer: pr.match for peer, pr in self._progress.items()}
-
-    def log_entries(self, lo: int, hi: int) -> list[LogEntry]:
-        """Entries with lo <= index <= hi still held in memory (for tests and the simulator)."""
-        lo = max(lo, self._snap.index + 1)
-        hi = min(hi, self._last_index())
-        return self._log[lo - self._snap.index - 1 : hi - self._snap.index] if lo <= hi else []
-
-    @property
-    def snapshot_meta(self) -> SnapshotMeta:
-        return self._snap
-
     # ------------------------------------------------------------------ terms and roles
 
     def _step_term(self, m: Message) -> bool:
@@ -809,9 +337,6 @@ class ReplicationCore:
 
     def _in_lease(self) -> bool:
         return self.leader != "" and self._election_elapsed < self.cfg.election_ticks
-
-    def _random_timeout(self) -> int:
-        return self.cfg.election_ticks + self._rng.randrange(self.cfg.election_ticks)
 
     def _reset(self, term: int) -> None:
         if term != self.term:
@@ -917,7 +442,7 @@ class ReplicationCore:
         if self._log and not _ends_proposal(self._log[-1]):
             last = self._log[-1].index - self._log[-1].batch_index - 1
             assert last >= self.commit, "a committed prefix never ends inside a proposal"
-        self._progress = {p: _Progress(match=0, next=last + 1) for p in self._others}
+        self._progress = {p: Progress(match=0, next=last + 1) for p in self._others}
         self._read_seq = 0
         # Raft 5.4.2: a leader commits earlier terms' entries only through one of its own.
         noop = LogEntry(last + 1, self.term, self._position_at(last), self._timestamp_at(last), EntryKind.NOOP)
@@ -933,7 +458,7 @@ class ReplicationCore:
                 self._uncommitted_bytes += _entry_bytes(e)
             # A proposal may straddle the commit index: key it by its first entry.
             if e.kind is EntryKind.DATA and e.client_id and (e.batch_index == 0 or i == self.commit + 1):
-                p = _Pending(e.client_id, e.request_seq, i - e.batch_index + e.batch_size - 1, [])
+                p = PendingProposal(e.client_id, e.request_seq, i - e.batch_index + e.batch_size - 1, [])
                 self._pending.append(p)
                 self._pending_by_key[(e.client_id, e.request_seq)] = p
 
@@ -1009,7 +534,7 @@ class ReplicationCore:
         ]
         self._append_to_log(entries)
         self._uncommitted_bytes += sum(_entry_bytes(e) for e in entries)
-        pending = _Pending(client_id, request_seq, index + len(datas), [token])
+        pending = PendingProposal(client_id, request_seq, index + len(datas), [token])
         self._pending.append(pending)
         if client_id:
             self._pending_by_key[(client_id, request_seq)] = pending
@@ -1026,18 +551,18 @@ class ReplicationCore:
         pr = self._progress[peer]
         if pr.paused or len(pr.inflight) >= self.cfg.inflight_appends_max:
             return
-        if pr.next > self._last_index() and pr.flow is _Flow.REPLICATE:
+        if pr.next > self._last_index() and pr.flow is Flow.REPLICATE:
             return
         prev_index = pr.next - 1
         prev_term = self._term_at(prev_index)
         if prev_term is None:
             # Trimmed below what the follower needs: it jumps to our snapshot.
             self._msgs.append(InstallSnapshot(self.term, self.id, peer, self._snap))
-            pr.flow, pr.paused = _Flow.PROBE, True
+            pr.flow, pr.paused = Flow.PROBE, True
             return
         entries = self._entries_for_append(pr.next)
         self._msgs.append(Append(self.term, self.id, peer, prev_index, prev_term, entries, self.commit))
-        if pr.flow is _Flow.REPLICATE:
+        if pr.flow is Flow.REPLICATE:
             if entries:
                 pr.next = entries[-1].index + 1
                 pr.inflight.append(entries[-1].index)
@@ -1067,16 +592,16 @@ class ReplicationCore:
                 pr.next = max(pr.next, m.match_index + 1)
                 pr.inflight = [i for i in pr.inflight if i > m.match_index]
                 self._maybe_commit()
-            if pr.flow is _Flow.PROBE:
-                pr.flow, pr.paused, pr.inflight = _Flow.REPLICATE, False, []
+            if pr.flow is Flow.PROBE:
+                pr.flow, pr.paused, pr.inflight = Flow.REPLICATE, False, []
                 pr.next = pr.match + 1
         else:
-            stale = m.match_index <= pr.match or (pr.flow is _Flow.PROBE and m.match_index != pr.next - 1)
+            stale = m.match_index <= pr.match or (pr.flow is Flow.PROBE and m.match_index != pr.next - 1)
             if stale:
                 return  # a reject for an Append we have already moved past
             # Back off: below the rejected index, and no further than the follower's end.
             pr.next = max(pr.match + 1, min(m.match_index, m.last_index + 1))
-            pr.flow, pr.paused, pr.inflight = _Flow.PROBE, False, []
+            pr.flow, pr.paused, pr.inflight = Flow.PROBE, False, []
         self._send_append(m.src)
 
     def _maybe_commit(self) -> None:
@@ -1145,7 +670,7 @@ class ReplicationCore:
             self._msgs.append(Heartbeat(self.term, self.id, peer, commit, self._read_seq))
 
     def _start_barrier(self, request_id: int) -> None:
-        self._barriers.append(_BarrierWait(request_id, self._read_seq + 1))
+        self._barriers.append(BarrierWait(request_id, self._read_seq + 1))
         self._read_round_wanted = True  # one round, started by ready(), serves every waiter
 
     def _on_heartbeat_response(self, m: HeartbeatResponse) -> None:
@@ -1154,11 +679,11 @@ class ReplicationCore:
         pr = self._progress[m.src]
         pr.recent_active = True
         pr.read_ack = max(pr.read_ack, m.read_seq)
-        if pr.flow is _Flow.PROBE:
+        if pr.flow is Flow.PROBE:
             pr.paused = False  # the probe may have been lost: try again
         elif pr.match < self._last_index() and pr.match == pr.match_at_heartbeat:
             # No progress over a whole heartbeat interval: an Append was lost. Probe again.
-            pr.flow, pr.paused, pr.inflight, pr.next = _Flow.PROBE, False, [], pr.match + 1
+            pr.flow, pr.paused, pr.inflight, pr.next = Flow.PROBE, False, [], pr.match + 1
         pr.match_at_heartbeat = pr.match
         if pr.match < self._last_index():
             self._send_append(m.src)
@@ -1231,5 +756,5 @@ class ReplicationCore:
             if self._persist_from > self._last_index():
                 self._persist_from = None
         self.commit = s.index
-        self._dedup = _Dedup(self.cfg.dedup_clients_max, self.cfg.dedup_requests_per_client_max, s.dedup)
+        self._dedup = DedupTable(self.cfg.dedup_clients_max, self.cfg.dedup_requests_per_client_max, s.dedup)
         self._msgs_after.append(AppendResponse(self.term, self.id, m.src, True, s.index, self._last_index()))

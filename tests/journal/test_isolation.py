@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from journal.local import LocalJournal
-from journal.node import PEER_SOCKET_BYTES_MAX, PeerSpec, _PeerLink
+from journal.peer_link import PEER_SOCKET_BYTES_MAX, PeerLink, PeerSpec
 from journal.wire import FrameDecoder, encode_frame
 
 FRAME_BYTES = 64 * 1024
@@ -61,7 +61,7 @@ async def test_peer_link_sends_other_logs_frames_between_a_flooding_logs_frames(
 
     server = await asyncio.start_server(peer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    link = _PeerLink(PeerSpec("b", "b", f"127.0.0.1:{port}"), "a", silence_ms_max=10_000)
+    link = PeerLink(PeerSpec("b", "b", f"127.0.0.1:{port}"), "a", silence_ms_max=10_000)
     _, link.writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         blob = b"e" * FRAME_BYTES

@@ -20,7 +20,7 @@ import pytest
 
 from journal.api import Unavailable
 from journal.client import DEDUP_WINDOW, JournalClient, SilentConnection, _Conn, read_or_silent
-from journal.node import PeerSpec, _PeerLink
+from journal.peer_link import PeerLink, PeerSpec
 from journal.wire import FrameDecoder, encode_frame
 from tests.journal.cluster import InProcessCluster
 
@@ -83,7 +83,7 @@ async def test_read_stream_from_a_silent_node_reconnects(silent: SilentServer) -
 
 
 async def test_peer_link_to_a_silent_node_reconnects(silent: SilentServer) -> None:
-    link = _PeerLink(PeerSpec("b", "b", silent.addr), "a", silence_ms_max=200)
+    link = PeerLink(PeerSpec("b", "b", silent.addr), "a", silence_ms_max=200)
     task = asyncio.create_task(link.run())
     try:
         async with asyncio.timeout(HANG_GUARD_S):

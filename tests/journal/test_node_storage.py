@@ -1,11 +1,11 @@
-"""The node's persistence of the replication core's Readies (journal.node._Storage)."""
+"""The node's persistence of the replication core's Readies (journal.node_storage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from journal import replication as r
-from journal.node import _read_state, _Storage, _write_state
+from journal.node_storage import ReplicaStorage, read_state, write_state
 
 
 def entry(index: int, term: int, position: int, kind: r.EntryKind = r.EntryKind.DATA) -> r.LogEntry:
@@ -37,8 +37,8 @@ def chain(first: int, last: int, term: int, position_before: int) -> tuple[r.Log
     return tuple(out)
 
 
-def open_storage(d: Path, segment_bytes_max: int = 1 << 20) -> _Storage:
-    return _Storage(str(d), "always", segment_bytes_max)
+def open_storage(d: Path, segment_bytes_max: int = 1 << 20) -> ReplicaStorage:
+    return ReplicaStorage(str(d), "always", segment_bytes_max)
 
 
 def test_entries_and_hard_state_survive_reopen(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_crash_between_snapshot_state_and_log_reset(tmp_path: Path) -> None:
     st.persist(ready(chain(1, 5, 1, 0)))
     st.close()
     # The state file says "snapshot at 3, term 2" but the log still holds term-1 entries there.
-    _write_state(str(tmp_path / "raft_state"), r.HardState(2, ""), r.SnapshotMeta(3, 2, 3, 1003))
+    write_state(str(tmp_path / "raft_state"), r.HardState(2, ""), r.SnapshotMeta(3, 2, 3, 1003))
     restored = open_storage(tmp_path).load()
     assert restored.snapshot.index == 3
     assert restored.entries == ()
@@ -114,15 +114,15 @@ def test_entries_that_do_not_chain_are_dropped(tmp_path: Path) -> None:
 
 
 def _record(e: r.LogEntry) -> object:
-    from journal.node import _encode_entry_payload
+    from journal.node_storage import encode_entry_payload
     from journal.segments import Record
 
-    return Record(e.index, e.term, e.timestamp_ms, _encode_entry_payload(e))
+    return Record(e.index, e.term, e.timestamp_ms, encode_entry_payload(e))
 
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
     path = str(tmp_path / "state")
-    assert _read_state(path) == (r.HardState(), r.SnapshotMeta())
+    assert read_state(path) == (r.HardState(), r.SnapshotMeta())
     snap = r.SnapshotMeta(7, 2, 6, 123, (("a", (r.DedupRecord(1, 2, 3, 4),)),))
-    _write_state(path, r.HardState(5, "b"), snap)
-    assert _read_state(path) == (r.HardState(5, "b"), snap)
+    write_state(path, r.HardState(5, "b"), snap)
+    assert read_state(path) == (r.HardState(5, "b"), snap)
