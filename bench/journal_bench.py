@@ -56,6 +56,7 @@ class Result:
     leader_cpu_us: float  # CPU of the leader node per append
     nodes_cpu_us: float  # CPU of all three nodes per append
     client_cpu_us: float  # CPU of this process (the appenders' JournalClient) per append
+    leader_syscalls: float  # read/write system calls of the leader per append (exact, unlike CPU)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -70,16 +71,27 @@ def _self_cpu_s() -> float:
     return t.user + t.system
 
 
+def _syscalls(pid: int) -> int:
+    """read + write system calls of a process so far (/proc/PID/io: every socket and file I/O)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+    except OSError:
+        return 0
+    return int(fields["syscr"]) + int(fields["syscw"])
+
+
 @dataclass
 class CpuSample:
     leader: float
     nodes: float
     client: float
+    leader_syscalls: int
 
 
 def cpu_sample(cluster: ProcCluster, leader_pid: int) -> CpuSample:
     pids = [n.proc.pid for n in cluster.nodes.values() if n.proc is not None]
-    return CpuSample(pids_cpu_s([leader_pid]), pids_cpu_s(pids), _self_cpu_s())
+    return CpuSample(pids_cpu_s([leader_pid]), pids_cpu_s(pids), _self_cpu_s(), _syscalls(leader_pid))
 
 
 async def run_one(
@@ -148,17 +160,19 @@ async def bench_policy(
                                                  lambda c=cluster, p=pid: cpu_sample(c, p))  # type: ignore[misc]
                     lat.sort()
                     per = 1e6 / n if n else float("nan")
-                    a, b = samples if len(samples) == 2 else (CpuSample(0, 0, 0), CpuSample(0, 0, 0))
+                    a, b = samples if len(samples) == 2 else (CpuSample(0, 0, 0, 0), CpuSample(0, 0, 0, 0))
                     r = Result(name, fsync, size, conc, n, secs, n / secs, percentile(lat, 0.5),
                                percentile(lat, 0.99), lat[-1] if lat else float("nan"),
                                (b.leader - a.leader) * per, (b.nodes - a.nodes) * per,
-                               (b.client - a.client) * per)  # fmt: skip
+                               (b.client - a.client) * per,
+                               (b.leader_syscalls - a.leader_syscalls) / max(n, 1))  # fmt: skip
                     results.append(r)
                     print(
                         f"{name:<8} fsync={fsync:<6} entry={size:>5} B  appenders={conc:>3}  "
                         f"{r.appends_per_s:>8.0f} appends/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms  "
                         f"CPU µs/append: leader {r.leader_cpu_us:5.0f}, 3 nodes {r.nodes_cpu_us:5.0f}, "
-                        f"client {r.client_cpu_us:5.0f}  (load avg {os.getloadavg()[0]:.1f})",
+                        f"client {r.client_cpu_us:5.0f}; leader syscalls/append {r.leader_syscalls:5.2f}  "
+                        f"(load avg {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
     finally:
