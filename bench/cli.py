@@ -24,6 +24,8 @@ EPILOG = """workloads:
              each operation goes to its partition, as kube-apiserver with `kvstore kube-flags` sends it
   compare    start etcd (1 and 3 members) and kvstore serve, run workloads A B A B, write a table
   floor      a do-nothing grpc.aio KV server, ours and etcd: the same put/range loads, ours / floor
+  member-cpu  our handlers' CPU per request without gRPC (put, range-l, range-s), against a baseline tree
+  journal-append  a 3-node journal on loopback: appends/s and CPU per append at 1, 16, 256 appenders
   scale      load N keys of 1 KiB into ours, then into etcd: memory, restart, lists, compaction, gaps
   go         the Go load driver (etcd's Go client, as etcd's tools/benchmark): go put|range ...;
              compiled on first use (needs golang-go and golang-etcd-server-dev)
@@ -148,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gobench import main as go_main
 
         return go_main(args[1:])
+    if args and args[0] == "member-cpu":
+        from bench.member_cpu import main as member_cpu_main
+
+        return member_cpu_main(args[1:])
+    if args and args[0] == "journal-append":
+        from bench.journal_bench import journal_append_main
+
+        return journal_append_main(args[1:])
     if args and args[0] == "scale":
         from bench.scale import main as scale_main
 

@@ -38,6 +38,7 @@ from journal.api import (
     Unavailable,
     read_all,
 )
+from journal.frame_out import FrameOut
 from journal.replication import DEDUP_REQUESTS_PER_CLIENT_MAX
 from journal.snapshots import chunk_bytes_for
 from journal.wire import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, ProtocolError, encode_frame
@@ -171,6 +172,7 @@ class _Conn:
         self._last_ping = 0.0
         self.ssl_context = ssl_context  # TLS to the node (the --peer-* flags), None for plain TCP
         self._writer: asyncio.StreamWriter | None = None
+        self._out: FrameOut | None = None  # the requests of one loop turn go out in one write
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
         self._ids = itertools.count(1)
@@ -186,6 +188,7 @@ class _Conn:
             )
             set_liveness_options(writer.get_extra_info("socket"), int(self.liveness_timeout_s * 1000))
             self._writer = writer
+            self._out = FrameOut(writer)
             self._last_recv = asyncio.get_running_loop().time()
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
@@ -222,15 +225,13 @@ class _Conn:
         except ProtocolError as e:  # too big for any node: retrying cannot help
             raise ValueError(f"{kind}: {e}") from None
         writer = await self._ensure(timeout_s)
+        out = self._frame_out(writer)
         fut: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
             if writer.is_closing():
                 raise ConnectionError(f"connection to {self.addr} closed")
-            try:
-                writer.write(frame)
-            except RuntimeError as e:  # uvloop, on a transport closed under us
-                raise ConnectionError(str(e)) from None
+            out.write(frame)
             await writer.drain()
             rkind, rpayload = await self._wait_answer(writer, fut, timeout_s)
         finally:
@@ -246,6 +247,11 @@ class _Conn:
         if rkind != "ok":
             raise ProtocolError(f"unexpected answer {rkind!r}")
         return rpayload
+
+    def _frame_out(self, writer: asyncio.StreamWriter) -> FrameOut:
+        """The FrameOut of writer: every frame of a connection goes through it, to keep their order."""
+        out = self._out
+        return out if out is not None and out.writer is writer else FrameOut(writer)
 
     async def _wait_answer(
         self, writer: asyncio.StreamWriter, fut: asyncio.Future[tuple[str, dict[str, Any]]], timeout_s: float
@@ -276,8 +282,8 @@ class _Conn:
                 raise SilentConnection(f"{self.addr} silent for {silent_s:.1f} s")
             if silent_s >= heartbeat_s and now - self._last_ping >= heartbeat_s:
                 self._last_ping = now
-                with contextlib.suppress(RuntimeError, OSError, ProtocolError):
-                    writer.write(encode_frame("ping", {"id": 0}))
+                with contextlib.suppress(RuntimeError, OSError, ProtocolError, ConnectionError):
+                    self._frame_out(writer).write(encode_frame("ping", {"id": 0}))
             step_s = min(heartbeat_s, deadline - now)
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), step_s)

@@ -39,6 +39,7 @@ from typing import Any
 
 from journal import replication as r
 from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
+from journal.frame_out import FrameOut
 from journal.local import (
     LOG_NAME_BYTES_MAX,
     atomic_write,
@@ -455,6 +456,7 @@ class JournalNode:
         self._conn_tasks.add(me)
         decoder = FrameDecoder(self.cfg.frame_bytes_max)
         write_lock = asyncio.Lock()
+        out = FrameOut(writer)
         inflight: set[asyncio.Task[Any]] = set()
         streams: dict[int, asyncio.Task[Any]] = {}
         heartbeat: asyncio.Task[Any] | None = None
@@ -471,11 +473,11 @@ class JournalNode:
                     elif kind == "hello":
                         # A peer's outbound link: show it this node is alive (see journal.peer_link).
                         if heartbeat is None:
-                            heartbeat = self._spawn(self._peer_heartbeats(writer, write_lock))
+                            heartbeat = self._spawn(self._peer_heartbeats(out, write_lock))
                         continue
                     elif kind == "read":
                         rid = int(payload.get("id", 0))
-                        streams[rid] = self._spawn(self._serve_read(payload, writer, write_lock))
+                        streams[rid] = self._spawn(self._serve_read(payload, out, write_lock))
                     elif kind == "cancel":
                         task = streams.pop(int(payload.get("id", 0)), None)
                         if task is not None:
@@ -488,7 +490,7 @@ class JournalNode:
                         if len(inflight) >= CONN_REQUESTS_INFLIGHT_MAX:
                             # Stop reading until some finish: TCP pushes back on the client.
                             await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                        task = self._spawn(self._serve_request(kind, payload, writer, write_lock))
+                        task = self._spawn(self._serve_request(kind, payload, out, write_lock))
                         inflight.add(task)
                         task.add_done_callback(inflight.discard)
         except (OSError, ProtocolError) as e:
@@ -508,11 +510,11 @@ class JournalNode:
                 t.cancel()
             writer.close()
 
-    async def _peer_heartbeats(self, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _peer_heartbeats(self, out: FrameOut, lock: asyncio.Lock) -> None:
         frame = encode_frame("alive", {})
         with contextlib.suppress(OSError, ConnectionError):
-            while not writer.is_closing():
-                await self._write(writer, lock, frame)
+            while not out.writer.is_closing():
+                await self._write(out, lock, frame)
                 await asyncio.sleep(HEARTBEAT_MS / 1000)
 
     async def _on_raft(self, payload: dict[str, Any]) -> None:
@@ -524,18 +526,13 @@ class JournalNode:
             rep.wake.set()
 
     @staticmethod
-    async def _write(writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: bytes) -> None:
+    async def _write(out: FrameOut, lock: asyncio.Lock, frame: bytes) -> None:
         async with lock:
-            if writer.is_closing():
-                raise ConnectionError("connection closed")
-            try:
-                writer.write(frame)
-            except RuntimeError as e:  # uvloop, on a transport closed under us
-                raise ConnectionError(str(e)) from None
-            await writer.drain()
+            out.write(frame)  # with the connection's other frames of this loop turn: one send
+            await out.writer.drain()
 
     async def _serve_request(
-        self, kind: str, payload: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock
+        self, kind: str, payload: dict[str, Any], out: FrameOut, lock: asyncio.Lock
     ) -> None:
         rid = payload.get("id", 0)
         try:
@@ -550,7 +547,7 @@ class JournalNode:
         except (KeyError, TypeError, ValueError) as e:
             frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
         with contextlib.suppress(OSError, ConnectionError):
-            await self._write(writer, lock, frame)
+            await self._write(out, lock, frame)
 
     def _not_leader(self, rep: _Replica) -> RequestError:
         return RequestError("not_leader", f"{self.cfg.node_id} does not lead {rep.name!r}",
@@ -661,7 +658,7 @@ class JournalNode:
 
     # ----------------------------------------------------------------- reads
 
-    async def _serve_read(self, payload: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _serve_read(self, payload: dict[str, Any], out: FrameOut, lock: asyncio.Lock) -> None:
         rid = payload.get("id", 0)
         try:
             rep = await self._live_replica(payload)
@@ -687,23 +684,23 @@ class JournalNode:
                         await asyncio.wait_for(event.wait(), HEARTBEAT_MS / 1000)
                     except TimeoutError:
                         # Idle: an empty batch tells the reader this node is alive.
-                        await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": []}))
+                        await self._write(out, lock, encode_frame("entries", {"id": rid, "entries": []}))
                     continue
                 batch, index_hint = entries_from(rep.core, position, rep.readable_position, index_hint)
                 assert batch and batch[0][0] == position
                 self.entries_served += len(batch)
                 position = batch[-1][0] + 1
-                await self._write(writer, lock, encode_frame("entries", {"id": rid, "entries": batch}))
+                await self._write(out, lock, encode_frame("entries", {"id": rid, "entries": batch}))
         except RequestError as e:
             with contextlib.suppress(OSError, ConnectionError):
                 frame = encode_frame("error", {"id": rid, "code": e.code, "message": e.message, **e.extra})
-                await self._write(writer, lock, frame)
+                await self._write(out, lock, frame)
         except (OSError, ConnectionError):
             pass
         except (KeyError, TypeError, ValueError) as e:
             with contextlib.suppress(OSError, ConnectionError):
                 frame = encode_frame("error", {"id": rid, "code": "invalid", "message": repr(e)})
-                await self._write(writer, lock, frame)
+                await self._write(out, lock, frame)
 
     # --------------------------------------------------------- introspection
 

@@ -118,7 +118,7 @@ class Applied:
 
 
 # The state machine's own entries in the backend's meta database. A new piece of replicated
-# state (auth, membership, ...) takes a name here, is read in __init__ and written in _flush
+# state (auth, membership, ...) takes a name here, is read in __init__ and written in flush
 # (or writes its own table in the batch), and travels in snapshots without more code.
 META_APPLIED = b"applied"  # the last journal position applied (8 bytes, big-endian)
 META_ALARMS = b"alarms"  # msgpack [[member id, AlarmType], ...], sorted
@@ -156,12 +156,17 @@ class StateMachine:
 
     # -------------------------------------------------------------- applying
 
-    def apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
+    def apply(self, position: int, timestamp_ms: int, data: bytes, *, flush: bool = True) -> Applied:
+        """Apply one entry. `flush=False` (inside an open batch only): leave the applied position,
+        the MVCC counters and the dirty meta on the heap for `flush()`, called once before the
+        batch commits (a batch lands whole or not at all, so per-entry copies would be overwritten)."""
         assert position == self.applied_position + 1, f"entry {position} applied after {self.applied_position}"
+        assert flush or self.backend.in_batch, "apply(flush=False) needs an open batch"
         with self.backend.batch():
             out = self._apply(position, timestamp_ms, data)
             self.applied_position = position
-            self._flush()
+            if flush:
+                self.flush()
         return out
 
     def _apply(self, position: int, timestamp_ms: int, data: bytes) -> Applied:
@@ -202,7 +207,8 @@ class StateMachine:
             out.events.clear()
         return out
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is kept on the heap between entries into the open batch."""
         backend = self.backend
         backend.put_meta(META_APPLIED, self.applied_position.to_bytes(8, "big"))
         self.store.flush()
@@ -378,7 +384,7 @@ class StateMachine:
         with self.backend.batch():
             self.members = MemberRegistry()
             self._members_dirty = True
-            self._flush()
+            self.flush()
 
     def _membership(self, kind: Kind, req: Any, now_ms: int, out: Applied) -> Any:
         self._members_dirty = True

@@ -318,7 +318,7 @@ class Member:
                     backend.put_meta(META_JOURNAL, self._journal_meta())
                     if position is not None:
                         sm.applied_position = position
-                        sm._flush()
+                        sm.flush()
             finally:
                 backend.close()
 
@@ -415,6 +415,7 @@ class Member:
                 if self._fault_in_batch == self._batches and n == len(batch) // 2:
                     _kill_self(f"in batch {self._batches}, before entry {n} of {len(batch)}")
                 self._apply_one(entry.position, entry.timestamp_ms, entry.data)
+            self.sm.flush()
         except BaseException:
             backend.abort_batch()
             raise
@@ -424,7 +425,7 @@ class Member:
             _kill_self(f"after the commit of batch {self._batches} at position {self.sm.applied_position}")
 
     def _apply_one(self, position: int, timestamp_ms: int, data: bytes) -> None:
-        applied = self.sm.apply(position, timestamp_ms, data)
+        applied = self.sm.apply(position, timestamp_ms, data, flush=False)
         for rev_events in applied.events:
             self.hub.publish(rev_events)
         if applied.compacted_to is not None:

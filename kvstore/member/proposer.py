@@ -20,7 +20,12 @@ from journal.api import Journal, JournalError
 from kvstore import errors
 from kvstore.auth.store import AuthInfo
 from kvstore.errors import EtcdError, fail
-from kvstore.member.config import PENDING_PROPOSALS_MAX, PROPOSAL_BATCH_ENTRIES_MAX
+from kvstore.member.config import (
+    PENDING_PROPOSALS_MAX,
+    PROPOSAL_APPENDS_INFLIGHT_MAX,
+    PROPOSAL_BATCH_ENTRIES_MAX,
+    PROPOSAL_HOLD_S_MAX,
+)
 from kvstore.statemachine import Kind, encode_entry
 
 log = logging.getLogger("kvstore.member")
@@ -50,6 +55,8 @@ class Proposer:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._outbox: list[tuple[int, bytes]] = []
         self._flush_scheduled = False
+        self._appends_inflight = 0
+        self._hold_timer: asyncio.TimerHandle | None = None
         self.stopping = False
 
     async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
@@ -82,12 +89,24 @@ class Proposer:
                 fut.set_exception(fail(errors.STOPPED))
 
     def _flush(self) -> None:
-        """Send every proposal queued in this loop iteration as one append (group commit starts here)."""
+        """Send the proposals queued in this loop iteration, or while the appends in flight were
+        out, as one append (group commit starts here)."""
         self._flush_scheduled = False
-        while self._outbox:
+        self._send_outbox()
+
+    def _send_outbox(self, *, capped: bool = True) -> None:
+        while self._outbox and (not capped or self._appends_inflight < PROPOSAL_APPENDS_INFLIGHT_MAX):
             batch = self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
             del self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
+            self._appends_inflight += 1
             asyncio.get_running_loop().create_task(self._append(batch))
+        if self._outbox and self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(PROPOSAL_HOLD_S_MAX, self._send_held)
+
+    def _send_held(self) -> None:
+        self._hold_timer = None
+        if not self.stopping:
+            self._send_outbox(capped=False)  # held too long: out now, whatever is in flight
 
     async def _append(self, batch: list[tuple[int, bytes]]) -> None:
         try:
@@ -100,3 +119,7 @@ class Proposer:
             self._counters["proposals_failed"] += len(batch)
             for seq, _ in batch:
                 self.resolve(seq, fail(errors.TIMEOUT))
+        finally:
+            self._appends_inflight -= 1
+            if not self.stopping:
+                self._flush()  # what queued behind this append goes out now

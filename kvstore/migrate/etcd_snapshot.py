@@ -146,7 +146,7 @@ def to_state_machine(snap: EtcdSnapshot, now_ms: int) -> StateMachine:
                 store.leases.grant(lease_id, ttl, now_ms)
                 for key in lease_keys.get(lease_id, []):
                     store.leases.attach(lease_id, key)
-            sm._flush()
+            sm.flush()
     except BaseException:
         sm.close()
         raise

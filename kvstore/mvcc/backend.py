@@ -120,6 +120,8 @@ class Backend:
         self._write: Any = None
         self._reader: Any = None
         self.commits = 0
+        # The file only grows when a write transaction commits: sized then, not per request.
+        self._file_bytes = os.path.getsize(path)
 
     @staticmethod
     def _open(path: str, map_size: int) -> Any:
@@ -177,6 +179,7 @@ class Backend:
         txn, self._write = self._write, None
         txn.commit()
         self.commits += 1
+        self._file_bytes = os.path.getsize(self.path)
 
     def abort_batch(self) -> None:
         txn, self._write = self._write, None
@@ -240,8 +243,9 @@ class Backend:
 
     @property
     def file_bytes(self) -> int:
-        """The real size of the file (etcd's dbSize)."""
-        return os.path.getsize(self.path)
+        """The real size of the file (etcd's dbSize), as of the last commit (the quota gate reads
+        it for every write: no stat per request)."""
+        return self._file_bytes
 
     @property
     def in_use_bytes(self) -> int:
@@ -294,6 +298,7 @@ class Backend:
         os.replace(self.path, aside)
         os.replace(replacement, self.path)
         self.env, self.dbs, self.lock_path = env, dbs, replacement + "-lock"
+        self._file_bytes = os.path.getsize(self.path)
 
         def cleanup() -> None:
             old_env.close()

@@ -128,7 +128,7 @@ class MVCCStore:
         self._compactor: tuple[int, bytes] | None = tuple(msgpack.unpackb(raw)) if raw else None
 
     def flush(self) -> None:
-        """Write the store's counters into the open batch (called with every entry applied)."""
+        """Write the store's counters into the open batch (once per applied batch, before it commits)."""
         self.backend.put_meta(META_MVCC, msgpack.packb([self.revision, self.compact_revision, self.live_keys]))
 
     def counters(self) -> tuple[Any, ...]:
