@@ -28,7 +28,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 import lmdb
