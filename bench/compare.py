@@ -71,8 +71,11 @@ ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
 PARTITIONED_TARGETS = {"kvstore-kube": 0, "kvstore-3-kube": 3}  # name -> journal nodes
 # One member served by several processes (`kvstore serve --workers N`), run when asked for.
 WORKERS_TARGETS = {"kvstore-w2": 2}  # name -> --workers
+# Three members on one log of three journal nodes, all serving (the load is spread over their URLs).
+SPREAD_TARGETS = ["kvstore-3x3"]
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
-PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-kube", "etcd-1"), ("kvstore-kube", "kvstore"),
+PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-3x3", "etcd-3"),
+         ("kvstore-kube", "etcd-1"), ("kvstore-kube", "kvstore"),
          ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3"), ("kvstore-w2", "kvstore"),
          ("kvstore-w2", "etcd-1")]  # fmt: skip
 QUICK_WORKLOADS = ["put", "range-l", "kube"]
@@ -435,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma-separated, from {','.join([*ALL_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
+        help=f"comma-separated, from {','.join([*ALL_TARGETS, *SPREAD_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
         "(default: the first four)",
     )
     p.add_argument(
@@ -509,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif name in WORKERS_TARGETS:
                     extra = [*shlex.split(ns.kvstore_args), f"--workers={WORKERS_TARGETS[name]}"]
                     targets.append(Target(name, start_kvstore(work, name, extra)))
+                elif name == "kvstore-3x3":
+                    server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3, members=3)
+                    targets.append(Target(name, server))
                 elif name in PARTITIONED_TARGETS:
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args),
                                            journal_nodes=PARTITIONED_TARGETS[name], partitions="kube")  # fmt: skip
@@ -575,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(fsync before acknowledging), state in an LMDB file on tmpfs",
                     "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
                     "(3 AZs on loopback, data on disk, fsync always)",
+                    "kvstore-3x3: three such members on the one log, the load spread over their URLs",
                     "kvstore-kube / kvstore-3-kube: `kvstore serve --partitions kube` (5 member processes, one "
                     "per partition; local journals / one log each on the 3 journal nodes); the load tool routes "
                     "each operation with `--partitions kube` as kube-apiserver would",

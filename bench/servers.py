@@ -212,7 +212,7 @@ def _state_dir(name: str) -> Path:
 
 def start_kvstore(
     base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0,
-    partitions: str = "",
+    partitions: str = "", members: int = 1,
 ) -> Server:
     """The project's server as `kvstore serve`: one member, its journal data on disk under base.
 
@@ -221,9 +221,13 @@ def start_kvstore(
     and the member on the replicated journal: the counterpart of a 3-member etcd.
     partitions: a plan (`kube`): one member process per partition (`kvstore serve --partitions`),
     each with its own local journal or its own log on the journal nodes; the load tool routes.
+    members: with journal_nodes=3, that many members tail the one log (each its own client URL, listed in
+    `endpoints`): the counterpart of a 3-member etcd with every member serving.
     """
     assert journal_nodes in (0, 3), journal_nodes
+    assert members == 1 or (journal_nodes == 3 and not partitions), "several members share a replicated journal"
     port, metrics_port, *jports = free_ports(2 + journal_nodes)
+    more = free_ports(3 * (members - 1))  # client, metrics and peer URL of every further member
     if partitions:
         from kvstore.partition.plan import assign_urls, load_plan
 
@@ -257,26 +261,36 @@ def start_kvstore(
             server.cmds.append(cmd)
             server.procs.append(_popen(cmd, log))
             server.logs.append(log)
-        state = _state_dir(name)
-        server.cleanup_dirs.append(state)
-        server.data_dirs.append(base / f"{name}-data")
         journal = ["--journal-endpoints", ",".join(f"127.0.0.1:{p}" for p in jports)] if journal_nodes else []
-        log = base / f"{name}.log"
-        cmd = [
-            sys.executable, "-m", "kvstore", "serve",
-            "--name", name,
-            "--data-dir", str(base / f"{name}-data"),
-            "--state-dir", str(state),
-            "--listen-client-urls", url,
-            "--advertise-client-urls", url,
-            "--listen-metrics-urls", metrics,
-            *(["--partitions", partitions] if partitions else []),
-            *journal,
-            *(extra_args or []),
-        ]  # fmt: skip
-        server.cmds.append(cmd)
-        server.procs.append(_popen(cmd, log))
-        server.logs.append(log)
+        for i in range(members):
+            member = name if i == 0 else f"{name}-m{i + 1}"
+            if i:
+                member_url, member_metrics = (f"http://127.0.0.1:{p}" for p in more[3 * (i - 1) : 3 * i - 1])
+                server.endpoints.append(member_url)
+                server.health_urls.append(member_metrics)
+                peer = ["--initial-advertise-peer-urls", f"http://127.0.0.1:{more[3 * i - 1]}"]
+            else:
+                member_url, member_metrics, peer = url, metrics, []
+            state = _state_dir(member)
+            server.cleanup_dirs.append(state)
+            server.data_dirs.append(base / f"{member}-data")
+            log = base / f"{member}.log"
+            cmd = [
+                sys.executable, "-m", "kvstore", "serve",
+                "--name", member,
+                "--data-dir", str(base / f"{member}-data"),
+                "--state-dir", str(state),
+                "--listen-client-urls", member_url,
+                "--advertise-client-urls", member_url,
+                "--listen-metrics-urls", member_metrics,
+                *(["--partitions", partitions] if partitions else []),
+                *journal,
+                *peer,
+                *(extra_args or []),
+            ]  # fmt: skip
+            server.cmds.append(cmd)
+            server.procs.append(_popen(cmd, log))
+            server.logs.append(log)
         wait_ready(server)
     except BaseException:
         server.stop()
