@@ -438,7 +438,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma-separated, from {','.join([*ALL_TARGETS, *SPREAD_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
+        help="comma-separated, from "
+        f"{','.join([*ALL_TARGETS, *SPREAD_TARGETS, *WORKERS_TARGETS, *PARTITIONED_TARGETS])} "
         "(default: the first four)",
     )
     p.add_argument(
