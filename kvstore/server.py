@@ -23,6 +23,7 @@ import urllib.parse
 import grpc
 
 from journal.api import Journal
+from journal.gc_policy import tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
@@ -517,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+    tune_for_serving()
     return asyncio.run(run(args))
 
 
