@@ -95,6 +95,13 @@ async def _measure(workload: str, clients: int, requests: int, data_dir: str, fs
 def _child(ns: argparse.Namespace) -> int:
     import uvloop
 
+    try:
+        from journal.gc_policy import tune_for_serving  # what `kvstore serve` does at start (if the tree has it)
+    except ImportError:
+        pass
+    else:
+        tune_for_serving()
+
     data_dir = tempfile.mkdtemp(prefix="kvstore-member-cpu-", dir=ns.data_dir)
     try:
         result = uvloop.run(_measure(ns.workload, ns.clients, ns.requests, data_dir, ns.fsync))

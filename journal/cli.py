@@ -27,6 +27,7 @@ import signal
 import ssl
 import sys
 
+from journal.gc_policy import tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, announce, setup_logging
 from journal.node import JournalNode, NodeConfig, PeerSpec
 from journal.segments import FSYNC_POLICIES
@@ -209,6 +210,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"kvstore journal: {e}", file=sys.stderr)
         return 2
+    tune_for_serving()
     if args.loop == "uvloop":
         try:
             import uvloop

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from journal.api import Journal
+from journal.gc_policy import tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
@@ -557,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+    tune_for_serving()
     if args.front_end_index:
         from kvstore.workers.frontend import run_front_end
 

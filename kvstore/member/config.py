@@ -19,8 +19,8 @@ PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
 PROPOSAL_BATCH_ENTRIES_MAX = 1024
 # Appends of proposals in flight at once; what arrives meanwhile waits in the outbox and goes
 # out as one append when one returns. The journal commits in groups anyway (one fsync, one
-# Raft round for what it has), so holding proposals for an in-flight append costs no latency
-# and makes each append, applier batch and LMDB commit carry many entries instead of one.
+# Raft round for what it has), so holding proposals for an in-flight append costs little
+# latency and makes each append, applier batch and LMDB commit carry many entries instead of one.
 PROPOSAL_APPENDS_INFLIGHT_MAX = 4
 # ... but no longer than this: when appends hang (the journal quiet), what waits goes out on its
 # own, so every write still fails or succeeds within the journal's request timeout of its arrival.
