@@ -84,11 +84,6 @@ def _group_count(group: bytes) -> int:
     return n
 
 
-def _group_rev(group: bytes, i: int) -> bytes:
-    at = _COUNT.size + i * REV_BYTES
-    return group[at : at + REV_BYTES]
-
-
 def _group_record(group: bytes, n: int, i: int) -> bytes:
     ends_at = _COUNT.size + n * REV_BYTES
     data_at = ends_at + n * _END.size
