@@ -84,11 +84,6 @@ def _group_count(group: bytes) -> int:
     return n
 
 
-def _group_rev(group: bytes, i: int) -> bytes:
-    at = _COUNT.size + i * REV_BYTES
-    return group[at : at + REV_BYTES]
-
-
 def _group_record(group: bytes, n: int, i: int) -> bytes:
     ends_at = _COUNT.size + n * REV_BYTES
     data_at = ends_at + n * _END.size
@@ -132,13 +127,36 @@ def _group_of(cur: Any, rev: bytes) -> tuple[bytes, bytes] | None:
 # ------------------------------------------------------------------- reads
 
 
-def get(txn: Any, dbs: dict[bytes, Any], rev: bytes) -> bytes:
+class LastGroup:
+    """The group a lookup read last, kept for the next ones (overwrites and reads of keys
+    written together hit the same group). A revision's record never changes, so a group
+    read once answers for every revision it holds, whatever was packed or compacted since:
+    a revision not in it is looked up in the file."""
+
+    __slots__ = ("first", "group", "last")
+
+    def __init__(self) -> None:
+        self.first = self.last = b""
+        self.group = b""
+
+
+def get(txn: Any, dbs: dict[bytes, Any], rev: bytes, last: LastGroup | None = None) -> bytes:
     """The record at rev (which must exist)."""
     raw: bytes | None = txn.get(rev, db=dbs[DB_RECORDS])
-    if raw is None:
-        found = _group_of(txn.cursor(dbs[DB_PACKED]), rev)
-        raw = _group_find(found[1], rev) if found is not None else None
-        assert raw is not None, "a revision with no record"
+    if raw is not None:
+        return raw
+    if last is not None and last.first <= rev <= last.last:
+        raw = _group_find(last.group, rev)
+        if raw is not None:
+            return raw
+    found = _group_of(txn.cursor(dbs[DB_PACKED]), rev)
+    raw = _group_find(found[1], rev) if found is not None else None
+    assert found is not None and raw is not None, "a revision with no record"
+    if last is not None:
+        group = found[1]
+        last.first, last.group = found[0], group
+        at = _COUNT.size + (_group_count(group) - 1) * REV_BYTES
+        last.last = group[at : at + REV_BYTES]
     return raw
 
 

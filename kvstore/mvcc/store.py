@@ -115,6 +115,7 @@ class MVCCStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._dbs = backend.dbs
+        self._last_group = records.LastGroup()
         self.leases = LeaseTable(backend)
         raw = backend.get_meta(META_MVCC)
         if raw is None:
@@ -145,7 +146,7 @@ class MVCCStore:
         return self.backend.txn
 
     def _record(self, rev: bytes) -> Any:
-        return KeyValue.FromString(records.get(self._txn, self._dbs, rev))
+        return KeyValue.FromString(records.get(self._txn, self._dbs, rev, self._last_group))
 
     def _entry_at(self, key: bytes, rev: int | None) -> bytes | None:
         txn = self._txn
