@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -367,6 +368,9 @@ async def run(args: argparse.Namespace) -> int:
     if imported is not None:
         await import_etcd_snapshot(member, args.import_etcd_snapshot, imported)
     await member.start()
+    # What start made (modules, descriptors, the member) lives as long as the process: out of the
+    # collector's sight, a full collection no longer walks it (20-90 ms per gen-2 pass under load).
+    gc.freeze()
 
     server = grpc.aio.server(
         options=grpc_server_options(config.max_request_bytes), interceptors=[member.metrics.grpc_interceptor()]
