@@ -16,3 +16,9 @@ def tune_for_serving() -> None:
     collections), 1.2 µs (7) with this threshold. The older generations keep their defaults."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_ALLOCATIONS_MAX, older, oldest)
+
+
+def freeze_start_up() -> None:
+    """What start-up made (modules, descriptors, the member) lives as long as the process: out of
+    the collector's sight, a full collection no longer walks it (20-90 ms per gen-2 pass under load)."""
+    gc.freeze()

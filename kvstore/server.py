@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from journal.api import Journal
-from journal.gc_policy import tune_for_serving
+from journal.gc_policy import freeze_start_up, tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
@@ -416,6 +416,7 @@ async def run(args: argparse.Namespace) -> int:
     if imported is not None:
         await import_etcd_snapshot(member, args.import_etcd_snapshot, imported)
     await member.start()
+    freeze_start_up()
 
     server = grpc.aio.server(
         options=grpc_server_options(config.max_request_bytes, reuse_port=args.workers > 1),
