@@ -10,6 +10,7 @@
 from kvstore.member.config import (
     CLUSTER_VERSION,
     ETCD_VERSION,
+    FAULT_DEFRAG_COPY_DELAY_ENV,
     FAULT_KILL_AFTER_COMMIT_ENV,
     FAULT_KILL_IN_BATCH_ENV,
     REQUEST_TIMEOUT_MS,
@@ -24,6 +25,7 @@ from kvstore.member.core import Member
 __all__ = [
     "CLUSTER_VERSION",
     "ETCD_VERSION",
+    "FAULT_DEFRAG_COPY_DELAY_ENV",
     "FAULT_KILL_AFTER_COMMIT_ENV",
     "FAULT_KILL_IN_BATCH_ENV",
     "REQUEST_TIMEOUT_MS",
