@@ -433,7 +433,7 @@ async def run(args: argparse.Namespace) -> int:
     workers = args.workers
     front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
     if front_ends is not None:
-        await front_ends.listen_http(http_handler(member, gateway))  # the front ends' HTTP connections
+        await front_ends.listen(http_handler(member, gateway))  # the front ends' HTTP, notifications
     listeners, http_urls = await open_client_listeners(
         args, listen, server, grpc_socket, http_handler(member, gateway), tls, identities, reuse_port=workers > 1
     )

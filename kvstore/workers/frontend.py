@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from journal import failpoints
 from kvstore.errors import EtcdError
 from kvstore.member import default_state_dir
 from kvstore.mvcc.backend import STATE_FILE, map_size_for
@@ -45,6 +46,7 @@ from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers import member_socket_path
 from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
 from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.notify import ChannelDown, MemberNotifications, notify_socket_path
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -59,11 +61,13 @@ HTTP_PIPE_CHUNK_BYTES = 64 * 1024
 
 
 class LocalRanges:
-    """KV.Range answered in the front end when it may be: serializable, no token, auth off."""
+    """KV.Range answered in the front end when it may be: no token, auth off. A linearizable one
+    first waits for a barrier shared by the front end's reads (kvstore/workers/notify.py)."""
 
-    def __init__(self, view: StateView, metrics: FrontEndMetrics) -> None:
+    def __init__(self, view: StateView, metrics: FrontEndMetrics, notifications: MemberNotifications) -> None:
         self.view = view
         self.metrics = metrics
+        self.notifications = notifications
         self.header = pb.ResponseHeader()
         self._parse = strict_parser(pb.RangeRequest)
         self._forward: Any = None  # the forwarding call, made once
@@ -75,15 +79,25 @@ class LocalRanges:
         msg = self._parse(request)
         if self._forward is None:
             self._forward = forwarder.unary_call(KV_RANGE)
-        if isinstance(msg, Malformed) or not msg.serializable or _has_token(context) or self.stopping:
+        if isinstance(msg, Malformed) or _has_token(context) or self.stopping or self.view.auth_enabled:
             return await forwarder.unary(self._forward, request, context)
+        try:
+            validate.check_range(msg)  # before the barrier, as the member's servicer does
+            if not msg.serializable and not failpoints.enabled("stale_read"):
+                if not self.notifications.up:
+                    return await forwarder.unary(self._forward, request, context)
+                await self.notifications.read_barrier()
+        except ChannelDown:
+            return await forwarder.unary(self._forward, request, context)
+        except EtcdError as err:
+            self.metrics.range_served(err.code)
+            await context.abort(err.code, err.message)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
             auth_enabled = self.view.auth_enabled  # then the member checks permissions
             if not auth_enabled:
                 try:
-                    validate.check_range(msg)
                     header = pb.ResponseHeader()
                     header.CopyFrom(self.header)
                     answer = store.range_encoded(msg, header)
@@ -170,7 +184,8 @@ async def run_front_end(args: Any) -> int:
     status = await _wait_for_member(channel)
     view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
     metrics = FrontEndMetrics()
-    ranges = LocalRanges(view, metrics)
+    notifications = MemberNotifications(notify_socket_path(state_dir))
+    ranges = LocalRanges(view, metrics, notifications)
     ranges.header = _identity(status.header)
     identities = PeerIdentities()
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
@@ -187,6 +202,7 @@ async def run_front_end(args: Any) -> int:
     await server.start()
     loop = asyncio.get_running_loop()
     follower = loop.create_task(_follow_identity(channel, ranges))
+    notified = loop.create_task(notifications.run())
     log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
              status.header.member_id)  # fmt: skip
     stop = asyncio.Event()
@@ -195,6 +211,7 @@ async def run_front_end(args: Any) -> int:
     await stop.wait()
     ranges.stopping = True
     follower.cancel()
+    notified.cancel()
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)

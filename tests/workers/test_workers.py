@@ -100,6 +100,33 @@ def test_every_connection_reads_its_writes_and_front_ends_serve_reads(two_worker
             ch.close()
 
 
+def test_linearizable_reads_in_front_ends_see_every_acknowledged_write(two_workers: ServerProcess) -> None:
+    """A front end answers linearizable ranges from its view after a barrier: a write acknowledged
+    through any connection is in every later linearizable read, through any connection."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        kvs = [rpc.KVStub(ch) for ch in channels]
+        before = front_end_ranges(srv)
+        for i, kv in enumerate(kvs):
+            put = kv.Put(pb.PutRequest(key=b"/lin/%d" % i, value=b"v%d" % i), timeout=WAIT_S)
+            for other in kvs:
+                got = other.Range(pb.RangeRequest(key=b"/lin/%d" % i), timeout=WAIT_S)
+                assert [kv.value for kv in got.kvs] == [b"v%d" % i]
+                assert got.header.revision >= put.header.revision
+        assert front_end_ranges(srv) - before > 0, "no linearizable range reached the front end"
+        # Bad input gets the member's answer, from either process.
+        refusals = set()
+        for kv in kvs:
+            with pytest.raises(grpc.RpcError) as refused:
+                kv.Range(pb.RangeRequest(key=b""), timeout=WAIT_S)
+            refusals.add((refused.value.code(), refused.value.details()))
+        assert refusals == {(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")}, refusals
+    finally:
+        for ch in channels:
+            ch.close()
+
+
 def test_a_killed_front_end_is_restarted_and_the_other_connections_stay_up(two_workers: ServerProcess) -> None:
     srv = two_workers
     assert srv.proc is not None

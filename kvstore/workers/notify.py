@@ -1,0 +1,204 @@
+"""The notification channel from the member's process to each front end.
+
+One unix socket per member (member_socket_path(state_dir, "notify")); each
+front end keeps one connection to it. Messages are msgpack arrays, in order:
+
+- member -> front end `[APPLIED, position]`: after every batch the applier
+  committed (and once at connect): the front end's view of the state file
+  holds every entry up to `position` from then on;
+- front end -> member `[BARRIER]`: "a position the journal committed after
+  now"; the member answers `[BARRIER, position]` from its own shared journal
+  barrier (Member.barrier_position), or `[BARRIER_FAILED, code, message]` with
+  the error its own linearizable read would answer (etcd's request timeout).
+
+A front end has at most one barrier request out (kvstore/member/rounds.py
+shares it among the front end's concurrent linearizable reads), so answers come
+back in the order asked. A linearizable read in a front end is then: one shared
+barrier round, wait for APPLIED >= that position, read from the view: what the
+member's own linearizable read does, without the read crossing the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import msgpack
+
+from kvstore.errors import EtcdError
+from kvstore.member.rounds import SharedRounds
+from kvstore.workers import member_socket_path
+
+if TYPE_CHECKING:
+    from kvstore.member import Member
+
+log = logging.getLogger("kvstore.workers")
+
+APPLIED = 0
+BARRIER = 1
+BARRIER_FAILED = 2
+READ_CHUNK_BYTES = 64 * 1024
+RECONNECT_DELAY_S = 0.2
+
+
+class ChannelDown(Exception):
+    """The front end has no notification channel now: the member answers instead."""
+
+
+class Notifier:
+    """In the member's process: tells every connected front end what the applier applied, and
+    answers their barrier requests."""
+
+    def __init__(self, member: Member, path: str) -> None:
+        self.member = member
+        self.path = path
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+        self.member.applied_listeners.append(self._applied)
+
+    def _applied(self, position: int) -> None:
+        frame = msgpack.packb([APPLIED, position])
+        for writer in self._writers:
+            writer.write(frame)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        writer.write(msgpack.packb([APPLIED, self.member.sm.applied_position]))
+        unpacker = msgpack.Unpacker()
+        try:
+            while data := await reader.read(READ_CHUNK_BYTES):
+                unpacker.feed(data)
+                for message in unpacker:
+                    if message == [BARRIER]:
+                        task = asyncio.get_running_loop().create_task(self._answer_barrier(writer))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer_barrier(self, writer: asyncio.StreamWriter) -> None:
+        answer: list[Any]
+        try:
+            answer = [BARRIER, await self.member.barrier_position()]
+        except EtcdError as err:
+            answer = [BARRIER_FAILED, err.code.name, err.message]
+        if not writer.is_closing():
+            writer.write(msgpack.packb(answer))
+
+    def close(self) -> None:
+        if self._applied in self.member.applied_listeners:
+            self.member.applied_listeners.remove(self._applied)
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class MemberNotifications:
+    """In a front end: the member's applied position, and linearizable read barriers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.applied = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._barrier: asyncio.Future[int] | None = None
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        self._rounds = SharedRounds(self._ask_barrier)
+
+    @property
+    def up(self) -> bool:
+        return self._writer is not None
+
+    async def run(self) -> None:
+        """Keep the connection to the member's notification socket (until cancelled)."""
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except OSError:
+                await asyncio.sleep(RECONNECT_DELAY_S)
+                continue
+            self._writer = writer
+            try:
+                await self._receive(reader)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                self._writer = None
+                writer.close()
+                self._down()
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        while data := await reader.read(READ_CHUNK_BYTES):
+            unpacker.feed(data)
+            for message in unpacker:
+                kind = message[0]
+                if kind == APPLIED:
+                    self._applied(message[1])
+                elif self._barrier is not None and not self._barrier.done():
+                    if kind == BARRIER:
+                        self._barrier.set_result(message[1])
+                    else:
+                        self._barrier.set_exception(EtcdError(grpc.StatusCode[message[1]], message[2]))
+
+    def _applied(self, position: int) -> None:
+        self.applied = max(self.applied, position)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.applied:
+            _, _, fut = heapq.heappop(waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _down(self) -> None:
+        """The member went away: whoever waits here is answered by forwarding instead."""
+        if self._barrier is not None and not self._barrier.done():
+            self._barrier.set_exception(ChannelDown())
+        for _, _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ChannelDown())
+        self._waiters.clear()
+
+    async def _ask_barrier(self) -> int:
+        if self._writer is None:
+            raise ChannelDown()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._barrier = fut
+        self._writer.write(msgpack.packb([BARRIER]))
+        return await fut
+
+    async def read_barrier(self) -> None:
+        """Until the view holds every write acknowledged before this call (ChannelDown, or the
+        member's EtcdError, if it cannot say)."""
+        position = await self._rounds.next()
+        if self.applied >= position:
+            return
+        if self._writer is None:
+            raise ChannelDown()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (position, next(self._waiter_ids), fut))
+        await fut
+
+
+def notify_socket_path(state_dir: str) -> str:
+    return member_socket_path(state_dir, "notify")
