@@ -378,11 +378,12 @@ def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     return LocalJournal(os.path.join(data_dir, "journal"), fsync=args.journal_fsync)
 
 
-async def run(args: argparse.Namespace) -> int:
+def member_config(args: argparse.Namespace) -> MemberConfig:
+    """The member's settings from its flags (the front ends of --workers build the same)."""
     data_dir = args.data_dir or f"{args.name}.etcd"
     listen = parse_urls(args.listen_client_urls)
     advertise = parse_urls(args.advertise_client_urls) if args.advertise_client_urls else listen
-    config = MemberConfig(
+    return MemberConfig(
         name=args.name,
         data_dir=data_dir,
         state_dir=args.state_dir,
@@ -402,6 +403,12 @@ async def run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         auth_token_ttl_s=args.auth_token_ttl,
     )
+
+
+async def run(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or f"{args.name}.etcd"
+    listen = parse_urls(args.listen_client_urls)
+    config = member_config(args)
     try:
         token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
     except (TokenConfigError, OSError, ValueError) as err:

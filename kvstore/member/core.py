@@ -119,6 +119,8 @@ class Member:
         self._barriers = SharedRounds(self._journal_barrier)
         # Called with the applied position after each applied batch (the front ends' notifications).
         self.applied_listeners: list[Callable[[int], None]] = []
+        # Called with (origin, seq, result) for entries of other origins (the front ends' proposals).
+        self.foreign_result: Callable[[int, int, Any], None] | None = None
         self._lease_proposed_ms: dict[int, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         # Held by whatever writes the backend (applier batches, compaction steps, defragment).
@@ -147,7 +149,7 @@ class Member:
             journal,
             self.log_name,
             timer=self.metrics.wal_fsync.time,
-            on_contact=self._journal_contacted,
+            on_contact=self.journal_contacted,
             counters=self.counters,
             log_fields=self._log_fields,
         )
@@ -184,7 +186,7 @@ class Member:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _journal_contacted(self) -> None:
+    def journal_contacted(self) -> None:
         self._journal_contact = time.monotonic()
 
     @property
@@ -443,6 +445,8 @@ class Member:
             self._evicted()
         if applied.origin == self.proposer.origin:
             self.proposer.resolve(applied.seq, applied.result)
+        elif self.foreign_result is not None and self.ready.is_set():
+            self.foreign_result(applied.origin, applied.seq, applied.result)
 
     async def _compactor_loop(self) -> None:
         """Physical compaction in bounded steps, one write transaction each, between batches."""

@@ -36,12 +36,12 @@ from kvstore.server import (
     grpc_server_options,
     grpc_socket_path,
     host_port,
+    member_config,
     open_client_listeners,
     parse_urls,
 )
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
-from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
 from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers import member_socket_path
 from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
@@ -49,6 +49,7 @@ from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import ChannelDown, MemberNotifications, notify_socket_path
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
+from kvstore.workers.writes import FrontEndMember, LocalWrites, has_token
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger("kvstore.workers")
@@ -79,7 +80,7 @@ class LocalRanges:
         msg = self._parse(request)
         if self._forward is None:
             self._forward = forwarder.unary_call(KV_RANGE)
-        if isinstance(msg, Malformed) or _has_token(context) or self.stopping or self.view.auth_enabled:
+        if isinstance(msg, Malformed) or has_token(context) or self.stopping or self.view.auth_enabled:
             return await forwarder.unary(self._forward, request, context)
         try:
             validate.check_range(msg)  # before the barrier, as the member's servicer does
@@ -111,10 +112,6 @@ class LocalRanges:
         return answer
 
 
-def _has_token(context: Any) -> bool:
-    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
-
-
 async def _member_status(channel: grpc.aio.Channel) -> Any:
     raw = await channel.unary_unary(MAINTENANCE_STATUS)(pb.StatusRequest().SerializeToString(), timeout=5.0)
     return pb.StatusResponse.FromString(raw)
@@ -129,12 +126,12 @@ async def _wait_for_member(channel: grpc.aio.Channel) -> Any:
                 await asyncio.sleep(0.1)
 
 
-async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges) -> None:
+async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges, writer: FrontEndMember) -> None:
     while True:
         await asyncio.sleep(IDENTITY_REFRESH_S)
         with contextlib.suppress(grpc.aio.AioRpcError):
             status = await _member_status(channel)
-            ranges.header = _identity(status.header)
+            ranges.header = writer.identity = _identity(status.header)
 
 
 def _identity(header: Any) -> Any:
@@ -187,12 +184,15 @@ async def run_front_end(args: Any) -> int:
     notifications = MemberNotifications(notify_socket_path(state_dir))
     ranges = LocalRanges(view, metrics, notifications)
     ranges.header = _identity(status.header)
+    writer = FrontEndMember(member_config(args), view, notifications, metrics)
+    writer.identity = ranges.header
+    writes = LocalWrites(writer, metrics, client_cert_auth=bool(args.client_cert_auth))
     identities = PeerIdentities()
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),
-        handlers=[Forwarder(channel, {KV_RANGE: ranges}, identity)],
+        handlers=[Forwarder(channel, {KV_RANGE: ranges, **writes.handlers()}, identity)],
     )
     own_socket = member_socket_path(state_dir, f"grpc-{index}")
     listeners, _ = await open_client_listeners(
@@ -201,7 +201,7 @@ async def run_front_end(args: Any) -> int:
     )  # fmt: skip
     await server.start()
     loop = asyncio.get_running_loop()
-    follower = loop.create_task(_follow_identity(channel, ranges))
+    follower = loop.create_task(_follow_identity(channel, ranges, writer))
     notified = loop.create_task(notifications.run())
     log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
              status.header.member_id)  # fmt: skip
@@ -209,12 +209,13 @@ async def run_front_end(args: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    ranges.stopping = True
+    ranges.stopping = writes.stopping = True
     follower.cancel()
     notified.cancel()
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)
+    writer.proposer.stop()
     await channel.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(own_socket)

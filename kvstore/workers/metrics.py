@@ -23,7 +23,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from kvstore.metrics import GRPC_CODE_NAMES
 
-RANGE_LABELS = ("unary", "etcdserverpb.KV", "Range")
+# The member's counters a front end adds to (kvstore/workers/writes.py bumps them).
+FRONT_END_COUNTERS = (
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
+    "etcd_mvcc_txn_total",
+    "etcd_server_proposals_failed_total",
+)
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -35,11 +41,22 @@ class FrontEndMetrics:
         self.started = Counter("grpc_server_started_total", "", labels, registry=None)
         self.handled = Counter("grpc_server_handled_total", "", (*labels, "grpc_code"), registry=None)
         self.ranges = Counter("etcd_mvcc_range_total", "", registry=None)
+        self._counters = {name: Counter(name, "", registry=None) for name in FRONT_END_COUNTERS}
 
     def range_served(self, code: grpc.StatusCode) -> None:
-        self.started.labels(*RANGE_LABELS).inc()
-        self.handled.labels(*RANGE_LABELS, GRPC_CODE_NAMES[code]).inc()
+        self.served("Range", code)
         self.ranges.inc()
+
+    def served(self, kv_method: str, code: grpc.StatusCode) -> None:
+        """One unary KV call the front end answered itself."""
+        labels = ("unary", "etcdserverpb.KV", kv_method)
+        self.started.labels(*labels).inc()
+        self.handled.labels(*labels, GRPC_CODE_NAMES[code]).inc()
+
+    def count(self, name: str, amount: float) -> None:
+        """One of the member's own counters (FRONT_END_COUNTERS), by what the front end did."""
+        if amount > 0:
+            self._counters[name].inc(amount)
 
 
 def front_end_counts(metrics_dir: str) -> dict[SampleKey, float]:

@@ -11,6 +11,15 @@ front end keeps one connection to it. Messages are msgpack arrays, in order:
   barrier (Member.barrier_position), or `[BARRIER_FAILED, code, message]` with
   the error its own linearizable read would answer (etcd's request timeout).
 
+- front end -> member `[HELLO, origin]` at connect: the origin of the journal
+  entries this front end proposes (kvstore/workers/writes.py);
+- front end -> member `[APPEND, id, [entry, ...]]`: journal entries the front
+  end built (the member's journal path appends them, as its own proposer's);
+  the member answers `[APPENDED, id]` or `[APPEND_FAILED, id, message]`;
+- member -> front end `[RESULT, seq, response bytes]` or `[RESULT, seq, code,
+  message]`: what the applier computed for the front end's entry `seq` (by
+  origin), sent before that batch's APPLIED.
+
 A front end has at most one barrier request out (kvstore/member/rounds.py
 shares it among the front end's concurrent linearizable reads), so answers come
 back in the order asked. A linearizable read in a front end is then: one shared
@@ -26,11 +35,13 @@ import heapq
 import itertools
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
 
+from journal.api import JournalError
 from kvstore.errors import EtcdError
 from kvstore.member.rounds import SharedRounds
 from kvstore.workers import member_socket_path
@@ -43,6 +54,11 @@ log = logging.getLogger("kvstore.workers")
 APPLIED = 0
 BARRIER = 1
 BARRIER_FAILED = 2
+HELLO = 3
+APPEND = 4
+APPENDED = 5
+APPEND_FAILED = 6
+RESULT = 7
 READ_CHUNK_BYTES = 64 * 1024
 RECONNECT_DELAY_S = 0.2
 
@@ -59,6 +75,7 @@ class Notifier:
         self.member = member
         self.path = path
         self._writers: set[asyncio.StreamWriter] = set()
+        self._by_origin: dict[int, asyncio.StreamWriter] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -67,6 +84,17 @@ class Notifier:
             os.unlink(self.path)
         self._server = await asyncio.start_unix_server(self._serve, self.path)
         self.member.applied_listeners.append(self._applied)
+        self.member.foreign_result = self._result
+
+    def _result(self, origin: int, seq: int, result: Any) -> None:
+        """The applier's result for an entry of another origin: to the front end that proposed it."""
+        writer = self._by_origin.get(origin)
+        if writer is None:
+            return  # another member's entry, or a front end gone meanwhile
+        if isinstance(result, EtcdError):
+            writer.write(msgpack.packb([RESULT, seq, result.code.name, result.message]))
+        else:
+            writer.write(msgpack.packb([RESULT, seq, result.SerializeToString()]))
 
     def _applied(self, position: int) -> None:
         frame = msgpack.packb([APPLIED, position])
@@ -77,19 +105,42 @@ class Notifier:
         self._writers.add(writer)
         writer.write(msgpack.packb([APPLIED, self.member.sm.applied_position]))
         unpacker = msgpack.Unpacker()
+        origin: int | None = None
         try:
             while data := await reader.read(READ_CHUNK_BYTES):
                 unpacker.feed(data)
                 for message in unpacker:
-                    if message == [BARRIER]:
-                        task = asyncio.get_running_loop().create_task(self._answer_barrier(writer))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                    kind = message[0]
+                    if kind == BARRIER:
+                        self._spawn(self._answer_barrier(writer))
+                    elif kind == APPEND:
+                        self._spawn(self._append(writer, message[1], message[2]))
+                    elif kind == HELLO:
+                        origin = message[1]
+                        self._by_origin[origin] = writer
         except (ConnectionError, OSError):
             pass
         finally:
             self._writers.discard(writer)
+            if origin is not None and self._by_origin.get(origin) is writer:
+                del self._by_origin[origin]
             writer.close()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _append(self, writer: asyncio.StreamWriter, append_id: int, entries: list[bytes]) -> None:
+        """A front end's proposals, appended as the member's proposer appends its own."""
+        try:
+            await self.member.journal.append(self.member.log_name, entries)
+            self.member.journal_contacted()
+            answer: list[Any] = [APPENDED, append_id]
+        except (JournalError, OSError) as exc:
+            answer = [APPEND_FAILED, append_id, str(exc)]
+        if not writer.is_closing():
+            writer.write(msgpack.packb(answer))
 
     async def _answer_barrier(self, writer: asyncio.StreamWriter) -> None:
         answer: list[Any]
@@ -101,6 +152,7 @@ class Notifier:
             writer.write(msgpack.packb(answer))
 
     def close(self) -> None:
+        self.member.foreign_result = None
         if self._applied in self.member.applied_listeners:
             self.member.applied_listeners.remove(self._applied)
         if self._server is not None:
@@ -116,9 +168,13 @@ class Notifier:
 class MemberNotifications:
     """In a front end: the member's applied position, and linearizable read barriers."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, origin: int = 0) -> None:
         self.path = path
+        self.origin = origin  # of the journal entries this front end proposes
         self.applied = 0
+        self.on_result: Callable[[int, Any], None] | None = None  # (seq, bytes or EtcdError)
+        self._appends: dict[int, asyncio.Future[None]] = {}
+        self._append_ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
         self._barrier: asyncio.Future[int] | None = None
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -138,6 +194,7 @@ class MemberNotifications:
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
             self._writer = writer
+            writer.write(msgpack.packb([HELLO, self.origin]))
             try:
                 await self._receive(reader)
             except (ConnectionError, OSError):
@@ -156,6 +213,17 @@ class MemberNotifications:
                 kind = message[0]
                 if kind == APPLIED:
                     self._applied(message[1])
+                elif kind == RESULT:
+                    if self.on_result is not None:
+                        result = message[2] if len(message) == 3 else EtcdError(grpc.StatusCode[message[2]], message[3])
+                        self.on_result(message[1], result)
+                elif kind in (APPENDED, APPEND_FAILED):
+                    fut = self._appends.pop(message[1], None)
+                    if fut is not None and not fut.done():
+                        if kind == APPENDED:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(JournalError(message[2]))
                 elif self._barrier is not None and not self._barrier.done():
                     if kind == BARRIER:
                         self._barrier.set_result(message[1])
@@ -178,6 +246,20 @@ class MemberNotifications:
             if not fut.done():
                 fut.set_exception(ChannelDown())
         self._waiters.clear()
+        for append in self._appends.values():
+            if not append.done():  # whether the member appended it is unknown: the proposer times out
+                append.set_exception(JournalError("the member's process went away"))
+        self._appends.clear()
+
+    async def append(self, log: str, entries: Sequence[bytes]) -> None:
+        """Journal entries through the member's journal path (the proposer's `journal.append`)."""
+        if self._writer is None:
+            raise JournalError("no channel to the member's process")
+        append_id = next(self._append_ids)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._appends[append_id] = fut
+        self._writer.write(msgpack.packb([APPEND, append_id, list(entries)]))
+        await fut
 
     async def _ask_barrier(self) -> int:
         if self._writer is None:
