@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import grpc
@@ -77,6 +78,7 @@ class LocalRanges:
         self.stopping = False
 
     async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        started_s = time.monotonic()
         msg = self._parse(request)
         if self._forward is None:
             self._forward = forwarder.unary_call(KV_RANGE)
@@ -91,7 +93,7 @@ class LocalRanges:
         except ChannelDown:
             return await forwarder.unary(self._forward, request, context)
         except EtcdError as err:
-            self.metrics.range_served(err.code)
+            self.metrics.range_served(err.code, started_s)
             await context.abort(err.code, err.message)
         error: EtcdError | None = None
         answer = b""
@@ -106,7 +108,7 @@ class LocalRanges:
                     error = err
         if auth_enabled:
             return await forwarder.unary(self._forward, request, context)
-        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK)
+        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK, started_s)
         if error is not None:
             await context.abort(error.code, error.message)
         return answer
@@ -180,7 +182,7 @@ async def run_front_end(args: Any) -> int:
     channel = grpc.aio.insecure_channel(f"unix:{grpc_socket_path(state_dir)}", options=FORWARD_CHANNEL_OPTIONS)
     status = await _wait_for_member(channel)
     view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
-    metrics = FrontEndMetrics()
+    metrics = FrontEndMetrics(args.metrics)
     notifications = MemberNotifications(notify_socket_path(state_dir))
     ranges = LocalRanges(view, metrics, notifications)
     ranges.header = _identity(status.header)

@@ -19,6 +19,8 @@ credentials, and so does the front end: the applier checks permissions there.
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +126,8 @@ class FrontEndMember:
     async def check_quota(self, cost: int) -> None:
         """The member's quota gate; near the quota the member decides (and raises the alarm)."""
         quota = self.config.quota_backend_bytes
-        if cost > 0 and quota > 0 and self.view.backend.file_bytes + cost >= quota:
+        # The file's size now (a stat: the front end sees no commits of its own to track it by).
+        if cost > 0 and quota > 0 and os.path.getsize(self.view.path) + cost >= quota:
             raise ForwardInstead()
 
     async def propose(self, kind: Kind, request: Any, auth: Any = None) -> Any:
@@ -164,6 +167,7 @@ class LocalWrites:
             return await forwarder.unary(forward_call[0], request, context)
 
         async def handle(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+            started_s = time.monotonic()
             msg = parse(request)
             if isinstance(msg, Malformed) or not self._may_answer(context):
                 return await forward(request, context, forwarder)
@@ -174,9 +178,9 @@ class LocalWrites:
             except ForwardInstead:
                 return await forward(request, context, forwarder)
             except EtcdError as err:
-                self.metrics.served(name, err.code)
+                self.metrics.served(name, err.code, started_s)
                 await context.abort(err.code, err.message)
-            self.metrics.served(name, grpc.StatusCode.OK)
+            self.metrics.served(name, grpc.StatusCode.OK, started_s)
             data: bytes = resp.SerializeToString()
             return data
 

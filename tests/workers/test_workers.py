@@ -158,11 +158,15 @@ def test_front_ends_answer_writes_as_the_member_does(two_workers: ServerProcess)
             with pytest.raises(grpc.RpcError) as no_lease:
                 kv.Put(pb.PutRequest(key=b"/w/l", value=b"v", lease=12345), timeout=WAIT_S)
             assert (no_lease.value.code(), no_lease.value.details()) == (
-                grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+                grpc.StatusCode.NOT_FOUND,
+                "etcdserver: requested lease not found",
+            )
             with pytest.raises(grpc.RpcError) as no_key:
                 kv.Put(pb.PutRequest(key=b"", value=b"v"), timeout=WAIT_S)
             assert (no_key.value.code(), no_key.value.details()) == (
-                grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "etcdserver: key is not provided",
+            )
         assert len(set(revisions)) == len(revisions)
         deleted = kvs[0].DeleteRange(pb.DeleteRangeRequest(key=b"/w/", range_end=b"/w0"), timeout=WAIT_S)
         assert deleted.deleted == CONNECTIONS
