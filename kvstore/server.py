@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=WORKERS_DEFAULT,
         help="processes that serve the client URLs (default 1): the member's own, which applies the journal, "
-        "and N-1 front ends that answer serializable ranges from the shared state file and forward every "
-        "other call to it (docs/workers.md)",
+        "and N-1 front ends that answer ranges from the shared state file, propose puts, deletes and txns "
+        "themselves, and forward every other call to it (docs/workers.md)",
     )
     p.add_argument("--front-end-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
     p.add_argument(

@@ -3,12 +3,15 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers serializable ranges (KV.Range with serializable=true, no token, auth
-  off) from its read-only view of the state file (kvstore/workers/view.py):
-  what the applier committed before the request arrived, as the member would;
+- answers ranges (KV.Range, no token, auth off) from its read-only view of the
+  state file (kvstore/workers/view.py): a serializable one at once (what the
+  applier committed before the request arrived), a linearizable one after a
+  barrier shared by the front end's reads (kvstore/workers/notify.py);
+- proposes Put, DeleteRange and Txn with writes itself and answers with the
+  applier's result (kvstore/workers/writes.py);
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): writes, linearizable reads, watches, leases,
-  auth, maintenance and cluster calls answer exactly as the member answers them;
+  (kvstore/workers/forward.py): watches, leases, calls with a token, auth,
+  maintenance and cluster calls answer exactly as the member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
   member's HTTP endpoints, so the member stays one unit for its users.
 
