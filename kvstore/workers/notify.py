@@ -18,7 +18,7 @@ front end keeps one connection to it. Messages are msgpack arrays, in order:
   the member answers `[APPENDED, id]` or `[APPEND_FAILED, id, message]`;
 - member -> front end `[RESULT, seq, response bytes]` or `[RESULT, seq, code,
   message]`: what the applier computed for the front end's entry `seq` (by
-  origin), sent before that batch's APPLIED.
+  origin), sent after the batch's commit, before that batch's APPLIED.
 
 A front end has at most one barrier request out (kvstore/member/rounds.py
 shares it among the front end's concurrent linearizable reads), so answers come
@@ -61,6 +61,8 @@ APPEND_FAILED = 6
 RESULT = 7
 READ_CHUNK_BYTES = 64 * 1024
 RECONNECT_DELAY_S = 0.2
+# What the member queues for one front end that does not read, before it closes that channel.
+NOTIFY_BUFFER_BYTES_MAX = 64 * 1024 * 1024
 
 
 class ChannelDown(Exception):
@@ -76,6 +78,7 @@ class Notifier:
         self.path = path
         self._writers: set[asyncio.StreamWriter] = set()
         self._by_origin: dict[int, asyncio.StreamWriter] = {}
+        self._results: list[tuple[asyncio.StreamWriter, bytes]] = []  # of the batch being applied
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -92,13 +95,25 @@ class Notifier:
         if writer is None:
             return  # another member's entry, or a front end gone meanwhile
         if isinstance(result, EtcdError):
-            writer.write(msgpack.packb([RESULT, seq, result.code.name, result.message]))
+            frame = msgpack.packb([RESULT, seq, result.code.name, result.message])
         else:
-            writer.write(msgpack.packb([RESULT, seq, result.SerializeToString()]))
+            frame = msgpack.packb([RESULT, seq, result.SerializeToString()])
+        # Sent once the batch is committed (_applied): the front end answers its client then, and
+        # that client's next read, from any view, has the write.
+        self._results.append((writer, frame))
 
     def _applied(self, position: int) -> None:
+        results, self._results = self._results, []
+        for writer, result in results:
+            if not writer.is_closing():
+                writer.write(result)
         frame = msgpack.packb([APPLIED, position])
-        for writer in self._writers:
+        for writer in list(self._writers):
+            if writer.transport.get_write_buffer_size() > NOTIFY_BUFFER_BYTES_MAX:
+                log.warning("a front end reads no notifications: closing its channel")
+                writer.close()  # it reconnects, or its supervisor restarts it
+                self._writers.discard(writer)
+                continue
             writer.write(frame)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
