@@ -3,6 +3,8 @@
 - config.py: its settings, limits and identity helpers
 - core.py: `Member`: the applier (the only writer of the state file), reads, leases,
   membership heartbeats, compaction, snapshots and their installation
+- defrag.py: defragment (a compacting copy that replaces the state file)
+- rounds.py: shared rounds (one journal barrier answers every reader waiting for it)
 - proposer.py: requests as journal entries, batched, answered when applied
 - snapshots.py: snapshot chunks between the event loop and a thread
 """
@@ -10,6 +12,7 @@
 from kvstore.member.config import (
     CLUSTER_VERSION,
     ETCD_VERSION,
+    FAULT_DEFRAG_COPY_DELAY_ENV,
     FAULT_KILL_AFTER_COMMIT_ENV,
     FAULT_KILL_IN_BATCH_ENV,
     REQUEST_TIMEOUT_MS,
@@ -24,6 +27,7 @@ from kvstore.member.core import Member
 __all__ = [
     "CLUSTER_VERSION",
     "ETCD_VERSION",
+    "FAULT_DEFRAG_COPY_DELAY_ENV",
     "FAULT_KILL_AFTER_COMMIT_ENV",
     "FAULT_KILL_IN_BATCH_ENV",
     "REQUEST_TIMEOUT_MS",
