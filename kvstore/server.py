@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=WORKERS_DEFAULT,
         help="processes that serve the client URLs (default 1): the member's own, which applies the journal, "
-        "and N-1 front ends that answer serializable ranges from the shared state file and forward every "
-        "other call to it (docs/workers.md)",
+        "and N-1 front ends that answer ranges from the shared state file, propose puts, deletes and txns "
+        "themselves, and forward every other call to it (docs/workers.md)",
     )
     p.add_argument("--front-end-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
     p.add_argument(
@@ -379,11 +379,12 @@ def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     return LocalJournal(os.path.join(data_dir, "journal"), fsync=args.journal_fsync)
 
 
-async def run(args: argparse.Namespace) -> int:
+def member_config(args: argparse.Namespace) -> MemberConfig:
+    """The member's settings from its flags (the front ends of --workers build the same)."""
     data_dir = args.data_dir or f"{args.name}.etcd"
     listen = parse_urls(args.listen_client_urls)
     advertise = parse_urls(args.advertise_client_urls) if args.advertise_client_urls else listen
-    config = MemberConfig(
+    return MemberConfig(
         name=args.name,
         data_dir=data_dir,
         state_dir=args.state_dir,
@@ -403,6 +404,12 @@ async def run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         auth_token_ttl_s=args.auth_token_ttl,
     )
+
+
+async def run(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or f"{args.name}.etcd"
+    listen = parse_urls(args.listen_client_urls)
+    config = member_config(args)
     try:
         token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
     except (TokenConfigError, OSError, ValueError) as err:
@@ -435,7 +442,7 @@ async def run(args: argparse.Namespace) -> int:
     workers = args.workers
     front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
     if front_ends is not None:
-        await front_ends.listen_http(http_handler(member, gateway))  # the front ends' HTTP connections
+        await front_ends.listen(http_handler(member, gateway))  # the front ends' HTTP, notifications
     listeners, http_urls = await open_client_listeners(
         args, listen, server, grpc_socket, http_handler(member, gateway), tls, identities, reuse_port=workers > 1
     )

@@ -3,6 +3,8 @@
 - config.py: its settings, limits and identity helpers
 - core.py: `Member`: the applier (the only writer of the state file), reads, leases,
   membership heartbeats, compaction, snapshots and their installation
+- defrag.py: defragment (a compacting copy that replaces the state file)
+- rounds.py: shared rounds (one journal barrier answers every reader waiting for it)
 - proposer.py: requests as journal entries, batched, answered when applied
 - snapshots.py: snapshot chunks between the event loop and a thread
 """

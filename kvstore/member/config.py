@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT
 
@@ -123,3 +125,17 @@ def parse_duration_s(text: str, default_unit_s: float) -> float:
     if number:
         raise ValueError(f"invalid duration {text!r}: missing unit")
     return total
+
+
+def batch_parts(batch: list[Any], bytes_max: int) -> Iterator[list[Any]]:
+    """A journal batch cut into runs of entries of at most bytes_max bytes (at least one entry each)."""
+    part: list[Any] = []
+    part_bytes = 0
+    for entry in batch:
+        if part and part_bytes + len(entry.data) > bytes_max:
+            yield part
+            part, part_bytes = [], 0
+        part.append(entry)
+        part_bytes += len(entry.data)
+    if part:
+        yield part

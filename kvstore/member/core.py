@@ -28,7 +28,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, TypeVar
 
 import lmdb
@@ -47,8 +47,6 @@ from kvstore.member.config import (
     COMPACT_PAUSE_MIN_S,
     COMPACT_STEP_ENTRIES_MAX,
     COMPACT_WAIT_POLL_S,
-    DEFRAG_CATCH_UP_ROUNDS_MAX,
-    DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX,
     FAULT_DEFRAG_COPY_DELAY_ENV,
     FAULT_KILL_AFTER_COMMIT_ENV,
     FAULT_KILL_IN_BATCH_ENV,
@@ -61,12 +59,15 @@ from kvstore.member.config import (
     LEASE_EXPIRY_CHECK_S,
     MEMBER_HEARTBEATS_PER_TTL,
     MemberConfig,
+    batch_parts,
     default_state_dir,
     id64,
     now_ms,
     parse_duration_s,
 )
+from kvstore.member.defrag import defragment
 from kvstore.member.proposer import Proposer
+from kvstore.member.rounds import SharedRounds
 from kvstore.member.snapshots import ThreadQueueChunks
 from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.backend import (
@@ -115,8 +116,11 @@ class Member:
         self.committed_position = 0
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
-        self._barrier_next: asyncio.Future[int] | None = None
-        self._barrier_task: asyncio.Task[None] | None = None
+        self._barriers = SharedRounds(self._journal_barrier)
+        # Called with the applied position after each applied batch (the front ends' notifications).
+        self.applied_listeners: list[Callable[[int], None]] = []
+        # Called with (origin, seq, result) for entries of other origins (the front ends' proposals).
+        self.foreign_result: Callable[[int, int, Any], None] | None = None
         self._lease_proposed_ms: dict[int, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         # Held by whatever writes the backend (applier batches, compaction steps, defragment).
@@ -145,7 +149,7 @@ class Member:
             journal,
             self.log_name,
             timer=self.metrics.wal_fsync.time,
-            on_contact=self._journal_contacted,
+            on_contact=self.journal_contacted,
             counters=self.counters,
             log_fields=self._log_fields,
         )
@@ -182,7 +186,7 @@ class Member:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _journal_contacted(self) -> None:
+    def journal_contacted(self) -> None:
         self._journal_contact = time.monotonic()
 
     @property
@@ -363,7 +367,7 @@ class Member:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
-                    for part in _parts(batch, APPLY_BATCH_BYTES_MAX):
+                    for part in batch_parts(batch, APPLY_BATCH_BYTES_MAX):
                         async with self._write_lock:
                             self._apply_batch(part)
                         self.committed_position = max(self.committed_position, self.sm.applied_position)
@@ -441,6 +445,8 @@ class Member:
             self._evicted()
         if applied.origin == self.proposer.origin:
             self.proposer.resolve(applied.seq, applied.result)
+        elif self.foreign_result is not None and self.ready.is_set():
+            self.foreign_result(applied.origin, applied.seq, applied.result)
 
     async def _compactor_loop(self) -> None:
         """Physical compaction in bounded steps, one write transaction each, between batches."""
@@ -470,6 +476,8 @@ class Member:
             _, _, fut = heapq.heappop(waiters)
             if not fut.done():
                 fut.set_result(None)
+        for listener in self.applied_listeners:
+            listener(applied)
 
     async def wait_applied(self, position: int) -> None:
         if self.sm.applied_position >= position:
@@ -494,27 +502,21 @@ class Member:
         """Wait until every write acknowledged before this call is applied locally."""
         if failpoints.enabled("stale_read"):
             return
-        loop = asyncio.get_running_loop()
-        if self._barrier_next is None:
-            self._barrier_next = loop.create_future()
-        fut = self._barrier_next
-        if self._barrier_task is None or self._barrier_task.done():
-            self._barrier_task = loop.create_task(self._barrier_rounds())
-        position = await asyncio.shield(fut)
-        await self.wait_applied(position)
+        await self.wait_applied(await self.barrier_position())
 
-    async def _barrier_rounds(self) -> None:
-        # One journal barrier per round, shared by every reader that arrived before the round began.
-        while self._barrier_next is not None:
-            fut = self._barrier_next
-            self._barrier_next = None
-            try:
-                position = await self.journal.barrier(self.log_name)
-                self._journal_contact = time.monotonic()
-                self.committed_position = max(self.committed_position, position)
-                fut.set_result(position)
-            except Exception as exc:
-                fut.set_exception(fail(errors.TIMEOUT) if isinstance(exc, JournalError) else exc)
+    async def barrier_position(self) -> int:
+        """A position the journal committed after this call began (one journal barrier per
+        round, shared by every reader that arrived before the round began)."""
+        return await self._barriers.next()
+
+    async def _journal_barrier(self) -> int:
+        try:
+            position = await self.journal.barrier(self.log_name)
+        except JournalError as exc:
+            raise fail(errors.TIMEOUT) from exc
+        self._journal_contact = time.monotonic()
+        self.committed_position = max(self.committed_position, position)
+        return position
 
     # ------------------------------------------------------------------ quota
 
@@ -533,94 +535,8 @@ class Member:
             raise fail(errors.NO_SPACE)
 
     async def defragment(self) -> None:
-        """etcd's defragment: a compacting copy of the file replaces it (the tmpfs file shrinks to
-        the pages in use). The copy runs in a thread while the member goes on applying and
-        serving; the entries applied meanwhile are then applied to the copy as well (it knows the
-        position it was copied at, and applying is deterministic), and only the last of that
-        catch-up and the swap hold up applying: never the copy (631 ms at 2.8 GiB)."""
-        async with self._defrag_lock:
-            backend = self.sm.backend
-            tmp = backend.swap_path("defrag")
-            try:
-                await asyncio.to_thread(backend.compact_copy, tmp)
-                await asyncio.sleep(self._fault_defrag_delay_s)
-                copy = StateMachine(Backend(tmp, map_size=self._map_size))
-                copied_at = copy.applied_position
-                try:
-                    if await self._defrag_catch_up(copy, backend):
-                        cleanup = await self._defrag_swap(copy, backend, tmp)
-                        log.info("defragmented; %d entries applied meanwhile, then to the copy",
-                                 self.sm.applied_position - copied_at, extra=self._log_fields())  # fmt: skip
-                    else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
-                        cleanup = None
-                finally:
-                    copy.close()
-            except BaseException:
-                remove_state_file(tmp)
-                raise
-            if cleanup is None:
-                remove_state_file(tmp)
-                async with self._write_lock:  # as etcd does: applying waits for the whole copy
-                    backend = self.sm.backend
-                    tmp = backend.swap_path("defrag")
-                    try:
-                        await asyncio.to_thread(backend.compact_copy, tmp)
-                        await self._no_snapshot_readers()
-                        cleanup = self._swap_in(backend, tmp)
-                    except BaseException:
-                        remove_state_file(tmp)
-                        raise
-        await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
-
-    async def _defrag_catch_up(self, copy: StateMachine, backend: Backend) -> bool:
-        """Apply to the copy what the member applied since it was taken, in rounds while applying
-        goes on; False if the journal no longer has those entries."""
-        for _ in range(DEFRAG_CATCH_UP_ROUNDS_MAX):
-            if self.sm.backend is not backend:
-                return False
-            behind = self.sm.applied_position - copy.applied_position
-            if behind <= DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX:
-                break
-            if not await self._apply_to(copy, self.sm.applied_position):
-                return False
-        return True
-
-    async def _defrag_swap(self, copy: StateMachine, backend: Backend, tmp: str) -> Callable[[], None] | None:
-        async with self._write_lock:
-            if self.sm.backend is not backend or not await self._apply_to(copy, self.sm.applied_position):
-                return None
-            assert copy.applied_position == self.sm.applied_position
-            copy.close()
-            remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
-            await self._no_snapshot_readers()
-            return self._swap_in(backend, tmp)
-
-    def _swap_in(self, backend: Backend, tmp: str) -> Callable[[], None]:
-        cleanup = backend.swap_in(tmp)
-        self.sm = StateMachine(backend)
-        self.hub.store = self.sm.store  # the same state, new handles: watchers go on as they are
-        return cleanup
-
-    async def _apply_to(self, sm: StateMachine, position: int) -> bool:
-        """Apply the journal's entries after sm's position up to `position` to a state machine
-        that is not the member's (its results and events are the member's already)."""
-        if sm.applied_position >= position:
-            return True
-        reader = self.journal.read(self.log_name, sm.applied_position + 1)
-        try:
-            async for batch in reader:
-                for part in _parts([e for e in batch if e.position <= position], APPLY_BATCH_BYTES_MAX):
-                    with sm.backend.batch():
-                        for entry in part:
-                            sm.apply(entry.position, entry.timestamp_ms, entry.data)
-                    await asyncio.sleep(APPLY_PAUSE_S)
-                if sm.applied_position >= position:
-                    return True
-        except PositionTrimmed:
-            return False
-        finally:
-            await reader.aclose()  # type: ignore[attr-defined]
-        return False
+        """etcd's defragment (kvstore/member/defrag.py)."""
+        await defragment(self)
 
     @property
     def db_size_bytes(self) -> int:
@@ -814,22 +730,6 @@ class Member:
         return self.sm.store
 
 
-def _parts(batch: list[Any], bytes_max: int) -> Iterator[list[Any]]:
-    """A journal batch cut into runs of entries of at most bytes_max bytes (at least one entry each)."""
-    part: list[Any] = []
-    part_bytes = 0
-    for entry in batch:
-        if part and part_bytes + len(entry.data) > bytes_max:
-            yield part
-            part, part_bytes = [], 0
-        part.append(entry)
-        part_bytes += len(entry.data)
-    if part:
-        yield part
-
-
 def _kill_self(where: str) -> None:
     log.critical("fault injection: SIGKILL %s", where)
     os.kill(os.getpid(), signal.SIGKILL)
-
-

@@ -12,11 +12,11 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
-from journal.api import Journal, JournalError
+from journal.api import JournalError
 from kvstore import errors
 from kvstore.auth.store import AuthInfo
 from kvstore.errors import EtcdError, fail
@@ -31,10 +31,16 @@ from kvstore.statemachine import Kind, encode_entry
 log = logging.getLogger("kvstore.member")
 
 
+class Appends(Protocol):
+    """Where proposals go: the journal, or in a front end the member's journal path."""
+
+    async def append(self, log: str, entries: Sequence[bytes]) -> Any: ...
+
+
 class Proposer:
     def __init__(
         self,
-        journal: Journal,
+        journal: Appends,
         log_name: str,
         *,
         timer: Callable[[], AbstractContextManager[Any]],

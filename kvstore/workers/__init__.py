@@ -3,9 +3,12 @@
 - supervisor.py (in the member's process, the applier): starts N-1 front-end
   processes, restarts one that dies, stops them with the member
 - frontend.py: a front-end process: accepts gRPC and HTTP on the same client
-  URLs (SO_REUSEPORT), answers serializable ranges from its own read-only view
-  of the state file, forwards every other call to the applier
+  URLs (SO_REUSEPORT), answers ranges from its own read-only view of the state
+  file and writes through the applier, forwards every other call to it
 - forward.py: the gRPC calls a front end passes on, as bytes
+- notify.py: the channel from the member's process to each front end (applied
+  positions, read barriers, the front ends' appends and their results)
+- writes.py: Put, DeleteRange and Txn proposed by a front end
 - view.py: the read-only view of the state file in another process
 - metrics.py: the front ends' counts, summed into the member's /metrics
 

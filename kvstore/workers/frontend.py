@@ -3,12 +3,15 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers serializable ranges (KV.Range with serializable=true, no token, auth
-  off) from its read-only view of the state file (kvstore/workers/view.py):
-  what the applier committed before the request arrived, as the member would;
+- answers ranges (KV.Range, no token, auth off) from its read-only view of the
+  state file (kvstore/workers/view.py): a serializable one at once (what the
+  applier committed before the request arrived), a linearizable one after a
+  barrier shared by the front end's reads (kvstore/workers/notify.py);
+- proposes Put, DeleteRange and Txn with writes itself and answers with the
+  applier's result (kvstore/workers/writes.py);
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): writes, linearizable reads, watches, leases,
-  auth, maintenance and cluster calls answer exactly as the member answers them;
+  (kvstore/workers/forward.py): watches, leases, calls with a token, auth,
+  maintenance and cluster calls answer exactly as the member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
   member's HTTP endpoints, so the member stays one unit for its users.
 
@@ -23,10 +26,12 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import grpc
 
+from journal import failpoints
 from kvstore.errors import EtcdError
 from kvstore.member import default_state_dir
 from kvstore.mvcc.backend import STATE_FILE, map_size_for
@@ -35,18 +40,20 @@ from kvstore.server import (
     grpc_server_options,
     grpc_socket_path,
     host_port,
+    member_config,
     open_client_listeners,
     parse_urls,
 )
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
-from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
 from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers import member_socket_path
 from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
 from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.notify import ChannelDown, MemberNotifications, notify_socket_path
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
+from kvstore.workers.writes import FrontEndMember, LocalWrites, has_token
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger("kvstore.workers")
@@ -59,11 +66,13 @@ HTTP_PIPE_CHUNK_BYTES = 64 * 1024
 
 
 class LocalRanges:
-    """KV.Range answered in the front end when it may be: serializable, no token, auth off."""
+    """KV.Range answered in the front end when it may be: no token, auth off. A linearizable one
+    first waits for a barrier shared by the front end's reads (kvstore/workers/notify.py)."""
 
-    def __init__(self, view: StateView, metrics: FrontEndMetrics) -> None:
+    def __init__(self, view: StateView, metrics: FrontEndMetrics, notifications: MemberNotifications) -> None:
         self.view = view
         self.metrics = metrics
+        self.notifications = notifications
         self.header = pb.ResponseHeader()
         self._parse = strict_parser(pb.RangeRequest)
         self._forward: Any = None  # the forwarding call, made once
@@ -72,18 +81,29 @@ class LocalRanges:
         self.stopping = False
 
     async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        started_s = time.monotonic()
         msg = self._parse(request)
         if self._forward is None:
             self._forward = forwarder.unary_call(KV_RANGE)
-        if isinstance(msg, Malformed) or not msg.serializable or _has_token(context) or self.stopping:
+        if isinstance(msg, Malformed) or has_token(context) or self.stopping or self.view.auth_enabled:
             return await forwarder.unary(self._forward, request, context)
+        try:
+            validate.check_range(msg)  # before the barrier, as the member's servicer does
+            if not msg.serializable and not failpoints.enabled("stale_read"):
+                if not self.notifications.up:
+                    return await forwarder.unary(self._forward, request, context)
+                await self.notifications.read_barrier()
+        except ChannelDown:
+            return await forwarder.unary(self._forward, request, context)
+        except EtcdError as err:
+            self.metrics.range_served(err.code, started_s)
+            await context.abort(err.code, err.message)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
             auth_enabled = self.view.auth_enabled  # then the member checks permissions
             if not auth_enabled:
                 try:
-                    validate.check_range(msg)
                     header = pb.ResponseHeader()
                     header.CopyFrom(self.header)
                     answer = store.range_encoded(msg, header)
@@ -91,14 +111,10 @@ class LocalRanges:
                     error = err
         if auth_enabled:
             return await forwarder.unary(self._forward, request, context)
-        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK)
+        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK, started_s)
         if error is not None:
             await context.abort(error.code, error.message)
         return answer
-
-
-def _has_token(context: Any) -> bool:
-    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
 
 
 async def _member_status(channel: grpc.aio.Channel) -> Any:
@@ -115,12 +131,12 @@ async def _wait_for_member(channel: grpc.aio.Channel) -> Any:
                 await asyncio.sleep(0.1)
 
 
-async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges) -> None:
+async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges, writer: FrontEndMember) -> None:
     while True:
         await asyncio.sleep(IDENTITY_REFRESH_S)
         with contextlib.suppress(grpc.aio.AioRpcError):
             status = await _member_status(channel)
-            ranges.header = _identity(status.header)
+            ranges.header = writer.identity = _identity(status.header)
 
 
 def _identity(header: Any) -> Any:
@@ -169,15 +185,19 @@ async def run_front_end(args: Any) -> int:
     channel = grpc.aio.insecure_channel(f"unix:{grpc_socket_path(state_dir)}", options=FORWARD_CHANNEL_OPTIONS)
     status = await _wait_for_member(channel)
     view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
-    metrics = FrontEndMetrics()
-    ranges = LocalRanges(view, metrics)
+    metrics = FrontEndMetrics(args.metrics)
+    notifications = MemberNotifications(notify_socket_path(state_dir))
+    ranges = LocalRanges(view, metrics, notifications)
     ranges.header = _identity(status.header)
+    writer = FrontEndMember(member_config(args), view, notifications, metrics)
+    writer.identity = ranges.header
+    writes = LocalWrites(writer, metrics, client_cert_auth=bool(args.client_cert_auth))
     identities = PeerIdentities()
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),
-        handlers=[Forwarder(channel, {KV_RANGE: ranges}, identity)],
+        handlers=[Forwarder(channel, {KV_RANGE: ranges, **writes.handlers()}, identity)],
     )
     own_socket = member_socket_path(state_dir, f"grpc-{index}")
     listeners, _ = await open_client_listeners(
@@ -186,18 +206,21 @@ async def run_front_end(args: Any) -> int:
     )  # fmt: skip
     await server.start()
     loop = asyncio.get_running_loop()
-    follower = loop.create_task(_follow_identity(channel, ranges))
+    follower = loop.create_task(_follow_identity(channel, ranges, writer))
+    notified = loop.create_task(notifications.run())
     log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
              status.header.member_id)  # fmt: skip
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    ranges.stopping = True
+    ranges.stopping = writes.stopping = True
     follower.cancel()
+    notified.cancel()
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)
+    writer.proposer.stop()
     await channel.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(own_socket)

@@ -12,34 +12,57 @@ labels: one set of metrics with etcd's names for the whole member.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from kvstore.metrics import GRPC_CODE_NAMES
+from kvstore.metrics import GRPC_BUCKETS_S, GRPC_CODE_NAMES
 
-RANGE_LABELS = ("unary", "etcdserverpb.KV", "Range")
+# The member's counters a front end adds to (kvstore/workers/writes.py bumps them).
+FRONT_END_COUNTERS = (
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
+    "etcd_mvcc_txn_total",
+    "etcd_server_proposals_failed_total",
+)
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class FrontEndMetrics:
-    def __init__(self) -> None:
+    def __init__(self, level: str = "basic") -> None:
         labels = ("grpc_type", "grpc_service", "grpc_method")
         # Not registered anywhere: the member reads the multiprocess files.
         self.started = Counter("grpc_server_started_total", "", labels, registry=None)
         self.handled = Counter("grpc_server_handled_total", "", (*labels, "grpc_code"), registry=None)
         self.ranges = Counter("etcd_mvcc_range_total", "", registry=None)
+        self._counters = {name: Counter(name, "", registry=None) for name in FRONT_END_COUNTERS}
+        self.handling: Histogram | None = None  # --metrics extensive, as the member's
+        if level == "extensive":
+            self.handling = Histogram("grpc_server_handling_seconds", "", labels, buckets=GRPC_BUCKETS_S, registry=None)
 
-    def range_served(self, code: grpc.StatusCode) -> None:
-        self.started.labels(*RANGE_LABELS).inc()
-        self.handled.labels(*RANGE_LABELS, GRPC_CODE_NAMES[code]).inc()
+    def range_served(self, code: grpc.StatusCode, started_s: float) -> None:
+        self.served("Range", code, started_s)
         self.ranges.inc()
+
+    def served(self, kv_method: str, code: grpc.StatusCode, started_s: float) -> None:
+        """One unary KV call the front end answered itself (started_s: its time.monotonic() at start)."""
+        labels = ("unary", "etcdserverpb.KV", kv_method)
+        self.started.labels(*labels).inc()
+        self.handled.labels(*labels, GRPC_CODE_NAMES[code]).inc()
+        if self.handling is not None:
+            self.handling.labels(*labels).observe(time.monotonic() - started_s)
+
+    def count(self, name: str, amount: float) -> None:
+        """One of the member's own counters (FRONT_END_COUNTERS), by what the front end did."""
+        if amount > 0:
+            self._counters[name].inc(amount)
 
 
 def front_end_counts(metrics_dir: str) -> dict[SampleKey, float]:

@@ -24,6 +24,7 @@ from kvstore.transport.cmux import HttpHandler
 from kvstore.transport.http import REQUEST_HEAD_BYTES_MAX
 from kvstore.workers import member_socket_path
 from kvstore.workers.metrics import with_front_ends
+from kvstore.workers.notify import Notifier, notify_socket_path
 
 if TYPE_CHECKING:
     from kvstore.member import Member
@@ -55,13 +56,16 @@ class FrontEnds:
         self.restarts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._http: Any = None
+        self.notifier = Notifier(member, notify_socket_path(member.state_dir))
         self._stopping = False
 
-    async def listen_http(self, handler: HttpHandler) -> None:
-        """The member's HTTP endpoints for the front ends' HTTP/1.1 connections (piped here)."""
+    async def listen(self, handler: HttpHandler) -> None:
+        """The member's HTTP endpoints for the front ends' HTTP/1.1 connections (piped here), and
+        their notification channel (kvstore/workers/notify.py)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.http_socket)
         self._http = await asyncio.start_unix_server(handler, self.http_socket, limit=REQUEST_HEAD_BYTES_MAX)
+        await self.notifier.listen()
 
     def start(self) -> None:
         shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counts of an earlier run of this member
@@ -123,5 +127,6 @@ class FrontEnds:
                 await task
         if self._http is not None:
             self._http.close()
+        self.notifier.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.http_socket)

@@ -57,6 +57,15 @@ def front_end_ranges(srv: ServerProcess) -> float:
     return total
 
 
+def front_end_handled(srv: ServerProcess, method: str) -> float:
+    """KV calls of `method` the front ends answered themselves."""
+    total = 0.0
+    for family in MultiProcessCollector(None, path=metrics_dir_for(str(srv.work_dir / "state"))).collect():
+        total += sum(s.value for s in family.samples
+                     if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == method)  # fmt: skip
+    return total
+
+
 def metric(srv: ServerProcess, sample: str) -> float:
     with urllib.request.urlopen(f"{srv.client_url}/metrics", timeout=WAIT_S) as resp:
         text = resp.read().decode()
@@ -95,6 +104,74 @@ def test_every_connection_reads_its_writes_and_front_ends_serve_reads(two_worker
         served = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range",'
                         'grpc_service="etcdserverpb.KV",grpc_type="unary"}')  # fmt: skip
         assert ranges == served == CONNECTIONS + 1  # + the fixture's
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_linearizable_reads_in_front_ends_see_every_acknowledged_write(two_workers: ServerProcess) -> None:
+    """A front end answers linearizable ranges from its view after a barrier: a write acknowledged
+    through any connection is in every later linearizable read, through any connection."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        kvs = [rpc.KVStub(ch) for ch in channels]
+        before = front_end_ranges(srv)
+        for i, kv in enumerate(kvs):
+            put = kv.Put(pb.PutRequest(key=b"/lin/%d" % i, value=b"v%d" % i), timeout=WAIT_S)
+            for other in kvs:
+                got = other.Range(pb.RangeRequest(key=b"/lin/%d" % i), timeout=WAIT_S)
+                assert [kv.value for kv in got.kvs] == [b"v%d" % i]
+                assert got.header.revision >= put.header.revision
+        assert front_end_ranges(srv) - before > 0, "no linearizable range reached the front end"
+        # Bad input gets the member's answer, from either process.
+        refusals = set()
+        for kv in kvs:
+            with pytest.raises(grpc.RpcError) as refused:
+                kv.Range(pb.RangeRequest(key=b""), timeout=WAIT_S)
+            refusals.add((refused.value.code(), refused.value.details()))
+        assert refusals == {(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")}, refusals
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_front_ends_answer_writes_as_the_member_does(two_workers: ServerProcess) -> None:
+    """Put, DeleteRange and Txn proposed by a front end: the applier's answers, its errors, one order."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        kvs = [rpc.KVStub(ch) for ch in channels]
+        revisions = []
+        for i, kv in enumerate(kvs):
+            put = kv.Put(pb.PutRequest(key=b"/w/%d" % i, value=b"v", prev_kv=True), timeout=WAIT_S)
+            revisions.append(put.header.revision)
+            again = kv.Put(pb.PutRequest(key=b"/w/%d" % i, value=b"v2", prev_kv=True), timeout=WAIT_S)
+            assert again.prev_kv.value == b"v" and again.header.revision == put.header.revision + 1
+            txn = kv.Txn(pb.TxnRequest(
+                compare=[pb.Compare(key=b"/w/%d" % i, target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=b"v2")],
+                success=[pb.RequestOp(request_put=pb.PutRequest(key=b"/w/%d" % i, value=b"v3"))],
+            ), timeout=WAIT_S)  # fmt: skip
+            assert txn.succeeded and txn.header.revision == again.header.revision + 1
+            assert txn.header.member_id == put.header.member_id != 0
+            # The applier's error (no such lease) and a servicer's check (no key), from either process.
+            with pytest.raises(grpc.RpcError) as no_lease:
+                kv.Put(pb.PutRequest(key=b"/w/l", value=b"v", lease=12345), timeout=WAIT_S)
+            assert (no_lease.value.code(), no_lease.value.details()) == (
+                grpc.StatusCode.NOT_FOUND,
+                "etcdserver: requested lease not found",
+            )
+            with pytest.raises(grpc.RpcError) as no_key:
+                kv.Put(pb.PutRequest(key=b"", value=b"v"), timeout=WAIT_S)
+            assert (no_key.value.code(), no_key.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "etcdserver: key is not provided",
+            )
+        assert len(set(revisions)) == len(revisions)
+        deleted = kvs[0].DeleteRange(pb.DeleteRangeRequest(key=b"/w/", range_end=b"/w0"), timeout=WAIT_S)
+        assert deleted.deleted == CONNECTIONS
+        assert front_end_handled(srv, "Put") > 0 and front_end_handled(srv, "Txn") > 0, "no write reached a front end"
+        assert metric(srv, "etcd_mvcc_put_total") == 2 * CONNECTIONS  # counted once, wherever answered
     finally:
         for ch in channels:
             ch.close()

@@ -1,0 +1,123 @@
+"""Defragment: a compacting copy of the state file replaces it while the member keeps applying.
+
+`defragment(member)` is the member's (etcd's Maintenance.Defragment); `apply_to`
+applies the journal to a state machine that is not the member's (the copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from journal.api import PositionTrimmed
+from kvstore.member.config import (
+    APPLY_BATCH_BYTES_MAX,
+    APPLY_PAUSE_S,
+    DEFRAG_CATCH_UP_ROUNDS_MAX,
+    DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX,
+    batch_parts,
+)
+from kvstore.mvcc.backend import Backend, remove_state_file
+from kvstore.statemachine import StateMachine
+
+if TYPE_CHECKING:
+    from kvstore.member.core import Member
+
+log = logging.getLogger("kvstore.member")
+
+
+async def defragment(member: Member) -> None:
+    """etcd's defragment: a compacting copy of the file replaces it (the tmpfs file shrinks to
+    the pages in use). The copy runs in a thread while the member goes on applying and
+    serving; the entries applied meanwhile are then applied to the copy as well (it knows the
+    position it was copied at, and applying is deterministic), and only the last of that
+    catch-up and the swap hold up applying: never the copy (631 ms at 2.8 GiB)."""
+    async with member._defrag_lock:
+        backend = member.sm.backend
+        tmp = backend.swap_path("defrag")
+        try:
+            await asyncio.to_thread(backend.compact_copy, tmp)
+            await asyncio.sleep(member._fault_defrag_delay_s)
+            copy = StateMachine(Backend(tmp, map_size=member._map_size))
+            copied_at = copy.applied_position
+            try:
+                if await _catch_up(member, copy, backend):
+                    cleanup = await _swap(member, copy, backend, tmp)
+                    log.info("defragmented; %d entries applied meanwhile, then to the copy",
+                             member.sm.applied_position - copied_at, extra=member._log_fields())  # fmt: skip
+                else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
+                    cleanup = None
+            finally:
+                copy.close()
+        except BaseException:
+            remove_state_file(tmp)
+            raise
+        if cleanup is None:
+            remove_state_file(tmp)
+            async with member._write_lock:  # as etcd does: applying waits for the whole copy
+                backend = member.sm.backend
+                tmp = backend.swap_path("defrag")
+                try:
+                    await asyncio.to_thread(backend.compact_copy, tmp)
+                    await member._no_snapshot_readers()
+                    cleanup = swap_in(member, backend, tmp)
+                except BaseException:
+                    remove_state_file(tmp)
+                    raise
+    await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+
+
+async def _catch_up(member: Member, copy: StateMachine, backend: Backend) -> bool:
+    """Apply to the copy what the member applied since it was taken, in rounds while applying
+    goes on; False if the journal no longer has those entries."""
+    for _ in range(DEFRAG_CATCH_UP_ROUNDS_MAX):
+        if member.sm.backend is not backend:
+            return False
+        behind = member.sm.applied_position - copy.applied_position
+        if behind <= DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX:
+            break
+        if not await apply_to(member, copy, member.sm.applied_position):
+            return False
+    return True
+
+
+async def _swap(member: Member, copy: StateMachine, backend: Backend, tmp: str) -> Callable[[], None] | None:
+    async with member._write_lock:
+        if member.sm.backend is not backend or not await apply_to(member, copy, member.sm.applied_position):
+            return None
+        assert copy.applied_position == member.sm.applied_position
+        copy.close()
+        remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
+        await member._no_snapshot_readers()
+        return swap_in(member, backend, tmp)
+
+
+def swap_in(member: Member, backend: Backend, tmp: str) -> Callable[[], None]:
+    cleanup = backend.swap_in(tmp)
+    member.sm = StateMachine(backend)
+    member.hub.store = member.sm.store  # the same state, new handles: watchers go on as they are
+    return cleanup
+
+
+async def apply_to(member: Member, sm: StateMachine, position: int) -> bool:
+    """Apply the journal's entries after sm's position up to `position` to a state machine
+    that is not the member's (its results and events are the member's already)."""
+    if sm.applied_position >= position:
+        return True
+    reader = member.journal.read(member.log_name, sm.applied_position + 1)
+    try:
+        async for batch in reader:
+            for part in batch_parts([e for e in batch if e.position <= position], APPLY_BATCH_BYTES_MAX):
+                with sm.backend.batch():
+                    for entry in part:
+                        sm.apply(entry.position, entry.timestamp_ms, entry.data)
+                await asyncio.sleep(APPLY_PAUSE_S)
+            if sm.applied_position >= position:
+                return True
+    except PositionTrimmed:
+        return False
+    finally:
+        await reader.aclose()  # type: ignore[attr-defined]
+    return False

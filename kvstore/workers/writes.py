@@ -1,0 +1,190 @@
+"""Writes answered in a front end: Put, DeleteRange and Txn with writes.
+
+The member's own KV servicer (kvstore/v3rpc/servicers.py) runs here, unchanged,
+on a `FrontEndMember`: the same validation, request size and quota checks,
+then the same proposer (kvstore/member/proposer.py) builds the journal entry
+with the front end's own origin and sends the entries of one event-loop turn
+as one append, through the member's journal path on the notification channel
+(kvstore/workers/notify.py). The applier hands its result for (origin, seq)
+back over that channel; the servicer completes the header as the member does.
+
+What the front end does not decide alone it forwards, before proposing
+anything: calls with a token or a client certificate (their credentials live in
+the member's process), read-only txns, a write that may cross the quota (the
+member raises the NOSPACE alarm), and everything while the channel is down.
+Without a token nor a certificate the member proposes the entry with no
+credentials, and so does the front end: the applier checks permissions there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from kvstore.errors import EtcdError
+from kvstore.member.config import MemberConfig
+from kvstore.member.proposer import Proposer
+from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc.txn import txn_has_writes
+from kvstore.statemachine import Kind
+from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
+from kvstore.v3rpc.servicers import KV, Malformed, strict_parser
+from kvstore.workers.forward import Forwarder
+from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.notify import MemberNotifications
+from kvstore.workers.view import StateView
+from proto.etcdserverpb import rpc_pb2 as pb
+
+RESPONSE_TYPES: dict[Kind, Any] = {
+    Kind.PUT: pb.PutResponse,
+    Kind.DELETE_RANGE: pb.DeleteRangeResponse,
+    Kind.TXN: pb.TxnResponse,
+}
+# The member's counters the servicer bumps, and the metric each one is in /metrics.
+COUNTER_METRICS = {
+    "puts": "etcd_mvcc_put_total",
+    "deletes": "etcd_mvcc_delete_total",
+    "txns": "etcd_mvcc_txn_total",
+    "proposals_failed": "etcd_server_proposals_failed_total",
+}
+
+
+def has_token(context: Any) -> bool:
+    """The call carries an auth token (tokens are checked in the member's process, where they live)."""
+    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
+
+
+class ForwardInstead(Exception):
+    """The member's process answers this call (raised before anything was proposed)."""
+
+
+class _NoCredentials:
+    """The front end takes only calls without a token or a certificate: no credentials."""
+
+    def info(self, context: Any) -> None:
+        return None
+
+
+class _CountedCounters(dict[str, int]):
+    """The member's `counters`, each increase also counted in the front end's metric files."""
+
+    def __init__(self, metrics: FrontEndMetrics) -> None:
+        super().__init__({"puts": 0, "deletes": 0, "txns": 0, "ranges": 0, "proposals_committed": 0,
+                          "proposals_failed": 0})  # fmt: skip
+        self.metrics = metrics
+
+    def __setitem__(self, key: str, value: int) -> None:
+        name = COUNTER_METRICS.get(key)
+        if name is not None:
+            self.metrics.count(name, value - self.get(key, 0))
+        super().__setitem__(key, value)
+
+
+class FrontEndMember:
+    """What the KV servicer uses of its member, in a front end."""
+
+    def __init__(
+        self, config: MemberConfig, view: StateView, notifications: MemberNotifications, metrics: FrontEndMetrics
+    ) -> None:
+        self.config = config
+        self.view = view
+        self.counters = _CountedCounters(metrics)
+        self.proposer = Proposer(
+            notifications,
+            config.log_name,
+            timer=contextlib.nullcontext,
+            on_contact=lambda: None,
+            counters=self.counters,
+            log_fields=dict,
+        )
+        notifications.origin = self.proposer.origin
+        notifications.on_result = self.proposer.resolve
+        self.notifications = notifications
+        self.identity = pb.ResponseHeader()  # the member's ids and raft term (frontend.py refreshes it)
+
+    @property
+    def cluster_id(self) -> int:
+        return int(self.identity.cluster_id)
+
+    @property
+    def member_id(self) -> int:
+        return int(self.identity.member_id)
+
+    @property
+    def raft_term(self) -> int:
+        return int(self.identity.raft_term)
+
+    @property
+    def store(self) -> MVCCStore:
+        return self.view.store
+
+    async def check_quota(self, cost: int) -> None:
+        """The member's quota gate; near the quota the member decides (and raises the alarm)."""
+        quota = self.config.quota_backend_bytes
+        # The file's size now (a stat: the front end sees no commits of its own to track it by).
+        if cost > 0 and quota > 0 and os.path.getsize(self.view.path) + cost >= quota:
+            raise ForwardInstead()
+
+    async def propose(self, kind: Kind, request: Any, auth: Any = None) -> Any:
+        raw = await self.proposer.propose_payload(kind, request.SerializeToString(), auth)
+        return RESPONSE_TYPES[kind].FromString(raw)
+
+
+LocalUnary = Callable[[bytes, Any, Forwarder], Any]
+
+
+class LocalWrites:
+    """The front end's handlers of KV.Put, KV.DeleteRange and KV.Txn."""
+
+    def __init__(self, member: FrontEndMember, metrics: FrontEndMetrics, *, client_cert_auth: bool) -> None:
+        self.member = member
+        self.metrics = metrics
+        self.client_cert_auth = client_cert_auth
+        self.kv = KV(member, _NoCredentials())  # type: ignore[arg-type]  # the member's servicer, on the front end
+        self.stopping = False
+
+    def handlers(self) -> dict[str, LocalUnary]:
+        return {
+            "/etcdserverpb.KV/Put": self._handler("Put", pb.PutRequest, KV.Put),
+            "/etcdserverpb.KV/DeleteRange": self._handler("DeleteRange", pb.DeleteRangeRequest, KV.DeleteRange),
+            "/etcdserverpb.KV/Txn": self._handler("Txn", pb.TxnRequest, KV.Txn),
+        }
+
+    def _handler(self, name: str, request_type: Any, method: Any) -> LocalUnary:
+        parse = strict_parser(request_type)
+        servicer = method.__wrapped__  # without the wrapper that aborts: the code is counted here
+        path = f"/etcdserverpb.KV/{name}"
+        forward_call: list[Any] = []
+
+        async def forward(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+            if not forward_call:
+                forward_call.append(forwarder.unary_call(path))
+            return await forwarder.unary(forward_call[0], request, context)
+
+        async def handle(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+            started_s = time.monotonic()
+            msg = parse(request)
+            if isinstance(msg, Malformed) or not self._may_answer(context):
+                return await forward(request, context, forwarder)
+            if name == "Txn" and not txn_has_writes(msg):
+                return await forward(request, context, forwarder)
+            try:
+                resp = await servicer(self.kv, msg, context)
+            except ForwardInstead:
+                return await forward(request, context, forwarder)
+            except EtcdError as err:
+                self.metrics.served(name, err.code, started_s)
+                await context.abort(err.code, err.message)
+            self.metrics.served(name, grpc.StatusCode.OK, started_s)
+            data: bytes = resp.SerializeToString()
+            return data
+
+        return handle
+
+    def _may_answer(self, context: Any) -> bool:
+        return not (self.stopping or self.client_cert_auth or has_token(context) or not self.member.notifications.up)
