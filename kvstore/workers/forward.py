@@ -55,6 +55,18 @@ def forwarded_metadata(context: Any, identity: Identity | None = None) -> tuple[
     return own if identity is None else own + identity(context)
 
 
+async def relay(call: Any, context: Any) -> AsyncIterator[bytes]:
+    """The responses of a forwarded streaming call, then its status; the call is cancelled when
+    the caller goes away."""
+    try:
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as err:
+        await abort_as(context, err)
+    finally:
+        call.cancel()
+
+
 async def abort_as(context: Any, err: grpc.aio.AioRpcError) -> None:
     await context.abort(err.code(), err.details() or "", err.trailing_metadata() or ())
 
@@ -95,13 +107,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
             async def unary_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
                 call = call_stream(request, metadata=self.metadata(context), timeout=context.time_remaining())
-                try:
-                    async for response in call:
-                        yield response
-                except grpc.aio.AioRpcError as err:
-                    await abort_as(context, err)
-                finally:
-                    call.cancel()
+                async for response in relay(call, context):
+                    yield response
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
         if not server_streaming:
@@ -124,13 +131,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             call = call_bidi(requests, metadata=self.metadata(context), timeout=context.time_remaining())
-            try:
-                async for response in call:
-                    yield response
-            except grpc.aio.AioRpcError as err:
-                await abort_as(context, err)
-            finally:
-                call.cancel()
+            async for response in relay(call, context):
+                yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
 
