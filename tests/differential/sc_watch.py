@@ -309,10 +309,11 @@ def sc_watch_ignore_value_event() -> list:
             watch_recv()]
 
 
+# Ends at the first notification: a put after it races the next tick (under load a second notification
+# at the old revision may come before the put's event, on either server).
 @scenario(flags={"experimental-watch-progress-notify-interval": "1s"})
 def sc_watch_progress_notify_interval() -> list:
-    return [put("k", "1"), *_synced(key="k", progress_notify=True), watch_recv(timeout_s=4.0), put("k", "2"),
-            watch_recv()]
+    return [put("k", "1"), *_synced(key="k", progress_notify=True), watch_recv(timeout_s=4.0)]
 
 
 # etcd fragments a watch response once it reaches max-request-bytes + 512 KiB (grpcOverheadBytes)
