@@ -55,7 +55,10 @@ COMPACT_WAIT_POLL_S = 0.01
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"
 FAULT_KILL_IN_BATCH_ENV = "KVSTORE_FAULT_KILL_IN_BATCH"
-FAULT_DEFRAG_COPY_DELAY_ENV = "KVSTORE_FAULT_DEFRAG_COPY_DELAY_S"  # the defragment copy takes this much longer
+# The defragment copy, once taken, creates <file>.held and waits until <file> exists (the test
+# holds it for as long as it needs, whatever the machine's load).
+FAULT_DEFRAG_COPY_GATE_ENV = "KVSTORE_FAULT_DEFRAG_COPY_GATE"
+FAULT_GATE_POLL_S = 0.01
 MEMBER_HEARTBEATS_PER_TTL = 4
 
 

@@ -47,7 +47,7 @@ from kvstore.member.config import (
     COMPACT_PAUSE_MIN_S,
     COMPACT_STEP_ENTRIES_MAX,
     COMPACT_WAIT_POLL_S,
-    FAULT_DEFRAG_COPY_DELAY_ENV,
+    FAULT_DEFRAG_COPY_GATE_ENV,
     FAULT_KILL_AFTER_COMMIT_ENV,
     FAULT_KILL_IN_BATCH_ENV,
     IDENTITY_FILE,
@@ -128,7 +128,7 @@ class Member:
         self._defrag_lock = asyncio.Lock()  # one defragment at a time
         self._fault_after_commit = int(os.environ.get(FAULT_KILL_AFTER_COMMIT_ENV, "0"))
         self._fault_in_batch = int(os.environ.get(FAULT_KILL_IN_BATCH_ENV, "0"))
-        self._fault_defrag_delay_s = float(os.environ.get(FAULT_DEFRAG_COPY_DELAY_ENV, "0"))
+        self._fault_defrag_gate = os.environ.get(FAULT_DEFRAG_COPY_GATE_ENV, "")
         self._batches = 0
         self._snapshot_readers = 0
         self._snapshot_position = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from kvstore.member.config import (
     APPLY_PAUSE_S,
     DEFRAG_CATCH_UP_ROUNDS_MAX,
     DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX,
+    FAULT_GATE_POLL_S,
     batch_parts,
 )
 from kvstore.mvcc.backend import Backend, remove_state_file
@@ -39,7 +41,8 @@ async def defragment(member: Member) -> None:
         tmp = backend.swap_path("defrag")
         try:
             await asyncio.to_thread(backend.compact_copy, tmp)
-            await asyncio.sleep(member._fault_defrag_delay_s)
+            if member._fault_defrag_gate:
+                await _held_at_gate(member._fault_defrag_gate)
             copy = StateMachine(Backend(tmp, map_size=member._map_size))
             copied_at = copy.applied_position
             try:
@@ -67,6 +70,14 @@ async def defragment(member: Member) -> None:
                     remove_state_file(tmp)
                     raise
     await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+
+
+async def _held_at_gate(gate: str) -> None:
+    """Fault injection (tests only): the copy is taken; it waits here until the gate file exists."""
+    with open(gate + ".held", "w"):
+        pass
+    while not os.path.exists(gate):
+        await asyncio.sleep(FAULT_GATE_POLL_S)
 
 
 async def _catch_up(member: Member, copy: StateMachine, backend: Backend) -> bool:

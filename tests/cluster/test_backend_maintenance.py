@@ -7,18 +7,28 @@ every key; a 20 GiB quota starts and serves (the map is sparse).
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from kvstore.member import FAULT_DEFRAG_COPY_DELAY_ENV
+from kvstore.member import FAULT_DEFRAG_COPY_GATE_ENV
 from kvstore.mvcc.backend import STATE_FILE
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.servers import start_kvstore
+from tests.servers import make_temp_dir, start_kvstore
 
 WAIT_S = 30.0
 VALUE = b"x" * 2000
-COPY_DELAY_S = 2.0
+WRITES_DURING_COPY = 5
+
+
+def wait_until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s"
+        time.sleep(0.01)
 
 
 def test_defragment_shrinks_the_state_file_and_keeps_the_data() -> None:
@@ -62,8 +72,10 @@ def test_defragment_shrinks_the_state_file_and_keeps_the_data() -> None:
 def test_defragment_while_writing_keeps_every_write() -> None:
     """Writes go on during the copy (applying does not wait for it): the copy catches up from
     the journal before the swap, so every acknowledged write is in the new file, and in it
-    after a restart. Compact with physical=true answers once the pages are free (as etcd's)."""
-    srv = start_kvstore("defrag-writing", env={FAULT_DEFRAG_COPY_DELAY_ENV: str(COPY_DELAY_S)})
+    after a restart. Compact with physical=true answers once the pages are free (as etcd's).
+    The copy is held at a gate (a fault hook) until writes were acknowledged meanwhile."""
+    gate = make_temp_dir("defrag-gate-") / "open"
+    srv = start_kvstore("defrag-writing", env={FAULT_DEFRAG_COPY_GATE_ENV: str(gate)})
     try:
         kv, maintenance = rpc.KVStub(srv.channel()), rpc.MaintenanceStub(srv.channel())
         for start in range(0, 6000, 100):
@@ -86,15 +98,18 @@ def test_defragment_while_writing_keeps_every_write() -> None:
         thread = threading.Thread(target=write)
         thread.start()
         try:
-            while len(acked) < 20:
-                time.sleep(0.01)
+            wait_until(lambda: len(acked) >= 20, "writes before the defragment")
+            defragment = maintenance.Defragment.future(pb.DefragmentRequest(), timeout=WAIT_S * 4)
+            held = Path(f"{gate}.held")
+            wait_until(held.exists, "the defragment copy to be taken")
             during = len(acked)
-            maintenance.Defragment(pb.DefragmentRequest(), timeout=WAIT_S)
-            # The copy took COPY_DELAY_S longer: writes were applied meanwhile, not held up.
-            assert len(acked) >= during + 5, (during, len(acked))
+            # The copy is held: writes are applied and answered meanwhile, not held up by it.
+            wait_until(lambda: len(acked) >= during + WRITES_DURING_COPY, "writes while the copy is held")
+            assert not defragment.done(), "the defragment answered while its copy was held"
+            gate.touch()
+            defragment.result()
             during = len(acked)
-            while len(acked) < during + 20:  # writes go on after the swap
-                time.sleep(0.01)
+            wait_until(lambda: len(acked) >= during + 20, "writes after the swap")
         finally:
             stop.set()
             thread.join()
@@ -110,6 +125,7 @@ def test_defragment_while_writing_keeps_every_write() -> None:
         assert (hash_after.hash, hash_after.header.revision) == (hash_before.hash, hash_before.header.revision)
     finally:
         srv.stop()
+        shutil.rmtree(gate.parent, ignore_errors=True)
 
 
 def test_a_20_gib_quota_starts_and_serves() -> None:
