@@ -8,11 +8,15 @@ only the processes this module started (tracked by pid, never by name).
     stub = rpc_pb2_grpc.KVStub(srv.channel())
     srv.kill(); srv.restart()           # SIGKILL, then start again on the same ports/data
     srv.stop()                          # SIGTERM, wait, remove the temp dirs
+
+    with members_on_journal("prefix-", {"m1": {}, "m2": {}}) as (nodes, members):
+        ...                             # three journal nodes (AZs a, b, c), members on their log
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -21,13 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
 from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
+ROOT = Path(__file__).resolve().parent.parent
 TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else None
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -302,8 +307,7 @@ def start_kvstore(
     ]
     full_env = dict(os.environ)
     full_env.update(env or {})
-    root = str(Path(__file__).resolve().parent.parent)
-    full_env["PYTHONPATH"] = root + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")
+    full_env["PYTHONPATH"] = str(ROOT) + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")
     srv = ServerProcess("kvstore", name, argv, port, work, full_env)
     srv.metrics_url = metrics_url  # type: ignore[attr-defined]
     srv.tls = tls
@@ -313,6 +317,74 @@ def start_kvstore(
     except Exception:
         srv.stop()
         raise
+
+
+class JournalNodes:
+    """Three journal nodes (AZs a, b, c) on free loopback ports, their data under `base`."""
+
+    def __init__(self, base: Path, extra_args: Callable[[str], list[str]] | None = None) -> None:
+        self.base = base
+        self.extra_args = extra_args or (lambda node: [])
+        self.ports = {n: free_port() for n in "abc"}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports.values())
+
+    def start(self, node: str) -> None:
+        peers = ",".join(f"{n}/{n}=127.0.0.1:{p}" for n, p in self.ports.items() if n != node)
+        log = open(self.base / f"journal-{node}.log", "ab")
+        self.procs[node] = subprocess.Popen(
+            [sys.executable, "-m", "kvstore", "journal", "serve", "--id", node, "--az", node,
+             "--listen", f"127.0.0.1:{self.ports[node]}", "--peers", peers,
+             "--data-dir", str(self.base / f"journal-{node}"), *self.extra_args(node)],
+            stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        log.close()
+
+    def kill(self, node: str) -> None:
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait(10)
+        self.procs.clear()
+
+
+def start_on_journal(
+    nodes: JournalNodes, name: str, flags: Mapping[str, object] | None = None, peer_url: str = ""
+) -> ServerProcess:
+    """A member of the journal nodes' log (one partition), with a peer URL of its own (what
+    `etcdctl member list` shows of it)."""
+    peer = peer_url or f"http://127.0.0.1:{free_port()}"
+    return start_kvstore(name, {**(flags or {}), "journal-endpoints": nodes.endpoints,
+                                "initial-advertise-peer-urls": peer})  # fmt: skip
+
+
+@contextlib.contextmanager
+def members_on_journal(
+    prefix: str, members: Mapping[str, Mapping[str, object]]
+) -> Iterator[tuple[JournalNodes, dict[str, ServerProcess]]]:
+    """Three journal nodes and one member per name of `members` (with those flags) on their log,
+    started in order; every process stopped and the journal's data removed on exit."""
+    base = make_temp_dir(prefix)
+    nodes = JournalNodes(base)
+    started: dict[str, ServerProcess] = {}
+    try:
+        for n in "abc":
+            nodes.start(n)
+        for name, flags in members.items():
+            started[name] = start_on_journal(nodes, name, flags)
+        yield nodes, started
+    finally:
+        for m in started.values():
+            m.stop()
+        nodes.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def kvstore_available() -> bool:

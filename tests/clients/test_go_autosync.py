@@ -21,9 +21,8 @@ import pytest
 
 from bench.gobuild import cache_dir, go_build, go_missing
 from bench.servers import start_etcd
-from tests.cluster.test_members_on_journal import JournalNodes
-from tests.cluster.test_membership import ctl, members, start_member
-from tests.servers import ServerProcess, etcd_binary, make_temp_dir
+from tests.cluster.test_membership import THREE_MEMBERS, ctl, members
+from tests.servers import ServerProcess, etcd_binary, make_temp_dir, members_on_journal
 
 pytestmark = pytest.mark.skipif(go_missing() is not None, reason=f"Go client cannot be built: {go_missing()}")
 
@@ -66,19 +65,8 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cluster() -> Iterator[dict[str, ServerProcess]]:
-    base = make_temp_dir("kvstore-go-autosync-")
-    nodes = JournalNodes(base)
-    for n in "abc":
-        nodes.start(n)
-    started: dict[str, ServerProcess] = {}
-    try:
-        for name in ("m1", "m2", "m3"):
-            started[name] = start_member(nodes, name)
+    with members_on_journal("kvstore-go-autosync-", THREE_MEMBERS) as (_, started):
         yield started
-    finally:
-        for m in started.values():
-            m.stop()
-        nodes.stop_all()
 
 
 def test_auto_sync_follows_membership_and_survives_the_first_endpoint(

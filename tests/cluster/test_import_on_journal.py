@@ -10,9 +10,8 @@ from pathlib import Path
 
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.cluster.test_members_on_journal import JournalNodes
 from tests.etcdctl.test_import_etcd_snapshot import answers, load, revisions
-from tests.servers import etcd_binary, make_temp_dir, start_etcd, start_kvstore
+from tests.servers import JournalNodes, etcd_binary, make_temp_dir, start_etcd, start_kvstore
 
 
 def test_imported_snapshot_reaches_every_member_of_the_log(tmp_path: Path) -> None:

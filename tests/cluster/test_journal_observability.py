@@ -15,8 +15,7 @@ import pytest
 
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.cluster.test_members_on_journal import ROOT, JournalNodes
-from tests.servers import ServerProcess, free_port, make_temp_dir, start_kvstore
+from tests.servers import ROOT, JournalNodes, ServerProcess, free_port, make_temp_dir, start_kvstore
 
 WAIT_S = 30.0
 

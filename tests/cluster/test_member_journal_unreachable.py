@@ -19,8 +19,7 @@ import pytest
 
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.cluster.test_members_on_journal import JournalNodes
-from tests.servers import ServerProcess, make_temp_dir, start_kvstore
+from tests.servers import JournalNodes, ServerProcess, make_temp_dir, start_kvstore
 
 WAIT_S = 30.0  # generous bounds on waiting for a state change; no timing is asserted
 

@@ -7,93 +7,22 @@ members; a journal node can die without losing an acknowledged write.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.servers import ServerProcess, free_port, make_temp_dir, start_kvstore
-
-ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 30.0
-
-
-class JournalNodes:
-    def __init__(self, base: Path, extra_args: Callable[[str], list[str]] | None = None) -> None:
-        self.base = base
-        self.extra_args = extra_args or (lambda node: [])
-        self.ports = {n: free_port() for n in "abc"}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    @property
-    def endpoints(self) -> str:
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports.values())
-
-    def start(self, node: str) -> None:
-        peers = ",".join(f"{n}/{n}=127.0.0.1:{p}" for n, p in self.ports.items() if n != node)
-        log = open(self.base / f"journal-{node}.log", "ab")
-        self.procs[node] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kvstore",
-                "journal",
-                "serve",
-                "--id",
-                node,
-                "--az",
-                node,
-                "--listen",
-                f"127.0.0.1:{self.ports[node]}",
-                "--peers",
-                peers,
-                "--data-dir",
-                str(self.base / f"journal-{node}"),
-                *self.extra_args(node),
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        log.close()
-
-    def kill(self, node: str) -> None:
-        proc = self.procs.pop(node)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.kill()
-            proc.wait(10)
-        self.procs.clear()
+from tests.servers import JournalNodes, ServerProcess, members_on_journal
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[JournalNodes, ServerProcess, ServerProcess]]:
-    base = make_temp_dir("kvstore-cluster-")
-    nodes = JournalNodes(base)
-    for n in "abc":
-        nodes.start(n)
-    members = []
-    try:
-        for name in ("m1", "m2"):
-            members.append(start_kvstore(name, extra_args=["--journal-endpoints", nodes.endpoints]))
-        yield nodes, members[0], members[1]
-    finally:
-        for m in members:
-            m.stop()
-        nodes.stop_all()
+    with members_on_journal("kvstore-cluster-", {"m1": {}, "m2": {}}) as (nodes, members):
+        yield nodes, members["m1"], members["m2"]
 
 
 def kv(member: ServerProcess) -> rpc.KVStub:

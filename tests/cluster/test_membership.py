@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.test_members_on_journal import JournalNodes
-from tests.servers import ServerProcess, etcd_binary, free_port, make_temp_dir, start_kvstore
+from tests.servers import JournalNodes, ServerProcess, etcd_binary, free_port, members_on_journal, start_on_journal
 
-LIVENESS_TTL = "3s"
+LIVENESS = {"member-liveness-ttl": "3s"}
+# The 3-member partition: three members on one journal log (tests/clients/test_go_autosync.py too).
+THREE_MEMBERS = {name: LIVENESS for name in ("m1", "m2", "m3")}
 WAIT_S = 30.0
 
 
@@ -53,25 +54,12 @@ def wait_for(what: Any, want: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[JournalNodes, dict[str, ServerProcess]]]:
-    base = make_temp_dir("kvstore-membership-")
-    nodes = JournalNodes(base)
-    for n in "abc":
-        nodes.start(n)
-    started: dict[str, ServerProcess] = {}
-    try:
-        for name in ("m1", "m2", "m3"):
-            started[name] = start_member(nodes, name)
-        yield nodes, started
-    finally:
-        for m in started.values():
-            m.stop()
-        nodes.stop_all()
+    with members_on_journal("kvstore-membership-", THREE_MEMBERS) as c:
+        yield c
 
 
 def start_member(nodes: JournalNodes, name: str, peer_url: str = "") -> ServerProcess:
-    peer = peer_url or f"http://127.0.0.1:{free_port()}"
-    return start_kvstore(name, extra_args=["--journal-endpoints", nodes.endpoints, "--member-liveness-ttl",
-                                           LIVENESS_TTL, "--initial-advertise-peer-urls", peer])
+    return start_on_journal(nodes, name, LIVENESS, peer_url)
 
 
 def test_member_list_shows_every_member_from_any_member(cluster: tuple[JournalNodes, dict[str, ServerProcess]]) -> None:

@@ -12,9 +12,8 @@ import pytest
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from tests.certs import PKI, make_pki
-from tests.cluster.test_members_on_journal import JournalNodes
 from tests.etcdctl.ctl import Ctl
-from tests.servers import ServerProcess, ServerStartError, make_temp_dir, start_kvstore
+from tests.servers import JournalNodes, ServerProcess, ServerStartError, make_temp_dir, start_kvstore
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import pytest
 
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.cluster.test_members_on_journal import JournalNodes
-from tests.servers import ServerProcess, make_temp_dir, start_kvstore
+from tests.servers import ServerProcess, members_on_journal
 from tests.workers.test_workers import CONNECTIONS, WAIT_S, front_end_ranges, front_ends_serving, own_channel, wait_for
 
 WRITES = 40
@@ -24,21 +23,9 @@ WRITES = 40
 
 @pytest.fixture
 def members() -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    base = make_temp_dir("kvstore-workers-cluster-")
-    nodes = JournalNodes(base)
-    for n in "abc":
-        nodes.start(n)
-    started: list[ServerProcess] = []
-    try:
-        journal = ["--journal-endpoints", nodes.endpoints]
-        started.append(start_kvstore("w-m1", {"workers": 1}, extra_args=journal))
-        started.append(start_kvstore("w-m2", {"workers": 2}, extra_args=journal))
-        wait_for(lambda: front_ends_serving(started[1]) == 1, "m2's front end to serve")
-        yield started[0], started[1]
-    finally:
-        for m in started:
-            m.stop()
-        nodes.stop_all()
+    with members_on_journal("kvstore-workers-cluster-", {"w-m1": {"workers": 1}, "w-m2": {"workers": 2}}) as (_, ms):
+        wait_for(lambda: front_ends_serving(ms["w-m2"]) == 1, "m2's front end to serve")
+        yield ms["w-m1"], ms["w-m2"]
 
 
 def test_a_front_end_reads_what_another_member_acknowledged(members: tuple[ServerProcess, ServerProcess]) -> None:
