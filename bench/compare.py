@@ -2,7 +2,8 @@
 
 Starts, on free loopback ports and with data under one work directory on disk:
   etcd-1     a real etcd, single member (WAL fsync on every commit: etcd's default)
-  kvstore    the project's server (`kvstore serve`, default flags: local journal, fsync always)
+  kvstore    the project's server (`kvstore serve --workers 1`, otherwise default flags: local journal,
+             fsync always)
   etcd-3     a real etcd of three members
   kvstore-3  one `kvstore serve` member on three `kvstore journal serve` nodes (three AZs)
 then, for each round, for each workload, runs the load tool against every target (the target order
@@ -578,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "etcd-1: etcd, 1 member, data on disk (fsync on commit, etcd's default)",
                     "etcd-3: etcd, 3 members on loopback, data on disk",
-                    f"kvstore: `kvstore serve` {ns.kvstore_args or '(default flags)'}: local journal on disk "
+                    f"kvstore: `kvstore serve --workers 1` {ns.kvstore_args or '(otherwise default flags)'}: "
+                    "one process, local journal on disk "
                     "(fsync before acknowledging), state in an LMDB file on tmpfs",
                     "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
                     "(3 AZs on loopback, data on disk, fsync always)",

@@ -668,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "targets": "; ".join(
                 [
-                    "kvstore: `kvstore serve --quota-backend-bytes 64GiB` (local journal on disk, fsync always; "
-                    "state dir on /dev/shm)",
+                    "kvstore: `kvstore serve --workers 1 --quota-backend-bytes 64GiB` (local journal on disk, "
+                    "fsync always; state dir on /dev/shm)",
                     f"etcd: etcd {etcd_version(ns.etcd)} --quota-backend-bytes 64GiB, data dir on /dev/shm",
                 ]
             ),

@@ -223,6 +223,8 @@ def start_kvstore(
     each with its own local journal or its own log on the journal nodes; the load tool routes.
     members: with journal_nodes=3, that many members tail the one log (each its own client URL, listed in
     `endpoints`): the counterpart of a 3-member etcd with every member serving.
+    Each member is one process (`--workers 1`) unless extra_args say otherwise: a target's name says
+    its processes (kvstore-w2), whatever the machine's cores (`kvstore serve`'s default).
     """
     assert journal_nodes in (0, 3), journal_nodes
     assert members == 1 or (journal_nodes == 3 and not partitions), "several members share a replicated journal"
@@ -288,6 +290,8 @@ def start_kvstore(
                 *peer,
                 *(extra_args or []),
             ]  # fmt: skip
+            if not any(a.startswith("--workers") for a in cmd):
+                cmd.append("--workers=1")
             server.cmds.append(cmd)
             server.procs.append(_popen(cmd, log))
             server.logs.append(log)

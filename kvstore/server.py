@@ -45,7 +45,6 @@ from kvstore.workers import supervisor as workers_supervisor
 log = logging.getLogger("kvstore")
 
 MAX_RECV_OVERHEAD_BYTES = 512 * 1024  # etcd: gRPC MaxRecvMsgSize = max-request-bytes + 512 KiB
-WORKERS_DEFAULT = 1
 
 
 def parse_size(text: str) -> int:
@@ -231,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=WORKERS_DEFAULT,
-        help="processes that serve the client URLs (default 1): the member's own, which applies the journal, "
-        "and N-1 front ends that answer ranges from the shared state file, propose puts, deletes and txns "
-        "themselves, and forward every other call to it (docs/workers.md)",
+        default=None,
+        help="processes that serve the client URLs: the member's own, which applies the journal, and N-1 front "
+        "ends that answer ranges from the shared state file, propose puts, deletes and txns themselves, and "
+        "forward every other call to it; 1 is the single-process member (default: the usable cores, "
+        f"{usable_cores()} here; with --partitions, the usable cores shared among the partitions; "
+        "docs/workers.md)",
     )
     p.add_argument("--front-end-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
     p.add_argument(
@@ -574,8 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(run(args))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which taskset and cpusets narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
 def check_workers(args: argparse.Namespace) -> None:
-    if args.workers < 1:
+    """--workers given: at least 1. Not given: one process per usable core (the partition
+    supervisor decides per partition, kvstore/partition/supervisor.py)."""
+    if args.workers is None:
+        if not args.partitions:
+            args.workers = usable_cores()
+    elif args.workers < 1:
         raise SystemExit(f"kvstore: --workers {args.workers}: at least 1")
 
 

@@ -269,9 +269,18 @@ def start_etcd(
         raise
 
 
-# Set to N: every `kvstore serve` these tests start runs with --workers N (CI runs the
-# differential and watch suites with 2).
+# Set to N: every `kvstore serve` these tests start runs with --workers N unless the test asks for
+# its own; unset, the server's default (one process per usable core). CI runs the whole suite with
+# the default and the differential suite again with 1 (.ci/run).
 TEST_WORKERS_ENV = "KVSTORE_TEST_WORKERS"
+
+
+def suite_workers_args(args: Sequence[str] = ()) -> list[str]:
+    """`--workers=N` from KVSTORE_TEST_WORKERS, for a `kvstore serve` command line that has none."""
+    workers = os.environ.get(TEST_WORKERS_ENV)
+    if not workers or any(a.startswith("--workers") for a in args):
+        return []
+    return [f"--workers={workers}"]
 # etcd's flag names -> ours, where they differ.
 _KVSTORE_FLAG_RENAMES = {"experimental-watch-progress-notify-interval": "watch-progress-notify-interval"}
 
@@ -288,9 +297,6 @@ def start_kvstore(
     # /health, /version and /metrics also live on a separate URL (default port+2, which may be taken).
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     renamed = {_KVSTORE_FLAG_RENAMES.get(k, k): v for k, v in (flags or {}).items()}
-    workers = os.environ.get(TEST_WORKERS_ENV)
-    if workers and "workers" not in renamed and not any(a.startswith("--workers") for a in extra_args):
-        renamed["workers"] = workers  # the whole suite can run against N processes per member
     argv = [
         sys.executable,
         "-m",
@@ -305,6 +311,7 @@ def start_kvstore(
         *_flag_args(renamed),
         *extra_args,
     ]
+    argv += suite_workers_args(argv)  # the whole suite can run against N processes per member
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONPATH"] = str(ROOT) + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")

@@ -46,6 +46,7 @@ POLL_INTERVAL_S = 0.2
 PER_PARTITION_DESTS = frozenset({
     "name", "data_dir", "state_dir", "listen_client_urls", "advertise_client_urls", "listen_client_http_urls",
     "listen_metrics_urls", "journal_log", "quota_backend_bytes", "initial_cluster_token", "partitions", "parent_pid",
+    "workers",
 })  # fmt: skip
 
 
@@ -87,8 +88,16 @@ def _shifted(urls: str, offset: int) -> str:
     return ",".join(shift_port(u, offset) for u in parse_urls(urls))
 
 
+def partition_workers(args: argparse.Namespace, plan: Plan) -> int:
+    """--workers of each partition's member: as given, else the usable cores shared among the
+    partitions (at least one each): the member processes together use the cores, not P times them."""
+    from kvstore.server import usable_cores
+
+    return args.workers if args.workers is not None else max(1, usable_cores() // len(plan.partitions))
+
+
 def partition_args(args: argparse.Namespace, plan: Plan, index: int) -> list[str]:
-    """The per-partition flags of child `index` (plan order): identity, URLs, data, log, quota."""
+    """The per-partition flags of child `index` (plan order): identity, URLs, data, log, quota, workers."""
     part = plan.partitions[index]
     data_dir = args.data_dir or f"{args.name}.etcd"
     quota = args.quota_backend_bytes if part.quota_backend_bytes is None else part.quota_backend_bytes
@@ -102,6 +111,7 @@ def partition_args(args: argparse.Namespace, plan: Plan, index: int) -> list[str
         # Each partition is its own etcd cluster (its own cluster id); the default one keeps the token.
         f"--initial-cluster-token={args.initial_cluster_token}"
         + ("" if part.name == DEFAULT_PARTITION else f"-{part.name}"),
+        f"--workers={partition_workers(args, plan)}",
     ]
     if args.state_dir:
         out.append(f"--state-dir={os.path.join(args.state_dir, part.name)}")

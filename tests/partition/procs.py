@@ -21,7 +21,7 @@ from bench.servers import free_port_block
 from kvstore.partition.plan import Plan, assign_urls, load_plan
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.servers import make_temp_dir
+from tests.servers import make_temp_dir, suite_workers_args
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -75,6 +75,7 @@ class Partitioned:
             "--partitions", spec, "--data-dir", str(self.work / "data"), "--state-dir", str(self.work / "state"),
             "--listen-client-urls", self.listen, *extra_args,
         ]  # fmt: skip
+        self.args += suite_workers_args(self.args)
         self.plan: Plan = assign_urls(load_plan(spec), [self.listen])
         self.log_path = self.work / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None

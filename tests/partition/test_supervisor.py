@@ -8,7 +8,7 @@ import pytest
 
 from kvstore.partition.plan import PlanError
 from kvstore.partition.supervisor import check_listeners, partition_args, passthrough_args, plan_for
-from kvstore.server import build_parser
+from kvstore.server import build_parser, usable_cores
 
 
 def args_for(*argv: str) -> tuple[list[str], list[list[str]]]:
@@ -48,3 +48,10 @@ def test_listeners_that_collide_are_refused() -> None:
     with pytest.raises(PlanError, match="would listen on port 2381"):
         args_for("--partitions", "kube", "--listen-client-urls", "http://0.0.0.0:2379",
                  "--listen-metrics-urls", "http://0.0.0.0:2381")  # fmt: skip
+
+
+def test_workers_are_the_usable_cores_shared_among_the_partitions() -> None:
+    _, per = args_for("--partitions", "kube")  # 5 partitions
+    assert all(f"--workers={max(1, usable_cores() // 5)}" in p for p in per)
+    common, per = args_for("--partitions", "kube", "--workers", "2")
+    assert all("--workers=2" in p for p in per) and not any(a.startswith("--workers") for a in common)
