@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from journal.api import PositionTrimmed
@@ -64,14 +64,13 @@ async def defragment(member: Member) -> None:
                 tmp = backend.swap_path("defrag")
                 try:
                     await asyncio.to_thread(backend.compact_copy, tmp)
-                    await member._no_snapshot_readers()
                     steps.done("copy with applying held")
                     cleanup = swap_in(member, backend, tmp, steps)
                 except BaseException:
                     remove_state_file(tmp)
                     raise
             copied_at = member.sm.applied_position
-    await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+    await cleanup()  # unmap and free the old file off the event loop, once its snapshot readers are done
     steps.done("free the old file")
     log.info("defragmented; %d entries applied meanwhile, then to the copy; %s",
              member.sm.applied_position - copied_at, steps, extra=member._log_fields())  # fmt: skip
@@ -93,7 +92,7 @@ async def _catch_up(member: Member, copy: StateMachine, backend: Backend) -> boo
 
 async def _swap(
     member: Member, copy: StateMachine, backend: Backend, tmp: str, steps: _Steps
-) -> Callable[[], None] | None:
+) -> Callable[[], Awaitable[None]] | None:
     async with member._write_lock:
         steps.done("wait for applying")
         behind = member.sm.applied_position - copy.applied_position
@@ -103,18 +102,19 @@ async def _swap(
         steps.done(f"last {behind} entries with applying held")
         copy.close()
         remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
-        await member._no_snapshot_readers()
-        steps.done("wait for snapshot readers")
         return swap_in(member, backend, tmp, steps)
 
 
-def swap_in(member: Member, backend: Backend, tmp: str, steps: _Steps) -> Callable[[], None]:
+def swap_in(member: Member, backend: Backend, tmp: str, steps: _Steps) -> Callable[[], Awaitable[None]]:
+    """The copy in place of the file (between batches: the caller holds the write lock); returns
+    what frees the old one (snapshot streams and hashes go on reading it until they end)."""
+    old_env = backend.env
     cleanup = backend.swap_in(tmp)
     steps.done("swap the file")
     member.sm = StateMachine(backend)
     member.hub.store = member.sm.store  # the same state, new handles: watchers go on as they are
     steps.done("new state machine")
-    return cleanup
+    return lambda: member.retire(old_env, cleanup)
 
 
 class _Steps:

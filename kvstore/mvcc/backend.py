@@ -131,6 +131,7 @@ class Backend:
         # The file only grows when a write transaction commits: sized then, not per request.
         self._file_bytes = os.path.getsize(path)
         self._file_id = _file_id(path)
+        self._closed = False
 
     @staticmethod
     def _open(path: str, map_size: int) -> Any:
@@ -340,8 +341,12 @@ class Backend:
         return dbs
 
     def close(self) -> None:
+        if self._closed:  # the file may be another environment's by now (a swapped-in copy)
+            return
+        self._closed = True
         self.abort_batch()
         self._drop_reader()
+        drop_mapped_pages(self._file_id, self._file_bytes)
         self.env.close()
         if self.lock_path != self.path + "-lock":  # a swapped-in file's lock has a name of its own
             with contextlib.suppress(FileNotFoundError):
