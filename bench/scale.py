@@ -58,7 +58,7 @@ RESTART_TIMEOUT_S = 900.0
 PROBE_INTERVAL_S = 0.005  # background get loop: pause between gets (keeps its own load small)
 PROBE_TIMEOUT_S = 5.0
 PROBE_GAP_RECORD_S = 0.010  # gaps shorter than this are not recorded
-GAP_LISTED_S = 0.050  # gaps at least this long during the defragment are listed (when, how long)
+GAP_LISTED_S = 0.050  # gaps at least this long are listed (when, how long): the defragment's in the table
 PROBE_START_TIMEOUT_S = 60.0
 MEM_SAMPLE_INTERVAL_S = 0.5
 MEM_AVAILABLE_MIN_BYTES = 2 << 30  # the machine is shared: below this, the target is killed and the run fails
@@ -285,6 +285,11 @@ class GetProbe:
         return best
 
 
+def _gaps(probe: GetProbe, start: float, end: float) -> list[list[float]]:
+    """[seconds after start, ms] of every gap of at least GAP_LISTED_S in the window (the JSON)."""
+    return [[round(at, 3), round(s * 1000, 1)] for at, s in probe.gaps_in(start, end, GAP_LISTED_S)]
+
+
 # ----------------------------------------------------------------- phases
 
 
@@ -428,6 +433,7 @@ def measure(
     f["load_s"] = round(load.seconds, 2)
     f["load_keys_per_s"] = round(keys / load.seconds, 1)
     f["load_gap_ms"] = round(probe.longest_gap_s(load.start, load.end) * 1000, 1)
+    f["load_gaps"] = _gaps(probe, load.start, load.end)
     f["peak_memory_bytes"] = mem.peak
     r = rss_bytes(server.pids())
     f["rss_bytes"], f["rss_shmem_bytes"] = r["rss"], r["shmem"]
@@ -484,6 +490,7 @@ def measure(
     f["overwrite_s"] = round(over.seconds, 2)
     f["overwrite_keys_per_s"] = round(overwrite_keys / over.seconds, 1)
     f["overwrite_gap_ms"] = round(probe.longest_gap_s(over.start, over.end) * 1000, 1)
+    f["overwrite_gaps"] = _gaps(probe, over.start, over.end)
     f["compact_s"] = round(comp.seconds, 3)
     f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end + (0.5 if no_room else 0)) * 1000, 1)
     f["db_size_before_defrag_bytes"] = before.dbSize
@@ -491,10 +498,7 @@ def measure(
     if not no_room:
         f["defrag_s"] = round(defrag.seconds, 3)
         f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
-        f["defrag_gaps"] = [
-            [round(at, 3), round(s * 1000, 1)] for at, s in probe.gaps_in(defrag.start, defrag.end + 0.5, GAP_LISTED_S)
-        ]
-        f["defrag_started_unix"] = round(defrag.start - time.monotonic() + time.time(), 3)  # beside the server log
+        f["defrag_gaps"] = _gaps(probe, defrag.start, defrag.end + 0.5)
         f["db_size_after_defrag_bytes"] = after.dbSize
         f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
     f["peak_memory_overwrite_bytes"] = mem.peak
@@ -502,6 +506,8 @@ def measure(
     f["rss_final_bytes"], f["tmpfs_final_bytes"] = r["rss"], tmpfs_bytes(state)
     f["probe_gets"], f["probe_errors"] = probe.ok, probe.errors
     f["phases_s"] = {p.name: round(p.seconds, 2) for p in phases}
+    # When each phase began, in the server log's clock: its lines say what a gap coincided with.
+    f["phases_started_unix"] = {p.name: round(p.start - time.monotonic() + time.time(), 3) for p in phases}
     return res
 
 

@@ -402,6 +402,8 @@ class Member:
         snapshot covers, keeping snapshot_catchup_entries for members slightly behind."""
         try:
             position = self.sm.applied_position
+            log.info("snapshot at journal position %d: streaming it to the journal", position,
+                     extra={"journal_position": position})  # fmt: skip
             with self.metrics.backend_snapshot.time():
                 await self.journal.snapshot_put(self.log_name, SnapshotStream(position, self.snapshot_stream()))
             keep = self.config.snapshot_catchup_entries
