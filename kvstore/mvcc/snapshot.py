@@ -55,13 +55,15 @@ def produce(backend: Backend, chunk_bytes: int = CHUNK_BYTES) -> Generator[bytes
     stream is the state at the moment of the call, however late it is read;
     the chunks may be produced in another thread.
     """
-    return _produce(backend, backend.snapshot_txn(), chunk_bytes)
+    # The handles of the environment the transaction is of: a defragment or an install may swap
+    # another one into the backend while the stream is read (the old one stays open until it ends).
+    return _produce(backend.dbs, backend.snapshot_txn(), chunk_bytes)
 
 
-def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, None, None]:
+def _produce(dbs: dict[bytes, Any], txn: Any, chunk_bytes: int) -> Generator[bytes, None, None]:
     try:
         compact_rev = -1
-        raw = txn.get(META_MVCC, db=backend.dbs[DB_META])
+        raw = txn.get(META_MVCC, db=dbs[DB_META])
         if raw is not None:
             compact_rev = msgpack.unpackb(raw)[1]
         buf = bytearray(MAGIC)
@@ -71,7 +73,7 @@ def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, N
                 continue  # records are carried one by one under DB_RECORDS, whatever their layout
             pairs: list[bytes] = []
             size = 0
-            for k, v in _pairs(backend, txn, name, compact_rev):
+            for k, v in _pairs(dbs, txn, name, compact_rev):
                 pairs += (k, v)
                 size += len(k) + len(v)
                 if size >= chunk_bytes:
@@ -92,8 +94,8 @@ def _produce(backend: Backend, txn: Any, chunk_bytes: int) -> Generator[bytes, N
         txn.abort()
 
 
-def _pairs(backend: Backend, txn: Any, name: bytes, compact_rev: int) -> Iterator[tuple[bytes, bytes]]:
-    db = backend.dbs[name]
+def _pairs(dbs: dict[bytes, Any], txn: Any, name: bytes, compact_rev: int) -> Iterator[tuple[bytes, bytes]]:
+    db = dbs[name]
     cur = txn.cursor(db)
     if name == DB_META:
         for k, v in cur.iternext():
@@ -113,10 +115,10 @@ def _pairs(backend: Backend, txn: Any, name: bytes, compact_rev: int) -> Iterato
             if not cur.next_nodup():
                 return
     if name == DB_RECORDS:
-        for rev, raw in records.iter_from(txn, backend.dbs, bytes(records.REV_BYTES)):
+        for rev, raw in records.iter_from(txn, dbs, bytes(records.REV_BYTES)):
             if rev_main(rev) <= compact_rev:
                 kv = KeyValue.FromString(raw)
-                if not kv.version or keyindex.at(txn, backend.dbs, kv.key, compact_rev) != keyindex.entry(rev, False):
+                if not kv.version or keyindex.at(txn, dbs, kv.key, compact_rev) != keyindex.entry(rev, False):
                     continue
             yield rev, raw
         return

@@ -13,7 +13,7 @@ import pytest
 from kvstore import errors
 from kvstore.errors import EtcdError
 from kvstore.mvcc import records, snapshot
-from kvstore.mvcc.backend import Backend
+from kvstore.mvcc.backend import Backend, drop_mapped_pages
 from kvstore.mvcc.keyindex import KEY_INLINE_BYTES_MAX, in_range
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -227,6 +227,42 @@ def test_defragment_copy_shrinks_the_file_and_keeps_the_state(tmp_path: Path) ->
     reopened.close()
 
 
+def _rss_shmem_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc")
+def test_the_mapped_pages_of_a_file_are_dropped_and_read_again(tmp_path: Path) -> None:
+    """What a replaced file's cleanup does before its environment closes (so that the close does
+    not tear down the page tables of the whole map at once): the pages leave this process's
+    resident set, the data stays in the file."""
+    backend = Backend(str(Path("/dev/shm" if os.path.isdir("/dev/shm") else tmp_path) / f"drop-{os.getpid()}.mdb"))
+    try:
+        sm = StateMachine(backend)
+        for i in range(40):
+            _apply(sm, Kind.TXN, pb.TxnRequest(success=[
+                pb.RequestOp(request_put=pb.PutRequest(key=b"k%05d" % (i * 100 + j), value=b"v" * 1000))
+                for j in range(100)
+            ]))  # fmt: skip
+        state = sm.dumps()  # reads every page: all of them mapped
+        mapped = _rss_shmem_bytes()
+        visited = drop_mapped_pages(backend._file_id, backend.file_bytes, step_bytes=1 << 20)
+        assert visited >= backend.file_bytes > 4 << 20
+        if backend.path.startswith("/dev/shm"):  # tmpfs pages count as RssShmem
+            assert mapped - _rss_shmem_bytes() >= backend.file_bytes // 2
+        assert sm.dumps() == state
+        assert drop_mapped_pages((0, 0), backend.file_bytes) == 0  # no such file mapped: nothing touched
+    finally:
+        backend.close()
+        for p in (backend.path, backend.path + "-lock"):
+            if os.path.exists(p):
+                os.remove(p)
+
+
 async def test_a_member_installs_a_snapshot_streamed_from_another(tmp_path: Path) -> None:
     """The producer is an async iterator of chunks, the consumer takes one (or a plain iterable):
     a journal that streams snapshots plugs in between."""
@@ -382,3 +418,38 @@ def test_version_1_snapshot_installs_with_its_long_keys_restored() -> None:
     assert got is not None and got.value == b"1"
     lease = installed.store.leases.get(3)
     assert lease is not None and lease.keys == [long_key]
+
+
+async def test_a_defragment_swaps_while_a_snapshot_stream_reads_the_old_file(tmp_path: Path) -> None:
+    """Swapping does not wait for a snapshot stream (applying would wait with it, for as long as
+    the stream takes at any size): the stream goes on reading the old file, which is freed when
+    the stream ends."""
+    from journal.local import LocalJournal
+    from kvstore.member import Member, MemberConfig
+
+    config = MemberConfig(name="a", data_dir=str(tmp_path / "a"), state_dir=str(tmp_path / "a-state"))
+    a = Member(config, LocalJournal(str(tmp_path / "a" / "journal")))
+    for i in range(30):  # about 3 MB: a stream of several chunks
+        _apply(a.sm, Kind.TXN, pb.TxnRequest(success=[
+            pb.RequestOp(request_put=pb.PutRequest(key=b"k%05d" % (i * 100 + j), value=b"v" * 1000))
+            for j in range(100)
+        ]))  # fmt: skip
+    original = a.sm.dumps()
+    stream = a.snapshot_stream()
+    chunks = [await anext(stream)]
+    old_sm = a.sm
+    defrag = asyncio.get_running_loop().create_task(a.defragment())
+    for _ in range(3000):  # the copy runs in a thread
+        if a.sm is not old_sm or defrag.done():
+            break
+        await asyncio.sleep(0.01)
+    assert a.sm is not old_sm and not defrag.done()  # swapped; the old file waits for the stream
+    assert any(".old-" in name for name in os.listdir(a.state_dir))
+    assert a.sm.dumps() == original
+    async for chunk in stream:
+        chunks.append(chunk)
+    await defrag
+    assert not any(".old-" in name for name in os.listdir(a.state_dir))
+    assert StateMachine.from_chunks(chunks).dumps() == original
+    await a.journal.close()
+    a.sm.close()
