@@ -324,7 +324,7 @@ class JournalNode:
             core = r.ReplicationCore(core_cfg, random.Random(int.from_bytes(os.urandom(8), "little")), restored)
             rep = _Replica(name, directory, core, storage)
             st = core.status()
-            rep.persisted_index = st.last_index
+            rep.persisted_index = core.persisted_index
             # Only what is known committed may be read; at start that is the snapshot.
             rep.readable_position = st.commit_position
             rep.commit_index, rep.commit_position = st.commit_index, st.commit_position
@@ -369,11 +369,6 @@ class JournalNode:
                     rd = core.ready()
                     self._send(rep, rd.messages)
                     if rd.must_persist():
-                        # What this Ready rewrites is not durable here until its persist ends.
-                        if rd.snapshot is not None:
-                            rep.persisted_index = min(rep.persisted_index, rd.snapshot.index)
-                        if rd.entries:
-                            rep.persisted_index = min(rep.persisted_index, rd.entries[0].index - 1)
                         persist_started = time.perf_counter()
                         rep.persisting = asyncio.get_running_loop().run_in_executor(
                             rep.persist_thread, rep.storage.persist, rd
@@ -415,10 +410,6 @@ class JournalNode:
             log.warning("log %r: slow fsync: writing %d entries took %.2f s",
                         rep.name, len(rd.entries), persist_s)  # fmt: skip
         rep.last_fsync_monotonic = time.monotonic()
-        if rd.entries:
-            rep.persisted_index = rd.entries[-1].index
-        elif rd.snapshot is not None:
-            rep.persisted_index = max(rep.persisted_index, rd.snapshot.index)
         rep.core.advance(rd)
         self._send(rep, rd.messages_after_persist)
         self._update_readable(rep, False)
@@ -443,6 +434,9 @@ class JournalNode:
 
     def _update_readable(self, rep: _Replica, leadership_changed: bool) -> None:
         """Reads serve what is committed AND durable here; wake the readers when that grows."""
+        # The core's count: a Ready's writes are in only once advanced, and an overwritten
+        # suffix or a log replaced by a snapshot is out as soon as the core replaced it.
+        rep.persisted_index = rep.core.persisted_index
         readable_index = min(rep.commit_index, rep.persisted_index)
         if readable_index == rep.commit_index:
             readable = rep.commit_position

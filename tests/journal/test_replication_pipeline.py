@@ -175,3 +175,24 @@ def test_a_light_ready_hands_no_writes_and_takes_no_advance() -> None:
     core.advance(full)
     assert not core.has_ready()
     assert core.role is Role.FOLLOWER
+
+
+def test_persisted_index_counts_advanced_writes_of_the_log_as_it_now_stands() -> None:
+    """What journal.node serves reads up to (with commit): never an overwritten suffix."""
+    net = PipelinedNet()
+    net.elect("n0")
+    core = net.cores["n1"]
+    base = core.status().last_index
+    e1 = LogEntry(base + 1, core.term, 1, 1000, EntryKind.DATA, b"x")
+    e2 = LogEntry(base + 2, core.term, 2, 1000, EntryKind.DATA, b"y")
+    core.step(Append(core.term, "n0", "n1", base, core.term, (e1, e2), 0))
+    rd = core.ready()
+    assert core.persisted_index == base, "handed, not yet durable"
+    core.advance(rd)
+    assert core.persisted_index == base + 2
+    # A newer leader overwrites e2: out of the count at once, before any write.
+    e2b = LogEntry(base + 2, core.term + 1, 2, 1000, EntryKind.DATA, b"z")
+    core.step(Append(core.term + 1, "n2", "n1", base + 1, core.term, (e2b,), 0))
+    assert core.persisted_index == base + 1
+    core.advance(core.ready())
+    assert core.persisted_index == base + 2
