@@ -62,6 +62,9 @@ LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection
 # this long, renewed while a ping to it (every HEARTBEAT_MS) fails, and forgiven as soon as
 # one is answered: a healed or resumed node is used again within about a heartbeat.
 SUSPECT_MS = 2000
+# While a connect goes unanswered a new attempt starts this often (journal.client.open_connection):
+# a node cut off and healed is connected to within about this much of the heal.
+CONNECT_ATTEMPT_MS = 250
 # The core remembers a client's newest DEDUP_REQUESTS_PER_CLIENT_MAX committed requests per
 # log. The client never starts a request DEDUP_WINDOW or more sequence numbers past its oldest
 # unanswered one, so while it retries request s every other request of it that commits lies in
@@ -89,13 +92,37 @@ class UnreachableNode(ConnectionError):
 async def open_connection(
     addr: str, timeout_s: float, ssl_context: ssl.SSLContext | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """asyncio.open_connection to host:port, or UnreachableNode after timeout_s."""
+    """asyncio.open_connection to host:port, or UnreachableNode after timeout_s.
+
+    While no attempt has completed, a new one starts every CONNECT_ATTEMPT_MS (the
+    earlier ones go on: a slow but live handshake still wins): a SYN lost in a cut
+    is retransmitted by the kernel only 1 s later, so without them a connect that
+    started during the cut would wait out that second after the heal. A refusal
+    (or any other error) is answered at once and raised as it is.
+    """
     host, port = _parse_addr(addr)
+    attempts: list[asyncio.Task[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = []
     try:
         async with asyncio.timeout(timeout_s):
-            return await asyncio.open_connection(host, port, ssl=ssl_context)
+            while True:
+                attempts.append(asyncio.create_task(asyncio.open_connection(host, port, ssl=ssl_context)))
+                done, _ = await asyncio.wait(
+                    attempts, timeout=CONNECT_ATTEMPT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
+                )
+                for t in done:
+                    attempts.remove(t)
+                    return t.result()  # the connection, or the error it was answered with
     except TimeoutError:
         raise UnreachableNode(f"{addr}: no answer to connect in {timeout_s:.1f} s") from None
+    finally:
+        for t in attempts:
+            t.cancel()
+            t.add_done_callback(_close_if_connected)  # one may have connected meanwhile: do not leak it
+
+
+def _close_if_connected(t: asyncio.Task[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    if not t.cancelled() and t.exception() is None:
+        t.result()[1].close()
 
 
 async def read_or_silent(reader: asyncio.StreamReader, n: int, silence_s: float | None, what: str) -> bytes:

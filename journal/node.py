@@ -16,10 +16,13 @@ asks (which it cannot do itself):
   durable entries only), barrier, status, trim, member snapshots.
 
 The per-log driver loop is the usual Ready cycle: ready() -> send messages ->
-persist (one write + one fsync in a worker thread for everything in the
-Ready: group commit) -> advance() -> send messages_after_persist -> answer.
-While a persist is in flight new proposals accumulate in the core and go in
-the next Ready together.
+answer -> persist (one write + one fsync on the replica's thread for everything
+in the Ready: group commit) -> advance() -> send messages_after_persist. While
+a persist is in flight new proposals accumulate in the core and go in the next
+Ready together, and the loop keeps taking ``ready(writes=False)``: heartbeats,
+Appends, votes requested and answers (a commit reached through the followers)
+leave at once, so a slow disk does not look like a dead leader. Acks and vote
+grants wait for the write they promise.
 """
 
 from __future__ import annotations
@@ -149,6 +152,8 @@ class _Replica:
     committed_event: asyncio.Event = field(default_factory=asyncio.Event)  # replaced when readable moves
     readable_position: int = 0  # committed AND durable here: what reads may serve
     persisted_index: int = 0
+    commit_index: int = 0  # as of the last Ready taken
+    commit_position: int = 0
     role: r.Role = r.Role.FOLLOWER
     term: int = 0
     leader: str = ""
@@ -319,9 +324,10 @@ class JournalNode:
             core = r.ReplicationCore(core_cfg, random.Random(int.from_bytes(os.urandom(8), "little")), restored)
             rep = _Replica(name, directory, core, storage)
             st = core.status()
-            rep.persisted_index = st.last_index
+            rep.persisted_index = core.persisted_index
             # Only what is known committed may be read; at start that is the snapshot.
             rep.readable_position = st.commit_position
+            rep.commit_index, rep.commit_position = st.commit_index, st.commit_position
             rep.term = st.term
             rep.driver = asyncio.create_task(self._drive(rep), name=f"journal-driver-{name}")
             self._replicas[name] = rep
@@ -343,42 +349,46 @@ class JournalNode:
 
     async def _drive(self, rep: _Replica) -> None:
         core = rep.core
+        in_flight: r.Ready | None = None  # the Ready whose writes are on the persist thread
+        persist_started = 0.0
         try:
             while True:
-                if not core.has_ready():
-                    rep.wake.clear()
-                    await rep.wake.wait()
+                if in_flight is not None and rep.persisting is not None and rep.persisting.done():
+                    rep.persisting.result()  # a failed write or fsync raises here
+                    self._persisted(rep, in_flight, time.perf_counter() - persist_started)
+                    in_flight = rep.persisting = None
                     continue
-                if self.cfg.fsync == "batch" and core.status().last_index > rep.persisted_index:
-                    # Space fsyncs out; what arrives meanwhile joins this Ready.
-                    # (Only when there is something to write: a Ready of
-                    # messages and answers alone goes at once.)
-                    wait_s = rep.last_fsync_monotonic + self.cfg.fsync_interval_ms / 1000 - time.monotonic()
-                    if wait_s > 0:
-                        await asyncio.sleep(wait_s)
-                rd = core.ready()
-                self._send(rep, rd.messages)
-                if rd.must_persist():
-                    # Shielded: a close() must not run while a write is half done.
-                    persist_started = time.perf_counter()
-                    rep.persisting = asyncio.get_running_loop().run_in_executor(
-                        rep.persist_thread, rep.storage.persist, rd
-                    )
-                    await asyncio.shield(rep.persisting)
-                    persist_s = time.perf_counter() - persist_started
-                    self.metrics.fsync_duration.labels(rep.name).observe(persist_s)
-                    if persist_s >= SLOW_PERSIST_S:
-                        log.warning("log %r: slow fsync: writing %d entries took %.2f s",
-                                    rep.name, len(rd.entries), persist_s)  # fmt: skip
-                    rep.persisting = None
-                    rep.last_fsync_monotonic = time.monotonic()
-                    if rd.entries:
-                        rep.persisted_index = rd.entries[-1].index
-                    elif rd.snapshot is not None:
-                        rep.persisted_index = max(rep.persisted_index, rd.snapshot.index)
-                core.advance(rd)
-                self._send(rep, rd.messages_after_persist)
-                self._after_ready(rep, rd)
+                if in_flight is None and core.has_ready():
+                    if self.cfg.fsync == "batch" and core.status().last_index > rep.persisted_index:
+                        # Space fsyncs out; what arrives meanwhile joins this Ready.
+                        # (Only when there is something to write: a Ready of
+                        # messages and answers alone goes at once.)
+                        wait_s = rep.last_fsync_monotonic + self.cfg.fsync_interval_ms / 1000 - time.monotonic()
+                        if wait_s > 0:
+                            await asyncio.sleep(wait_s)
+                    rd = core.ready()
+                    self._send(rep, rd.messages)
+                    if rd.must_persist():
+                        persist_started = time.perf_counter()
+                        rep.persisting = asyncio.get_running_loop().run_in_executor(
+                            rep.persist_thread, rep.storage.persist, rd
+                        )
+                        rep.persisting.add_done_callback(lambda _: rep.wake.set())
+                        in_flight = rd
+                    else:
+                        core.advance(rd)
+                        self._send(rep, rd.messages_after_persist)
+                    self._after_ready(rep, rd)
+                    continue
+                if in_flight is not None and core.has_ready(writes=False):
+                    # A write is in flight (group commit: one at a time): heartbeats,
+                    # Appends and answers go now, writes and acks wait for the next one.
+                    rd = core.ready(writes=False)
+                    self._send(rep, rd.messages)
+                    self._after_ready(rep, rd)
+                    continue
+                rep.wake.clear()
+                await rep.wake.wait()  # a tick, a message, a request, or the persist's end
         except asyncio.CancelledError:
             raise
         except BaseException as e:
@@ -393,6 +403,17 @@ class JournalNode:
                 if not bfut.done():
                     bfut.set_exception(RequestError("unavailable", f"replica failed: {e}"))
 
+    def _persisted(self, rep: _Replica, rd: r.Ready, persist_s: float) -> None:
+        """rd's writes are durable: tell the core, send what waited for them."""
+        self.metrics.fsync_duration.labels(rep.name).observe(persist_s)
+        if persist_s >= SLOW_PERSIST_S:
+            log.warning("log %r: slow fsync: writing %d entries took %.2f s",
+                        rep.name, len(rd.entries), persist_s)  # fmt: skip
+        rep.last_fsync_monotonic = time.monotonic()
+        rep.core.advance(rd)
+        self._send(rep, rd.messages_after_persist)
+        self._update_readable(rep, False)
+
     def _after_ready(self, rep: _Replica, rd: r.Ready) -> None:
         leadership_changed = (rep.role, rep.leader) != (rd.role, rd.leader)
         if leadership_changed and rd.leader and rd.leader != rep.leader:
@@ -400,16 +421,8 @@ class JournalNode:
             log.info("log %r: leader %s, term %d", rep.name, rd.leader, rd.term,
                      extra={"partition": rep.name, "journal_position": rd.commit_position})  # fmt: skip
         rep.role, rep.term, rep.leader = rd.role, rd.term, rd.leader
-        readable_index = min(rd.commit_index, rep.persisted_index)
-        if readable_index == rd.commit_index:
-            readable = rd.commit_position
-        else:
-            readable = self._position_at(rep, readable_index)
-        if readable > rep.readable_position or leadership_changed:
-            # (A leadership change wakes the readers too: leader-only tails move on.)
-            rep.readable_position = max(rep.readable_position, readable)
-            rep.committed_event.set()
-            rep.committed_event = asyncio.Event()
+        rep.commit_index, rep.commit_position = rd.commit_index, rd.commit_position
+        self._update_readable(rep, leadership_changed)
         for res in rd.append_results:
             fut = rep.appends.pop(res.token, None)
             if fut is not None and not fut.done():
@@ -418,6 +431,22 @@ class JournalNode:
             bfut = rep.barriers.pop(b.request_id, None)
             if bfut is not None and not bfut.done():
                 bfut.set_result(b)
+
+    def _update_readable(self, rep: _Replica, leadership_changed: bool) -> None:
+        """Reads serve what is committed AND durable here; wake the readers when that grows."""
+        # The core's count: a Ready's writes are in only once advanced, and an overwritten
+        # suffix or a log replaced by a snapshot is out as soon as the core replaced it.
+        rep.persisted_index = rep.core.persisted_index
+        readable_index = min(rep.commit_index, rep.persisted_index)
+        if readable_index == rep.commit_index:
+            readable = rep.commit_position
+        else:
+            readable = self._position_at(rep, readable_index)
+        if readable > rep.readable_position or leadership_changed:
+            # (A leadership change wakes the readers too: leader-only tails move on.)
+            rep.readable_position = max(rep.readable_position, readable)
+            rep.committed_event.set()
+            rep.committed_event = asyncio.Event()
 
     @staticmethod
     def _position_at(rep: _Replica, index: int) -> int:

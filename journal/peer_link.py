@@ -8,7 +8,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from journal.client import SilentConnection, read_or_silent, set_liveness_options
+from journal.client import SilentConnection, open_connection, read_or_silent, set_liveness_options
 from journal.wire import encode_frame
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,11 @@ class PeerLink:
                 self.backlog_bytes.clear()
 
     async def run(self) -> None:
-        host, _, port = self.spec.addr.rpartition(":")
         backoff_ms = 20
         while not self.closed:
             writer: asyncio.StreamWriter | None = None
             try:
-                async with asyncio.timeout(self.silence_s_max):
-                    reader, writer = await asyncio.open_connection(host, int(port), ssl=self.ssl_context)
+                reader, writer = await open_connection(self.spec.addr, self.silence_s_max, self.ssl_context)
                 set_liveness_options(writer.get_extra_info("socket"), int(self.silence_s_max * 1000))
                 writer.write(encode_frame("hello", {"node": self.node_id}))
                 # The peer writes only heartbeats on this connection: reading

@@ -11,6 +11,7 @@ its own (randomised election timeouts come from a seeded ``random.Random`` passe
     core.barrier(request_id)        # read index
     rd = core.ready()               # what to persist, send and answer (drains the outputs)
     ... send rd.messages now; write rd.snapshot, rd.entries, rd.hard_state; fsync ...
+    core.ready(writes=False)        # meanwhile (ticks, steps): messages and answers only
     core.advance(rd)                # after the fsync: rd's writes are durable
     ... then send rd.messages_after_persist ...
 
@@ -21,7 +22,10 @@ leave at once, in parallel with its own fsync (Raft thesis 10.2.1): the leader c
 itself towards a commit quorum only after ``advance`` reports its own persist.
 
 Readies must be advanced in the order they were returned. A Ready with nothing to
-persist may be advanced at once.
+persist may be advanced at once. A shell that persists one Ready at a time (group
+commit: what arrives meanwhile goes in the next write) takes ``ready(writes=False)``
+while that write is in flight, so that heartbeats, Appends and answers are not held
+behind a slow disk.
 
 Raft indexes vs journal positions: a new leader appends a NOOP entry to commit its
 predecessors' entries (Raft 5.4.2) and to serve barriers. Members must never see it,
@@ -240,39 +244,54 @@ class ReplicationCore(CoreState):
             # Not handed to the shell yet, and now covered by the snapshot: write what remains.
             self._persist_from = index + 1 if self._log else None
 
-    def has_ready(self) -> bool:
+    def has_ready(self, writes: bool = True) -> bool:
+        """True if ready() would hand anything (with writes=False: anything but writes)."""
         return bool(
             self._read_round_wanted
             or self._msgs
-            or self._msgs_after
             or self._append_results
             or self._barrier_results
-            or self._persist_from is not None
-            or self._snap_to_persist is not None
-            or self._hs_handed.term != self.term
-            or self._hs_handed.vote != self.vote
             or self._last_ready_commit != self.commit
             or self._last_ready_soft != (self.role, self.term, self.leader)
+            or (
+                writes
+                and (
+                    self._msgs_after
+                    or self._persist_from is not None
+                    or self._snap_to_persist is not None
+                    or self._hs_handed.term != self.term
+                    or self._hs_handed.vote != self.vote
+                )
+            )
         )
 
-    def ready(self) -> Ready:
-        """Hand over (and forget) everything pending: writes, messages, answers."""
+    def ready(self, writes: bool = True) -> Ready:
+        """Hand over (and forget) everything pending: writes, messages, answers.
+
+        With ``writes=False`` (while an earlier Ready's writes are in flight) hand over
+        only what may go before any further write is durable: messages to send now,
+        answers, commit and role. The writes and messages_after_persist stay for the
+        next full Ready. Such a Ready has seq 0 and takes no advance(): a leader in a
+        slow fsync keeps sending heartbeats and Appends, and commits through its
+        followers, while its own entries count only once a full Ready is advanced.
+        """
         if self._read_round_wanted:
             self._read_round_wanted = False
             self._read_seq += 1
             self._broadcast_heartbeat()
         hs = HardState(self.term, self.vote)
         entries: tuple[LogEntry, ...] = ()
-        if self._persist_from is not None:
+        if writes and self._persist_from is not None:
             entries = tuple(self._log[self._persist_from - self._snap.index - 1 :])
-        self._ready_seq += 1
+        if writes:
+            self._ready_seq += 1
         rd = Ready(
-            seq=self._ready_seq,
-            hard_state=hs if hs != self._hs_handed else None,
-            snapshot=self._snap_to_persist,
+            seq=self._ready_seq if writes else 0,
+            hard_state=hs if writes and hs != self._hs_handed else None,
+            snapshot=self._snap_to_persist if writes else None,
             entries=entries,
             messages=tuple(self._msgs),
-            messages_after_persist=tuple(self._msgs_after),
+            messages_after_persist=tuple(self._msgs_after) if writes else (),
             commit_index=self.commit,
             commit_position=self._position_at(self.commit),
             append_results=tuple(self._append_results),
@@ -281,10 +300,12 @@ class ReplicationCore(CoreState):
             term=self.term,
             leader=self.leader,
         )
-        self._hs_handed = hs
-        self._persist_from = None
-        self._snap_to_persist = None
-        self._msgs, self._msgs_after = [], []
+        if writes:
+            self._hs_handed = hs
+            self._persist_from = None
+            self._snap_to_persist = None
+            self._msgs_after = []
+        self._msgs = []
         self._append_results, self._barrier_results = [], []
         self._last_ready_commit = self.commit
         self._last_ready_soft = (self.role, self.term, self.leader)
@@ -292,6 +313,7 @@ class ReplicationCore(CoreState):
 
     def advance(self, rd: Ready) -> None:
         """The shell reports that rd's writes are durable (readies advance in order)."""
+        assert rd.seq != 0, "a Ready taken with writes=False takes no advance()"
         assert rd.seq == self._advanced_seq + 1, "advance() readies in the order ready() returned them"
         self._advanced_seq = rd.seq
         if rd.hard_state is not None:

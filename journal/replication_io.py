@@ -150,7 +150,7 @@ class Ready:
     there first: a new leader overwrote an uncommitted suffix), then ``hard_state``.
     """
 
-    seq: int  # 1, 2, 3, ...: advance() must see them in this order
+    seq: int  # 1, 2, 3, ...: advance() must see them in this order; 0: ready(writes=False), no advance()
     hard_state: HardState | None
     snapshot: SnapshotMeta | None
     entries: tuple[LogEntry, ...]

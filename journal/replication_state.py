@@ -227,6 +227,12 @@ class CoreState:
         """Raft 5.4.1: a candidate's log is at least as up to date as ours."""
         return (last_term, last_index) >= (self._last_term(), self._last_index())
 
+    @property
+    def persisted_index(self) -> int:
+        """The highest index durable here as the log now stands (advanced Readies only; lowered when a
+        suffix is overwritten or the log replaced by a snapshot): with commit, what the shell may serve."""
+        return self._persisted_index
+
     def status(self) -> Status:
         return Status(
             node_id=self.id,

@@ -3,7 +3,8 @@
 It runs the REAL ``journal.replication.ReplicationCore`` on 3 or 5 nodes spread over
 AZs, under a simulated network (delay, loss, duplication, reordering, partitions of
 nodes, links and whole AZs), crashes and restarts that drop whatever was not fsynced
-(fsync completions arrive late, in order), clock skew and drift, and clients that
+(fsync completions arrive late, in order; half the seeds keep one write in flight
+per node and take ``ready(writes=False)`` meanwhile, as journal.node does), clock skew and drift, and clients that
 append (retrying with the same client_id/request_seq), append conditionally and ask
 for barriers. Everything is driven by one ``random.Random(seed)``, so a failing seed
 replays exactly:
@@ -77,6 +78,7 @@ class SimParams:
     barrier: float = 0.2  # share of client operations that are barriers
     trim: float = 0.1  # chance per fault tick that every live node trims its log
     crash_on_vote: float = 0.05  # chance a node crashes soon after changing its term or vote
+    one_write_in_flight: bool = False  # as journal.node: light Readies while a write is in flight
 
     @staticmethod
     def draw(rng: random.Random, nodes: int, duration_ms: int) -> SimParams:
@@ -95,6 +97,7 @@ class SimParams:
             clock_skew_ms=rng.choice((0, 50, 2_000)),
             conditional=rng.choice((0.0, 0.15, 0.5)),
             trim=rng.choice((0.0, 0.1, 0.3)),
+            one_write_in_flight=rng.random() < 0.5,
         )
 
 
@@ -287,14 +290,20 @@ class Simulation:
         """The shell's loop: take every Ready, send, schedule its fsync, answer clients."""
         core = node.core
         assert core is not None
-        while core.has_ready():
-            rd = core.ready()
+        while True:
+            # With one_write_in_flight, as journal.node: only light Readies while a write is pending.
+            light = self.p.one_write_in_flight and bool(node.unsynced)
+            if not core.has_ready(writes=not light):
+                break
+            rd = core.ready(writes=not light)
             for m in rd.messages:
                 self._send(m)
             for r in rd.append_results:
                 self._reply_append(node, r)
             for b in rd.barrier_results:
                 self._reply_barrier(node, b)
+            if light:
+                continue
             if rd.hard_state is not None and self.faults_on and self.rng.random() < self.p.crash_on_vote:
                 self._crash_soon(node)  # inside the window where a new term/vote is not yet durable
             delay = self.rng.randint(0, self.p.fsync_ms_max) if rd.must_persist() else 0

@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from journal.api import Unavailable
-from journal.client import DEDUP_WINDOW, JournalClient, SilentConnection, _Conn, read_or_silent
+from journal.client import (
+    DEDUP_WINDOW,
+    JournalClient,
+    SilentConnection,
+    UnreachableNode,
+    _Conn,
+    open_connection,
+    read_or_silent,
+)
 from journal.peer_link import PeerLink, PeerSpec
 from journal.wire import FrameDecoder, encode_frame
 from tests.journal.cluster import InProcessCluster
@@ -173,3 +181,54 @@ async def test_own_pause_is_not_taken_for_the_peers_silence() -> None:
     finally:
         writer.close()
         server.close()
+
+
+class UnansweredConnects:
+    """asyncio.open_connection whose first ``lost`` calls never complete (SYNs lost in a cut)."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost = lost
+        self.calls = 0
+        self.hung: list[asyncio.Future[None]] = []
+        self.real = asyncio.open_connection
+
+    async def __call__(self, host: str, port: int, **kw: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.calls += 1
+        if self.calls <= self.lost:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.hung.append(fut)
+            await fut  # until cancelled
+        return await self.real(host, port, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_connect_left_unanswered_is_retried_with_a_new_attempt(
+    silent: SilentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a cut heals, a connect that started during it does not wait for the kernel's
+    1 s SYN retransmission: a new attempt got through, the unanswered one is cancelled."""
+    fake = UnansweredConnects(lost=1)
+    monkeypatch.setattr(asyncio, "open_connection", fake)
+    _, writer = await asyncio.wait_for(open_connection(silent.addr, HANG_GUARD_S, None), HANG_GUARD_S)
+    assert fake.calls == 2
+    await asyncio.sleep(0)
+    assert all(f.cancelled() for f in fake.hung)
+    writer.close()
+
+
+async def test_a_connect_never_answered_is_an_unreachable_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = UnansweredConnects(lost=1_000)
+    monkeypatch.setattr(asyncio, "open_connection", fake)
+    with pytest.raises(UnreachableNode):
+        await asyncio.wait_for(open_connection("127.0.0.1:1", 0.6, None), HANG_GUARD_S)
+    await asyncio.sleep(0)
+    assert fake.hung and all(f.cancelled() for f in fake.hung), "no attempt left behind"
+
+
+async def test_a_refused_connect_fails_at_once() -> None:
+    s = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = s.sockets[0].getsockname()[1]
+    s.close()
+    await s.wait_closed()
+    with pytest.raises(ConnectionRefusedError):
+        # A refusal is an answer: not retried until the deadline, not an UnreachableNode.
+        await asyncio.wait_for(open_connection(f"127.0.0.1:{port}", HANG_GUARD_S, None), HANG_GUARD_S)

@@ -64,12 +64,28 @@ def test_the_simulator_catches_acks_sent_before_the_fsync(monkeypatch: pytest.Mo
     """A shell that sends acknowledgements before its writes are durable must be caught."""
     real_ready = ReplicationCore.ready
 
-    def leaky_ready(self: ReplicationCore) -> Ready:
-        rd = real_ready(self)
+    def leaky_ready(self: ReplicationCore, writes: bool = True) -> Ready:
+        rd = real_ready(self, writes)
         return replace(rd, messages=rd.messages + rd.messages_after_persist, messages_after_persist=())
 
     monkeypatch.setattr(ReplicationCore, "ready", leaky_ready)
     failure = _first_failure(3, range(20))
+    assert failure is not None and "durable only on" in failure
+
+
+def test_the_simulator_catches_a_light_ready_that_hands_acks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ready(writes=False) while a write is in flight must keep the acks for a later full Ready."""
+    real_ready = ReplicationCore.ready
+
+    def leaky_light_ready(self: ReplicationCore, writes: bool = True) -> Ready:
+        if writes:
+            return real_ready(self)
+        acks, self._msgs_after = tuple(self._msgs_after), []
+        rd = real_ready(self, False)
+        return replace(rd, messages=rd.messages + acks)
+
+    monkeypatch.setattr(ReplicationCore, "ready", leaky_light_ready)
+    failure = _first_failure(3, range(40))
     assert failure is not None and "durable only on" in failure
 
 

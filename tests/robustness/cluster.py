@@ -2,13 +2,16 @@
 
 Two layouts:
 - loopback: everything on 127.0.0.1 (process faults only);
-- netns: one network namespace per AZ holding that AZ's journal node and
-  member, one for the recorder, bridged in a hub namespace, as in
-  tests/journal/test_netns_partition.py; network faults act on the AZ's link
-  (cut: the hub side down, no TCP reset; delay and loss: every packet in or
-  out of the AZ's eth0 goes through a userspace delay line, tests.robustness.delay,
-  by iptables' NFQUEUE: this kernel has no sch_netem). Nothing is added to the
-  runner's own namespace.
+- netns: one network namespace per AZ holding that AZ's journal node, one for
+  the recorder, bridged in a hub namespace, as in
+  tests/journal/test_netns_partition.py, and behind each AZ (routed by it) one
+  namespace for that AZ's member: a member reaches everything through its AZ,
+  its own AZ's node without leaving the AZ. Network faults act on the AZ's link
+  (cut: the hub side down, no TCP reset, node and member alike; delay and loss:
+  every packet in or out of the AZ's eth0 goes through a userspace delay line,
+  tests.robustness.delay, by iptables' NFQUEUE: this kernel has no sch_netem),
+  or on the member's link alone (``impair("ma", ...)``). Nothing is added to
+  the runner's own namespace.
 
 ``code`` runs the nodes and members from another checkout (for measuring a
 base commit); the recorder and the checkers always run from this tree.
@@ -33,6 +36,8 @@ AZS = ("a", "b", "c")
 ROOT = Path(__file__).resolve().parents[2]
 LOG = "default"  # the journal log the members serve
 NETNS_ADDR = {"a": "10.78.0.1", "b": "10.78.0.2", "c": "10.78.0.3", "cl": "10.78.0.9"}
+# Each AZ's member network (its namespace "m" + AZ), routed through the AZ's namespace.
+NETNS_MEMBER_NET = {"a": "10.79.1", "b": "10.79.2", "c": "10.79.3"}  # .1 the AZ's side, .2 the member
 NETNS_JOURNAL_PORT = 7500
 NETNS_MEMBER_PORT = 2379
 NETNS_METRICS_PORT = 2381
@@ -154,10 +159,12 @@ class Cluster:
         self.cpu = CpuLimit(self.ns_prefix, cpu_cores) if cpu_cores else None
         if netns:
             hosts = {z: NETNS_ADDR[z] for z in AZS}
+            member_hosts = {z: f"{NETNS_MEMBER_NET[z]}.2" for z in AZS}
             jports = {z: NETNS_JOURNAL_PORT for z in AZS}
             mports = {z: (NETNS_MEMBER_PORT, NETNS_METRICS_PORT) for z in AZS}
         else:
             hosts = {z: "127.0.0.1" for z in AZS}
+            member_hosts = hosts
             ports = free_ports(3 * len(AZS))
             jports = {z: ports[i] for i, z in enumerate(AZS)}
             mports = {z: (ports[3 + 2 * i], ports[4 + 2 * i]) for i, z in enumerate(AZS)}
@@ -179,12 +186,12 @@ class Cluster:
         self.members = {
             z: MemberProc(
                 f"m{z}",
-                hosts[z],
+                member_hosts[z],
                 mports[z][0],
                 mports[z][1],
                 self.journal_endpoints,
                 base,
-                (self.cpu.prefix() if self.cpu else []) + self.exec_in(z),
+                (self.cpu.prefix() if self.cpu else []) + self.exec_in(f"m{z}"),
                 self.code,
             )
             for z in AZS
@@ -308,6 +315,22 @@ class Cluster:
             ip("-n", self.ns(n), "link", "set", "eth0", "up")
             ip("-n", self.ns("hub"), "link", "set", f"h{n}", "master", "br0")
             ip("-n", self.ns("hub"), "link", "set", f"h{n}", "up")
+        for z in AZS:
+            # The member's namespace hangs off its AZ's, which routes for it.
+            m, net = self.ns(f"m{z}"), NETNS_MEMBER_NET[z]
+            ip("netns", "add", m)
+            self._made.append(m)
+            ip("-n", m, "link", "set", "lo", "up")
+            ip("-n", m, "link", "add", "eth0", "type", "veth", "peer", "name", "m0", "netns", self.ns(z))
+            ip("-n", m, "addr", "add", f"{net}.2/24", "dev", "eth0")
+            ip("-n", m, "link", "set", "eth0", "up")
+            ip("-n", m, "route", "add", "default", "via", f"{net}.1")
+            ip("-n", self.ns(z), "addr", "add", f"{net}.1/24", "dev", "m0")
+            ip("-n", self.ns(z), "link", "set", "m0", "up")
+            subprocess.run([*self.exec_in(z), "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True, timeout=10)
+            for n in (*AZS, "cl"):
+                if n != z:
+                    ip("-n", self.ns(n), "route", "add", f"{net}.0/24", "via", NETNS_ADDR[z])
 
     # ------------------------------------------------------------- network
 
@@ -341,13 +364,17 @@ class Cluster:
         """Every packet in or out of the AZ's eth0 through a delay line (None: remove it).
 
         Both directions: ``delay_ms`` each way adds twice that to every round trip
-        with the AZ (node and member alike); traffic inside the AZ is untouched.
+        with the AZ (node and member alike: the member's packets to other AZs are
+        forwarded through that eth0); traffic inside the AZ is untouched. With a
+        member's namespace ("ma") instead of an AZ: that member's packets alone,
+        to its clients and to every journal node.
         """
-        queue = 10 + AZS.index(az)
-        rules = [
-            ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"],
-            ["INPUT", "-i", "eth0", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"],
-        ]
+        member = az.startswith("m")
+        queue = 10 + (10 if member else 0) + AZS.index(az[-1])
+        chains = [("OUTPUT", "-o"), ("INPUT", "-i")]
+        if not member:
+            chains += [("FORWARD", "-o"), ("FORWARD", "-i")]  # the member's, through its AZ
+        rules = [[c, d, "eth0", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"] for c, d in chains]
         run = ["ip", "netns", "exec", self.ns(az)]
         if spec is None:
             for rule in rules:

@@ -127,6 +127,21 @@ def impair_az(c: Cluster, role: str, spec: Impairment, seconds: float, name: str
     return Fault(f"{name}-{role}", f"az {z}", start, _now(), f"{what} each way on the AZ's link for {seconds:g} s")
 
 
+def impair_member(c: Cluster, spec: Impairment, seconds: float, name: str, rng: random.Random) -> Fault:
+    """The delay line on one member's own link: its clients and all its journal traffic, nothing else."""
+    z = rng.choice(AZS)
+    m = c.members[z]
+    start = _now()
+    c.impair(f"m{z}", spec)
+    try:
+        time.sleep(seconds)
+    finally:
+        c.impair(f"m{z}", None)
+    what = f"{spec.delay_ms:g} ms delay" if spec.delay_ms else f"{spec.loss_pct:g}% loss"
+    # Not excluded: slower, the member still reaches every AZ and must stay available.
+    return Fault(name, f"member {m.name}", start, _now(), f"{what} each way on the member's link for {seconds:g} s")
+
+
 @dataclass(frozen=True)
 class FaultKind:
     name: str
@@ -164,6 +179,11 @@ KINDS: dict[str, FaultKind] = {
             "delay-follower-200ms",
             True,
             lambda c, rng: impair_az(c, "follower", Impairment(delay_ms=100), IMPAIR_S, "delay-200ms", rng),
+        ),
+        FaultKind(
+            "delay-member-200ms",
+            True,
+            lambda c, rng: impair_member(c, Impairment(delay_ms=100), IMPAIR_S, "delay-member-200ms", rng),
         ),
         FaultKind(
             "loss-leader-20pct",

@@ -1,22 +1,24 @@
-"""The delay line (tests/robustness/delay.py) really delays an AZ's packets, and its removal leaves nothing behind.
+"""The delay line (tests/robustness/delay.py) really delays an AZ's (or one member's) packets, and its removal
+leaves nothing behind.
 
 A fault injector that silently did nothing would make every delay scenario
-pass: this test measures round trips from another AZ to a TCP echo server in
-the delayed AZ (each must take at least the injected 2 x 100 ms; a loaded
-machine only makes them longer), and checks that removing the fault removes
-the rules and the process.
+pass: these tests measure round trips to a TCP echo server in the delayed AZ
+or member namespace (each must take at least the injected 2 x 100 ms; a
+loaded machine only makes them longer), and check that removing the fault
+removes the rules and the process.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.journal.test_netns_partition import netns_unavailable
-from tests.robustness.cluster import IPTABLES, NETNS_ADDR, Cluster, Impairment
+from tests.robustness.cluster import IPTABLES, NETNS_ADDR, NETNS_MEMBER_NET, Cluster, Impairment
 
 ECHO = (
     "import socket\n"
@@ -34,7 +36,30 @@ ROUND_TRIPS = (
 )
 
 
-def test_delay_line_delays_every_round_trip_with_the_az(tmp_path: Path) -> None:
+def round_trips_ms(c: Cluster, server_ns: str, server_addr: str, client_ns: str) -> list[float]:
+    echo = subprocess.Popen([*c.exec_in(server_ns), sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "up"
+        out = subprocess.run(
+            [*c.exec_in(client_ns), sys.executable, "-c", ROUND_TRIPS, server_addr],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        echo.kill()
+        echo.wait()
+    return [float(x) for x in out.split()]
+
+
+def assert_removed(c: Cluster, ns: str) -> None:
+    rules = subprocess.run(
+        [*c.exec_in(ns), IPTABLES, "-S"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout  # fmt: skip
+    assert "NFQUEUE" not in rules, rules
+    assert not c._impairs
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     why = netns_unavailable()
     if why is not None:
         pytest.skip(f"needs network namespaces: {why}")
@@ -42,28 +67,31 @@ def test_delay_line_delays_every_round_trip_with_the_az(tmp_path: Path) -> None:
     why = c.impair_unavailable()
     if why is not None:
         pytest.skip(why)
-    echo: subprocess.Popen[str] | None = None
     try:
         c._make_namespaces()
-        echo = subprocess.Popen(
-            [*c.exec_in("a"), sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True
-        )  # fmt: skip
-        assert echo.stdout is not None and echo.stdout.readline().strip() == "up"
-        c.impair("a", Impairment(delay_ms=100))
-        out = subprocess.run(
-            [*c.exec_in("b"), sys.executable, "-c", ROUND_TRIPS, NETNS_ADDR["a"]],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
-        rtts_ms = [float(x) for x in out.split()]
-        assert len(rtts_ms) == 5 and min(rtts_ms) >= 195, rtts_ms  # 100 ms each way, less timer slack
-        c.impair("a", None)
-        rules = subprocess.run(
-            [*c.exec_in("a"), IPTABLES, "-S"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout  # fmt: skip
-        assert "NFQUEUE" not in rules, rules
-        assert not c._impairs
+        yield c
     finally:
-        if echo is not None:
-            echo.kill()
-            echo.wait()
         c.stop()
+
+
+def test_delay_line_delays_every_round_trip_with_the_az(cluster: Cluster) -> None:
+    c = cluster
+    c.impair("a", Impairment(delay_ms=100))
+    rtts_ms = round_trips_ms(c, "a", NETNS_ADDR["a"], "b")
+    assert len(rtts_ms) == 5 and min(rtts_ms) >= 195, rtts_ms  # 100 ms each way, less timer slack
+    # The AZ's member reaches other AZs through the AZ's link: delayed too.
+    rtts_ms = round_trips_ms(c, "ma", f"{NETNS_MEMBER_NET['a']}.2", "b")
+    assert len(rtts_ms) == 5 and min(rtts_ms) >= 195, rtts_ms
+    c.impair("a", None)
+    assert_removed(c, "a")
+
+
+def test_delay_line_on_one_member_delays_its_round_trips(cluster: Cluster) -> None:
+    c = cluster
+    c.impair("mb", Impairment(delay_ms=100))
+    # From its clients' side and from its own AZ's node alike.
+    for client_ns in ("cl", "b"):
+        rtts_ms = round_trips_ms(c, "mb", f"{NETNS_MEMBER_NET['b']}.2", client_ns)
+        assert len(rtts_ms) == 5 and min(rtts_ms) >= 195, (client_ns, rtts_ms)
+    c.impair("mb", None)
+    assert_removed(c, "mb")
