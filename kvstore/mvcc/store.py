@@ -35,9 +35,11 @@ from kvstore.mvcc.backend import (
     DB_INDEX,
     DB_LIVE,
     META_COMPACTOR,
+    META_PHYSICAL_COMPACT,
     Backend,
     rev_bytes,
     rev_main,
+    u64,
 )
 from kvstore.mvcc.keyindex import in_range
 from kvstore.mvcc.records import record_key
@@ -382,6 +384,8 @@ class MVCCStore:
         if self._compactor is None:
             return False
         target, start = self._compactor
+        if not start:  # the first step of this target: records below it start to go
+            self.backend.put_meta(META_PHYSICAL_COMPACT, u64(target))
         txn, index = self._txn, self._dbs[DB_INDEX]
         cur = txn.cursor(index)
         drops: list[tuple[bytes, list[bytes]]] = []

@@ -188,6 +188,7 @@ class MemberNotifications:
         self.origin = origin  # of the journal entries this front end proposes
         self.applied = 0
         self.on_result: Callable[[int, Any], None] | None = None  # (seq, bytes or EtcdError)
+        self.applied_listeners: list[Callable[[int], None]] = []  # the watch feed (workers/watches.py)
         self._appends: dict[int, asyncio.Future[None]] = {}
         self._append_ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
@@ -252,6 +253,8 @@ class MemberNotifications:
             _, _, fut = heapq.heappop(waiters)
             if not fut.done():
                 fut.set_result(None)
+        for listener in self.applied_listeners:
+            listener(self.applied)
 
     def _down(self) -> None:
         """The member went away: whoever waits here is answered by forwarding instead."""
