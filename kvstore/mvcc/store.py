@@ -373,6 +373,11 @@ class MVCCStore:
     def compaction_pending(self) -> bool:
         return self._compactor is not None
 
+    @property
+    def compaction_target(self) -> int | None:
+        """The revision the physical compaction in progress compacts to."""
+        return None if self._compactor is None else self._compactor[0]
+
     def compact_step(self, entries_max: int) -> bool:
         """Drop, inside the open batch, what compaction removes from up to entries_max index entries.
 

@@ -152,12 +152,6 @@ class ViewFeed:
         self.snapshot.txn = txn
         self._txn_id = txn.id()
         self._read_auth()
-        if not hub.streams:
-            # Nobody watches: nothing to publish; a watch created later catches up from the records.
-            store.revision, store.compact_revision = revision, compact
-            hub.cache.reset(revision + 1)
-            self._release_if_idle()
-            return
         if revision < published or floor > published or revision - published > hub.cache.revisions_max:
             # The records of the unpublished revisions may be gone (or they would not all fit in
             # the cache): every watcher catches up in bounded batches, or is cancelled as compacted.
@@ -171,6 +165,9 @@ class ViewFeed:
         if compact > store.compact_revision:
             store.compact_revision = compact
             hub.compacted(compact)
+        # Published even with no stream: the cache then holds what the member's holds (a watch
+        # from a cached revision is answered from it, as in the member).
+        self._release_if_idle()
 
     def _release_if_idle(self) -> None:
         """With no stream, hold no read transaction (it would pin pages the applier frees)."""
@@ -191,9 +188,7 @@ class ViewFeed:
 class LocalWatches:
     """The front end's Watch: the member's servicer over the feed's hub, or forwarded."""
 
-    def __init__(
-        self, feed: ViewFeed, notifications: MemberNotifications, *, client_cert_auth: bool
-    ) -> None:
+    def __init__(self, feed: ViewFeed, notifications: MemberNotifications, *, client_cert_auth: bool) -> None:
         self.feed = feed
         self.notifications = notifications
         self.client_cert_auth = client_cert_auth
