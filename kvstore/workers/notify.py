@@ -40,12 +40,14 @@ import heapq
 import itertools
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
 
+from journal import failpoints
 from journal.api import JournalError
 from kvstore.errors import EtcdError
 from kvstore.member.rounds import SharedRounds
@@ -268,6 +270,8 @@ class MemberNotifications:
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         unpacker = msgpack.Unpacker(raw=False)
         while data := await reader.read(READ_CHUNK_BYTES):
+            if failpoints.enabled("front_end_lag"):
+                await asyncio.sleep(random.uniform(0, failpoints.FRONT_END_LAG_S))
             unpacker.feed(data)
             for message in unpacker:
                 kind = message[0]

@@ -143,8 +143,10 @@ class ViewFeed:
             return
         revision, compact, _ = msgpack.unpackb(raw)
         floor_raw = backend.get_meta(META_PHYSICAL_COMPACT, txn)
-        # Unknown (a file from a snapshot, or replaced): as if every compaction had run.
-        floor = from_u64(floor_raw) if floor_raw is not None and not self._replaced else compact
+        # Absent: no physical step since this code wrote the file (a step of a target above the
+        # published revision writes it first). A replaced file (snapshot install: only what the
+        # compaction kept) counts as compacted.
+        floor = compact if self._replaced else from_u64(floor_raw) if floor_raw is not None else -1
         self._replaced = False
         store, hub = self.store, self.hub
         published = store.revision
