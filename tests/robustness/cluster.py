@@ -27,6 +27,7 @@ from pathlib import Path
 from tests.journal.cluster import free_ports
 from tests.journal.procs import _STARTED, FaultableProc, NodeProc
 from tests.journal.test_netns_partition import ip, netns_unavailable
+from tests.servers import TEST_WORKERS_ENV
 
 AZS = ("a", "b", "c")
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,9 @@ class MemberProc(FaultableProc):
             f"--journal-endpoints={self.journal}",
             "--log-level=info",  # the run's record: journal reconnects, leader changes
         ]
+        workers = os.environ.get(TEST_WORKERS_ENV)
+        if workers:
+            cmd.append(f"--workers={workers}")  # each member on N processes, as the other suites
         env = {**os.environ, "PYTHONPATH": str(self.code)}
         with open(self.log_path, "ab") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.code, env=env)
