@@ -214,6 +214,7 @@ async def run_front_end(args: Any) -> int:
     follower = loop.create_task(_follow_identity(channel, ranges, writer))
     notified = loop.create_task(notifications.run())
     progress = loop.create_task(feed.progress_loop())
+    gauges = loop.create_task(feed.report_loop(metrics))
     log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
              status.header.member_id)  # fmt: skip
     stop = asyncio.Event()
@@ -224,6 +225,7 @@ async def run_front_end(args: Any) -> int:
     follower.cancel()
     notified.cancel()
     progress.cancel()
+    gauges.cancel()
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)

@@ -43,6 +43,7 @@ from kvstore.statemachine import META_AUTH
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
 from kvstore.watch import WatchHub
 from kvstore.workers.forward import Forwarder
+from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import ReadOnlyBackend, StateView
 from kvstore.workers.writes import NoCredentials, has_token
@@ -50,6 +51,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH = "/etcdserverpb.Watch/Watch"
 EVERY_KEY = b"\0"  # from the first key on, in MVCCStore's terms (key and range_end)
+WATCH_GAUGES_INTERVAL_S = 0.5
 
 
 class PinnedSnapshot:
@@ -175,6 +177,12 @@ class ViewFeed:
         """With no stream, hold no read transaction (it would pin pages the applier frees)."""
         if not self.hub.streams:
             self.snapshot.release()
+
+    async def report_loop(self, metrics: FrontEndMetrics) -> None:
+        """The watches served here, into the member's /metrics (summed with the member's own)."""
+        while True:
+            metrics.watching(len(self.hub.streams), self.hub.watcher_count)
+            await asyncio.sleep(WATCH_GAUGES_INTERVAL_S)
 
     async def progress_loop(self) -> None:
         """etcd's --watch-progress-notify-interval, at the revision the feed published."""
