@@ -28,7 +28,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import lmdb
@@ -124,6 +124,10 @@ class Member:
         self.foreign_result: Callable[[int, int, Any], None] | None = None
         self._lease_proposed_ms: dict[int, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        # Awaited before the physical steps of each compaction target begin: the front ends' watch
+        # feeds read every applied revision's events before its records can go (workers/notify.py).
+        self.before_physical_compaction: Callable[[], Awaitable[None]] | None = None
+        self._fenced_target: int | None = None
         # Held by whatever writes the backend (applier batches, compaction steps, defragment).
         self._write_lock = asyncio.Lock()
         self._defrag_lock = asyncio.Lock()  # one defragment at a time
@@ -461,6 +465,11 @@ class Member:
             if not store.compaction_pending:
                 await asyncio.sleep(0.05)
                 continue
+            target = store.compaction_target
+            if self.before_physical_compaction is not None and target != self._fenced_target:
+                await self.before_physical_compaction()
+                self._fenced_target = target
+                continue  # the target may have moved on meanwhile: fence that one too
             started = time.monotonic()
             async with self._write_lock:
                 if self.sm.store is store:

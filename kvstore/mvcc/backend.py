@@ -59,7 +59,10 @@ DUPSORT_DATABASES = frozenset({DB_INDEX})
 # never put in a snapshot.
 META_JOURNAL = b"journal"  # msgpack {"token", "log"}: which journal this file follows
 META_COMPACTOR = b"compactor"  # physical compaction progress (invisible to reads)
-META_LOCAL = frozenset({META_JOURNAL, META_COMPACTOR})
+# u64: the highest compaction target whose physical steps began (records below it may be gone
+# from the file); a front end's watch feed reads it (kvstore/workers/watches.py).
+META_PHYSICAL_COMPACT = b"physical_compact"
+META_LOCAL = frozenset({META_JOURNAL, META_COMPACTOR, META_PHYSICAL_COMPACT})
 META_FORMAT = b"format"
 FORMAT_VERSION = b"kvstore-lmdb-2"  # 2: keys longer than 470 bytes stored hashed, old records packed
 

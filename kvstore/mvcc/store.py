@@ -35,9 +35,11 @@ from kvstore.mvcc.backend import (
     DB_INDEX,
     DB_LIVE,
     META_COMPACTOR,
+    META_PHYSICAL_COMPACT,
     Backend,
     rev_bytes,
     rev_main,
+    u64,
 )
 from kvstore.mvcc.keyindex import in_range
 from kvstore.mvcc.records import record_key
@@ -371,6 +373,11 @@ class MVCCStore:
     def compaction_pending(self) -> bool:
         return self._compactor is not None
 
+    @property
+    def compaction_target(self) -> int | None:
+        """The revision the physical compaction in progress compacts to."""
+        return None if self._compactor is None else self._compactor[0]
+
     def compact_step(self, entries_max: int) -> bool:
         """Drop, inside the open batch, what compaction removes from up to entries_max index entries.
 
@@ -382,6 +389,8 @@ class MVCCStore:
         if self._compactor is None:
             return False
         target, start = self._compactor
+        if not start:  # the first step of this target: records below it start to go
+            self.backend.put_meta(META_PHYSICAL_COMPACT, u64(target))
         txn, index = self._txn, self._dbs[DB_INDEX]
         cur = txn.cursor(index)
         drops: list[tuple[bytes, list[bytes]]] = []

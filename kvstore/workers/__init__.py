@@ -4,11 +4,14 @@
   processes, restarts one that dies, stops them with the member
 - frontend.py: a front-end process: accepts gRPC and HTTP on the same client
   URLs (SO_REUSEPORT), answers ranges from its own read-only view of the state
-  file and writes through the applier, forwards every other call to it
+  file, writes through the applier and watches from its own hub, forwards
+  every other call to it
 - forward.py: the gRPC calls a front end passes on, as bytes
 - notify.py: the channel from the member's process to each front end (applied
-  positions, read barriers, the front ends' appends and their results)
+  positions, read barriers, the front ends' appends and their results,
+  compaction fences)
 - writes.py: Put, DeleteRange and Txn proposed by a front end
+- watches.py: watch streams served by a front end (the member's hub, fed from the view)
 - view.py: the read-only view of the state file in another process
 - metrics.py: the front ends' counts, summed into the member's /metrics
 

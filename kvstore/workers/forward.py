@@ -6,7 +6,8 @@ connection on the applier's unix socket: request bytes, the caller's metadata
 message and trailing metadata come back unchanged, so a forwarded call answers
 exactly what the applier's servicers answer. Cancellation (a client that goes
 away) cancels the forwarded call. `local` handlers replace the forwarding of
-chosen methods (a serializable range answered from the front end's own view).
+chosen unary methods (a serializable range answered from the front end's own view),
+`local_streams` that of bidirectional ones (watches served from the front end's hub).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ FORWARD_CHANNEL_OPTIONS = [
 ]
 
 LocalUnary = Callable[[bytes, Any, "Forwarder"], Awaitable[bytes]]
+# A bidirectional call served in the front end: it writes its responses with context.write
+# (messages or bytes), or relays Forwarder.forward_stream's.
+LocalStream = Callable[[AsyncIterator[bytes], Any, "Forwarder"], Awaitable[None]]
 Identity = Callable[[Any], tuple[tuple[str, str], ...]]
 
 
@@ -71,16 +75,27 @@ async def abort_as(context: Any, err: grpc.aio.AioRpcError) -> None:
     await context.abort(err.code(), err.details() or "", err.trailing_metadata() or ())
 
 
+def _as_bytes(response: Any) -> bytes:
+    """A local stream writes messages, its forwarded form bytes."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A generic handler for every method the applier serves."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, local: dict[str, LocalUnary] | None = None, identity: Identity | None = None
+        self,
+        channel: grpc.aio.Channel,
+        local: dict[str, LocalUnary] | None = None,
+        identity: Identity | None = None,
+        local_streams: dict[str, LocalStream] | None = None,
     ) -> None:
         self.channel = channel
         self.local = local or {}
+        self.local_streams = local_streams or {}
         self.identity = identity
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._bidi: dict[str, Any] = {}  # the forwarding multi-callable of each bidirectional method
         services = [*pb.DESCRIPTOR.services_by_name.values(), health_pb2.DESCRIPTOR.services_by_name["Health"]]
         for service in services:
             for method in service.methods:
@@ -127,14 +142,27 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
                     call.cancel()
 
             return grpc.stream_unary_rpc_method_handler(stream_unary)
-        call_bidi = channel.stream_stream(path)
+        local_stream = self.local_streams.get(path)
+        if local_stream is not None:
+
+            async def served(requests: AsyncIterator[bytes], context: Any) -> None:
+                await local_stream(requests, context, self)
+
+            return grpc.stream_stream_rpc_method_handler(served, response_serializer=_as_bytes)
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            call = call_bidi(requests, metadata=self.metadata(context), timeout=context.time_remaining())
-            async for response in relay(call, context):
+            async for response in self.forward_stream(path, requests, context):
                 yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+    def forward_stream(self, path: str, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """Forward one bidirectional call: its responses, then its status."""
+        call_bidi = self._bidi.get(path)
+        if call_bidi is None:
+            call_bidi = self._bidi[path] = self.channel.stream_stream(path)
+        call = call_bidi(requests, metadata=self.metadata(context), timeout=context.time_remaining())
+        return relay(call, context)
 
     async def unary(self, call: Any, request: bytes, context: Any) -> bytes:
         """Forward one unary call: its answer, or its status."""

@@ -9,8 +9,10 @@ It listens on the member's client URLs beside the member's own process
   barrier shared by the front end's reads (kvstore/workers/notify.py);
 - proposes Put, DeleteRange and Txn with writes itself and answers with the
   applier's result (kvstore/workers/writes.py);
+- serves watch streams with the member's own hub, fed from the view after each
+  applied batch (kvstore/workers/watches.py);
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): watches, leases, calls with a token, auth,
+  (kvstore/workers/forward.py): leases, calls with a token, auth,
   maintenance and cluster calls answer exactly as the member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
   member's HTTP endpoints, so the member stays one unit for its users.
@@ -53,6 +55,7 @@ from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import ChannelDown, MemberNotifications, notify_socket_path
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
+from kvstore.workers.watches import LocalWatches, ViewFeed
 from kvstore.workers.writes import FrontEndMember, LocalWrites, has_token
 from proto.etcdserverpb import rpc_pb2 as pb
 
@@ -192,12 +195,14 @@ async def run_front_end(args: Any) -> int:
     writer = FrontEndMember(member_config(args), view, notifications, metrics)
     writer.identity = ranges.header
     writes = LocalWrites(writer, metrics, client_cert_auth=bool(args.client_cert_auth))
+    feed = ViewFeed(view, writer.config, lambda: writer.identity)
+    watches = LocalWatches(feed, notifications, client_cert_auth=bool(args.client_cert_auth))
     identities = PeerIdentities()
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),
-        handlers=[Forwarder(channel, {KV_RANGE: ranges, **writes.handlers()}, identity)],
+        handlers=[Forwarder(channel, {KV_RANGE: ranges, **writes.handlers()}, identity, watches.handlers())],
     )
     own_socket = member_socket_path(state_dir, f"grpc-{index}")
     listeners, _ = await open_client_listeners(
@@ -208,15 +213,19 @@ async def run_front_end(args: Any) -> int:
     loop = asyncio.get_running_loop()
     follower = loop.create_task(_follow_identity(channel, ranges, writer))
     notified = loop.create_task(notifications.run())
+    progress = loop.create_task(feed.progress_loop())
+    gauges = loop.create_task(feed.report_loop(metrics))
     log.info("front end %d serving %s (member %x)", index, ",".join(f"{h}:{p}" for h, p in map(host_port, listen)),
              status.header.member_id)  # fmt: skip
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    ranges.stopping = writes.stopping = True
+    ranges.stopping = writes.stopping = watches.stopping = True
     follower.cancel()
     notified.cancel()
+    progress.cancel()
+    gauges.cancel()
     for listener in listeners:
         listener.close()
     await server.stop(grace=1.0)

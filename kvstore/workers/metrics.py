@@ -1,7 +1,8 @@
 """The front ends' counts, summed into the member's /metrics.
 
 A front end counts what it answers itself (serializable ranges: etcd's
-grpc_server_started_total, grpc_server_handled_total, etcd_mvcc_range_total)
+grpc_server_started_total, grpc_server_handled_total, etcd_mvcc_range_total;
+the watches it serves: etcd_debugging_mvcc_watcher_total and _watch_stream_total)
 with prometheus_client in multiprocess mode: the counters live in files in a
 directory the supervisor hands it (PROMETHEUS_MULTIPROC_DIR), which survive
 the process, so a restarted front end never makes a counter go back. The
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -43,6 +44,10 @@ class FrontEndMetrics:
         self.handled = Counter("grpc_server_handled_total", "", (*labels, "grpc_code"), registry=None)
         self.ranges = Counter("etcd_mvcc_range_total", "", registry=None)
         self._counters = {name: Counter(name, "", registry=None) for name in FRONT_END_COUNTERS}
+        # The watches it serves, summed over the live front ends (the supervisor drops a dead one's file).
+        self.watchers = Gauge("etcd_debugging_mvcc_watcher_total", "", registry=None, multiprocess_mode="livesum")
+        self.watch_streams = Gauge("etcd_debugging_mvcc_watch_stream_total", "", registry=None,
+                                   multiprocess_mode="livesum")  # fmt: skip
         self.handling: Histogram | None = None  # --metrics extensive, as the member's
         if level == "extensive":
             self.handling = Histogram("grpc_server_handling_seconds", "", labels, buckets=GRPC_BUCKETS_S, registry=None)
@@ -58,6 +63,10 @@ class FrontEndMetrics:
         self.handled.labels(*labels, GRPC_CODE_NAMES[code]).inc()
         if self.handling is not None:
             self.handling.labels(*labels).observe(time.monotonic() - started_s)
+
+    def watching(self, streams: int, watchers: int) -> None:
+        self.watch_streams.set(streams)
+        self.watchers.set(watchers)
 
     def count(self, name: str, amount: float) -> None:
         """One of the member's own counters (FRONT_END_COUNTERS), by what the front end did."""

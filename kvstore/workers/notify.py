@@ -19,6 +19,11 @@ front end keeps one connection to it. Messages are msgpack arrays, in order:
 - member -> front end `[RESULT, seq, response bytes]` or `[RESULT, seq, code,
   message]`: what the applier computed for the front end's entry `seq` (by
   origin), sent after the batch's commit, before that batch's APPLIED.
+- member -> front end `[FENCE, id]`, answered `[FENCED, id]`: before physical
+  compaction removes records, the member waits (at most FENCE_WAIT_S) until
+  every front end has handled the APPLIED notifications sent before the fence:
+  its watch feed has read the events of every revision applied so far
+  (kvstore/workers/watches.py).
 
 A front end has at most one barrier request out (kvstore/member/rounds.py
 shares it among the front end's concurrent linearizable reads), so answers come
@@ -35,12 +40,14 @@ import heapq
 import itertools
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
 
+from journal import failpoints
 from journal.api import JournalError
 from kvstore.errors import EtcdError
 from kvstore.member.rounds import SharedRounds
@@ -59,6 +66,9 @@ APPEND = 4
 APPENDED = 5
 APPEND_FAILED = 6
 RESULT = 7
+FENCE = 8
+FENCED = 9
+FENCE_WAIT_S = 1.0  # a front end slower than this to answer a fence: compaction goes on without it
 READ_CHUNK_BYTES = 64 * 1024
 RECONNECT_DELAY_S = 0.2
 # What the member queues for one front end that does not read, before it closes that channel.
@@ -81,6 +91,8 @@ class Notifier:
         self._results: list[tuple[asyncio.StreamWriter, bytes]] = []  # of the batch being applied
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fences: dict[int, tuple[asyncio.StreamWriter, asyncio.Future[None]]] = {}
+        self._fence_ids = itertools.count(1)
 
     async def listen(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -88,6 +100,33 @@ class Notifier:
         self._server = await asyncio.start_unix_server(self._serve, self.path)
         self.member.applied_listeners.append(self._applied)
         self.member.foreign_result = self._result
+        self.member.before_physical_compaction = self.fence
+
+    async def fence(self) -> None:
+        """Until every front end has handled every notification sent before now (or FENCE_WAIT_S)."""
+        loop = asyncio.get_running_loop()
+        ids = []
+        for writer in list(self._writers):
+            fence_id = next(self._fence_ids)
+            self._fences[fence_id] = (writer, loop.create_future())
+            writer.write(msgpack.packb([FENCE, fence_id]))
+            ids.append(fence_id)
+        try:
+            async with asyncio.timeout(FENCE_WAIT_S):
+                for fence_id in ids:
+                    entry = self._fences.get(fence_id)
+                    if entry is not None:
+                        await entry[1]
+        except TimeoutError:
+            log.warning("a front end did not answer a fence within %.1f s: compacting without it", FENCE_WAIT_S)
+        finally:
+            for fence_id in ids:
+                self._fences.pop(fence_id, None)
+
+    def _fenced(self, fence_id: int) -> None:
+        entry = self._fences.get(fence_id)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(None)
 
     def _result(self, origin: int, seq: int, result: Any) -> None:
         """The applier's result for an entry of another origin: to the front end that proposed it."""
@@ -133,10 +172,15 @@ class Notifier:
                     elif kind == HELLO:
                         origin = message[1]
                         self._by_origin[origin] = writer
+                    elif kind == FENCED:
+                        self._fenced(message[1])
         except (ConnectionError, OSError):
             pass
         finally:
             self._writers.discard(writer)
+            for fence_id, (fenced_writer, _) in list(self._fences.items()):
+                if fenced_writer is writer:  # gone: nothing to wait for
+                    self._fenced(fence_id)
             if origin is not None and self._by_origin.get(origin) is writer:
                 del self._by_origin[origin]
             writer.close()
@@ -168,6 +212,8 @@ class Notifier:
 
     def close(self) -> None:
         self.member.foreign_result = None
+        if self.member.before_physical_compaction == self.fence:
+            self.member.before_physical_compaction = None
         if self._applied in self.member.applied_listeners:
             self.member.applied_listeners.remove(self._applied)
         if self._server is not None:
@@ -188,6 +234,7 @@ class MemberNotifications:
         self.origin = origin  # of the journal entries this front end proposes
         self.applied = 0
         self.on_result: Callable[[int, Any], None] | None = None  # (seq, bytes or EtcdError)
+        self.applied_listeners: list[Callable[[int], None]] = []  # the watch feed (workers/watches.py)
         self._appends: dict[int, asyncio.Future[None]] = {}
         self._append_ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
@@ -223,6 +270,8 @@ class MemberNotifications:
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         unpacker = msgpack.Unpacker(raw=False)
         while data := await reader.read(READ_CHUNK_BYTES):
+            if failpoints.enabled("front_end_lag"):
+                await asyncio.sleep(random.uniform(0, failpoints.FRONT_END_LAG_S))
             unpacker.feed(data)
             for message in unpacker:
                 kind = message[0]
@@ -232,6 +281,9 @@ class MemberNotifications:
                     if self.on_result is not None:
                         result = message[2] if len(message) == 3 else EtcdError(grpc.StatusCode[message[2]], message[3])
                         self.on_result(message[1], result)
+                elif kind == FENCE:  # every APPLIED before it was handled (the feed advanced)
+                    if self._writer is not None:
+                        self._writer.write(msgpack.packb([FENCED, message[1]]))
                 elif kind in (APPENDED, APPEND_FAILED):
                     fut = self._appends.pop(message[1], None)
                     if fut is not None and not fut.done():
@@ -252,6 +304,8 @@ class MemberNotifications:
             _, _, fut = heapq.heappop(waiters)
             if not fut.done():
                 fut.set_result(None)
+        for listener in self.applied_listeners:
+            listener(self.applied)
 
     def _down(self) -> None:
         """The member went away: whoever waits here is answered by forwarding instead."""

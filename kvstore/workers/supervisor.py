@@ -20,6 +20,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from kvstore.transport.cmux import HttpHandler
 from kvstore.transport.http import REQUEST_HEAD_BYTES_MAX
 from kvstore.workers import member_socket_path
@@ -91,6 +93,8 @@ class FrontEnds:
             if self._stopping:
                 return
             self.restarts += 1
+            # Its gauges (the watches it served) are gone with it.
+            mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             # Its read transactions' slots in the lock file would pin old pages until then.
             with contextlib.suppress(Exception):
                 self.member.sm.backend.env.reader_check()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
@@ -74,6 +74,13 @@ class StateView:
         self.auth_enabled = False
         self._txn_id = -1
         self._auth_raw: bytes | None = None
+        # Called with the new backend when the file was replaced, before the old one closes
+        # (the watch feed moves its own read transaction over: kvstore/workers/watches.py).
+        self.replaced_listeners: list[Callable[[ReadOnlyBackend], None]] = []
+
+    def follow_replacement(self) -> None:
+        """Open the file again if a defragment or a snapshot install replaced it."""
+        self._reopen_if_replaced()
 
     def _reopen_if_replaced(self) -> None:
         try:
@@ -87,6 +94,8 @@ class StateView:
         self._inode = inode
         self.store = MVCCStore(self.backend)
         self._txn_id = -1
+        for listener in self.replaced_listeners:
+            listener(self.backend)
         old.close()
         log.info("state file replaced (defragment or snapshot install): reopened")
 

@@ -63,7 +63,7 @@ class ForwardInstead(Exception):
     """The member's process answers this call (raised before anything was proposed)."""
 
 
-class _NoCredentials:
+class NoCredentials:
     """The front end takes only calls without a token or a certificate: no credentials."""
 
     def info(self, context: Any) -> None:
@@ -145,7 +145,7 @@ class LocalWrites:
         self.member = member
         self.metrics = metrics
         self.client_cert_auth = client_cert_auth
-        self.kv = KV(member, _NoCredentials())  # type: ignore[arg-type]  # the member's servicer, on the front end
+        self.kv = KV(member, NoCredentials())  # type: ignore[arg-type]  # the member's servicer, on the front end
         self.stopping = False
 
     def handlers(self) -> dict[str, LocalUnary]:
