@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="processes that serve the client URLs: the member's own, which applies the journal, and N-1 front "
         "ends that answer ranges from the shared state file, propose puts, deletes and txns themselves, and "
-        "forward every other call to it; 1 is the single-process member (default: the usable cores, "
+        "forward every other call to it; 1 is the single-process member (default: the usable cores, the CPU "
+        "affinity capped by a cgroup CPU quota, "
         f"{usable_cores()} here; with --partitions, the usable cores shared among the partitions; "
         "docs/workers.md)",
     )
@@ -575,9 +576,31 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(run(args))
 
 
+CGROUP_CPU_MAX_PATH = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota µs> <period µs>" or "max <period>"
+
+
+def cgroup_cpu_limit(cpu_max: str) -> int | None:
+    """Whole CPUs a cgroup v2 `cpu.max` line allows (at least 1), None without a quota."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota_us, period_us = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return max(1, quota_us // period_us) if period_us > 0 else None
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which taskset and cpusets narrow)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may run on: its CPU affinity (taskset and cpusets narrow it),
+    capped by its cgroup's CPU quota (a container's --cpus, a Kubernetes CPU limit)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(CGROUP_CPU_MAX_PATH) as f:
+            limit = cgroup_cpu_limit(f.read())
+    except OSError:  # cgroup v1 or no cgroup file system: the affinity alone
+        limit = None
+    return min(cores, limit) if limit is not None else cores
 
 
 def check_workers(args: argparse.Namespace) -> None:

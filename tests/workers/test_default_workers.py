@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from kvstore.flags import apply_env_defaults
-from kvstore.server import build_parser, check_workers, usable_cores
+from kvstore.server import build_parser, cgroup_cpu_limit, check_workers, usable_cores
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from tests.servers import TEST_WORKERS_ENV, start_kvstore
@@ -29,13 +29,21 @@ def workers_for(argv: list[str], environ: dict[str, str] | None = None) -> int:
 
 
 def test_the_default_is_the_usable_cores_and_a_given_number_wins() -> None:
-    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
     assert workers_for([]) == usable_cores()
     assert workers_for(["--workers", "1"]) == 1
     assert workers_for([], {"ETCD_WORKERS": "3"}) == 3
     assert workers_for(["--workers", "1"], {"ETCD_WORKERS": "3"}) == 1
     with pytest.raises(SystemExit, match="at least 1"):
         workers_for(["--workers", "0"])
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores() -> None:
+    assert cgroup_cpu_limit("max 100000\n") is None  # no quota
+    assert cgroup_cpu_limit("200000 100000\n") == 2  # docker run --cpus 2
+    assert cgroup_cpu_limit("150000 100000") == 1  # --cpus 1.5: whole CPUs
+    assert cgroup_cpu_limit("50000 100000") == 1  # under one CPU: still one process
+    assert cgroup_cpu_limit("garbage") is None
 
 
 def serves(srv_url: str, kv: rpc.KVStub) -> None:
