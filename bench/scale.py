@@ -16,6 +16,7 @@ load, the compaction and the defragment.
     python -m bench.scale --quick                       # N=2000, both targets: ~1 minute
     python -m bench.scale --keys 1000000 --targets kvstore,etcd   # ~5-10 GB of RAM per target
     python -m bench.scale --keys 10000000 --targets kvstore --overwrite-keys 1000000 --restarts 3  # ~17 GB
+    python -m bench.scale --keys 5000000 --targets kvstore --restarts 0 --no-reads  # defragment of 11 GiB, ~18 GB
 """
 
 from __future__ import annotations
