@@ -56,7 +56,7 @@ async def defragment(member: Member) -> None:
                 else:  # the journal moved past the copy (trimmed, a snapshot installed): copy again
                     cleanup = None
             finally:
-                copy.close()
+                copy.backend.close(drop_pages=False)  # only the catch-up read pages of it
         except BaseException:
             remove_state_file(tmp)
             raise
@@ -111,7 +111,7 @@ async def _swap(
             return None
         assert copy.applied_position == member.sm.applied_position
         steps.done(f"last {behind} entries with applying held")
-        copy.close()
+        copy.backend.close(drop_pages=False)  # only the catch-up read pages of it: a cheap munmap
         remove_state_file(tmp + "-lock")  # the copy's; the swapped-in env makes its own
         return swap_in(member, backend, tmp, steps)
 
