@@ -44,6 +44,7 @@ from kvstore.member.config import (
     APPLIER_RETRY_S,
     APPLY_BATCH_BYTES_MAX,
     APPLY_PAUSE_S,
+    BARRIER_SLOW_S,
     COMPACT_PAUSE_MIN_S,
     COMPACT_STEP_ENTRIES_MAX,
     COMPACT_WAIT_POLL_S,
@@ -370,9 +371,17 @@ class Member:
         os._exit(70)
 
     async def _applier(self) -> None:
+        lost_at: float | None = None  # when the read stream last gave up (journal unreachable)
+        catch_up: tuple[float, int] | None = None  # (resumed at, applied position then) while behind
         while True:
             try:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
+                    if lost_at is not None:
+                        # The record of a heal: how long the stream was gone and how far behind it resumed.
+                        log.info("journal read stream back at position %d after %.2f s (journal committed %d)",
+                                 batch[0].position, time.monotonic() - lost_at, self.committed_position,
+                                 extra=self._log_fields())  # fmt: skip
+                        catch_up, lost_at = (time.monotonic(), self.sm.applied_position), None
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
                     for part in batch_parts(batch, APPLY_BATCH_BYTES_MAX):
@@ -382,6 +391,12 @@ class Member:
                         self._wake_apply_waiters()
                         await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
                     self._maybe_snapshot()
+                    if catch_up is not None and self.sm.applied_position >= self.committed_position:
+                        started, base = catch_up
+                        log.info("caught up: %d entries applied in %.2f s since the read stream came back",
+                                 self.sm.applied_position - base, time.monotonic() - started,
+                                 extra=self._log_fields())  # fmt: skip
+                        catch_up = None
             except PositionTrimmed:
                 # This member fell behind the journal's trim point: start again from its snapshot.
                 log.warning("journal trimmed past position %d; installing its snapshot", self.sm.applied_position,
@@ -393,6 +408,7 @@ class Member:
                 # Unavailable: no node answered for the journal's request timeout. Keep
                 # trying (/health says false meanwhile): exiting would not bring it back.
                 log.warning("journal read stream: %s; retrying", exc)
+                lost_at = lost_at if lost_at is not None else time.monotonic()
                 await asyncio.sleep(APPLIER_RETRY_S)
 
     def _maybe_snapshot(self) -> None:
@@ -525,10 +541,15 @@ class Member:
         return await self._barriers.next()
 
     async def _journal_barrier(self) -> int:
+        started = time.monotonic()
         try:
             position = await self.journal.barrier(self.log_name)
         except JournalError as exc:
             raise fail(errors.TIMEOUT) from exc
+        took_s = time.monotonic() - started
+        if took_s > BARRIER_SLOW_S:
+            log.info("journal barrier took %.2f s: position %d, applied %d", took_s, position,
+                     self.sm.applied_position, extra=self._log_fields())  # fmt: skip
         self._journal_contact = time.monotonic()
         self.committed_position = max(self.committed_position, position)
         return position
