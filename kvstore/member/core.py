@@ -378,6 +378,9 @@ class Member:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
                     if lost_at is not None:
                         # The record of a heal: how long the stream was gone and how far behind it resumed.
+                        with contextlib.suppress(JournalError):
+                            status = await self.journal.status(self.log_name)
+                            self.committed_position = max(self.committed_position, status.committed)
                         log.info("journal read stream back at position %d after %.2f s (journal committed %d)",
                                  batch[0].position, time.monotonic() - lost_at, self.committed_position,
                                  extra=self._log_fields())  # fmt: skip
