@@ -391,15 +391,15 @@ class Member:
                         async with self._write_lock:
                             self._apply_batch(part)
                         self.committed_position = max(self.committed_position, self.sm.applied_position)
+                        if catch_up is not None and self.sm.applied_position >= self.committed_position:
+                            started, base = catch_up
+                            log.info("caught up: %d entries applied in %.2f s since the read stream came back",
+                                     self.sm.applied_position - base, time.monotonic() - started,
+                                     extra=self._log_fields())  # fmt: skip
+                            catch_up = None
                         self._wake_apply_waiters()
                         await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
                     self._maybe_snapshot()
-                    if catch_up is not None and self.sm.applied_position >= self.committed_position:
-                        started, base = catch_up
-                        log.info("caught up: %d entries applied in %.2f s since the read stream came back",
-                                 self.sm.applied_position - base, time.monotonic() - started,
-                                 extra=self._log_fields())  # fmt: skip
-                        catch_up = None
             except PositionTrimmed:
                 # This member fell behind the journal's trim point: start again from its snapshot.
                 log.warning("journal trimmed past position %d; installing its snapshot", self.sm.applied_position,
