@@ -401,7 +401,8 @@ class Member:
                             log.info("caught up: %d entries applied in %.2f s since the read stream came back "
                                      "(%.2f s of it in apply steps; the leader's committed position %s)",
                                      self.sm.applied_position - base, time.monotonic() - started, applying_s,
-                                     "unknown" if failed else backlog_end.result(), extra=self._log_fields())  # fmt: skip
+                                     "unknown" if failed else backlog_end.result(),
+                                     extra=self._log_fields())  # fmt: skip
                             catch_up = None
                         self._wake_apply_waiters()
                         await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
