@@ -37,6 +37,7 @@ JOURNAL_STATUS_INTERVAL_S = 0.5
 REQUEST_TIMEOUT_MS = 7000
 JOURNAL_STATUS_TIMEOUT_S = 1.0  # one status round trip to the journal's leader, bounded
 JOURNAL_CONTACT_S_MAX = 2.0  # no answer from the journal's leader for this long: /health false
+BARRIER_SLOW_S = 0.5  # a journal barrier round slower than this is logged (a heal's record)
 APPLIER_RETRY_S = 0.1  # the read stream gave up (journal unreachable): start it again after this
 # Entry bytes applied in one write transaction, i.e. one event-loop step (one Txn of 100 1 KiB
 # puts, a few ms): a journal read batch (up to 4 MiB) applied whole kept reads waiting 0.3-0.8 s.

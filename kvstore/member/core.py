@@ -44,6 +44,7 @@ from kvstore.member.config import (
     APPLIER_RETRY_S,
     APPLY_BATCH_BYTES_MAX,
     APPLY_PAUSE_S,
+    BARRIER_SLOW_S,
     COMPACT_PAUSE_MIN_S,
     COMPACT_STEP_ENTRIES_MAX,
     COMPACT_WAIT_POLL_S,
@@ -370,15 +371,39 @@ class Member:
         os._exit(70)
 
     async def _applier(self) -> None:
+        lost_at: float | None = None  # when the read stream last gave up (journal unreachable)
+        catch_up: tuple[float, int] | None = None  # (resumed at, applied position then) while behind
+        backlog_end: asyncio.Task[int] | None = None
+        applying_s = 0.0  # of the catch-up: time in apply steps (the rest: the stream and other tasks)
         while True:
             try:
                 async for batch in self.journal.read(self.log_name, self.sm.applied_position + 1):
+                    if lost_at is not None:
+                        # The record of a heal: how long the stream was gone and how far behind it resumed.
+                        log.info("journal read stream back at position %d after %.2f s", batch[0].position,
+                                 time.monotonic() - lost_at, extra=self._log_fields())  # fmt: skip
+                        # The backlog's end, confirmed by the leader (any node answers a status), learnt
+                        # beside the applier so that it does not wait for a barrier round.
+                        backlog_end = asyncio.get_running_loop().create_task(self._journal_barrier())
+                        catch_up, lost_at, applying_s = (time.monotonic(), self.sm.applied_position), None, 0.0
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
                     for part in batch_parts(batch, APPLY_BATCH_BYTES_MAX):
+                        step_started = time.monotonic()
                         async with self._write_lock:
                             self._apply_batch(part)
+                        applying_s += time.monotonic() - step_started
                         self.committed_position = max(self.committed_position, self.sm.applied_position)
+                        if (catch_up is not None and backlog_end is not None and backlog_end.done()
+                                and self.sm.applied_position >= self.committed_position):  # fmt: skip
+                            started, base = catch_up
+                            failed = backlog_end.cancelled() or backlog_end.exception() is not None
+                            log.info("caught up: %d entries applied in %.2f s since the read stream came back "
+                                     "(%.2f s of it in apply steps; the leader's committed position %s)",
+                                     self.sm.applied_position - base, time.monotonic() - started, applying_s,
+                                     "unknown" if failed else backlog_end.result(),
+                                     extra=self._log_fields())  # fmt: skip
+                            catch_up = None
                         self._wake_apply_waiters()
                         await asyncio.sleep(APPLY_PAUSE_S if self.ready.is_set() else 0)  # requests run between parts
                     self._maybe_snapshot()
@@ -393,6 +418,7 @@ class Member:
                 # Unavailable: no node answered for the journal's request timeout. Keep
                 # trying (/health says false meanwhile): exiting would not bring it back.
                 log.warning("journal read stream: %s; retrying", exc)
+                lost_at = lost_at if lost_at is not None else time.monotonic()
                 await asyncio.sleep(APPLIER_RETRY_S)
 
     def _maybe_snapshot(self) -> None:
@@ -525,10 +551,15 @@ class Member:
         return await self._barriers.next()
 
     async def _journal_barrier(self) -> int:
+        started = time.monotonic()
         try:
             position = await self.journal.barrier(self.log_name)
         except JournalError as exc:
             raise fail(errors.TIMEOUT) from exc
+        took_s = time.monotonic() - started
+        if took_s > BARRIER_SLOW_S:
+            log.info("journal barrier took %.2f s: position %d, applied %d", took_s, position,
+                     self.sm.applied_position, extra=self._log_fields())  # fmt: skip
         self._journal_contact = time.monotonic()
         self.committed_position = max(self.committed_position, position)
         return position
