@@ -31,10 +31,25 @@ class SharedRounds:
         return await asyncio.shield(fut)
 
     async def _rounds(self) -> None:
-        while self._next is not None:
-            fut = self._next
+        fut: asyncio.Future[int] | None = None
+        try:
+            while self._next is not None:
+                fut = self._next
+                self._next = None
+                try:
+                    result = await self._fetch()
+                except Exception as exc:
+                    fut.set_exception(exc)
+                    # Its waiters may all have left (their deadlines passed, they were cancelled):
+                    # a waiter's shield then no longer watches the round, so mark the outcome
+                    # taken here, or the loop reports "Future exception was never retrieved".
+                    fut.exception()
+                else:
+                    fut.set_result(result)
+                fut = None
+        finally:
+            # Cancelled mid-round (the loop shutting down): no later round answers these waiters.
+            for left in (fut, self._next):
+                if left is not None and not left.done():
+                    left.cancel()
             self._next = None
-            try:
-                fut.set_result(await self._fetch())
-            except Exception as exc:
-                fut.set_exception(exc)
