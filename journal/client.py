@@ -58,6 +58,10 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 # new leader, instead of waiting on TCP (minutes) or the request timeout.
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
+# A request answered not_leader for this long follows a live node's redirect even to a suspect
+# leader: by then the nodes have had an election timeout to agree, so the hint is fresher
+# than our suspicion (a healed node is suspect until a ping of it is answered, 1 s or more).
+ELECTION_TIMEOUT_MS_MAX = 1000
 # A node whose connection went silent, or that did not answer a connect, is tried last for
 # this long, renewed while a ping to it (every HEARTBEAT_MS) fails, and forgiven as soon as
 # one is answered: a healed or resumed node is used again within about a heartbeat.
@@ -359,6 +363,7 @@ class JournalClient:
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         read_from: str = "leader",
         liveness_timeout_ms: int = LIVENESS_TIMEOUT_MS,
+        election_timeout_ms: int = ELECTION_TIMEOUT_MS_MAX,
         spool_dir: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -374,6 +379,7 @@ class JournalClient:
         self.rpc_timeout_ms = rpc_timeout_ms
         self.frame_bytes_max = frame_bytes_max
         self.liveness_timeout_ms = liveness_timeout_ms
+        self.election_timeout_ms = election_timeout_ms  # the nodes' longest (see ELECTION_TIMEOUT_MS_MAX)
         # Followers learn a new commit position with the next append or heartbeat
         # (up to a heartbeat interval later), so a tail read from the leader sees
         # entries sooner; "any" spreads read streams over the nodes instead.
@@ -460,6 +466,7 @@ class JournalClient:
         deadline = loop.time() + self.request_timeout_ms / 1000
         backoff_ms = BACKOFF_MS_MIN
         last_error: BaseException | None = None
+        not_leader_since: float | None = None  # the first not_leader answer to this request
         for attempt in itertools.count():
             if self._closed:
                 raise Unavailable("client is closed")
@@ -473,7 +480,16 @@ class JournalClient:
                 if e.code not in RETRYABLE:
                     raise
                 last_error = e
-                if e.code == "not_leader" and e.leader and e.leader != addr and not self._is_suspect(e.leader):
+                if e.code == "not_leader" and not_leader_since is None:
+                    not_leader_since = loop.time()
+                # Until then a suspect leader is skipped (the hint may be stale, and a connect to
+                # a cut-off node costs the liveness timeout); after, it is followed, or the
+                # request would go on asking the same followers for as long as the suspicion lasts.
+                hint_outweighs_suspicion = (
+                    not_leader_since is not None and loop.time() - not_leader_since >= self.election_timeout_ms / 1000
+                )
+                if (e.code == "not_leader" and e.leader and e.leader != addr
+                        and (hint_outweighs_suspicion or not self._is_suspect(e.leader))):  # fmt: skip
                     self._leader[log_name] = e.leader
                     self.retries += 1
                     if attempt % 4 != 3:  # follow fresh redirects at once, but not forever

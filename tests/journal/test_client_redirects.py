@@ -1,0 +1,53 @@
+"""The journal client's leader calls against fake nodes: a not_leader redirect to a leader the
+client holds suspect (journal/client.py, ELECTION_TIMEOUT_MS_MAX)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from journal.api import Unavailable
+from journal.client import JournalClient, RemoteError
+
+LEADER, FOLLOWER = "127.0.0.1:1", "127.0.0.1:2"
+
+
+class _FakeNode:
+    def __init__(self, addr: str, answer: dict[str, Any] | None) -> None:
+        self.addr = addr
+        self.answer = answer  # None: a follower naming LEADER
+        self.calls: list[str] = []
+
+    async def call(self, kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        self.calls.append(kind)
+        await asyncio.sleep(0)
+        if self.answer is None:
+            raise RemoteError("not_leader", f"{self.addr} does not lead", leader=LEADER)
+        return self.answer
+
+
+def _client(election_timeout_ms: int) -> tuple[JournalClient, _FakeNode, _FakeNode]:
+    client = JournalClient([LEADER, FOLLOWER], request_timeout_ms=300, election_timeout_ms=election_timeout_ms)
+    leader, follower = _FakeNode(LEADER, {"position": 5}), _FakeNode(FOLLOWER, None)
+    client._conns.update({LEADER: leader, FOLLOWER: follower})  # type: ignore[dict-item]
+    # The leader went silent once (a cut, healed since): tried last until a ping answers,
+    # which in this test never comes (no probe runs).
+    client._suspect[LEADER] = asyncio.get_running_loop().time() + 3600
+    return client, leader, follower
+
+
+async def test_a_barrier_follows_a_live_followers_redirect_to_a_suspect_leader_after_the_election_timeout() -> None:
+    # An election timeout of 0: the first not_leader answer has already lasted it.
+    client, leader, follower = _client(election_timeout_ms=0)
+    assert await client.barrier("log") == 5
+    assert follower.calls == ["barrier"] and leader.calls == ["barrier"]
+
+
+async def test_within_the_election_timeout_a_suspect_leader_is_not_followed() -> None:
+    # (The hint may be stale: a connect to a cut-off node costs the liveness timeout.)
+    client, leader, follower = _client(election_timeout_ms=3_600_000)
+    with pytest.raises(Unavailable, match="not_leader"):
+        await client.barrier("log")
+    assert leader.calls == [] and len(follower.calls) > 1
