@@ -385,6 +385,8 @@ class Member:
                         # The backlog's end, confirmed by the leader (any node answers a status), learnt
                         # beside the applier so that it does not wait for a barrier round.
                         backlog_end = asyncio.get_running_loop().create_task(self._journal_barrier())
+                        # Read below only if the stream stays up until caught up; a later heal drops it.
+                        backlog_end.add_done_callback(lambda t: t.cancelled() or t.exception())
                         catch_up, lost_at, applying_s = (time.monotonic(), self.sm.applied_position), None, 0.0
                     if failpoints.enabled("stale_read"):  # members fall behind by different amounts
                         await asyncio.sleep(random.uniform(0, failpoints.STALE_READ_LAG_S))
