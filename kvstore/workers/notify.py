@@ -207,6 +207,9 @@ class Notifier:
             answer = [BARRIER, await self.member.barrier_position()]
         except EtcdError as err:
             answer = [BARRIER_FAILED, err.code.name, err.message]
+        except Exception as exc:  # answered all the same: the front end's round waits for this answer
+            log.warning("barrier for a front end failed: %r", exc)
+            answer = [BARRIER_FAILED, grpc.StatusCode.UNAVAILABLE.name, f"barrier failed: {exc!r}"]
         if not writer.is_closing():
             writer.write(msgpack.packb(answer))
 
