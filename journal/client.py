@@ -407,13 +407,13 @@ class JournalClient:
             c = self._conns[addr] = _Conn(addr, self.frame_bytes_max, self.liveness_timeout_ms, self.ssl_context)
         return c
 
-    def _rotate(self) -> str:
+    def _rotate(self, skip_suspects: bool = True) -> str:
         """The next endpoint, skipping nodes that went silent recently while others remain."""
         now = asyncio.get_running_loop().time()
         for _ in range(len(self.endpoints)):
             addr = self.endpoints[self._next_endpoint % len(self.endpoints)]
             self._next_endpoint += 1
-            if self._suspect.get(addr, 0.0) <= now:
+            if not skip_suspects or self._suspect.get(addr, 0.0) <= now:
                 return addr
         return self.endpoints[self._next_endpoint % len(self.endpoints)]
 
@@ -467,10 +467,18 @@ class JournalClient:
         backoff_ms = BACKOFF_MS_MIN
         last_error: BaseException | None = None
         not_leader_since: float | None = None  # the first not_leader answer to this request
+
+        def answers_outweigh_suspicion() -> bool:
+            """Answered not_leader for an election timeout: a live node's redirect is followed,
+            and the rotation tried, suspect nodes included. Before that suspect nodes are skipped
+            (a hint may be stale, and a connect to a cut-off node costs the liveness timeout);
+            after, that would keep asking the same followers for as long as the suspicion lasts."""
+            return not_leader_since is not None and loop.time() - not_leader_since >= self.election_timeout_ms / 1000
+
         for attempt in itertools.count():
             if self._closed:
                 raise Unavailable("client is closed")
-            addr = self._leader.get(log_name) or self._rotate()
+            addr = self._leader.get(log_name) or self._rotate(skip_suspects=not answers_outweigh_suspicion())
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
                 break
@@ -482,14 +490,8 @@ class JournalClient:
                 last_error = e
                 if e.code == "not_leader" and not_leader_since is None:
                     not_leader_since = loop.time()
-                # Until then a suspect leader is skipped (the hint may be stale, and a connect to
-                # a cut-off node costs the liveness timeout); after, it is followed, or the
-                # request would go on asking the same followers for as long as the suspicion lasts.
-                hint_outweighs_suspicion = (
-                    not_leader_since is not None and loop.time() - not_leader_since >= self.election_timeout_ms / 1000
-                )
                 if (e.code == "not_leader" and e.leader and e.leader != addr
-                        and (hint_outweighs_suspicion or not self._is_suspect(e.leader))):  # fmt: skip
+                        and (answers_outweigh_suspicion() or not self._is_suspect(e.leader))):  # fmt: skip
                     self._leader[log_name] = e.leader
                     self.retries += 1
                     if attempt % 4 != 3:  # follow fresh redirects at once, but not forever

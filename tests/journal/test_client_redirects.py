@@ -51,3 +51,21 @@ async def test_within_the_election_timeout_a_suspect_leader_is_not_followed() ->
     with pytest.raises(Unavailable, match="not_leader"):
         await client.barrier("log")
     assert leader.calls == [] and len(follower.calls) > 1
+
+
+async def test_not_leader_without_a_hint_tries_the_suspect_nodes_after_the_election_timeout() -> None:
+    # The only node not suspect is a deposed leader that knows no leader (cut off, a candidate):
+    # skipping suspects would send every retry back to it.
+    client = JournalClient([LEADER, FOLLOWER], request_timeout_ms=300, election_timeout_ms=0)
+    leader, deposed = _FakeNode(LEADER, {"position": 5}), _FakeNode(FOLLOWER, None)
+
+    async def no_hint(kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        deposed.calls.append(kind)
+        raise RemoteError("not_leader", "no leader known")
+
+    deposed.call = no_hint  # type: ignore[method-assign]
+    client._conns.update({LEADER: leader, FOLLOWER: deposed})  # type: ignore[dict-item]
+    client._suspect[LEADER] = asyncio.get_running_loop().time() + 3600
+    client._next_endpoint = 1  # the rotation starts at the deposed node
+    assert await client.barrier("log") == 5
+    assert deposed.calls == ["barrier"] and leader.calls == ["barrier"]
