@@ -21,7 +21,9 @@ class SharedRounds:
         self._task: asyncio.Task[None] | None = None
 
     async def next(self) -> int:
-        """The answer of a round that begins after this call (its exception, if it fails)."""
+        """The answer of a round that begins after this call (its exception, if it fails;
+        CancelledError if the rounds' task is cancelled). A caller's deadline is its own: the
+        round goes on for the others, and its outcome is taken even if nobody is left."""
         loop = asyncio.get_running_loop()
         if self._next is None:
             self._next = loop.create_future()

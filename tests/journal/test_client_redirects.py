@@ -11,7 +11,7 @@ import pytest
 from journal.api import Unavailable
 from journal.client import JournalClient, RemoteError
 
-LEADER, FOLLOWER = "127.0.0.1:1", "127.0.0.1:2"
+LEADER, FOLLOWER, OTHER_FOLLOWER = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
 
 
 class _FakeNode:
@@ -28,29 +28,34 @@ class _FakeNode:
         return self.answer
 
 
-def _client(election_timeout_ms: int) -> tuple[JournalClient, _FakeNode, _FakeNode]:
-    client = JournalClient([LEADER, FOLLOWER], request_timeout_ms=300, election_timeout_ms=election_timeout_ms)
-    leader, follower = _FakeNode(LEADER, {"position": 5}), _FakeNode(FOLLOWER, None)
-    client._conns.update({LEADER: leader, FOLLOWER: follower})  # type: ignore[dict-item]
+def _client(election_timeout_ms: int) -> tuple[JournalClient, _FakeNode, list[_FakeNode]]:
+    client = JournalClient(
+        [LEADER, FOLLOWER, OTHER_FOLLOWER], request_timeout_ms=300, election_timeout_ms=election_timeout_ms
+    )
+    leader = _FakeNode(LEADER, {"position": 5})
+    followers = [_FakeNode(FOLLOWER, None), _FakeNode(OTHER_FOLLOWER, None)]
+    client._conns.update({n.addr: n for n in [leader, *followers]})  # type: ignore[misc]
     # The leader went silent once (a cut, healed since): tried last until a ping answers,
     # which in this test never comes (no probe runs).
     client._suspect[LEADER] = asyncio.get_running_loop().time() + 3600
-    return client, leader, follower
+    client._next_endpoint = 1  # the rotation starts at a follower
+    return client, leader, followers
 
 
 async def test_a_barrier_follows_a_live_followers_redirect_to_a_suspect_leader_after_the_election_timeout() -> None:
     # An election timeout of 0: the first not_leader answer has already lasted it.
-    client, leader, follower = _client(election_timeout_ms=0)
+    client, leader, followers = _client(election_timeout_ms=0)
     assert await client.barrier("log") == 5
-    assert follower.calls == ["barrier"] and leader.calls == ["barrier"]
+    # At once from the first follower (not round the other follower first).
+    assert [n.calls for n in followers] == [["barrier"], []] and leader.calls == ["barrier"]
 
 
 async def test_within_the_election_timeout_a_suspect_leader_is_not_followed() -> None:
     # (The hint may be stale: a connect to a cut-off node costs the liveness timeout.)
-    client, leader, follower = _client(election_timeout_ms=3_600_000)
+    client, leader, followers = _client(election_timeout_ms=3_600_000)
     with pytest.raises(Unavailable, match="not_leader"):
         await client.barrier("log")
-    assert leader.calls == [] and len(follower.calls) > 1
+    assert leader.calls == [] and all(len(n.calls) > 1 for n in followers)
 
 
 async def test_not_leader_without_a_hint_tries_the_suspect_nodes_after_the_election_timeout() -> None:
