@@ -25,14 +25,6 @@ async def read_until(c: JournalClient, log: str, first: int, last: int, timeout_
     return out
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cl = InProcessCluster(tmp_path)
-    await cl.start()
-    yield cl
-    await cl.close()
-
-
 async def test_append_read_barrier_status(cluster: InProcessCluster) -> None:
     c: Journal = cluster.client()
     a = await c.append("pods", [b"a", b"b"])

@@ -11,21 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from journal import replication as r
 from journal.node import JournalNode, _Replica
 from tests.journal.cluster import InProcessCluster
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cl = InProcessCluster(tmp_path)
-    await cl.start()
-    yield cl
-    await cl.close()
 
 
 class StuckDisk:

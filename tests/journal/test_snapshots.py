@@ -135,14 +135,6 @@ async def test_local_corruption_is_detected_and_leftovers_removed(tmp_path: Path
 # ------------------------------------------------------------ replicated
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cl = InProcessCluster(tmp_path)
-    await cl.start()
-    yield cl
-    await cl.close()
-
-
 async def node_infos(cl: InProcessCluster, log: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for n in cl.nodes:
