@@ -193,7 +193,8 @@ class Notifier:
     async def _append(self, writer: asyncio.StreamWriter, append_id: int, entries: list[bytes]) -> None:
         """A front end's proposals, appended as the member's proposer appends its own."""
         try:
-            await self.member.journal.append(self.member.log_name, entries)
+            with self.member.metrics.wal_fsync.time():  # the member's durable write, whoever proposed it
+                await self.member.journal.append(self.member.log_name, entries)
             self.member.journal_contacted()
             answer: list[Any] = [APPENDED, append_id]
         except (JournalError, OSError) as exc:
