@@ -123,28 +123,51 @@ def _plain_events(resp: Any) -> bool:
 
 
 def merge_event_responses(responses: list[Any], limit_bytes: int) -> list[Any]:
-    """Coalesce consecutive event responses of the same watcher that are already queued.
+    """Coalesce the queued event responses of each watcher: one write per watcher, not per revision.
 
-    Only when the client reads slower than events arrive: one write instead of many, as etcd
-    batches a catch-up. Order is kept, a revision is never split, and a progress or cancel
-    response stays where it was (it is never merged), so it cannot overtake an event.
+    Only when the client reads slower than events arrive (or a journal batch applied several
+    revisions at once): the queue holds them revision by revision, every watcher's in turn, and
+    each write is a round trip through gRPC's completion thread, so writing them one by one is
+    what let a loaded stream fall further behind. Within a run of plain event responses, each
+    watcher's are merged in revision order (its events are never reordered, a revision is never
+    split, a merged response stays under limit_bytes); responses of different watchers may change
+    places, which etcd does not order either. A created, cancel, progress or fragment response is
+    never merged and nothing moves across it, so a progress notification cannot overtake an event.
     """
     out: list[Any] = []
+    run: dict[int, list[list[Any]]] = {}  # watch_id -> chunks of its responses, in order
+    sizes: dict[int, int] = {}  # bytes of the watcher's last chunk (a bound: the sum of its parts)
+
+    def flush_run() -> None:
+        for chunks in run.values():
+            for chunk in chunks:
+                if len(chunk) == 1:
+                    out.append(chunk[0])
+                    continue
+                last = chunk[-1]
+                merged = pb.WatchResponse(header=last.header, watch_id=last.watch_id)
+                for resp in chunk:
+                    merged.events.extend(resp.events)
+                out.append(merged)
+        run.clear()
+        sizes.clear()
+
     for resp in responses:
-        prev = out[-1] if out else None
-        if (
-            prev is not None
-            and _plain_events(prev)
-            and _plain_events(resp)
-            and prev.watch_id == resp.watch_id
-            and prev.ByteSize() + resp.ByteSize() < limit_bytes
-        ):
-            merged = pb.WatchResponse(header=resp.header, watch_id=resp.watch_id)
-            merged.events.extend(prev.events)
-            merged.events.extend(resp.events)
-            out[-1] = merged
-        else:
+        if not _plain_events(resp):
+            flush_run()
             out.append(resp)
+            continue
+        size = resp.ByteSize()
+        chunks = run.get(resp.watch_id)
+        if chunks is None:
+            run[resp.watch_id] = [[resp]]
+        elif sizes[resp.watch_id] + size < limit_bytes:
+            chunks[-1].append(resp)
+            size += sizes[resp.watch_id]
+        else:
+            chunks.append([resp])
+        sizes[resp.watch_id] = size
+    flush_run()
     return out
 
 
