@@ -15,6 +15,7 @@ import asyncio
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -30,6 +31,7 @@ TXN_OPS_MAX = 100  # etcd's --max-txn-ops defaults to 128
 POPULATE_INFLIGHT_MAX = 8
 LIST_PAGES_MAX = 100_000
 EVENT_LEASE_OBJECTS_MAX = 1000  # kube-apiserver reuses one lease for at most 1000 objects
+PUT_ACKS_KEPT_NS = 60 * 10**9  # an event later than this after its put is not timed from the ack
 
 
 class Exhausted(Exception):
@@ -343,13 +345,34 @@ class Delete(Workload):
             self.rec.counters["delete-missing"] += 1
 
 
+class PutAcks:
+    """When this process's puts were acknowledged, by the send time their value carries: what
+    `watch-after-ack` measures an event from (the watch path alone, without the put's own commit)."""
+
+    def __init__(self) -> None:
+        self.acked: dict[int, int] = {}  # send time -> ack time (0: sent, not acknowledged yet)
+        self._order: deque[int] = deque()
+
+    def sent(self, ts: int) -> None:
+        self.acked[ts] = 0
+        self._order.append(ts)
+        horizon = ts - PUT_ACKS_KEPT_NS
+        while self._order[0] < horizon:
+            self.acked.pop(self._order.popleft(), None)
+
+    def ack(self, ts: int, t: int) -> None:
+        if ts in self.acked:
+            self.acked[ts] = t
+
+
 class WatchStreams:
     """Watch streams that record delivery latency of every PUT event (value starts with its send time)."""
 
-    def __init__(self, rec: Recorder, check_prev_kv: bool, sentinel: bytes = b"") -> None:
+    def __init__(self, rec: Recorder, check_prev_kv: bool, sentinel: bytes = b"", acks: PutAcks | None = None) -> None:
         self.rec = rec
         self.check_prev_kv = check_prev_kv
         self.sentinel = sentinel
+        self.acks = acks
         self.calls: list[grpc.aio.StreamStreamCall] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.sentinels_seen: dict[tuple[int, int], int] = {}
@@ -382,6 +405,7 @@ class WatchStreams:
         counters = rec.counters
         hist_name = "watch-delivery"
         sentinel = self.sentinel
+        acked = self.acks.acked if self.acks is not None else None
         try:
             while True:
                 resp = await call.read()
@@ -399,7 +423,14 @@ class WatchStreams:
                     counters["watch-events"] += 1
                     if ev.type == ev.PUT:
                         if len(kv.value) >= TS.size:
-                            rec.record(hist_name, (t - TS.unpack_from(kv.value)[0]) // 1000)
+                            sent = TS.unpack_from(kv.value)[0]
+                            rec.record(hist_name, (t - sent) // 1000)
+                            if acked is not None:
+                                ack = acked.get(sent)
+                                if ack is not None:  # a put of this process
+                                    if ack == 0:  # the event came before the put's answer
+                                        counters["watch-event-before-ack"] += 1
+                                    rec.record("watch-after-ack", max(0, t - ack) // 1000 if ack else 0)
                         if self.check_prev_kv and kv.create_revision != kv.mod_revision and not ev.HasField("prev_kv"):
                             counters["watch-missing-prev-kv"] += 1
                     elif self.check_prev_kv and not ev.HasField("prev_kv"):
@@ -440,7 +471,8 @@ class Watch(Workload):
     def __init__(self, opts: Options, proc_index: int, rec: Recorder) -> None:
         super().__init__(opts, proc_index, rec)
         self.sentinel_base = self.base + b"~end/" + opts.run_id.encode() + b"/"
-        self.streams = WatchStreams(rec, check_prev_kv=False, sentinel=self.sentinel_base)
+        self.acks = PutAcks()
+        self.streams = WatchStreams(rec, check_prev_kv=False, sentinel=self.sentinel_base, acks=self.acks)
         self.streams.sentinels_needed = opts.procs
 
     async def prepare(self, conns: Sequence[Conn], clients: Sequence[Client]) -> None:
@@ -454,8 +486,13 @@ class Watch(Workload):
 
     async def op(self, c: Client, start_ns: int) -> None:
         key = self.key(self.pick(c))
-        await c.kv.Put(pb.PutRequest(key=key, value=self.value()), timeout=self.timeout_s)
-        self.rec.record("put", (now_ns() - start_ns) // 1000)
+        value = self.value()
+        sent = TS.unpack_from(value)[0]
+        self.acks.sent(sent)
+        await c.kv.Put(pb.PutRequest(key=key, value=value), timeout=self.timeout_s)
+        t = now_ns()
+        self.acks.ack(sent, t)
+        self.rec.record("put", (t - start_ns) // 1000)
 
     async def finish(self, conns: Sequence[Conn]) -> None:
         key = self.sentinel_base + str(self.proc_index).encode()
