@@ -321,6 +321,7 @@ class WatchStream:
         rev = rev_events.revision
         compact = self.hub.store.compact_revision
         overloaded = self.queue.qsize() >= STREAM_QUEUE_RESPONSES_MAX
+        header = None  # one per revision, not per watcher
         for w in self.watchers.values():
             if not w.live or rev < w.next_rev:
                 continue
@@ -335,11 +336,15 @@ class WatchStream:
                 continue  # test-only: the robustness suite must notice the gap
             events = w.select(rev_events.events, compact)
             if events:
-                self._send_events(w, rev, events)
+                if header is None:
+                    header = self.hub.header(rev)
+                self._send_events(w, rev, events, header)
 
-    def _send_events(self, w: Watcher, header_rev: int, events: list[Any]) -> None:
+    def _send_events(self, w: Watcher, header_rev: int, events: list[Any], header: Any = None) -> None:
         w.sent_since_tick = True
-        resp = pb.WatchResponse(header=self.hub.header(header_rev), watch_id=w.id, events=events)
+        if header is None:
+            header = self.hub.header(header_rev)
+        resp = pb.WatchResponse(header=header, watch_id=w.id, events=events)
         limit = self.hub.fragment_bytes_max
         if not w.fragment or len(events) < 2 or resp.ByteSize() < limit:
             self._send(resp)
