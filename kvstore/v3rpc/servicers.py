@@ -157,13 +157,17 @@ def merge_event_responses(responses: list[Any], limit_bytes: int) -> list[Any]:
             flush_run()
             out.append(resp)
             continue
-        size = resp.ByteSize()
         chunks = run.get(resp.watch_id)
         if chunks is None:
-            run[resp.watch_id] = [[resp]]
-        elif sizes[resp.watch_id] + size < limit_bytes:
+            run[resp.watch_id] = [[resp]]  # sized only if a second one comes (the common case is one)
+            continue
+        last = sizes.get(resp.watch_id)
+        if last is None:
+            last = chunks[-1][0].ByteSize()
+        size = resp.ByteSize()
+        if last + size < limit_bytes:
             chunks[-1].append(resp)
-            size += sizes[resp.watch_id]
+            size += last
         else:
             chunks.append([resp])
         sizes[resp.watch_id] = size
