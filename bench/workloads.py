@@ -415,6 +415,7 @@ class WatchStreams:
                     counters["watch-canceled"] += 1
                     return
                 t = now_ns()
+                counted = counters["watch-events"]
                 for ev in resp.events:
                     kv = ev.kv
                     if sentinel and kv.key.startswith(sentinel):
@@ -435,6 +436,8 @@ class WatchStreams:
                             counters["watch-missing-prev-kv"] += 1
                     elif self.check_prev_kv and not ev.HasField("prev_kv"):
                         counters["watch-missing-prev-kv"] += 1
+                if counters["watch-events"] > counted:  # events per response: how much the server coalesced
+                    counters["watch-responses"] += 1
         except asyncio.CancelledError:
             pass
         except grpc.aio.AioRpcError as e:

@@ -68,6 +68,9 @@ def test_workload(kvstore: Server, tmp_path: Path, args: list[str]) -> None:
 def test_watch_delivers_every_event(kvstore: Server, tmp_path: Path) -> None:
     r = bench(kvstore, tmp_path, "watch", "--total", "200", "--watchers", "5", "--watch-streams", "2", "--clients", "2")
     assert r["watch"]["drained"] and r["watch"]["events_missing"] == 0 and r["watch"]["events"] == 1000
+    # Every event of a put of this (only) process is also timed from the put's answer.
+    assert r["by_op"]["watch-after-ack"]["latency_us"]["count"] == 1000
+    assert 0 < r["counters"]["watch-responses"] <= 1000
 
 
 def test_kube_profile(kvstore: Server, tmp_path: Path) -> None:
