@@ -57,6 +57,9 @@ RETRYABLE = frozenset({"not_leader", "busy", "unavailable"})
 # client leaves a frozen or cut-off node about when the others have elected a
 # new leader, instead of waiting on TCP (minutes) or the request timeout.
 HEARTBEAT_MS = 200  # a node sends an empty batch on an idle read stream this often
+# Entries of the read-stream frames already received handed on as one batch at most (a node's
+# batch is up to READ_BATCH_ENTRIES_MAX, journal/read_batches.py; this bounds a merge of many).
+READ_COALESCE_ENTRIES_MAX = 4096
 LIVENESS_TIMEOUT_MS = 1000  # silence (no frame at all) after which a connection is dead
 # A request answered not_leader for this long follows a live node's redirect even to a suspect
 # leader: by then the nodes have had an election timeout to agree, so the hint is fresher
@@ -631,8 +634,31 @@ class JournalClient:
                 w.write(encode_frame("read", request, self.frame_bytes_max))
                 await w.drain()
                 decoder = FrameDecoder(self.frame_bytes_max)
+                pending: list[Entry] = []  # entries frames already received, handed on as one batch
                 while True:
                     frame = decoder.next_frame()
+                    entries = frame is not None and frame[0] == "entries"
+                    if entries:
+                        assert frame is not None
+                        batch = [Entry(int(p), int(t), d) for p, t, d in frame[1]["entries"]]
+                        if batch:
+                            if batch[0].position != position:
+                                raise ProtocolError(
+                                    f"read stream from {addr} skipped: {batch[0].position} != {position}"
+                                )
+                            position = batch[-1].position + 1
+                            pending += batch
+                    if pending and (not entries or len(pending) >= READ_COALESCE_ENTRIES_MAX):
+                        # Every entries frame already received as one batch (the ones before an error
+                        # frame first): a reader that fell behind (paused, busy) finds one small frame
+                        # per commit in its buffer, and applies them in one step instead of one each.
+                        failing_since = None
+                        redirects = 0
+                        backoff_ms = BACKOFF_MS_MIN
+                        out, pending = pending, []
+                        yield out
+                    if entries:
+                        continue
                     if frame is None:
                         # A live node sends an empty batch every HEARTBEAT_MS on an idle
                         # stream: silence past the liveness timeout means it froze or is cut off.
@@ -663,18 +689,7 @@ class JournalClient:
                         if code in RETRYABLE:
                             raise ConnectionError(f"{addr}: {code}")
                         raise RemoteError(code, str(payload.get("message", "")))
-                    if kind != "entries":
-                        raise ProtocolError(f"unexpected {kind!r} on a read stream")
-                    batch = [Entry(int(p), int(t), d) for p, t, d in payload["entries"]]
-                    if not batch:
-                        continue
-                    if batch[0].position != position:
-                        raise ProtocolError(f"read stream from {addr} skipped: {batch[0].position} != {position}")
-                    position = batch[-1].position + 1
-                    failing_since = None
-                    redirects = 0
-                    backoff_ms = BACKOFF_MS_MIN
-                    yield batch
+                    raise ProtocolError(f"unexpected {kind!r} on a read stream")
             except (OSError, ConnectionError, TimeoutError, ProtocolError, RuntimeError) as e:
                 now = loop.time()
                 failing_since = failing_since if failing_since is not None else now

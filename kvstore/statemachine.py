@@ -162,6 +162,10 @@ class StateMachine:
         batch commits (a batch lands whole or not at all, so per-entry copies would be overwritten)."""
         assert position == self.applied_position + 1, f"entry {position} applied after {self.applied_position}"
         assert flush or self.backend.in_batch, "apply(flush=False) needs an open batch"
+        if not flush:  # the caller's batch (no batch() context per entry: a part of its apply time)
+            out = self._apply(position, timestamp_ms, data)
+            self.applied_position = position
+            return out
         with self.backend.batch():
             out = self._apply(position, timestamp_ms, data)
             self.applied_position = position

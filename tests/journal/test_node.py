@@ -265,3 +265,23 @@ async def test_append_rides_through_a_full_outage(tmp_path: Path) -> None:
     finally:
         await c.close()
         await cl.close()
+
+
+async def test_a_reader_that_fell_behind_gets_the_frames_it_received_as_one_batch(cluster: InProcessCluster) -> None:
+    c = cluster.client()
+    await c.append("lag", [b"0"])
+    r = cluster.client()
+    stream = r.read("lag", 1).__aiter__()
+    got = list(await asyncio.wait_for(anext(stream), 10))
+    # 50 commits, one frame each on the stream, while its reader applies nothing (as a paused or busy member).
+    for i in range(1, 51):
+        await c.append("lag", [b"%d" % i])
+    await asyncio.sleep(0.2)
+    batches = 0
+    while got[-1].position < 51:
+        got.extend(await asyncio.wait_for(anext(stream), 10))
+        batches += 1
+    assert [e.data for e in got] == [b"%d" % i for i in range(51)]
+    assert batches <= 2, batches  # one batch a frame before: one write transaction, one notify each
+    await stream.aclose()
+    await r.close()

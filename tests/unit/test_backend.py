@@ -19,10 +19,10 @@ from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
 
 
-def _apply(sm: StateMachine, kind: Kind, req: object) -> object:
+def _apply(sm: StateMachine, kind: Kind, req: object, *, flush: bool = True) -> object:
     position = sm.applied_position + 1
-    out = sm.apply(position, 1_000 + position, encode_entry(kind, 1, position, req.SerializeToString()))  # type: ignore[attr-defined]
-    return out.result
+    data = encode_entry(kind, 1, position, req.SerializeToString())  # type: ignore[attr-defined]
+    return sm.apply(position, 1_000 + position, data, flush=flush).result
 
 
 def _random_history(sm: StateMachine, rng: random.Random, steps: int) -> None:
@@ -80,6 +80,29 @@ def test_a_failed_txn_leaves_nothing_in_the_batch() -> None:
     position_only = StateMachine.loads(before)
     assert sm.store.revision == 2 and sm.store.live_keys == 1 and sm.applied_position == 2
     assert sm.store.hash_kv(2) == position_only.store.hash_kv(2)
+
+
+def test_a_failed_txn_between_entries_of_one_batch_leaves_nothing_of_it() -> None:
+    # The member's way (flush=False, one batch for many entries): the failed entry's nested
+    # transaction is undone, the entries before and after it land with the batch.
+    sm, reference = StateMachine(), StateMachine()
+    bad = pb.TxnRequest(
+        success=[
+            pb.RequestOp(request_put=pb.PutRequest(key=b"b", value=b"2")),
+            pb.RequestOp(request_put=pb.PutRequest(key=b"c", lease=99)),  # no such lease
+        ]
+    )
+    with sm.backend.batch():
+        _apply(sm, Kind.PUT, pb.PutRequest(key=b"a", value=b"1"), flush=False)
+        result = _apply(sm, Kind.TXN, bad, flush=False)
+        assert isinstance(result, EtcdError) and result.message == errors.LEASE_NOT_FOUND[1]
+        _apply(sm, Kind.PUT, pb.PutRequest(key=b"d", value=b"3"), flush=False)
+        sm.flush()
+    _apply(reference, Kind.PUT, pb.PutRequest(key=b"a", value=b"1"))
+    _apply(reference, Kind.PUT, pb.PutRequest(key=b"d", value=b"3"))
+    assert sm.applied_position == 3 and sm.store.revision == 3 and sm.store.live_keys == 2
+    assert sm.store.get(b"b") is None and sm.store.get(b"c") is None
+    assert sm.store.hash_kv(3) == reference.store.hash_kv(3)
 
 
 def _long_key_names() -> list[bytes]:
