@@ -4,7 +4,7 @@ Two kinds of family:
 
 - read from the member when scraped (gauges and counters the member keeps
   anyway: revisions, sizes, proposal counts), by a collector;
-- observed as things happen: gRPC calls (the server interceptor, as etcd's
+- observed as things happen: gRPC calls (a wrapper around each method's handler, as etcd's
   go-grpc-prometheus does), the durable write of proposals to the journal
   (etcd's WAL fsync), the LMDB write transaction of an applied batch (etcd's backend commit) and the
   journal snapshot (etcd's backend snapshot).
