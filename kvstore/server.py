@@ -429,7 +429,8 @@ async def run(args: argparse.Namespace) -> int:
 
     server = grpc.aio.server(
         options=grpc_server_options(config.max_request_bytes, reuse_port=args.workers > 1),
-    )  # the gRPC metrics are counted in each method's handler (MemberMetrics.instrument)
+        interceptors=[member.metrics.grpc_interceptor()],
+    )
     # With --workers, the front ends vouch for their clients' certificates with this secret.
     front_end_secret = os.urandom(16).hex() if args.workers > 1 else ""
     identities = PeerIdentities(forward_secret=front_end_secret)

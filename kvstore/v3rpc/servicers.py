@@ -521,30 +521,7 @@ def _passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     return encode
 
 
-Instrument = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
-
-
-def _add(server: Any, service_name: str, handlers: dict[str, grpc.RpcMethodHandler], instrument: Instrument) -> None:
-    """Register a service's method handlers, each wrapped by `instrument` (the gRPC metrics) once."""
-    handlers = {name: instrument(f"/{service_name}/{name}", h) for name, h in handlers.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
-    server.add_registered_method_handlers(service_name, handlers)  # as generated code does: looked up first
-
-
-class _Captured:
-    """Takes the handlers a generated add_*Servicer_to_server registers, to instrument them first."""
-
-    def __init__(self) -> None:
-        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass  # the same handlers come by service name below
-
-    def add_registered_method_handlers(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.services[service_name] = handlers
-
-
-def _register(server: grpc.aio.Server, servicer: Any, service_name: str, instrument: Instrument) -> None:
+def _register(server: grpc.aio.Server, servicer: Any, service_name: str) -> None:
     """Register every method of an etcdserverpb service, with strict request parsing."""
     service = pb.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
@@ -559,7 +536,7 @@ def _register(server: grpc.aio.Server, servicer: Any, service_name: str, instrum
         else:
             handler = grpc.unary_unary_rpc_method_handler(_unary(behavior), parse, serialize)
         handlers[method.name] = handler
-    _add(server, service.full_name, handlers, instrument)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def servicers_for(
@@ -586,12 +563,8 @@ def add_servicers(
     client_cert_auth: bool = False,
 ) -> dict[str, Any]:
     servicers = servicers_for(member, identities, client_cert_auth)
-    instrument = member.metrics.instrument
     for name, servicer in servicers.items():
-        _register(server, servicer, name, instrument)
+        _register(server, servicer, name)
     # grpc.health.v1: the overall service "" answers SERVING, as etcd's does.
-    captured = _Captured()
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), captured)
-    for service_name, handlers in captured.services.items():
-        _add(server, service_name, handlers, instrument)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     return servicers

@@ -6,7 +6,7 @@ the watches it serves: etcd_debugging_mvcc_watcher_total and _watch_stream_total
 with prometheus_client in multiprocess mode: the counters live in files in a
 directory the supervisor hands it (PROMETHEUS_MULTIPROC_DIR), which survive
 the process, so a restarted front end never makes a counter go back. The
-calls it forwards are counted by the member's own gRPC handlers, once. The
+calls it forwards are counted by the member's own gRPC interceptor, once. The
 member's /metrics adds the files' sums to its own series of the same name and
 labels: one set of metrics with etcd's names for the whole member.
 """
