@@ -19,7 +19,8 @@ CLUSTER_VERSION = "3.7.0"
 STORAGE_VERSION = "3.7.0"
 PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
 PROPOSAL_BATCH_ENTRIES_MAX = 1024
-# Appends of proposals in flight at once; what arrives meanwhile waits in the outbox and goes
+# Appends of proposals in flight at once (fewer if the journal says so: the local journal, one
+# writer, takes 1); what arrives meanwhile waits in the outbox and goes
 # out as one append when one returns. The journal commits in groups anyway (one fsync, one
 # Raft round for what it has), so holding proposals for an in-flight append costs little
 # latency and makes each append, applier batch and LMDB commit carry many entries instead of one.

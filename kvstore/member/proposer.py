@@ -62,6 +62,8 @@ class Proposer:
         self._outbox: list[tuple[int, bytes]] = []
         self._flush_scheduled = False
         self._appends_inflight = 0
+        # A journal may say that more appends in flight gain nothing (the local journal: one writer).
+        self._appends_inflight_max = int(getattr(journal, "appends_in_flight_useful", PROPOSAL_APPENDS_INFLIGHT_MAX))
         self._hold_timer: asyncio.TimerHandle | None = None
         self.stopping = False
 
@@ -101,7 +103,7 @@ class Proposer:
         self._send_outbox()
 
     def _send_outbox(self, *, capped: bool = True) -> None:
-        while self._outbox and (not capped or self._appends_inflight < PROPOSAL_APPENDS_INFLIGHT_MAX):
+        while self._outbox and (not capped or self._appends_inflight < self._appends_inflight_max):
             batch = self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
             del self._outbox[:PROPOSAL_BATCH_ENTRIES_MAX]
             self._appends_inflight += 1
