@@ -1,0 +1,135 @@
+"""`python -m bench.snapshot_lag`: how long a journal snapshot holds up the member's event loop, in one process.
+
+A member on a local journal (journal on disk, state on /dev/shm, as `kvstore serve` runs) is filled
+with --keys keys of 1 KiB in Txns of 100 puts, applied directly (no gRPC), then its snapshot is put
+into the journal as `--snapshot-count` does it (Member.save_journal_snapshot: the state streamed in
+chunks out of one LMDB read transaction into the journal's snapshot file) while a probe on the loop
+sleeps 1 ms at a time and records how late each wake-up is. Reported: the snapshot's seconds, the
+longest wake-up delay, and the delays of 10 and 50 ms or more; then the same probe with nothing
+running, as the floor of this machine at this moment (it is shared: compare in the same minute).
+
+    python -m bench.snapshot_lag --keys 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+from kvstore.statemachine import Kind, encode_entry
+from proto.etcdserverpb import rpc_pb2 as pb
+
+PROBE_PAUSE_S = 0.001
+PUTS_PER_TXN = 100
+VALUE_BYTES = 1024
+IDLE_PROBE_S = 3.0
+APPEND_PAUSE_S = 0.01
+
+
+async def _probe(stop: asyncio.Event, delays: list[float]) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(PROBE_PAUSE_S)
+        delays.append(time.perf_counter() - t - PROBE_PAUSE_S)
+
+
+async def _appends(stop: asyncio.Event, journal: Any, log: str, latencies: list[float]) -> None:
+    """A put's durable write meanwhile: one small append (fsync'd) every APPEND_PAUSE_S."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await journal.append(log, [b"probe"])
+        latencies.append(time.perf_counter() - t)
+        await asyncio.sleep(APPEND_PAUSE_S)
+
+
+def _summary(delays: list[float]) -> dict[str, float]:
+    ms = sorted(d * 1000 for d in delays)
+    return {
+        "ticks": len(ms),
+        "max_ms": round(ms[-1], 1) if ms else 0.0,
+        "p99_ms": round(ms[int(len(ms) * 0.99)], 1) if ms else 0.0,
+        "ticks_10ms": sum(1 for d in ms if d >= 10),
+        "ticks_50ms": sum(1 for d in ms if d >= 50),
+    }
+
+
+async def _run(keys: int) -> dict[str, object]:
+    from journal.local import LocalJournal
+    from kvstore.member import Member, MemberConfig
+
+    work = tempfile.mkdtemp(prefix="snapshot-lag-", dir="/var/tmp")
+    state = tempfile.mkdtemp(prefix="snapshot-lag-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    member = Member(MemberConfig(name="a", data_dir=work, state_dir=state), LocalJournal(os.path.join(work, "journal")))
+    try:
+        sm, value = member.sm, b"v" * VALUE_BYTES
+        started = time.monotonic()
+        for first in range(0, keys, PUTS_PER_TXN):
+            req = pb.TxnRequest(success=[
+                pb.RequestOp(request_put=pb.PutRequest(key=b"/scale/%09d" % i, value=value))
+                for i in range(first, min(keys, first + PUTS_PER_TXN))
+            ])  # fmt: skip
+            position = sm.applied_position + 1
+            sm.apply(position, 1_000 + position, encode_entry(Kind.TXN, 1, position, req.SerializeToString()))
+        fill_s = time.monotonic() - started
+        # The journal holds as many entries (small ones: only the snapshot's file is measured).
+        for first in range(0, sm.applied_position, 1000):
+            await member.journal.append(member.log_name, [b"x"] * min(1000, sm.applied_position - first))
+        loop = asyncio.get_running_loop()
+        stop, delays, appends = asyncio.Event(), [], []
+        probes = [
+            loop.create_task(_probe(stop, delays)),
+            loop.create_task(_appends(stop, member.journal, member.log_name, appends)),
+        ]
+        started = time.monotonic()
+        await member.save_journal_snapshot()
+        snapshot_s = time.monotonic() - started
+        stop.set()
+        await asyncio.gather(*probes)
+        stop, idle, idle_appends = asyncio.Event(), [], []
+        probes = [
+            loop.create_task(_probe(stop, idle)),
+            loop.create_task(_appends(stop, member.journal, member.log_name, idle_appends)),
+        ]
+        await asyncio.sleep(IDLE_PROBE_S)
+        stop.set()
+        await asyncio.gather(*probes)
+        reader = await member.journal.snapshot_open(member.log_name)
+        assert reader is not None and reader.position == sm.applied_position
+        snap_bytes = reader.size_bytes
+        await reader.close()
+        return {
+            "keys": keys,
+            "fill_s": round(fill_s, 2),
+            "snapshot_s": round(snapshot_s, 2),
+            "snapshot_bytes": snap_bytes,
+            "loop_during_snapshot": _summary(delays),
+            "loop_idle": _summary(idle),
+            "append_during_snapshot": _summary(appends),
+            "append_idle": _summary(idle_appends),
+            "load_average": os.getloadavg(),
+        }
+    finally:
+        await member.journal.close()
+        member.sm.close()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.snapshot_lag", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--keys", type=int, default=300_000, help="keys of 1 KiB in the state (default 300K)")
+    ns = p.parse_args(sys.argv[1:] if argv is None else argv)
+    print(json.dumps(asyncio.run(_run(ns.keys))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
