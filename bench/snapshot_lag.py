@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -33,11 +34,23 @@ IDLE_PROBE_S = 3.0
 APPEND_PAUSE_S = 0.01
 
 
-async def _probe(stop: asyncio.Event, delays: list[float]) -> None:
+def _runqueue_wait_s(stat: str) -> float:
+    """Seconds this thread has waited on a run queue (runnable, another process on the CPU)."""
+    with open(stat) as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+async def _probe(stop: asyncio.Event, delays: list[float], held: list[float]) -> None:
+    """delays: how late each wake-up was; held: the same less the loop thread's run-queue wait,
+    i.e. the machine's other processes taken out (what the member's own work, the GIL
+    included, kept the loop from)."""
+    stat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
     while not stop.is_set():
-        t = time.perf_counter()
+        t, w = time.perf_counter(), _runqueue_wait_s(stat)
         await asyncio.sleep(PROBE_PAUSE_S)
-        delays.append(time.perf_counter() - t - PROBE_PAUSE_S)
+        late = time.perf_counter() - t - PROBE_PAUSE_S
+        delays.append(late)
+        held.append(max(0.0, late - (_runqueue_wait_s(stat) - w)))
 
 
 async def _appends(stop: asyncio.Event, journal: Any, log: str, latencies: list[float]) -> None:
@@ -82,9 +95,9 @@ async def _run(keys: int) -> dict[str, object]:
         for first in range(0, sm.applied_position, 1000):
             await member.journal.append(member.log_name, [b"x"] * min(1000, sm.applied_position - first))
         loop = asyncio.get_running_loop()
-        stop, delays, appends = asyncio.Event(), [], []
+        stop, delays, held, appends = asyncio.Event(), [], [], []
         probes = [
-            loop.create_task(_probe(stop, delays)),
+            loop.create_task(_probe(stop, delays, held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, appends)),
         ]
         started = time.monotonic()
@@ -92,9 +105,9 @@ async def _run(keys: int) -> dict[str, object]:
         snapshot_s = time.monotonic() - started
         stop.set()
         await asyncio.gather(*probes)
-        stop, idle, idle_appends = asyncio.Event(), [], []
+        stop, idle, idle_held, idle_appends = asyncio.Event(), [], [], []
         probes = [
-            loop.create_task(_probe(stop, idle)),
+            loop.create_task(_probe(stop, idle, idle_held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, idle_appends)),
         ]
         await asyncio.sleep(IDLE_PROBE_S)
@@ -110,7 +123,9 @@ async def _run(keys: int) -> dict[str, object]:
             "snapshot_s": round(snapshot_s, 2),
             "snapshot_bytes": snap_bytes,
             "loop_during_snapshot": _summary(delays),
+            "loop_held_during_snapshot": _summary(held),
             "loop_idle": _summary(idle),
+            "loop_held_idle": _summary(idle_held),
             "append_during_snapshot": _summary(appends),
             "append_idle": _summary(idle_appends),
             "load_average": os.getloadavg(),
