@@ -5,10 +5,13 @@ with --keys keys of 1 KiB in Txns of 100 puts, applied directly (no gRPC), then 
 into the journal as `--snapshot-count` does it (Member.save_journal_snapshot: the state streamed in
 chunks out of one LMDB read transaction into the journal's snapshot file) while a probe on the loop
 sleeps 1 ms at a time and records how late each wake-up is. Reported: the snapshot's seconds, the
-longest wake-up delay, and the delays of 10 and 50 ms or more; then the same probe with nothing
-running, as the floor of this machine at this moment (it is shared: compare in the same minute).
+longest wake-up delay, and the delays of 10 and 50 ms or more, also less the loop thread's run-queue
+wait (`held`: the machine's other processes taken out); then the same probes with no snapshot, as the
+floor of this machine at this moment (it is shared: compare in the same minute). A small append to the
+journal every 10 ms is timed too (a put's durable write). With --busy, the loop also runs a serving
+loop's work, in 0.5 ms steps, and the steps done per second say what share the snapshot left it.
 
-    python -m bench.snapshot_lag --keys 300000
+    python -m bench.snapshot_lag --keys 300000 [--busy]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ PUTS_PER_TXN = 100
 VALUE_BYTES = 1024
 IDLE_PROBE_S = 3.0
 APPEND_PAUSE_S = 0.01
+BUSY_STEP_S = 0.0005
 
 
 def _runqueue_wait_s(stat: str) -> float:
@@ -62,6 +66,16 @@ async def _appends(stop: asyncio.Event, journal: Any, log: str, latencies: list[
         await asyncio.sleep(APPEND_PAUSE_S)
 
 
+async def _busy(stop: asyncio.Event, done: list[int]) -> None:
+    """A serving loop's own work: BUSY_STEP_S of Python at a time, then the loop's other tasks."""
+    while not stop.is_set():
+        end = time.perf_counter() + BUSY_STEP_S
+        while time.perf_counter() < end:
+            pass
+        done[0] += 1
+        await asyncio.sleep(0)
+
+
 def _summary(delays: list[float]) -> dict[str, float]:
     ms = sorted(d * 1000 for d in delays)
     return {
@@ -73,7 +87,7 @@ def _summary(delays: list[float]) -> dict[str, float]:
     }
 
 
-async def _run(keys: int) -> dict[str, object]:
+async def _run(keys: int, busy: bool) -> dict[str, object]:
     from journal.local import LocalJournal
     from kvstore.member import Member, MemberConfig
 
@@ -100,9 +114,13 @@ async def _run(keys: int) -> dict[str, object]:
             loop.create_task(_probe(stop, delays, held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, appends)),
         ]
+        work = [0]
+        if busy:
+            probes.append(loop.create_task(_busy(stop, work)))
         started = time.monotonic()
         await member.save_journal_snapshot()
         snapshot_s = time.monotonic() - started
+        work_during = work[0] / snapshot_s
         stop.set()
         await asyncio.gather(*probes)
         stop, idle, idle_held, idle_appends = asyncio.Event(), [], [], []
@@ -110,6 +128,9 @@ async def _run(keys: int) -> dict[str, object]:
             loop.create_task(_probe(stop, idle, idle_held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, idle_appends)),
         ]
+        work = [0]
+        if busy:
+            probes.append(loop.create_task(_busy(stop, work)))
         await asyncio.sleep(IDLE_PROBE_S)
         stop.set()
         await asyncio.gather(*probes)
@@ -122,6 +143,7 @@ async def _run(keys: int) -> dict[str, object]:
             "fill_s": round(fill_s, 2),
             "snapshot_s": round(snapshot_s, 2),
             "snapshot_bytes": snap_bytes,
+            **({"busy_steps_per_s": [round(work_during), round(work[0] / IDLE_PROBE_S)]} if busy else {}),
             "loop_during_snapshot": _summary(delays),
             "loop_held_during_snapshot": _summary(held),
             "loop_idle": _summary(idle),
@@ -141,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.snapshot_lag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--keys", type=int, default=300_000, help="keys of 1 KiB in the state (default 300K)")
+    p.add_argument(
+        "--busy",
+        action="store_true",
+        help=f"the loop also busy ({BUSY_STEP_S * 1000:g} ms steps of Python): "
+        "busy_steps_per_s says how much of it the loop kept during the snapshot, and without it",
+    )
     ns = p.parse_args(sys.argv[1:] if argv is None else argv)
-    print(json.dumps(asyncio.run(_run(ns.keys))))
+    print(json.dumps(asyncio.run(_run(ns.keys, ns.busy))))
     return 0
 
 
