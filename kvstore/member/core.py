@@ -723,10 +723,11 @@ class Member:
 
     def snapshot_stream(self) -> AsyncIterator[bytes]:
         """The committed state now (sm.applied_position) as byte chunks from one LMDB read
-        transaction, produced on the loop in slices of a few ms (kvstore/member/snapshots.py)."""
+        transaction, produced on the loop in slices of a few ms, after the applier while reads wait for
+        it (kvstore/member/snapshots.py)."""
         chunks = self.sm.snapshot_chunks(SNAPSHOT_ITEM_BYTES)  # the read transaction starts here
         env_id = self._reader_started()
-        return on_loop(chunks, lambda: self._reader_done(env_id))
+        return on_loop(chunks, lambda: self._reader_done(env_id), lambda: bool(self._apply_waiters))
 
     async def _install_journal_snapshot(self, after_position: int) -> bool:
         """Install the journal's snapshot, streamed in chunks, if it is past after_position."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Generator
 from pathlib import Path
 
-from kvstore.member.snapshots import SNAPSHOT_SLICE_S
+from kvstore.member.snapshots import SNAPSHOT_SLICE_S, SNAPSHOT_WAITERS_PAUSE_S, on_loop
 from kvstore.mvcc import records, snapshot
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.etcdserverpb import rpc_pb2 as pb
@@ -85,3 +86,24 @@ async def test_the_member_stream_gives_the_loop_back_between_slices(tmp_path: Pa
     finally:
         await a.journal.close()
         a.sm.close()
+
+
+async def test_slices_wait_for_the_applier_while_requests_wait_for_it() -> None:
+    """While waiters() says requests wait for the applier, each slice is followed by a pause of
+    SNAPSHOT_WAITERS_PAUSE_S (the applier runs meanwhile)."""
+
+    def slow_chunks() -> Generator[bytes, None, None]:
+        for _ in range(10):
+            end = time.perf_counter() + SNAPSHOT_SLICE_S * 1.5  # each chunk is a slice of its own
+            while time.perf_counter() < end:
+                pass
+            yield b"x"
+
+    closed: list[bool] = []
+    started = time.perf_counter()
+    got = [c async for c in on_loop(slow_chunks(), lambda: closed.append(True), lambda: True)]
+    waited_s = time.perf_counter() - started
+    assert got == [b"x"] * 10 and closed == [True]
+    assert waited_s >= 10 * SNAPSHOT_WAITERS_PAUSE_S
+    got = [c async for c in on_loop(slow_chunks(), lambda: None)]
+    assert got == [b"x"] * 10
