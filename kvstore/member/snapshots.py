@@ -13,8 +13,8 @@ SNAPSHOT_SLICE_S = 0.002
 # The pause after a slice while requests wait for the applier (a linearizable read waits for the
 # committed entries to be applied): applying, which pauses 1 ms between its parts, goes first.
 SNAPSHOT_WAITERS_PAUSE_S = 0.005
-# Bytes of one item of the stream produced on the loop: packing one is a single call (about 1.5 ms
-# for 256 KiB here, 6 ms for the 1 MiB of kvstore/mvcc/snapshot.py's default).
+# Bytes of one item of the stream produced on the loop: packing and copying one is a single call,
+# which took up to 6 ms here for the 1 MiB of kvstore/mvcc/snapshot.py's default.
 SNAPSHOT_ITEM_BYTES = 256 * 1024
 
 
@@ -25,8 +25,8 @@ async def on_loop(
     on the event loop in slices of SNAPSHOT_SLICE_S, SNAPSHOT_WAITERS_PAUSE_S apart while waiters()
     (requests wait for the applier); done() once it is closed.
 
-    Not in a thread: the walk is Python that holds the GIL, so a thread took half of the interpreter
-    from a busy loop, and each of the loop's returns from I/O waited for the GIL up to the switch
+    Not in a thread: the walk is Python that holds the GIL, so a thread took up to half of the
+    interpreter from a busy loop (when no core was spare), and each of the loop's returns from I/O waited for the GIL up to the switch
     interval (5 ms). Here it is one more task, which gives the loop back after every slice: at idle
     it runs nearly flat out, under load it gets a slice per turn of the loop."""
     try:
