@@ -81,8 +81,8 @@ def remove_temporaries(directory: str) -> None:
 class DirtyBound:
     """Keeps the written but unflushed bytes of a file under SNAPSHOT_SYNC_BYTES (blocking calls)."""
 
-    def __init__(self, fd: int, start: int = 0) -> None:
-        self.fd, self.synced = fd, start  # the file's bytes below `synced` are on disk and out of the cache
+    def __init__(self, fd: int) -> None:
+        self.fd, self.synced = fd, 0  # the file's bytes below `synced` are on disk and out of the cache
 
     def written(self, end: int) -> None:
         """The file's bytes below end are written."""
