@@ -26,9 +26,10 @@ async def on_loop(
     (requests wait for the applier); done() once it is closed.
 
     Not in a thread: the walk is Python that holds the GIL, so a thread took up to half of the
-    interpreter from a busy loop (when no core was spare), and each of the loop's returns from I/O waited for the GIL up to the switch
-    interval (5 ms). Here it is one more task, which gives the loop back after every slice: at idle
-    it runs nearly flat out, under load it gets a slice per turn of the loop."""
+    interpreter from a busy loop (when no core was spare), and each of the loop's returns from I/O
+    waited for the GIL up to the switch interval (5 ms). Here it is one more task, which gives the
+    loop back after every slice: at idle it runs nearly flat out, under load it gets a slice per
+    turn of the loop."""
     try:
         slice_end = time.perf_counter() + SNAPSHOT_SLICE_S
         for chunk in chunks:
