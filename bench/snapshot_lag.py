@@ -114,13 +114,13 @@ async def _run(keys: int, busy: bool) -> dict[str, object]:
             loop.create_task(_probe(stop, delays, held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, appends)),
         ]
-        work = [0]
+        steps = [0]
         if busy:
-            probes.append(loop.create_task(_busy(stop, work)))
+            probes.append(loop.create_task(_busy(stop, steps)))
         started = time.monotonic()
         await member.save_journal_snapshot()
         snapshot_s = time.monotonic() - started
-        work_during = work[0] / snapshot_s
+        work_during = steps[0] / snapshot_s
         stop.set()
         await asyncio.gather(*probes)
         stop, idle, idle_held, idle_appends = asyncio.Event(), [], [], []
@@ -128,9 +128,9 @@ async def _run(keys: int, busy: bool) -> dict[str, object]:
             loop.create_task(_probe(stop, idle, idle_held)),
             loop.create_task(_appends(stop, member.journal, member.log_name, idle_appends)),
         ]
-        work = [0]
+        steps = [0]
         if busy:
-            probes.append(loop.create_task(_busy(stop, work)))
+            probes.append(loop.create_task(_busy(stop, steps)))
         await asyncio.sleep(IDLE_PROBE_S)
         stop.set()
         await asyncio.gather(*probes)
@@ -143,7 +143,7 @@ async def _run(keys: int, busy: bool) -> dict[str, object]:
             "fill_s": round(fill_s, 2),
             "snapshot_s": round(snapshot_s, 2),
             "snapshot_bytes": snap_bytes,
-            **({"busy_steps_per_s": [round(work_during), round(work[0] / IDLE_PROBE_S)]} if busy else {}),
+            **({"busy_steps_per_s": [round(work_during), round(steps[0] / IDLE_PROBE_S)]} if busy else {}),
             "loop_during_snapshot": _summary(delays),
             "loop_held_during_snapshot": _summary(held),
             "loop_idle": _summary(idle),
