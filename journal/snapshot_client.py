@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from journal.api import JournalError, Snapshot, SnapshotFile, SnapshotSource, SnapshotStream
-from journal.snapshots import CrcCheck, SnapshotInfo, source_chunks
+from journal.snapshots import CrcCheck, DirtyBound, SnapshotInfo, source_chunks
 
 UPLOAD_RESTARTS_MAX = 5  # uploads started again from the first byte (leader changes) before giving up
 COMMIT_POLL_S = 0.05
@@ -50,9 +50,17 @@ async def _spool(stream: SnapshotStream, directory: str | None, chunk_bytes: int
     """The stream written to a temporary file (removed by the caller)."""
     fd, path = tempfile.mkstemp(prefix="journal-snapshot-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            dirty = DirtyBound(fd)  # a spool of any size leaves few dirty pages (journal/snapshots.py)
+
+            def write(chunk: bytes) -> None:
+                view = memoryview(chunk)
+                while view:  # unbuffered: one write(2) each, which may be short
+                    view = view[f.write(view) or 0 :]
+                dirty.written(f.tell())
+
             async for chunk in source_chunks(stream, chunk_bytes):
-                await asyncio.to_thread(f.write, chunk)
+                await asyncio.to_thread(write, chunk)
     except BaseException:
         os.unlink(path)
         raise

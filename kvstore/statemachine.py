@@ -409,9 +409,9 @@ class StateMachine:
 
     # ------------------------------------------------------------- snapshots
 
-    def snapshot_chunks(self) -> Generator[bytes, None, None]:
-        """The committed state as a stream of byte chunks (kvstore/mvcc/snapshot.py)."""
-        return snapshot.produce(self.backend)
+    def snapshot_chunks(self, chunk_bytes: int = snapshot.CHUNK_BYTES) -> Generator[bytes, None, None]:
+        """The committed state as a stream of byte chunks of about chunk_bytes (kvstore/mvcc/snapshot.py)."""
+        return snapshot.produce(self.backend, chunk_bytes)
 
     def dumps(self) -> bytes:
         return snapshot.dumps(self.backend)

@@ -28,7 +28,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import lmdb
@@ -70,7 +70,7 @@ from kvstore.member.config import (
 from kvstore.member.defrag import defragment
 from kvstore.member.proposer import Proposer
 from kvstore.member.rounds import SharedRounds
-from kvstore.member.snapshots import ThreadQueueChunks
+from kvstore.member.snapshots import SNAPSHOT_ITEM_BYTES, ThreadQueueChunks, on_loop
 from kvstore.metrics import MemberMetrics
 from kvstore.mvcc.backend import (
     FORMAT_VERSION,
@@ -722,21 +722,12 @@ class Member:
     # ------------------------------------------------------------- snapshots
 
     def snapshot_stream(self) -> AsyncIterator[bytes]:
-        """The committed state now (sm.applied_position) as byte chunks, each produced in a thread
-        from one LMDB read transaction: the event loop never waits for more than one chunk."""
-        chunks = self.sm.snapshot_chunks()  # the read transaction starts here
-        return self._chunks_in_thread(chunks, self._reader_started())
-
-    async def _chunks_in_thread(self, chunks: Generator[bytes, None, None], env_id: int) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    return
-                yield chunk
-        finally:
-            await asyncio.to_thread(chunks.close)
-            self._reader_done(env_id)
+        """The committed state now (sm.applied_position) as byte chunks from one LMDB read
+        transaction, produced on the loop in slices of a few ms, after the applier while reads wait for
+        it (kvstore/member/snapshots.py)."""
+        chunks = self.sm.snapshot_chunks(SNAPSHOT_ITEM_BYTES)  # the read transaction starts here
+        env_id = self._reader_started()
+        return on_loop(chunks, lambda: self._reader_done(env_id), lambda: bool(self._apply_waiters))
 
     async def _install_journal_snapshot(self, after_position: int) -> bool:
         """Install the journal's snapshot, streamed in chunks, if it is past after_position."""

@@ -18,7 +18,15 @@ import pytest
 from journal.api import JournalError, Snapshot, SnapshotFile, SnapshotStream, read_all
 from journal.client import JournalClient, RemoteError, _Conn
 from journal.local import LocalJournal
-from journal.snapshots import SNAPSHOT_CHUNK_BYTES, SNAPSHOT_FILE, SNAPSHOT_HEADER, SNAPSHOT_TMP_PREFIX
+from journal.snapshots import (
+    SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_FILE,
+    SNAPSHOT_HEADER,
+    SNAPSHOT_SYNC_BYTES,
+    SNAPSHOT_TMP_PREFIX,
+    SnapshotFileReader,
+    SnapshotWriter,
+)
 from tests.journal.cluster import InProcessCluster
 
 FRAME_BYTES_MAX = 256 * 1024  # client frames: a snapshot of a few MiB takes dozens of chunks
@@ -61,6 +69,65 @@ async def test_local_stream_put_and_chunked_read(tmp_path: Path) -> None:
     assert await j.snapshot_get("s") == Snapshot(10, data)  # the small-snapshot call reads through it
     assert temporaries(tmp_path) == []
     await j.close()
+
+
+def _resident_pages(path: str) -> tuple[int, int]:
+    """(resident, all) pages of a file in the page cache: mincore(2) over a shared map of it."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+            return sum(b & 1 for b in vec), pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def _fs_type(path: str) -> str:
+    best, kind = "", ""
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, mount, fs, *_ = line.split()
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, fs
+    return kind
+
+
+def test_writer_keeps_few_dirty_pages_and_leaves_the_page_cache(tmp_path: Path) -> None:
+    """A snapshot of any size leaves at most SNAPSHOT_SYNC_BYTES unflushed (the next fsync on the disk,
+    the journal's, waits behind no more), and what is flushed is not kept in the page cache."""
+    piece = os.urandom(1 << 20)
+    w = SnapshotWriter(str(tmp_path), 7)
+    total = 3 * SNAPSHOT_SYNC_BYTES + 12345
+    while w.size_bytes < total:
+        w.write(piece[: total - w.size_bytes])
+        assert SNAPSHOT_HEADER.size + w.size_bytes - w._dirty.synced < SNAPSHOT_SYNC_BYTES
+    info = w.finish()
+    assert w.install()
+    path = str(tmp_path / SNAPSHOT_FILE)
+    if os.path.exists("/proc/mounts") and _fs_type(os.path.realpath(path)) not in ("tmpfs", "ramfs", ""):
+        resident, pages = _resident_pages(path)  # on tmpfs the page cache is the file: nothing to drop
+        assert resident < pages // 4, (resident, pages)
+    r = SnapshotFileReader(path)
+    try:
+        data = r.read_at(0, info.size_bytes)
+        assert len(data) == total and data[: 1 << 20] == piece and r.info == info
+    finally:
+        r.close()
 
 
 async def test_local_file_put_and_older_ignored(tmp_path: Path) -> None:
