@@ -42,6 +42,7 @@ PACK_TRIGGER_PAGES = 3 * GROUP_PAGES
 PACK_CHECK_RECORDS = 8
 REV_BYTES = 16
 _COUNT = struct.Struct(">I")
+_MAIN = struct.Struct(">Q")  # a revision's first 8 bytes
 _END = struct.Struct(">I")
 _GROUP_ENTRY_BYTES = REV_BYTES + _END.size  # per record: its revision and where it ends
 
@@ -96,9 +97,22 @@ def _group_record(group: bytes, n: int, i: int) -> bytes:
 
 
 def _group_find(group: bytes, rev: bytes) -> bytes | None:
-    """The record at rev in group, or None (a search of the revisions, in C)."""
+    """The record at rev in group, or None.
+
+    First where rev would be if the group's main revisions were evenly spread (they are, one
+    record per revision, for single puts with nothing compacted between), then a search of the
+    revisions in C: mostly zero bytes, the slow case of `bytes.find` (3-8 µs for ~200 records,
+    against ~1 µs for the guess).
+    """
     n = _group_count(group)
     head, end = _COUNT.size, _COUNT.size + n * REV_BYTES
+    first, last = _MAIN.unpack_from(group, head)[0], _MAIN.unpack_from(group, end - REV_BYTES)[0]
+    main = _MAIN.unpack_from(rev)[0]
+    if first <= main <= last:
+        guess = (main - first) * (n - 1) // (last - first) if last > first else 0
+        at = head + guess * REV_BYTES
+        if group[at : at + REV_BYTES] == rev:
+            return _group_record(group, n, guess)
     at = group.find(rev, head, end)
     while at >= 0 and (at - head) % REV_BYTES:  # a match across two revisions: look further
         at = group.find(rev, at + 1, end)
