@@ -14,9 +14,10 @@ filled but for its last page. Every packed revision is below every unpacked
 one (packing takes the oldest), so a scan in revision order reads the groups,
 then `records`.
 
-Packing runs inside the write that makes `records` big enough (`put`), so it
-is part of applying the journal: the same entries give the same layout on
-every member. Snapshots carry records one by one, whatever their layout.
+Packing runs inside a write once `records` is big enough (`put`, which looks
+at one record in PACK_CHECK_RECORDS, by revision), so it is part of applying
+the journal: the same entries give the same layout on every member. Snapshots
+carry records one by one, whatever their layout.
 """
 
 from __future__ import annotations
