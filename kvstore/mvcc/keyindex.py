@@ -107,22 +107,23 @@ def entries(txn: Any, dbs: dict[bytes, Any], key: bytes) -> list[bytes]:
     return list(cur.iternext_dup())
 
 
-def add(txn: Any, dbs: dict[bytes, Any], key: bytes, ent: bytes) -> None:
-    txn.put(stored_key(key), ent, db=dbs[DB_INDEX], dupdata=True)
+def write(txn: Any, dbs: dict[bytes, Any], key: bytes, rev: bytes, tombstone: bool) -> None:
+    """A new record of key at rev: its index entry, its live revision and the prefix counts
+    (`add`, `set_live`/`clear_live` and `add_live_count` in one call: the stored key once)."""
+    sk = stored_key(key)
+    if tombstone:
+        txn.put(sk, rev + FLAG_TOMBSTONE, db=dbs[DB_INDEX], dupdata=True)
+        txn.delete(sk, db=dbs[DB_LIVE])
+        add_live_count(txn, dbs, key, -1)
+        return
+    txn.put(sk, rev + FLAG_PUT, db=dbs[DB_INDEX], dupdata=True)
+    if txn.replace(sk, rev, db=dbs[DB_LIVE]) is None:
+        add_live_count(txn, dbs, key, +1)  # it was not live: created
 
 
 def live_rev(txn: Any, dbs: dict[bytes, Any], key: bytes) -> bytes | None:
     rev: bytes | None = txn.get(stored_key(key), db=dbs[DB_LIVE])
     return rev
-
-
-def set_live(txn: Any, dbs: dict[bytes, Any], key: bytes, rev: bytes) -> bool:
-    """Make rev the key's live revision; True if the key was not live before."""
-    return txn.replace(stored_key(key), rev, db=dbs[DB_LIVE]) is None
-
-
-def clear_live(txn: Any, dbs: dict[bytes, Any], key: bytes) -> None:
-    txn.delete(stored_key(key), db=dbs[DB_LIVE])
 
 
 def _exact_bound(bound: bytes) -> bool:

@@ -14,9 +14,10 @@ filled but for its last page. Every packed revision is below every unpacked
 one (packing takes the oldest), so a scan in revision order reads the groups,
 then `records`.
 
-Packing runs inside the write that makes `records` big enough (`put`), so it
-is part of applying the journal: the same entries give the same layout on
-every member. Snapshots carry records one by one, whatever their layout.
+Packing runs inside a write once `records` is big enough (`put`, which looks
+at one record in PACK_CHECK_RECORDS, by revision), so it is part of applying
+the journal: the same entries give the same layout on every member. Snapshots
+carry records one by one, whatever their layout.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ GROUP_BYTES_MAX = GROUP_PAGES * PAGE_BYTES - OVERFLOW_PAGE_HEADER_BYTES
 # records is packed, leaving the newest (less than a group: at most about 2 x GROUP_PAGES
 # pages, whatever the records' sizes) as they are.
 PACK_TRIGGER_PAGES = 3 * GROUP_PAGES
+# The trigger is read (an LMDB stat: ~2.5 µs, a tenth of a put's own writes) at one record in
+# this many, chosen by revision (main + sub), so every member still packs at the same records.
+PACK_CHECK_RECORDS = 8
 REV_BYTES = 16
 _COUNT = struct.Struct(">I")
+_MAIN = struct.Struct(">Q")  # a revision's first 8 bytes
 _END = struct.Struct(">I")
 _GROUP_ENTRY_BYTES = REV_BYTES + _END.size  # per record: its revision and where it ends
 
@@ -93,9 +98,22 @@ def _group_record(group: bytes, n: int, i: int) -> bytes:
 
 
 def _group_find(group: bytes, rev: bytes) -> bytes | None:
-    """The record at rev in group, or None (a search of the revisions, in C)."""
+    """The record at rev in group, or None.
+
+    First where rev would be if the group's main revisions were evenly spread (they are, one
+    record per revision, for single puts with nothing compacted between), then a search of the
+    revisions in C: mostly zero bytes, the slow case of `bytes.find` (3-8 µs for ~200 records,
+    against ~1 µs for the guess).
+    """
     n = _group_count(group)
     head, end = _COUNT.size, _COUNT.size + n * REV_BYTES
+    first, last = _MAIN.unpack_from(group, head)[0], _MAIN.unpack_from(group, end - REV_BYTES)[0]
+    main = _MAIN.unpack_from(rev)[0]
+    if first <= main <= last:
+        guess = (main - first) * (n - 1) // (last - first) if last > first else 0
+        at = head + guess * REV_BYTES
+        if group[at : at + REV_BYTES] == rev:
+            return _group_record(group, n, guess)
     at = group.find(rev, head, end)
     while at >= 0 and (at - head) % REV_BYTES:  # a match across two revisions: look further
         at = group.find(rev, at + 1, end)
@@ -221,6 +239,8 @@ def put(txn: Any, dbs: dict[bytes, Any], rev: bytes, raw: bytes) -> None:
     oldest ones once `records` is big enough."""
     db = dbs[DB_RECORDS]
     txn.put(rev, raw, db=db, append=True)
+    if (rev[7] + rev[15]) % PACK_CHECK_RECORDS:  # the low bytes of main and sub: 256 % 8 == 0
+        return
     st = txn.stat(db)
     if st["leaf_pages"] + st["overflow_pages"] >= PACK_TRIGGER_PAGES:
         _pack(txn, dbs)
