@@ -26,6 +26,7 @@ from journal.gc_policy import freeze_start_up, tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
+from kvstore.gateway import LazyGateway
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
 from kvstore.transport.cmux import HttpHandler, PeerIdentities, serve_mux
@@ -435,9 +436,7 @@ async def run(args: argparse.Namespace) -> int:
     front_end_secret = os.urandom(16).hex() if args.workers > 1 else ""
     identities = PeerIdentities(forward_secret=front_end_secret)
     servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
-    from kvstore.gateway.gateway import Gateway
-
-    gateway = Gateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
+    gateway = LazyGateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
 
     tls = client_tls(args, data_dir, listen)
     grpc_socket = grpc_socket_path(member.state_dir)
@@ -611,7 +610,6 @@ def check_workers(args: argparse.Namespace) -> None:
             args.workers = usable_cores()
     elif args.workers < 1:
         raise SystemExit(f"kvstore: --workers {args.workers}: at least 1")
-
 
 
 if __name__ == "__main__":
