@@ -17,7 +17,7 @@ import signal
 import ssl
 import sys
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -41,7 +41,9 @@ from kvstore.transport.tls import (
 )
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 from kvstore.workers import member_socket_path
-from kvstore.workers import supervisor as workers_supervisor
+
+if TYPE_CHECKING:
+    from kvstore.workers.supervisor import FrontEnds
 
 log = logging.getLogger("kvstore")
 
@@ -441,7 +443,11 @@ async def run(args: argparse.Namespace) -> int:
     tls = client_tls(args, data_dir, listen)
     grpc_socket = grpc_socket_path(member.state_dir)
     workers = args.workers
-    front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
+    front_ends: FrontEnds | None = None
+    if workers > 1:
+        from kvstore.workers.supervisor import FrontEnds
+
+        front_ends = FrontEnds(args.argv, workers - 1, member, front_end_secret)
     if front_ends is not None:
         await front_ends.listen(http_handler(member, gateway))  # the front ends' HTTP, notifications
     listeners, http_urls = await open_client_listeners(
