@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import shutil
 import statistics
@@ -38,6 +39,8 @@ PACKAGES = ("kvstore", "journal", "proto")  # what `kvstore serve` imports from 
 BYTECODE_MODES = ("source", "compiled")
 FRONT_ENDS_UP_TIMEOUT_S = 60.0
 FRONT_END_SERVING = "front end {} serving"  # kvstore/workers/frontend.py's log line once it listens
+MEMBER_SERVING = " INFO kvstore: serving etcd v3 on "  # kvstore/server.py's, once the member listens
+LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"  # the console log's asctime
 
 
 def copy_tree(tree: str, dest: Path, bytecode: str) -> Path:
@@ -68,13 +71,23 @@ def wait_front_ends(server: Server, workers: int, starts: int) -> None:
     raise TimeoutError(f"front ends not serving after {FRONT_ENDS_UP_TIMEOUT_S:.0f} s\n{server.log_tail()}")
 
 
-def restart_once(server: Server, keys: int, value: bytes) -> float:
-    """kill -9 every process of server, start it again, seconds until a get of the last key answers."""
+def serving_since(server: Server, since: float) -> float:
+    """Seconds from the wall-clock time since to the member's last "serving" log line (ms resolution)."""
+    lines = [line for line in server.logs[0].read_text(errors="replace").splitlines() if MEMBER_SERVING in line]
+    if not lines:
+        return float("nan")
+    stamp = lines[-1].split(MEMBER_SERVING)[0]
+    return dt.datetime.strptime(stamp, LOG_TIME_FORMAT).timestamp() - since
+
+
+def restart_once(server: Server, keys: int, value: bytes) -> tuple[float, float]:
+    """kill -9 every process of server and start it again: seconds until a get of the last key
+    answers, and until the member logged that it serves (where the start ends and the get begins)."""
     server.kill9()
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     server.relaunch()
     asyncio.run(_first_get(server.endpoints[0], key_of(keys - 1), value, t0 + RESTART_TIMEOUT_S))
-    return time.monotonic() - t0
+    return time.monotonic() - t0, serving_since(server, wall0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                   for i, src in enumerate(sources) for mode in modes}  # fmt: skip
         labels = [f"{src} ({mode})" for src, mode in copies]
         trees = list(copies.values())
+        os.chdir(base)  # `python -m` puts the working directory first on the path: the copies' only
         for workers in (int(w) for w in ns.workers.split(",")):
             servers = []
             try:
@@ -109,14 +123,18 @@ def main(argv: list[str] | None = None) -> int:
                     servers.append(server)
                     _write_keys(server.endpoints[0], ns.keys, value, LOAD_CONNS)
                 times: list[list[float]] = [[] for _ in trees]
+                serving: list[list[float]] = [[] for _ in trees]
                 for r in range(ns.repeats):
                     for i, (tree, server) in enumerate(zip(trees, servers, strict=True)):
                         _with_tree(tree)
                         wait_front_ends(server, workers, r + 1)
-                        times[i].append(restart_once(server, ns.keys, value))
-                for label, ts in zip(labels, times, strict=True):
+                        took, served = restart_once(server, ns.keys, value)
+                        times[i].append(took)
+                        serving[i].append(served)
+                for label, ts, ss in zip(labels, times, serving, strict=True):
                     each = ", ".join(f"{t:.2f}" for t in ts)
-                    print(f"--workers {workers}  {label}: median {statistics.median(ts):.2f} s ({each})", flush=True)
+                    print(f"--workers {workers}  {label}: first get median {statistics.median(ts):.2f} s ({each}); "
+                          f"serving logged at {statistics.median(ss):.2f} s", flush=True)  # fmt: skip
             finally:
                 for server in servers:
                     server.stop()
