@@ -454,8 +454,6 @@ async def run(args: argparse.Namespace) -> int:
         args, listen, server, grpc_socket, http_handler(member, gateway), tls, identities, reuse_port=workers > 1
     )
     await server.start()
-    if front_ends is not None:
-        front_ends.start()
     client_http_urls = set(http_urls)
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         http_urls += parse_urls(args.listen_metrics_urls)
@@ -472,6 +470,8 @@ async def run(args: argparse.Namespace) -> int:
         member.member_id,
         member.cluster_id,
     )
+    if front_ends is not None:  # once this process serves every URL: spawning them holds the event loop
+        front_ends.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
