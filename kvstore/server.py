@@ -17,7 +17,7 @@ import signal
 import ssl
 import sys
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +26,7 @@ from journal.gc_policy import freeze_start_up, tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
 from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
+from kvstore.gateway import LazyGateway
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
 from kvstore.statemachine import StateMachine
 from kvstore.transport.cmux import HttpHandler, PeerIdentities, serve_mux
@@ -40,7 +41,9 @@ from kvstore.transport.tls import (
 )
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 from kvstore.workers import member_socket_path
-from kvstore.workers import supervisor as workers_supervisor
+
+if TYPE_CHECKING:
+    from kvstore.workers.supervisor import FrontEnds
 
 log = logging.getLogger("kvstore")
 
@@ -435,22 +438,22 @@ async def run(args: argparse.Namespace) -> int:
     front_end_secret = os.urandom(16).hex() if args.workers > 1 else ""
     identities = PeerIdentities(forward_secret=front_end_secret)
     servicers = add_servicers(server, member, identities, client_cert_auth=bool(args.client_cert_auth))
-    from kvstore.gateway.gateway import Gateway
-
-    gateway = Gateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
+    gateway = LazyGateway(servicers, config.max_request_bytes)  # etcd's JSON API on the client URLs
 
     tls = client_tls(args, data_dir, listen)
     grpc_socket = grpc_socket_path(member.state_dir)
     workers = args.workers
-    front_ends = workers_supervisor.FrontEnds(args.argv, workers - 1, member, front_end_secret) if workers > 1 else None
+    front_ends: FrontEnds | None = None
+    if workers > 1:
+        from kvstore.workers.supervisor import FrontEnds
+
+        front_ends = FrontEnds(args.argv, workers - 1, member, front_end_secret)
     if front_ends is not None:
         await front_ends.listen(http_handler(member, gateway))  # the front ends' HTTP, notifications
     listeners, http_urls = await open_client_listeners(
         args, listen, server, grpc_socket, http_handler(member, gateway), tls, identities, reuse_port=workers > 1
     )
     await server.start()
-    if front_ends is not None:
-        front_ends.start()
     client_http_urls = set(http_urls)
     if args.listen_metrics_urls and args.listen_metrics_urls != "none":
         http_urls += parse_urls(args.listen_metrics_urls)
@@ -467,6 +470,8 @@ async def run(args: argparse.Namespace) -> int:
         member.member_id,
         member.cluster_id,
     )
+    if front_ends is not None:  # once this process serves every URL: spawning them holds the event loop
+        front_ends.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -611,7 +616,6 @@ def check_workers(args: argparse.Namespace) -> None:
             args.workers = usable_cores()
     elif args.workers < 1:
         raise SystemExit(f"kvstore: --workers {args.workers}: at least 1")
-
 
 
 if __name__ == "__main__":
