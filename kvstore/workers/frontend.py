@@ -210,6 +210,9 @@ async def run_front_end(args: Any) -> int:
         client_tls(args, data_dir, listen), identities, reuse_port=True,
     )  # fmt: skip
     await server.start()
+    # A restarted member's front end binds the same path while this one may still be stopping:
+    # at exit remove the socket only if it is still the one this process bound.
+    own_inode = _inode(own_socket)
     loop = asyncio.get_running_loop()
     follower = loop.create_task(_follow_identity(channel, ranges, writer))
     notified = loop.create_task(notifications.run())
@@ -231,7 +234,15 @@ async def run_front_end(args: Any) -> int:
     await server.stop(grace=1.0)
     writer.proposer.stop()
     await channel.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(own_socket)
+    if own_inode is not None and _inode(own_socket) == own_inode:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(own_socket)
     view.close()
     return 0
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
