@@ -133,38 +133,31 @@ def etcdctl(port: int, *args: str, timeout_s: float = 10) -> subprocess.Complete
     )  # fmt: skip
 
 
-def _put_until_ok(port: int, key: str) -> float:
-    """Seconds until a put through this port succeeds (fails the test past LIVENESS_TIMEOUT_S)."""
+def _etcdctl_until(port: int, args: tuple[str, ...], expected: str) -> float:
+    """Seconds until `etcdctl args` through this port prints expected (fails the test past LIVENESS_TIMEOUT_S)."""
     start = time.monotonic()
     last = ""
     while time.monotonic() - start < LIVENESS_TIMEOUT_S:
         try:
-            r = etcdctl(port, "put", key, "v")
+            r = etcdctl(port, *args)
         except subprocess.TimeoutExpired:
             last = "timed out"
             continue
-        if r.returncode == 0 and r.stdout.strip() == "OK":
-            return time.monotonic() - start
-        last = r.stderr.strip()
-        time.sleep(0.2)
-    raise AssertionError(f"no write through 127.0.0.1:{port} for {LIVENESS_TIMEOUT_S}s: {last}")
-
-
-def _get_until(port: int, key: str, value: str) -> float:
-    """Seconds until a linearizable get through this port returns value (fails past LIVENESS_TIMEOUT_S)."""
-    start = time.monotonic()
-    last = ""
-    while time.monotonic() - start < LIVENESS_TIMEOUT_S:
-        try:
-            r = etcdctl(port, "get", key, "--print-value-only")
-        except subprocess.TimeoutExpired:
-            last = "timed out"
-            continue
-        if r.returncode == 0 and r.stdout.strip() == value:
+        if r.returncode == 0 and r.stdout.strip() == expected:
             return time.monotonic() - start
         last = r.stderr.strip() or repr(r.stdout)
         time.sleep(0.2)
-    raise AssertionError(f"{key} not read as {value!r} through 127.0.0.1:{port} for {LIVENESS_TIMEOUT_S}s: {last}")
+    command = " ".join(args)
+    raise AssertionError(f"etcdctl {command} via 127.0.0.1:{port}: not {expected!r} for {LIVENESS_TIMEOUT_S}s: {last}")
+
+
+def _put_until_ok(port: int, key: str) -> float:
+    return _etcdctl_until(port, ("put", key, "v"), "OK")
+
+
+def _get_until(port: int, key: str, value: str) -> float:
+    """A linearizable get returning value."""
+    return _etcdctl_until(port, ("get", key, "--print-value-only"), value)
 
 
 def _journal_status(c: Cluster, via: str) -> dict[str, tuple[str, int]]:
