@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -367,6 +368,24 @@ async def open_client_listeners(
     return listeners, []
 
 
+DATA_DIR_LOCK_FILE = "kvstore.lock"
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """One process per data directory, as etcd locks its WAL: a second would append to the same
+    journal and apply into the same state file. The lock lives as long as the process (the kernel
+    drops it when the process dies, kill -9 included); the descriptor is not inherited."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, DATA_DIR_LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"kvstore: data directory {data_dir} is in use by another process (it holds {path})") from None
+    return fd
+
+
 def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     if args.journal_endpoints:
         from journal.client import JournalClient
@@ -408,6 +427,7 @@ def member_config(args: argparse.Namespace) -> MemberConfig:
         progress_notify_interval_s=parse_duration_s(args.watch_progress_notify_interval, default_unit_s=1.0),
         metrics=args.metrics,
         auth_token_ttl_s=args.auth_token_ttl,
+        journal_exclusive=not args.journal_endpoints,  # make_journal's local journal, locked to this process
     )
 
 
@@ -420,6 +440,7 @@ async def run(args: argparse.Namespace) -> int:
     except (TokenConfigError, OSError, ValueError) as err:
         raise SystemExit(f"kvstore: --auth-token: {err}") from None
     imported = read_import(args.import_etcd_snapshot) if args.import_etcd_snapshot else None  # before any write
+    lock_data_dir(data_dir)
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
     member.jwt = token_options.jwt

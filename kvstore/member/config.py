@@ -97,6 +97,10 @@ class MemberConfig:
     metrics: str = "basic"  # etcd's --metrics: basic | extensive (adds gRPC handling-time histograms)
     watch_cache_bytes: int = 16 * 1024 * 1024
     auth_token_ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT  # etcd's --auth-token-ttl (simple tokens)
+    # The journal is this member's own (the embedded local journal: no other member, no other process
+    # appends to it). Every write is then acknowledged only after this member applied it, so a
+    # linearizable read needs what is applied when it arrives, not the journal's committed position.
+    journal_exclusive: bool = False
 
 
 def default_state_dir(data_dir: str) -> str:

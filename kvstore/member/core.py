@@ -119,6 +119,7 @@ class Member:
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._barriers = SharedRounds(self._journal_barrier)
+        self._started_committed = 0
         # Called with the applied position after each applied batch (the front ends' notifications).
         self.applied_listeners: list[Callable[[int], None]] = []
         # Called with (origin, seq, result) for entries of other origins (the front ends' proposals).
@@ -218,6 +219,7 @@ class Member:
         status = await self.journal.status(self.log_name)
         self.raft_term = max(status.epoch, 1)
         self.committed_position = status.committed
+        self._started_committed = status.committed  # acknowledged, perhaps, by an earlier process
         refused = self._refusal(status.committed)
         if refused:
             log.warning("state file %s refused: %s; rebuilding it from the journal", self.state_path, refused)
@@ -548,8 +550,16 @@ class Member:
         await self.wait_applied(await self.barrier_position())
 
     async def barrier_position(self) -> int:
-        """A position the journal committed after this call began (one journal barrier per
-        round, shared by every reader that arrived before the round began)."""
+        """A position covering every write acknowledged before this call began: one the journal
+        committed after it (one journal barrier per round, shared by every reader that arrived
+        before the round began); with a journal of its own, what this member has applied."""
+        if self.config.journal_exclusive:
+            # Acknowledgements follow this member's apply (its own writes, and its front ends',
+            # whose results are sent after the batch's commit), and start() applied everything
+            # the journal had committed before serving: what is applied covers every acknowledged
+            # write. Entries committed but not applied yet were acknowledged to nobody: concurrent
+            # with this read, so it may order itself before them (and not wait for the applier).
+            return max(self.sm.applied_position, self._started_committed)
         return await self._barriers.next()
 
     async def _journal_barrier(self) -> int:

@@ -61,7 +61,7 @@ async def test_the_member_stream_gives_the_loop_back_between_slices(tmp_path: Pa
     config = MemberConfig(name="a", data_dir=str(tmp_path / "a"), state_dir=str(tmp_path / "a-state"))
     a = Member(config, LocalJournal(str(tmp_path / "a" / "journal")))
     try:
-        _fill(a.sm, 60)  # about 6 MB of records
+        _fill(a.sm, 200)  # about 20 MB of records: tens of slices even on a fast core
         _apply(a.sm, Kind.COMPACT, pb.CompactionRequest(revision=a.sm.store.revision // 2))
         original = a.sm.dumps()
         turns: list[float] = []
