@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -70,12 +71,26 @@ def _header(fd: int, where: str) -> SnapshotInfo:
 
 
 def remove_temporaries(directory: str) -> None:
-    """Drop what interrupted writes left behind (a crash, a failed upload)."""
+    """Drop what interrupted writes left behind (a crash, a failed upload). The names go at once;
+    the blocks are freed beside whatever comes next (the last descriptor is closed in a thread):
+    a snapshot cut short can be as large as the state, and ext4 takes about 0.2 s per GB to free
+    a file's blocks (3.2 GB: 0.65 s here), which a restart spent before it served."""
+    held: list[int] = []
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(directory):
             if name.startswith(SNAPSHOT_TMP_PREFIX):
+                path = os.path.join(directory, name)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(directory, name))
+                    held.append(os.open(path, os.O_RDONLY))
+                    os.unlink(path)
+    if held:
+        # A daemon: at exit the kernel closes what is left, and frees the blocks then.
+        threading.Thread(target=_close_all, args=(held,), name="free-temporaries", daemon=True).start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class DirtyBound:
