@@ -137,7 +137,8 @@ def main() -> None:
             run.apply_batch(b)
         per_put.append((time.process_time() - started) / args.entries * 1e6)
     print(
-        f"apply put{f' (txns of {args.txn_puts})' if args.txn_puts else ''}, batches of {args.batch}, {args.entries} entries x {args.rounds} rounds on {args.keys} keys: "
+        f"apply put{f' (txns of {args.txn_puts})' if args.txn_puts else ''}, batches of {args.batch}, "
+        f"{args.entries} entries x {args.rounds} rounds on {args.keys} keys: "
         f"min {min(per_put):.1f} µs, median {statistics.median(per_put):.1f} µs per put "
         f"({' '.join(f'{x:.1f}' for x in per_put)})"
     )
