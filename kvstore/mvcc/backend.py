@@ -440,39 +440,44 @@ class CountDeltas:
 
     A new key changes the count of each of its "/"-terminated prefixes: 100 new keys under one
     prefix read and wrote the same few counters 100 times each, a quarter of a put's apply time
-    (kvstore/mvcc/keyindex.py reads a count as the stored one plus the pending change). `log`
-    holds every change of the batch in order, so a nested transaction (one per journal entry)
-    that is undone undoes its own: `undo_to` the log's length when it began.
+    (kvstore/mvcc/keyindex.py reads a count as the stored one plus the pending change). Changes
+    are kept per tuple of prefixes (the keys under one "/" share theirs: one dict update a key),
+    and spread over the prefixes at `write`. `log` holds every change of the batch in order, so
+    a nested transaction (one per journal entry) that is undone undoes its own: `undo_to` the
+    log's length when it began.
     """
 
     __slots__ = ("deltas", "log")
 
     def __init__(self) -> None:
-        self.deltas: dict[bytes, int] = {}  # stored prefix -> change since the batch began
+        self.deltas: dict[tuple[bytes, ...], int] = {}  # stored prefixes -> change since the batch began
         self.log: list[tuple[tuple[bytes, ...], int]] = []
 
     def add(self, prefixes: tuple[bytes, ...], delta: int) -> None:
         deltas = self.deltas
-        get = deltas.get
-        for p in prefixes:
-            deltas[p] = get(p, 0) + delta
+        deltas[prefixes] = deltas.get(prefixes, 0) + delta
         self.log.append((prefixes, delta))
 
     def get(self, prefix: bytes) -> int:
-        return self.deltas.get(prefix, 0)
+        """The pending change of one stored prefix."""
+        return sum(delta for prefixes, delta in self.deltas.items() if prefix in prefixes)
 
     def undo_to(self, mark: int) -> None:
         """Undo the changes logged since the log was mark long."""
         deltas = self.deltas
         for prefixes, delta in self.log[mark:]:
-            for p in prefixes:
-                deltas[p] -= delta
+            deltas[prefixes] -= delta
         del self.log[mark:]
 
     def write(self, txn: Any, db: Any) -> None:
         """Fold the changes into the counts in txn (a count that reaches 0 is removed)."""
-        for prefix in sorted(self.deltas):  # key order: neighbouring counts share pages
-            delta = self.deltas[prefix]
+        per_prefix: dict[bytes, int] = {}
+        for prefixes, delta in self.deltas.items():
+            if delta:
+                for p in prefixes:
+                    per_prefix[p] = per_prefix.get(p, 0) + delta
+        for prefix in sorted(per_prefix):  # key order: neighbouring counts share pages
+            delta = per_prefix[prefix]
             if not delta:
                 continue
             raw = txn.get(prefix, db=db)
