@@ -251,16 +251,19 @@ def _pack(txn: Any, dbs: dict[bytes, Any]) -> None:
     group's worth, stay (a record bigger than a group is a group of its own)."""
     db, packed = dbs[DB_RECORDS], dbs[DB_PACKED]
     group: list[tuple[bytes, bytes]] = []
-    data = 0
+    # The group's size as _group_bytes counts it, kept as records are added (no call a record).
+    size = _group_bytes(0, 0)
     moved: list[bytes] = []
-    for rev, raw in txn.cursor(db).iternext():
-        if group and _group_bytes(len(group) + 1, data + len(raw)) > GROUP_BYTES_MAX:
+    for item in txn.cursor(db).iternext():
+        grown = size + _GROUP_ENTRY_BYTES + len(item[1])
+        if grown > GROUP_BYTES_MAX and group:
             txn.put(group[0][0], _pack_group(group), db=packed)
             moved += (r for r, _ in group)
-            group, data = [], 0
-        group.append((rev, raw))
-        data += len(raw)
-    if group and _group_bytes(len(group), data) > GROUP_BYTES_MAX:  # one record bigger than a group
+            group = []
+            grown = _group_bytes(1, len(item[1]))
+        group.append(item)
+        size = grown
+    if group and size > GROUP_BYTES_MAX:  # one record bigger than a group
         txn.put(group[0][0], _pack_group(group), db=packed)
         moved += (r for r, _ in group)
     for rev in moved:
