@@ -621,14 +621,16 @@ class WriteTxn:
             kv.version = 1
             self._live_delta += 1
             store.live_keys += 1
-        store._write(key, kv, self._next_rev(), False)
+        sub = self._sub
+        self._sub = sub + 1
+        store._write(key, kv, rev_bytes(revision, sub), False)
         old_lease = prev.lease if prev is not None else 0
         if old_lease != lease:
             store.leases.detach(old_lease, key)
             store.leases.attach(lease, key)
-        # prev is the state before the txn unless this txn wrote the key already.
-        before = prev if prev is None or prev.mod_revision < revision else False
-        store._attach_prev(ev, EVENT_PUT, kv, before)
+        if prev is not None:  # a create has no prev_kv (_attach_prev would find so)
+            # prev is the state before the txn unless this txn wrote the key already.
+            store._attach_prev(ev, EVENT_PUT, kv, prev if prev.mod_revision < revision else False)
         self.events.append(ev)
         return prev
 
