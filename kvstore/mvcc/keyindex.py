@@ -13,7 +13,9 @@ the same environment as the records, so a start rebuilds nothing:
 - `prefix_counts`: every "/"-terminated prefix of a live key (the key itself
   too if it ends in "/") -> how many live keys it has. A count over a prefix
   range, as kube-apiserver asks for every list page and for its object counts,
-  is one lookup, or a scan of the shorter side of the page's start.
+  is one lookup, or a scan of the shorter side of the page's start. Inside a write batch the
+  changes are pending in the backend's CountDeltas (written once per prefix at the batch's
+  flush): a count read in the batch is the stored one plus the pending change.
 
 Keys longer than LMDB's key limit: a key of more than `KEY_INLINE_BYTES_MAX`
 bytes is stored as its first KEY_INLINE_BYTES_MAX bytes and a SHA-256 of the
