@@ -419,6 +419,10 @@ def test_nospace_alarm_blocks_puts_until_disarmed() -> None:
     with pytest.raises(EtcdError) as e:
         d.put(b"a")
     assert (e.value.code, e.value.message) == errors.NO_SPACE
+    with pytest.raises(EtcdError) as e:  # a txn with a put in either branch: refused too
+        d.txn(pb.TxnRequest(success=[del_op(b"a")], failure=[put_op(b"a")]))
+    assert (e.value.code, e.value.message) == errors.NO_SPACE
+    assert d.txn(pb.TxnRequest(success=[del_op(b"a"), pb.RequestOp(request_range=pb.RangeRequest(key=b"a"))]))
     d.delete(b"a")  # deletes still work
     alarm.action = pb.AlarmRequest.DEACTIVATE
     d.apply(Kind.ALARM, alarm)
