@@ -13,7 +13,9 @@ the same environment as the records, so a start rebuilds nothing:
 - `prefix_counts`: every "/"-terminated prefix of a live key (the key itself
   too if it ends in "/") -> how many live keys it has. A count over a prefix
   range, as kube-apiserver asks for every list page and for its object counts,
-  is one lookup, or a scan of the shorter side of the page's start.
+  is one lookup, or a scan of the shorter side of the page's start. Inside a write batch the
+  changes are pending in the backend's CountDeltas (written once per prefix at the batch's
+  flush): a count read in the batch is the stored one plus the pending change.
 
 Keys longer than LMDB's key limit: a key of more than `KEY_INLINE_BYTES_MAX`
 bytes is stored as its first KEY_INLINE_BYTES_MAX bytes and a SHA-256 of the
@@ -33,7 +35,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from kvstore.mvcc import records
-from kvstore.mvcc.backend import DB_INDEX, DB_LIVE, DB_PREFIX_COUNTS, LMDB_KEY_BYTES_MAX, from_u64, rev_bytes, u64
+from kvstore.mvcc.backend import (
+    DB_INDEX,
+    DB_LIVE,
+    DB_PREFIX_COUNTS,
+    LMDB_KEY_BYTES_MAX,
+    CountDeltas,
+    from_u64,
+    rev_bytes,
+)
 
 FLAG_PUT = b"\x00"
 FLAG_TOMBSTONE = b"\x01"
@@ -107,18 +117,18 @@ def entries(txn: Any, dbs: dict[bytes, Any], key: bytes) -> list[bytes]:
     return list(cur.iternext_dup())
 
 
-def write(txn: Any, dbs: dict[bytes, Any], key: bytes, rev: bytes, tombstone: bool) -> None:
+def write(txn: Any, dbs: dict[bytes, Any], counts: CountDeltas, key: bytes, rev: bytes, tombstone: bool) -> None:
     """A new record of key at rev: its index entry, its live revision and the prefix counts
     (`add`, `set_live`/`clear_live` and `add_live_count` in one call: the stored key once)."""
     sk = stored_key(key)
     if tombstone:
         txn.put(sk, rev + FLAG_TOMBSTONE, db=dbs[DB_INDEX], dupdata=True)
         txn.delete(sk, db=dbs[DB_LIVE])
-        add_live_count(txn, dbs, key, -1)
+        add_live_count(counts, key, -1)
         return
     txn.put(sk, rev + FLAG_PUT, db=dbs[DB_INDEX], dupdata=True)
     if txn.replace(sk, rev, db=dbs[DB_LIVE]) is None:
-        add_live_count(txn, dbs, key, +1)  # it was not live: created
+        add_live_count(counts, key, +1)  # it was not live: created
 
 
 def live_rev(txn: Any, dbs: dict[bytes, Any], key: bytes) -> bytes | None:
@@ -211,22 +221,46 @@ def count_range(txn: Any, dbs: dict[bytes, Any], key: bytes, range_end: bytes) -
 SLASH = 0x2F
 
 
-def add_live_count(txn: Any, dbs: dict[bytes, Any], key: bytes, delta: int) -> None:
-    """A key became live (+1) or stopped being live (-1): count it under each of its prefixes."""
-    counts_db = dbs[DB_PREFIX_COUNTS]
+# The stored prefixes of a key's last "/"-terminated prefix, for the ones seen last (keys written
+# together share it: 100 puts of a txn, a kube resource's objects). Cleared when full.
+_PREFIXES_CACHED_MAX = 4096
+_prefixes: dict[bytes, tuple[bytes, ...]] = {}
+
+
+def key_prefixes(key: bytes) -> tuple[bytes, ...]:
+    """The stored forms of every "/"-terminated prefix of key (the key itself if it ends in "/")."""
+    i = key.rfind(b"/")
+    if i < 0:
+        return ()
+    last = key[: i + 1]
+    found = _prefixes.get(last)
+    if found is not None:
+        return found
+    out: list[bytes] = []
     start = 0
-    while True:
-        i = key.find(b"/", start)
-        if i < 0:
-            return
-        prefix = stored_key(key[: i + 1])
-        raw = txn.get(prefix, db=counts_db)
-        n = (from_u64(raw) if raw else 0) + delta
-        if n:
-            txn.put(prefix, u64(n), db=counts_db)
-        else:
-            txn.delete(prefix, db=counts_db)
+    while (i := last.find(b"/", start)) >= 0:
+        out.append(stored_key(last[: i + 1]))
         start = i + 1
+    if len(_prefixes) >= _PREFIXES_CACHED_MAX:
+        _prefixes.clear()
+    found = _prefixes[last] = tuple(out)
+    return found
+
+
+def add_live_count(counts: CountDeltas, key: bytes, delta: int) -> None:
+    """A key became live (+1) or stopped being live (-1): count it under each of its prefixes
+    (in the batch's pending changes: written at its flush)."""
+    prefixes = key_prefixes(key)
+    if prefixes:
+        counts.add(prefixes, delta)
+
+
+def prefix_count(txn: Any, dbs: dict[bytes, Any], counts: CountDeltas | None, prefix: bytes) -> int:
+    """Live keys under a "/"-terminated prefix: the stored count plus the batch's pending change."""
+    sp = stored_key(prefix)
+    raw = txn.get(sp, db=dbs[DB_PREFIX_COUNTS])
+    n = from_u64(raw) if raw else 0
+    return n + counts.get(sp) if counts is not None else n
 
 
 def counted_prefix(key: bytes, range_end: bytes) -> bytes | None:
@@ -238,13 +272,13 @@ def counted_prefix(key: bytes, range_end: bytes) -> bytes | None:
     return prefix if key.startswith(prefix) else None
 
 
-def count_live(txn: Any, dbs: dict[bytes, Any], key: bytes, range_end: bytes) -> int:
-    """Live keys in [key, range_end), using the prefix counts when the range ends a prefix."""
+def count_live(txn: Any, dbs: dict[bytes, Any], key: bytes, range_end: bytes, counts: CountDeltas | None = None) -> int:
+    """Live keys in [key, range_end), using the prefix counts when the range ends a prefix
+    (counts: the open batch's pending changes of them, when txn is the batch's)."""
     prefix = counted_prefix(key, range_end) if range_end not in (b"", b"\0") else None
     if prefix is None:
         return count_range(txn, dbs, key, range_end)
-    raw = txn.get(stored_key(prefix), db=dbs[DB_PREFIX_COUNTS])
-    total = from_u64(raw) if raw else 0
+    total = prefix_count(txn, dbs, counts, prefix)
     if key == prefix:
         return total
     if not (_exact_bound(key) and _exact_bound(range_end)):

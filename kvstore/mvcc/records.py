@@ -101,23 +101,31 @@ def _group_find(group: bytes, rev: bytes) -> bytes | None:
     """The record at rev in group, or None.
 
     First where rev would be if the group's main revisions were evenly spread (they are, one
-    record per revision, for single puts with nothing compacted between), then a search of the
-    revisions in C: mostly zero bytes, the slow case of `bytes.find` (3-8 µs for ~200 records,
-    against ~1 µs for the guess).
+    record per revision, for single puts with nothing compacted between), then a binary search
+    of the revisions (ascending in a group): ~1.4 µs for ~200 records, where `bytes.find` on
+    them (mostly zero bytes, its slow case) took 3-8 µs; the guess takes ~1 µs. Records a txn
+    wrote share their main revision, so the guess misses them.
     """
     n = _group_count(group)
     head, end = _COUNT.size, _COUNT.size + n * REV_BYTES
     first, last = _MAIN.unpack_from(group, head)[0], _MAIN.unpack_from(group, end - REV_BYTES)[0]
     main = _MAIN.unpack_from(rev)[0]
-    if first <= main <= last:
-        guess = (main - first) * (n - 1) // (last - first) if last > first else 0
-        at = head + guess * REV_BYTES
-        if group[at : at + REV_BYTES] == rev:
-            return _group_record(group, n, guess)
-    at = group.find(rev, head, end)
-    while at >= 0 and (at - head) % REV_BYTES:  # a match across two revisions: look further
-        at = group.find(rev, at + 1, end)
-    return None if at < 0 else _group_record(group, n, (at - head) // REV_BYTES)
+    if not first <= main <= last:
+        return None
+    guess = (main - first) * (n - 1) // (last - first) if last > first else 0
+    at = head + guess * REV_BYTES
+    if group[at : at + REV_BYTES] == rev:
+        return _group_record(group, n, guess)
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        at = head + mid * REV_BYTES
+        if group[at : at + REV_BYTES] < rev:
+            lo = mid + 1
+        else:
+            hi = mid
+    at = head + lo * REV_BYTES
+    return _group_record(group, n, lo) if lo < n and group[at : at + REV_BYTES] == rev else None
 
 
 def _group_items(group: bytes) -> list[tuple[bytes, bytes]]:
@@ -251,16 +259,19 @@ def _pack(txn: Any, dbs: dict[bytes, Any]) -> None:
     group's worth, stay (a record bigger than a group is a group of its own)."""
     db, packed = dbs[DB_RECORDS], dbs[DB_PACKED]
     group: list[tuple[bytes, bytes]] = []
-    data = 0
+    # The group's size as _group_bytes counts it, kept as records are added (no call a record).
+    size = _group_bytes(0, 0)
     moved: list[bytes] = []
-    for rev, raw in txn.cursor(db).iternext():
-        if group and _group_bytes(len(group) + 1, data + len(raw)) > GROUP_BYTES_MAX:
+    for item in txn.cursor(db).iternext():
+        grown = size + _GROUP_ENTRY_BYTES + len(item[1])
+        if grown > GROUP_BYTES_MAX and group:
             txn.put(group[0][0], _pack_group(group), db=packed)
             moved += (r for r, _ in group)
-            group, data = [], 0
-        group.append((rev, raw))
-        data += len(raw)
-    if group and _group_bytes(len(group), data) > GROUP_BYTES_MAX:  # one record bigger than a group
+            group = []
+            grown = _group_bytes(1, len(item[1]))
+        group.append(item)
+        size = grown
+    if group and size > GROUP_BYTES_MAX:  # one record bigger than a group
         txn.put(group[0][0], _pack_group(group), db=packed)
         moved += (r for r, _ in group)
     for rev in moved:

@@ -133,6 +133,7 @@ class MVCCStore:
     def flush(self) -> None:
         """Write the store's counters into the open batch (once per applied batch, before it commits)."""
         self.backend.put_meta(META_MVCC, msgpack.packb([self.revision, self.compact_revision, self.live_keys]))
+        self.backend.flush_counts()
 
     def counters(self) -> tuple[Any, ...]:
         """The state kept on the heap between flushes, to restore when an entry is undone."""
@@ -184,7 +185,9 @@ class MVCCStore:
     def _count_live(self, key: bytes, range_end: bytes) -> int:
         if range_end == b"\0" and key <= b"\0":
             return self.live_keys  # every key: the counter, not a scan
-        return keyindex.count_live(self._txn, self._dbs, key, range_end)
+        backend = self.backend
+        counts = backend.count_deltas if backend.in_batch else None
+        return keyindex.count_live(backend.txn, self._dbs, key, range_end, counts)
 
     def count_at(self, key: bytes, range_end: bytes, rev: int) -> int:
         """Keys live at rev in the range: the count now, corrected by the changes since rev.
@@ -351,7 +354,7 @@ class MVCCStore:
     def _write(self, key: bytes, kv: Any, rev: bytes, tombstone: bool) -> None:
         txn, dbs = self._txn, self._dbs
         records.put(txn, dbs, rev, kv.SerializeToString())
-        keyindex.write(txn, dbs, key, rev, tombstone)
+        keyindex.write(txn, dbs, self.backend.count_deltas, key, rev, tombstone)
 
     def compact(self, rev: int) -> None:
         """Forget history below rev: refused to reads at once, dropped physically by compact_step."""
@@ -618,14 +621,16 @@ class WriteTxn:
             kv.version = 1
             self._live_delta += 1
             store.live_keys += 1
-        store._write(key, kv, self._next_rev(), False)
+        sub = self._sub
+        self._sub = sub + 1
+        store._write(key, kv, rev_bytes(revision, sub), False)
         old_lease = prev.lease if prev is not None else 0
         if old_lease != lease:
             store.leases.detach(old_lease, key)
             store.leases.attach(lease, key)
-        # prev is the state before the txn unless this txn wrote the key already.
-        before = prev if prev is None or prev.mod_revision < revision else False
-        store._attach_prev(ev, EVENT_PUT, kv, before)
+        if prev is not None:  # a create has no prev_kv (_attach_prev would find so)
+            # prev is the state before the txn unless this txn wrote the key already.
+            store._attach_prev(ev, EVENT_PUT, kv, prev if prev.mod_revision < revision else False)
         self.events.append(ev)
         return prev
 

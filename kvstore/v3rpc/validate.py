@@ -42,31 +42,50 @@ def check_delete(r: Any) -> None:
 
 
 def check_txn(r: Any, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
-    _check_txn_shape(r, max_txn_ops)
+    branch_puts = _check_txn_shape(r, max_txn_ops)
     # Overlaps are checked after the shape, as etcd does, to avoid quadratic work on huge txns.
-    _check_intervals(r.success)
-    _check_intervals(r.failure)
+    for ops, puts in zip((r.success, r.failure), branch_puts, strict=True):
+        if puts is None:
+            _check_intervals(ops)
+        elif len(set(puts)) != len(puts):  # only puts and ranges: a key put twice is the one overlap
+            raise fail(errors.DUPLICATE_KEY)
 
 
-def _check_txn_shape(r: Any, max_txn_ops: int) -> None:
+def _check_txn_shape(r: Any, max_txn_ops: int) -> list[list[bytes] | None]:
+    """etcd's checks of every op (in order: success, then failure), in one pass over the ops.
+
+    Returns, per branch, the keys it puts if it holds only puts and ranges (the common txn, whose
+    overlap check is then a set of its keys), else None. Each access to a field of a parsed op
+    costs about 0.1-0.2 µs, so the ops are visited once and their fields read once.
+    """
     opc = max(len(r.compare), len(r.success), len(r.failure))
     if opc > max_txn_ops:
         raise fail(errors.TOO_MANY_OPS)
     for c in r.compare:
         if not c.key:
             raise fail(errors.EMPTY_KEY)
-    for op in (*r.success, *r.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_range":
-            check_range(op.request_range)
-        elif kind == "request_put":
-            check_put(op.request_put)
-        elif kind == "request_delete_range":
-            check_delete(op.request_delete_range)
-        elif kind == "request_txn":
-            _check_txn_shape(op.request_txn, max_txn_ops - opc)
-        else:
-            raise fail(errors.KEY_NOT_FOUND)  # an empty RequestOp
+    out: list[list[bytes] | None] = []
+    for ops in (r.success, r.failure):
+        puts: list[bytes] | None = []
+        for op in ops:
+            kind = op.WhichOneof("request")
+            if kind == "request_put":
+                put = op.request_put
+                check_put(put)
+                if puts is not None:
+                    puts.append(put.key)
+            elif kind == "request_range":
+                check_range(op.request_range)
+            elif kind == "request_delete_range":
+                check_delete(op.request_delete_range)
+                puts = None
+            elif kind == "request_txn":
+                _check_txn_shape(op.request_txn, max_txn_ops - opc)
+                puts = None
+            else:
+                raise fail(errors.KEY_NOT_FOUND)  # an empty RequestOp
+        out.append(puts)
+    return out
 
 
 class _Deletes:

@@ -476,3 +476,81 @@ async def test_a_defragment_swaps_while_a_snapshot_stream_reads_the_old_file(tmp
     assert StateMachine.from_chunks(chunks).dumps() == original
     await a.journal.close()
     a.sm.close()
+
+
+def _count_ranges(names: list[bytes], prefixes: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Kube-style count ranges: [P, P0) and continuations [k + NUL, P0)."""
+    out = []
+    for p in prefixes:
+        end = p[:-1] + b"0"
+        out += [(start, end) for start in (p, *(k + b"\0" for k in names if k.startswith(p)))]
+    return out
+
+
+def test_prefix_counts_pending_in_a_batch_read_and_land_as_entry_by_entry() -> None:
+    """Entries applied many to a batch (the member's applier) keep the prefix count changes
+    pending until the batch flushes: reads inside the batch (a range, a txn's own range after
+    its puts) see them, an entry undone halfway takes its own back, and the batch commits the
+    same counts, responses and file as entries applied one batch each."""
+    from kvstore.mvcc import keyindex
+
+    rng = random.Random(5)
+    batched, single = StateMachine(), StateMachine()
+    names = [b"/r/", b"/r/a", b"/r/a/", b"/r/a/x", b"/r/a/y/z", b"/r/b/1", b"/r/b/2", b"/s/q", b"/r0", b"/"]
+    ranges = _count_ranges(names, [b"/", b"/r/", b"/r/a/", b"/r/b/", b"/r/a/y/", b"/s/"])
+
+    def entry() -> tuple[Kind, object]:
+        k = rng.choice(names)
+        op = rng.random()
+        if op < 0.4:
+            return Kind.PUT, pb.PutRequest(key=k, value=b"v")
+        if op < 0.6:
+            return Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=k, range_end=rng.choice([b"", b"\0", b"/r0"]))
+        start, end = rng.choice(ranges)
+        count = pb.RequestOp(request_range=pb.RangeRequest(key=start, range_end=end, count_only=True))
+        return Kind.TXN, pb.TxnRequest(success=[
+            pb.RequestOp(request_put=pb.PutRequest(key=k + b"~", value=b"t")),
+            count,
+            pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k, range_end=rng.choice([b"", b"\0"]))),
+            count,
+            pb.RequestOp(request_put=pb.PutRequest(key=rng.choice(names), ignore_value=True)),
+        ])  # the last put fails (after the txn's other writes) when the delete took its key
+
+    for _ in range(40):
+        batched.backend.begin_batch()
+        for _ in range(rng.randrange(1, 12)):
+            kind, req = entry()
+            assert _apply(batched, kind, req, flush=False) == _apply(single, kind, req)
+            b = batched.backend
+            for start, end in rng.sample(ranges, 4):
+                scan = keyindex.count_range(b.txn, b.dbs, start, end)
+                assert batched.store.range(pb.RangeRequest(key=start, range_end=end, limit=1)).count == scan
+        batched.flush()
+        batched.backend.commit_batch()
+        assert batched.dumps() == single.dumps()  # prefix_counts included
+
+
+def test_an_aborted_batch_leaves_the_prefix_counts_as_they_were() -> None:
+    """A batch aborted (the applier failed halfway) writes none of its pending count changes,
+    and the next batch does not carry them."""
+    sm = StateMachine()
+    for i in range(5):
+        _apply(sm, Kind.PUT, pb.PutRequest(key=b"/p/q/%d" % i, value=b"v"))
+    before = sm.dumps()
+    sm.backend.begin_batch()
+    for i in range(5, 9):
+        _apply(sm, Kind.PUT, pb.PutRequest(key=b"/p/q/%d" % i, value=b"v"), flush=False)
+    _apply(sm, Kind.DELETE_RANGE, pb.DeleteRangeRequest(key=b"/p/", range_end=b"/p0"), flush=False)
+    assert sm.store.range(pb.RangeRequest(key=b"/p/", range_end=b"/p0", count_only=True)).count == 0
+    sm.backend.abort_batch()
+    again = StateMachine(sm.backend)  # the heap state of the aborted batch is gone with it
+    assert again.dumps() == before
+    assert again.store.range(pb.RangeRequest(key=b"/p/q/", range_end=b"/p/q0", count_only=True)).count == 5
+    again.backend.begin_batch()
+    _apply(again, Kind.PUT, pb.PutRequest(key=b"/p/q/x", value=b"v"), flush=False)
+    again.flush()
+    again.backend.commit_batch()
+    for start, end in ((b"/p/", b"/p0"), (b"/p/q/", b"/p/q0"), (b"/p/q/0\0", b"/p/q0")):
+        req = pb.RangeRequest(key=start, range_end=end, limit=1)
+        assert again.store.range(req).count == sum(1 for _ in again.store.iter_live(start, end))
+    assert again.store.range(pb.RangeRequest(key=b"/p/", range_end=b"/p0", limit=1)).count == 6

@@ -277,6 +277,82 @@ def test_duplicate_rule_allows_overlapping_deletes_and_then_else() -> None:
     validate.check_txn(pb.TxnRequest(success=[pb.RequestOp(request_txn=nested)]))
 
 
+def _reference_check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
+    """check_txn as etcd writes it: every op's shape (success, then failure, nested txns
+    within), then the overlaps of each branch."""
+
+    def shape(t: pb.TxnRequest, ops_max: int) -> None:
+        opc = max(len(t.compare), len(t.success), len(t.failure))
+        if opc > ops_max:
+            raise errors.fail(errors.TOO_MANY_OPS)
+        for c in t.compare:
+            if not c.key:
+                raise errors.fail(errors.EMPTY_KEY)
+        for op in (*t.success, *t.failure):
+            kind = op.WhichOneof("request")
+            if kind == "request_range":
+                validate.check_range(op.request_range)
+            elif kind == "request_put":
+                validate.check_put(op.request_put)
+            elif kind == "request_delete_range":
+                validate.check_delete(op.request_delete_range)
+            elif kind == "request_txn":
+                shape(op.request_txn, ops_max - opc)
+            else:
+                raise errors.fail(errors.KEY_NOT_FOUND)
+
+    shape(r, max_txn_ops)
+    validate._check_intervals(r.success)
+    validate._check_intervals(r.failure)
+
+
+def test_check_txn_gives_etcds_first_error_for_random_txns() -> None:
+    """The one-pass check (and its shortcut for branches of puts and ranges) answers every txn
+    with the error, or none, that etcd's two passes give."""
+    import random
+
+    rng = random.Random(8)
+    keys = [b"", b"a", b"b", b"c", b"d"]
+
+    def op(depth: int) -> pb.RequestOp:
+        x = rng.random()
+        if x < 0.5:
+            put = pb.PutRequest(key=rng.choice(keys), value=rng.choice([b"", b"v"]), lease=rng.choice([0, 0, 5]))
+            put.ignore_value, put.ignore_lease = rng.random() < 0.1, rng.random() < 0.1
+            return pb.RequestOp(request_put=put)
+        if x < 0.7:
+            return pb.RequestOp(request_range=pb.RangeRequest(key=rng.choice(keys), sort_order=rng.choice([0, 0, 9])))
+        if x < 0.85:
+            return del_op(rng.choice(keys), rng.choice([b"", b"", b"c", b"\0"]))
+        if x < 0.97 and depth < 2:
+            return pb.RequestOp(request_txn=txn(depth + 1))
+        return pb.RequestOp()
+
+    def txn(depth: int) -> pb.TxnRequest:
+        return pb.TxnRequest(
+            compare=[pb.Compare(key=rng.choice(keys[1:] * 9 + [b""])) for _ in range(rng.randrange(2))],
+            success=[op(depth) for _ in range(rng.randrange(5))],
+            failure=[op(depth) for _ in range(rng.randrange(3))],
+        )
+
+    outcomes = set()
+    for _ in range(4000):
+        r = txn(0)
+        ops_max = rng.choice([3, 128])
+        want = got = None
+        try:
+            _reference_check_txn(r, ops_max)
+        except EtcdError as e:
+            want = (e.code, e.message)
+        try:
+            validate.check_txn(r, ops_max)
+        except EtcdError as e:
+            got = (e.code, e.message)
+        assert got == want, r
+        outcomes.add(want)
+    assert len(outcomes) >= 6  # every kind of answer was met: no error and each error
+
+
 def test_too_many_ops() -> None:
     validate.check_txn(pb.TxnRequest(success=[put_op(b"k%d" % i) for i in range(128)]))
     with pytest.raises(EtcdError) as e:
@@ -343,6 +419,10 @@ def test_nospace_alarm_blocks_puts_until_disarmed() -> None:
     with pytest.raises(EtcdError) as e:
         d.put(b"a")
     assert (e.value.code, e.value.message) == errors.NO_SPACE
+    with pytest.raises(EtcdError) as e:  # a txn with a put in either branch: refused too
+        d.txn(pb.TxnRequest(success=[del_op(b"a")], failure=[put_op(b"a")]))
+    assert (e.value.code, e.value.message) == errors.NO_SPACE
+    assert d.txn(pb.TxnRequest(success=[del_op(b"a"), pb.RequestOp(request_range=pb.RangeRequest(key=b"a"))]))
     d.delete(b"a")  # deletes still work
     alarm.action = pb.AlarmRequest.DEACTIVATE
     d.apply(Kind.ALARM, alarm)
