@@ -5,14 +5,20 @@ applies them. A front end has no applier: it runs the same WatchHub, WatchStream
 servicer (kvstore/v3rpc/servicers.py) over `ViewFeed`, which publishes what the applier
 committed by reading it back from the state file. The feed's store is an MVCCStore over one
 read transaction of the view's environment that only the feed moves forward (`advance`): on
-every "applied" notification, and before each request of a watch stream is handled, it opens
-a read transaction at the newest commit, reads the events of the revisions after the ones
-it published (MVCCStore.events_between, what catch-up reads), publishes them in revision
-order, then moves the store's counters (revision, compact revision) and its transaction to
-that commit. So between two advances the hub's store is one consistent snapshot at exactly
-the revision whose events were published, as the member's store is between two applies:
-progress notifications (periodic and requested), catch-up, the watch cache and compaction
-cancels behave as the member's, by the same code.
+every "applied" notification while a stream is open, and before each request of a watch
+stream is handled, it opens a read transaction at the newest commit, reads the events of the
+revisions after the ones it published (MVCCStore.events_between, what catch-up reads),
+publishes them in revision order, then moves the store's counters (revision, compact
+revision) and its transaction to that commit. So between two advances the hub's store is one
+consistent snapshot at exactly the revision whose events were published, as the member's
+store is between two applies: progress notifications (periodic and requested), catch-up, the
+watch cache and compaction cancels behave as the member's, by the same code.
+
+With no stream open the feed reads no events (that read-back was most of a front end's CPU
+per applied revision): the first advance of the next stream moves the counters to the newest
+commit and starts the watch cache there (WatchHub.rebind, with nobody to catch up), so a
+watch created from an older revision catches up from the records, or is cancelled as
+compacted, as etcd answers it.
 
 The one thing the member knows that a later snapshot may not hold: the records a physical
 compaction step removed after the revisions were committed (the events a live watcher would
@@ -156,11 +162,16 @@ class ViewFeed:
         self.snapshot.txn = txn
         self._txn_id = txn.id()
         self._read_auth()
-        if revision < published or floor > published or revision - published > hub.cache.revisions_max:
-            # The records of the unpublished revisions may be gone (or they would not all fit in
-            # the cache): every watcher catches up in bounded batches, or is cancelled as compacted.
+        # The records of the unpublished revisions may be gone (or they would not all fit in the
+        # cache): every watcher catches up in bounded batches, or is cancelled as compacted.
+        unreadable = revision < published or floor > published or revision - published > hub.cache.revisions_max
+        # No stream: nobody needs these events now, and reading them back would be most of what the
+        # feed costs. The cache starts at the new revision, and a watch created later from an older
+        # one catches up from the records (or is cancelled as compacted), as etcd answers it.
+        if unreadable or not hub.streams:
             store.revision, store.compact_revision = revision, compact
             hub.rebind(store)
+            self._release_if_idle()
             return
         if revision > published:
             store.revision = revision  # prev_kv reads at mod_revision - 1; compact stays as published
@@ -169,9 +180,12 @@ class ViewFeed:
         if compact > store.compact_revision:
             store.compact_revision = compact
             hub.compacted(compact)
-        # Published even with no stream: the cache then holds what the member's holds (a watch
-        # from a cached revision is answered from it, as in the member).
-        self._release_if_idle()
+
+    def applied(self, _position: int) -> None:
+        """An applied batch: published at once to the streams open; with none, the next stream's
+        first advance moves the counters (no revision's events are read for nobody)."""
+        if self.hub.streams:
+            self.advance()
 
     def _release_if_idle(self) -> None:
         """With no stream, hold no read transaction (it would pin pages the applier frees)."""
@@ -205,7 +219,7 @@ class LocalWatches:
         self.servicer = Watch(feed, NoCredentials())  # type: ignore[arg-type]  # the feed is its member
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False
-        notifications.applied_listeners.append(lambda _position: feed.advance())
+        notifications.applied_listeners.append(feed.applied)
 
     def handlers(self) -> dict[str, Any]:
         return {WATCH: self.watch}

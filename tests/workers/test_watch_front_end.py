@@ -302,3 +302,52 @@ def test_a_watch_created_after_a_write_starts_after_it(server: ServerProcess) ->
             assert (event.kv.value, event.kv.mod_revision) == (b"after", after.header.revision)
     finally:
         stream.close()
+
+
+def test_a_front_end_with_no_stream_serves_an_old_revision_from_the_records(server: ServerProcess) -> None:
+    """With no stream open the feed reads no events back (it moves its counters and starts its
+    cache at the new revision): a watch created later from an older revision catches up from the
+    records, every event once and in order while writes go on, as the member answers it; one from
+    before a compaction made while no stream was open is cancelled with the compact revision."""
+    front, member = _channels(server)
+    kv = rpc.KVStub(member)
+    first = kv.Put(pb.PutRequest(key=b"/w/a", value=b"0"), timeout=WAIT_S).header.revision
+    for i in range(300):  # no stream open on either process meanwhile
+        rpc.KVStub(front if i % 2 else member).Put(pb.PutRequest(key=b"/w/%d" % (i % 11), value=b"%d" % i),
+                                                   timeout=WAIT_S)  # fmt: skip
+    compact = kv.DeleteRange(pb.DeleteRangeRequest(key=b"/w/1"), timeout=WAIT_S).header.revision
+    done = threading.Event()
+
+    def write_more() -> None:  # while the watch catches up: the live feed and the catch-up meet
+        for i in range(100):
+            rpc.KVStub(front if i % 2 else member).Put(pb.PutRequest(key=b"/w/%d" % (i % 5), value=b"m%d" % i),
+                                                       timeout=WAIT_S)  # fmt: skip
+        done.set()
+
+    streams = [Stream(front), Stream(member)]
+    writer = threading.Thread(target=write_more)
+    try:
+        streams[0].create(key=PREFIX, range_end=PREFIX_END, start_revision=first + 1, prev_kv=True)
+        writer.start()
+        streams[1].create(key=PREFIX, range_end=PREFIX_END, start_revision=first + 1, prev_kv=True)
+        got = [_summary(stream.events(301 + 100)) for stream in streams]
+        writer.join()
+        assert done.is_set()
+        assert [rev for _, _, _, rev, _ in got[0]] == list(range(first + 1, first + 402))
+        assert got[0] == got[1]
+    finally:
+        for stream in streams:
+            stream.close()
+    # A physical compaction while no stream is open: a watch from before it is cancelled.
+    rpc.KVStub(member).Compact(pb.CompactionRequest(revision=compact, physical=True), timeout=WAIT_S)
+    kv.Put(pb.PutRequest(key=b"/w/after", value=b"x"), timeout=WAIT_S)
+    later = Stream(front)
+    try:
+        later.send(create_request=pb.WatchCreateRequest(key=PREFIX, range_end=PREFIX_END, start_revision=compact - 1))
+        assert later.next().created
+        canceled = later.next()
+        assert canceled.canceled and canceled.compact_revision == compact, canceled
+        later.create(key=PREFIX, range_end=PREFIX_END, start_revision=compact + 1)
+        assert [e.kv.mod_revision for e in later.events(101)] == list(range(compact + 1, compact + 102))
+    finally:
+        later.close()
