@@ -104,6 +104,10 @@ class FrontEndMember:
         )
         notifications.origin = self.proposer.origin
         notifications.on_result = self.proposer.resolve
+        # The state file's size, read again after each applied batch (as the member's own
+        # db_size_bytes follows its commits), not stat'ed for every write.
+        self._file_bytes: int | None = None
+        notifications.applied_listeners.append(self._file_moved)
         self.notifications = notifications
         self.identity = pb.ResponseHeader()  # the member's ids and raft term (frontend.py refreshes it)
 
@@ -123,11 +127,17 @@ class FrontEndMember:
     def store(self) -> MVCCStore:
         return self.view.store
 
+    def _file_moved(self, _position: int) -> None:
+        self._file_bytes = None
+
     async def check_quota(self, cost: int) -> None:
         """The member's quota gate; near the quota the member decides (and raises the alarm)."""
         quota = self.config.quota_backend_bytes
-        # The file's size now (a stat: the front end sees no commits of its own to track it by).
-        if cost > 0 and quota > 0 and os.path.getsize(self.view.path) + cost >= quota:
+        if cost <= 0 or quota <= 0:
+            return
+        if self._file_bytes is None:  # as of the last applied batch, as the member's db_size_bytes
+            self._file_bytes = os.path.getsize(self.view.path)
+        if self._file_bytes + cost >= quota:
             raise ForwardInstead()
 
     async def propose(self, kind: Kind, request: Any, auth: Any = None) -> Any:
