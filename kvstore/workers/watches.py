@@ -186,6 +186,8 @@ class ViewFeed:
         first advance moves the counters (no revision's events are read for nobody)."""
         if self.hub.streams:
             self.advance()
+        else:
+            self._release_if_idle()  # the last stream's read transaction ends with the next batch
 
     def _release_if_idle(self) -> None:
         """With no stream, hold no read transaction (it would pin pages the applier frees)."""

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import lmdb
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from kvstore.mvcc.backend import STATE_FILE
 from kvstore.server import grpc_socket_path
 from kvstore.workers import member_socket_path
 from kvstore.workers.supervisor import metrics_dir_for
@@ -26,7 +28,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from proto.mvccpb import kv_pb2
 from tests.servers import ServerProcess, start_kvstore
-from tests.workers.test_workers import WAIT_S, front_ends_serving, wait_for
+from tests.workers.test_workers import WAIT_S, children, front_ends_serving, wait_for
 
 PREFIX = b"/w/"
 PREFIX_END = b"/w0"
@@ -351,3 +353,43 @@ def test_a_front_end_with_no_stream_serves_an_old_revision_from_the_records(serv
         assert [e.kv.mod_revision for e in later.events(101)] == list(range(compact + 1, compact + 102))
     finally:
         later.close()
+
+
+def _active_readers(srv: ServerProcess, pid: int) -> list[str]:
+    """The read transactions process pid has open on the state file (LMDB's reader table)."""
+    env = lmdb.open(str(srv.work_dir / "state" / STATE_FILE), subdir=False, readonly=True, lock=True, max_dbs=32)
+    try:
+        rows = [line.split() for line in env.readers().splitlines()[1:]]
+    finally:
+        env.close()
+    return [row[2] for row in rows if len(row) == 3 and row[0] == str(pid) and row[2] != "-"]
+
+
+def test_a_front_end_holds_no_read_transaction_once_its_last_stream_closed() -> None:
+    """A read transaction pins the pages the applier would reuse: the feed's ends with the next
+    batch after the last stream closed (not at the next progress tick, 10 minutes by default),
+    and the view holds none from its start until a first range."""
+    server = start_kvstore("fereaders", {"workers": 2})  # etcd's default progress interval: 10 minutes
+    try:
+        _no_reader_after_the_last_stream(server)
+    finally:
+        server.stop()
+
+
+def _no_reader_after_the_last_stream(server: ServerProcess) -> None:
+    wait_for(lambda: front_ends_serving(server) == 1, "the front end to serve")
+    front, member = _channels(server)
+    assert server.proc is not None
+    [front_end] = children(server.proc.pid)
+    stream = Stream(front)
+    try:
+        stream.create(key=PREFIX, range_end=PREFIX_END)
+        rpc.KVStub(member).Put(pb.PutRequest(key=b"/w/r", value=b"1"), timeout=WAIT_S)
+        stream.events(1)
+        assert _active_readers(server, front_end), "the feed reads through one transaction while a stream is open"
+    finally:
+        stream.close()
+    _served_by(server, front_end=0, total=0)
+    for i in range(5):
+        rpc.KVStub(member).Put(pb.PutRequest(key=b"/w/r", value=b"%d" % i), timeout=WAIT_S)
+    wait_for(lambda: not _active_readers(server, front_end), "the front end to end its read transaction")
