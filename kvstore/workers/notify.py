@@ -242,6 +242,7 @@ class MemberNotifications:
         self.applied = 0
         self.on_result: Callable[[int, Any], None] | None = None  # (seq, bytes or EtcdError)
         self.applied_listeners: list[Callable[[int], None]] = []  # the watch feed (workers/watches.py)
+        self.fence_listeners: list[Callable[[], None]] = []  # called before a fence is answered
         self._appends: dict[int, asyncio.Future[None]] = {}
         self._append_ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
@@ -289,6 +290,8 @@ class MemberNotifications:
                         result = message[2] if len(message) == 3 else EtcdError(grpc.StatusCode[message[2]], message[3])
                         self.on_result(message[1], result)
                 elif kind == FENCE:  # every APPLIED before it was handled (the feed advanced)
+                    for fence_listener in self.fence_listeners:
+                        fence_listener()
                     if self._writer is not None:
                         self._writer.write(msgpack.packb([FENCED, message[1]]))
                 elif kind in (APPENDED, APPEND_FAILED):

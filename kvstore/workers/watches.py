@@ -44,7 +44,7 @@ import msgpack
 from kvstore.auth.store import AuthStore
 from kvstore.member.config import MemberConfig
 from kvstore.mvcc.backend import DB_META, META_PHYSICAL_COMPACT, from_u64
-from kvstore.mvcc.store import META_MVCC, MVCCStore
+from kvstore.mvcc.store import META_MVCC, MVCCStore, RevisionEvents
 from kvstore.statemachine import META_AUTH
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
 from kvstore.watch import WatchHub
@@ -79,6 +79,36 @@ class PinnedSnapshot:
             txn.abort()
 
 
+def _in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
+    """k in [key, range_end) in MVCCStore's terms (b"": key alone, b"\\0": every key from key on)."""
+    if not range_end:
+        return k == key
+    return k >= key and (range_end == EVERY_KEY or k < range_end)
+
+
+class FeedStore(MVCCStore):
+    """The feed's store, with the events of the compact revision itself kept from before the
+    compaction: the records no longer answer a delete there (a tombstone at or below the compact
+    revision is compacted), which etcd (>= 3.5.15) sends to a watch from that revision, and which
+    the member's cache holds. A feed with no stream has no cache to keep it in."""
+
+    compact_events: RevisionEvents | None = None
+
+    def events_between(
+        self, start_rev: int, key: bytes, range_end: bytes, end_rev: int | None = None, records_max: int = 0
+    ) -> tuple[list[RevisionEvents], int]:
+        out, covered = super().events_between(start_rev, key, range_end, end_rev, records_max)
+        kept = self.compact_events
+        if kept is None or kept.revision != self.compact_revision or not start_rev <= kept.revision <= covered:
+            return out, covered
+        events = [ev for ev in kept.events if _in_range(ev.kv.key, key, range_end)]
+        if out and out[0].revision == kept.revision:
+            out[0] = RevisionEvents(kept.revision, events)  # every event of that revision, in order
+        elif events:
+            out.insert(0, RevisionEvents(kept.revision, events))
+        return out, covered
+
+
 class _Auth:
     """The member's `sm` as the Watch servicer uses it: the auth store of the published snapshot."""
 
@@ -94,7 +124,7 @@ class ViewFeed:
         self.identity = identity  # the member's ids and raft term
         self.config = config
         self.snapshot = PinnedSnapshot(view.backend)
-        self.store = MVCCStore(self.snapshot)  # type: ignore[arg-type]  # reads through the pinned txn
+        self.store = FeedStore(self.snapshot)  # type: ignore[arg-type]  # reads through the pinned txn
         self.sm = _Auth()
         self._auth_raw: bytes | None = None
         self._txn_id = self.snapshot.txn.id()
@@ -130,8 +160,10 @@ class ViewFeed:
         revision, compact = self.store.revision, self.store.compact_revision
         self.snapshot.release()
         self.snapshot = PinnedSnapshot(backend)
-        self.store = MVCCStore(self.snapshot)  # type: ignore[arg-type]
+        kept = self.store.compact_events
+        self.store = FeedStore(self.snapshot)  # type: ignore[arg-type]
         self.store.revision, self.store.compact_revision = revision, compact  # what was published
+        self.store.compact_events = kept
         self.hub.store = self.store  # the same published state, new handles (as the member's defragment)
         self._replaced = True
         self._txn_id = -1
@@ -162,6 +194,8 @@ class ViewFeed:
         self.snapshot.txn = txn
         self._txn_id = txn.id()
         self._read_auth()
+        if compact > store.compact_revision and floor < compact:
+            self._keep_compact_events(compact)
         # The records of the unpublished revisions may be gone (or they would not all fit in the
         # cache): every watcher catches up in bounded batches, or is cancelled as compacted.
         unreadable = revision < published or floor > published or revision - published > hub.cache.revisions_max
@@ -180,6 +214,26 @@ class ViewFeed:
         if compact > store.compact_revision:
             store.compact_revision = compact
             hub.compacted(compact)
+
+    def _keep_compact_events(self, compact: int) -> None:
+        """Read revision `compact`'s events, deletes included, through the new transaction while
+        its records are still on file (physical steps wait for this front end's fence answer)."""
+        store = self.store
+        kept = store.compact_events
+        if kept is not None and kept.revision == compact:
+            return
+        saved = store.compact_revision
+        store.compact_revision = compact - 1  # below it: the tombstones at `compact` are read too
+        try:
+            found = store.events_between(compact, EVERY_KEY, EVERY_KEY, compact)[0]
+        finally:
+            store.compact_revision = saved
+        store.compact_events = found[0] if found and found[0].revision == compact else RevisionEvents(compact, [])
+
+    def fenced(self) -> None:
+        """A compaction's records are about to go: keep its revision's events now if no advance
+        did (with no stream open the feed is not advanced at each batch)."""
+        self.advance()
 
     def applied(self, _position: int) -> None:
         """An applied batch: published at once to the streams open; with none, the next stream's
@@ -222,6 +276,7 @@ class LocalWatches:
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False
         notifications.applied_listeners.append(feed.applied)
+        notifications.fence_listeners.append(feed.fenced)
 
     def handlers(self) -> dict[str, Any]:
         return {WATCH: self.watch}

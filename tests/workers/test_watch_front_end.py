@@ -393,3 +393,27 @@ def _no_reader_after_the_last_stream(server: ServerProcess) -> None:
     for i in range(5):
         rpc.KVStub(member).Put(pb.PutRequest(key=b"/w/r", value=b"%d" % i), timeout=WAIT_S)
     wait_for(lambda: not _active_readers(server, front_end), "the front end to end its read transaction")
+
+
+@pytest.mark.parametrize("physical", [False, True])
+def test_a_front_end_with_no_stream_sends_the_delete_at_the_compact_revision(server: ServerProcess,
+                                                                             physical: bool) -> None:  # fmt: skip
+    """etcd (>= 3.5.15) sends a watch from the compact revision the delete made there; the records
+    no longer hold it (a compacted tombstone), so the feed keeps that revision's events before the
+    compaction's records go, also with no stream open (no cache then)."""
+    front, member = _channels(server)
+    kv = rpc.KVStub(member)
+    key = b"/w/c%d" % physical
+    kv.Put(pb.PutRequest(key=key, value=b"1"), timeout=WAIT_S)
+    kv.Put(pb.PutRequest(key=b"/w/j", value=b"1"), timeout=WAIT_S)
+    compact = kv.DeleteRange(pb.DeleteRangeRequest(key=key), timeout=WAIT_S).header.revision
+    kv.Compact(pb.CompactionRequest(revision=compact, physical=physical), timeout=WAIT_S)
+    after = kv.Put(pb.PutRequest(key=key, value=b"2"), timeout=WAIT_S).header.revision
+    stream = Stream(front)
+    try:
+        stream.create(key=key, start_revision=compact)
+        got = stream.events(2)
+        assert [(e.type, e.kv.mod_revision) for e in got] == [(kv_pb2.Event.DELETE, compact),
+                                                              (kv_pb2.Event.PUT, after)]  # fmt: skip
+    finally:
+        stream.close()
