@@ -18,7 +18,9 @@ With no stream open the feed reads no events (that read-back was most of a front
 per applied revision): the first advance of the next stream moves the counters to the newest
 commit and starts the watch cache there (WatchHub.rebind, with nobody to catch up), so a
 watch created from an older revision catches up from the records, or is cancelled as
-compacted, as etcd answers it.
+compacted, as etcd answers it. The records cannot give back a delete at the compact revision
+itself, which etcd sends to a watch from there: the feed keeps that revision's events when it
+sees the compaction, before the fence is answered (FeedStore).
 
 The one thing the member knows that a later snapshot may not hold: the records a physical
 compaction step removed after the revisions were committed (the events a live watcher would
