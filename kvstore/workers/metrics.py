@@ -49,6 +49,7 @@ class FrontEndMetrics:
         self.watch_streams = Gauge("etcd_debugging_mvcc_watch_stream_total", "", registry=None,
                                    multiprocess_mode="livesum")  # fmt: skip
         self.handling: Histogram | None = None  # --metrics extensive, as the member's
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
         if level == "extensive":
             self.handling = Histogram("grpc_server_handling_seconds", "", labels, buckets=GRPC_BUCKETS_S, registry=None)
 
@@ -58,11 +59,19 @@ class FrontEndMetrics:
 
     def served(self, kv_method: str, code: grpc.StatusCode, started_s: float) -> None:
         """One unary KV call the front end answered itself (started_s: its time.monotonic() at start)."""
-        labels = ("unary", "etcdserverpb.KV", kv_method)
-        self.started.labels(*labels).inc()
-        self.handled.labels(*labels, GRPC_CODE_NAMES[code]).inc()
-        if self.handling is not None:
-            self.handling.labels(*labels).observe(time.monotonic() - started_s)
+        children = self._children.get((kv_method, code))
+        if children is None:  # each labelled child looked up once, not per call
+            labels = ("unary", "etcdserverpb.KV", kv_method)
+            children = self._children[(kv_method, code)] = (
+                self.started.labels(*labels),
+                self.handled.labels(*labels, GRPC_CODE_NAMES[code]),
+                None if self.handling is None else self.handling.labels(*labels),
+            )
+        started, handled, handling = children
+        started.inc()
+        handled.inc()
+        if handling is not None:
+            handling.observe(time.monotonic() - started_s)
 
     def watching(self, streams: int, watchers: int) -> None:
         self.watch_streams.set(streams)

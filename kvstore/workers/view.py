@@ -77,6 +77,7 @@ class StateView:
         # Called with the new backend when the file was replaced, before the old one closes
         # (the watch feed moves its own read transaction over: kvstore/workers/watches.py).
         self.replaced_listeners: list[Callable[[ReadOnlyBackend], None]] = []
+        self.release()  # the store's counters were read through a transaction: not held until a first read
 
     def follow_replacement(self) -> None:
         """Open the file again if a defragment or a snapshot install replaced it."""

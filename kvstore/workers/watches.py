@@ -5,14 +5,22 @@ applies them. A front end has no applier: it runs the same WatchHub, WatchStream
 servicer (kvstore/v3rpc/servicers.py) over `ViewFeed`, which publishes what the applier
 committed by reading it back from the state file. The feed's store is an MVCCStore over one
 read transaction of the view's environment that only the feed moves forward (`advance`): on
-every "applied" notification, and before each request of a watch stream is handled, it opens
-a read transaction at the newest commit, reads the events of the revisions after the ones
-it published (MVCCStore.events_between, what catch-up reads), publishes them in revision
-order, then moves the store's counters (revision, compact revision) and its transaction to
-that commit. So between two advances the hub's store is one consistent snapshot at exactly
-the revision whose events were published, as the member's store is between two applies:
-progress notifications (periodic and requested), catch-up, the watch cache and compaction
-cancels behave as the member's, by the same code.
+every "applied" notification while a stream is open, and before each request of a watch
+stream is handled, it opens a read transaction at the newest commit, reads the events of the
+revisions after the ones it published (MVCCStore.events_between, what catch-up reads),
+publishes them in revision order, then moves the store's counters (revision, compact
+revision) and its transaction to that commit. So between two advances the hub's store is one
+consistent snapshot at exactly the revision whose events were published, as the member's
+store is between two applies: progress notifications (periodic and requested), catch-up, the
+watch cache and compaction cancels behave as the member's, by the same code.
+
+With no stream open the feed reads no events (that read-back was most of a front end's CPU
+per applied revision): the first advance of the next stream moves the counters to the newest
+commit and starts the watch cache there (WatchHub.rebind, with nobody to catch up), so a
+watch created from an older revision catches up from the records, or is cancelled as
+compacted, as etcd answers it. The records cannot give back a delete at the compact revision
+itself, which etcd sends to a watch from there: the feed keeps that revision's events when it
+sees the compaction, before the fence is answered (FeedStore).
 
 The one thing the member knows that a later snapshot may not hold: the records a physical
 compaction step removed after the revisions were committed (the events a live watcher would
@@ -38,7 +46,7 @@ import msgpack
 from kvstore.auth.store import AuthStore
 from kvstore.member.config import MemberConfig
 from kvstore.mvcc.backend import DB_META, META_PHYSICAL_COMPACT, from_u64
-from kvstore.mvcc.store import META_MVCC, MVCCStore
+from kvstore.mvcc.store import META_MVCC, MVCCStore, RevisionEvents
 from kvstore.statemachine import META_AUTH
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
 from kvstore.watch import WatchHub
@@ -73,6 +81,36 @@ class PinnedSnapshot:
             txn.abort()
 
 
+def _in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
+    """k in [key, range_end) in MVCCStore's terms (b"": key alone, b"\\0": every key from key on)."""
+    if not range_end:
+        return k == key
+    return k >= key and (range_end == EVERY_KEY or k < range_end)
+
+
+class FeedStore(MVCCStore):
+    """The feed's store, with the events of the compact revision itself kept from before the
+    compaction: the records no longer answer a delete there (a tombstone at or below the compact
+    revision is compacted), which etcd (>= 3.5.15) sends to a watch from that revision, and which
+    the member's cache holds. A feed with no stream has no cache to keep it in."""
+
+    compact_events: RevisionEvents | None = None
+
+    def events_between(
+        self, start_rev: int, key: bytes, range_end: bytes, end_rev: int | None = None, records_max: int = 0
+    ) -> tuple[list[RevisionEvents], int]:
+        out, covered = super().events_between(start_rev, key, range_end, end_rev, records_max)
+        kept = self.compact_events
+        if kept is None or kept.revision != self.compact_revision or not start_rev <= kept.revision <= covered:
+            return out, covered
+        events = [ev for ev in kept.events if _in_range(ev.kv.key, key, range_end)]
+        if out and out[0].revision == kept.revision:
+            out[0] = RevisionEvents(kept.revision, events)  # every event of that revision, in order
+        elif events:
+            out.insert(0, RevisionEvents(kept.revision, events))
+        return out, covered
+
+
 class _Auth:
     """The member's `sm` as the Watch servicer uses it: the auth store of the published snapshot."""
 
@@ -88,7 +126,7 @@ class ViewFeed:
         self.identity = identity  # the member's ids and raft term
         self.config = config
         self.snapshot = PinnedSnapshot(view.backend)
-        self.store = MVCCStore(self.snapshot)  # type: ignore[arg-type]  # reads through the pinned txn
+        self.store = FeedStore(self.snapshot)  # type: ignore[arg-type]  # reads through the pinned txn
         self.sm = _Auth()
         self._auth_raw: bytes | None = None
         self._txn_id = self.snapshot.txn.id()
@@ -124,8 +162,10 @@ class ViewFeed:
         revision, compact = self.store.revision, self.store.compact_revision
         self.snapshot.release()
         self.snapshot = PinnedSnapshot(backend)
-        self.store = MVCCStore(self.snapshot)  # type: ignore[arg-type]
+        kept = self.store.compact_events
+        self.store = FeedStore(self.snapshot)  # type: ignore[arg-type]
         self.store.revision, self.store.compact_revision = revision, compact  # what was published
+        self.store.compact_events = kept
         self.hub.store = self.store  # the same published state, new handles (as the member's defragment)
         self._replaced = True
         self._txn_id = -1
@@ -156,11 +196,18 @@ class ViewFeed:
         self.snapshot.txn = txn
         self._txn_id = txn.id()
         self._read_auth()
-        if revision < published or floor > published or revision - published > hub.cache.revisions_max:
-            # The records of the unpublished revisions may be gone (or they would not all fit in
-            # the cache): every watcher catches up in bounded batches, or is cancelled as compacted.
+        if compact > store.compact_revision and floor < compact:
+            self._keep_compact_events(compact)
+        # The records of the unpublished revisions may be gone (or they would not all fit in the
+        # cache): every watcher catches up in bounded batches, or is cancelled as compacted.
+        unreadable = revision < published or floor > published or revision - published > hub.cache.revisions_max
+        # No stream: nobody needs these events now, and reading them back would be most of what the
+        # feed costs. The cache starts at the new revision, and a watch created later from an older
+        # one catches up from the records (or is cancelled as compacted), as etcd answers it.
+        if unreadable or not hub.streams:
             store.revision, store.compact_revision = revision, compact
             hub.rebind(store)
+            self._release_if_idle()
             return
         if revision > published:
             store.revision = revision  # prev_kv reads at mod_revision - 1; compact stays as published
@@ -169,9 +216,34 @@ class ViewFeed:
         if compact > store.compact_revision:
             store.compact_revision = compact
             hub.compacted(compact)
-        # Published even with no stream: the cache then holds what the member's holds (a watch
-        # from a cached revision is answered from it, as in the member).
-        self._release_if_idle()
+
+    def _keep_compact_events(self, compact: int) -> None:
+        """Read revision `compact`'s events, deletes included, through the new transaction while
+        its records are still on file (physical steps wait for this front end's fence answer)."""
+        store = self.store
+        kept = store.compact_events
+        if kept is not None and kept.revision == compact:
+            return
+        saved = store.compact_revision
+        store.compact_revision = compact - 1  # below it: the tombstones at `compact` are read too
+        try:
+            found = store.events_between(compact, EVERY_KEY, EVERY_KEY, compact)[0]
+        finally:
+            store.compact_revision = saved
+        store.compact_events = found[0] if found and found[0].revision == compact else RevisionEvents(compact, [])
+
+    def fenced(self) -> None:
+        """A compaction's records are about to go: keep its revision's events now if no advance
+        did (with no stream open the feed is not advanced at each batch)."""
+        self.advance()
+
+    def applied(self, _position: int) -> None:
+        """An applied batch: published at once to the streams open; with none, the next stream's
+        first advance moves the counters (no revision's events are read for nobody)."""
+        if self.hub.streams:
+            self.advance()
+        else:
+            self._release_if_idle()  # the last stream's read transaction ends with the next batch
 
     def _release_if_idle(self) -> None:
         """With no stream, hold no read transaction (it would pin pages the applier frees)."""
@@ -205,7 +277,8 @@ class LocalWatches:
         self.servicer = Watch(feed, NoCredentials())  # type: ignore[arg-type]  # the feed is its member
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False
-        notifications.applied_listeners.append(lambda _position: feed.advance())
+        notifications.applied_listeners.append(feed.applied)
+        notifications.fence_listeners.append(feed.fenced)
 
     def handlers(self) -> dict[str, Any]:
         return {WATCH: self.watch}

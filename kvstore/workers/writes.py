@@ -40,11 +40,8 @@ from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import StateView
 from proto.etcdserverpb import rpc_pb2 as pb
 
-RESPONSE_TYPES: dict[Kind, Any] = {
-    Kind.PUT: pb.PutResponse,
-    Kind.DELETE_RANGE: pb.DeleteRangeResponse,
-    Kind.TXN: pb.TxnResponse,
-}
+# Put, DeleteRange and Txn responses all carry their header in field 1 (what StoredResponse relies on).
+RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN})
 # The member's counters the servicer bumps, and the metric each one is in /metrics.
 COUNTER_METRICS = {
     "puts": "etcd_mvcc_put_total",
@@ -57,6 +54,43 @@ COUNTER_METRICS = {
 def has_token(context: Any) -> bool:
     """The call carries an auth token (tokens are checked in the member's process, where they live)."""
     return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
+
+
+class _FilledHeader:
+    """What `fill` sets on a response header (its revision is the applier's, in the bytes)."""
+
+    __slots__ = ("cluster_id", "member_id", "raft_term", "revision")
+
+    def __init__(self) -> None:
+        self.cluster_id = self.member_id = self.raft_term = 0
+        self.revision = 1  # nonzero: `fill` leaves the revision alone
+
+
+class StoredResponse:
+    """The applier's response bytes, passed on without a decode and an encode in the front end.
+
+    The servicer completes `header` as the member does (`fill`: ids and raft term; the applier
+    always set the revision, which is >= 1); the bytes go out with those fields appended as a
+    second header (protobuf merges the occurrences of an embedded message: a client reads one
+    header, the applier's revision with the member's ids).
+    """
+
+    __slots__ = ("header", "raw")
+    _suffix: tuple[tuple[int, int, int], bytes] = ((0, 0, 0), b"")  # the last identity's encoding
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.header = _FilledHeader()
+
+    def SerializeToString(self) -> bytes:  # the protobuf method it stands in for
+        h = self.header
+        identity = (h.cluster_id, h.member_id, h.raft_term)
+        cached, suffix = StoredResponse._suffix
+        if identity != cached:
+            suffix = pb.PutResponse(header=pb.ResponseHeader(cluster_id=identity[0], member_id=identity[1],
+                                                             raft_term=identity[2])).SerializeToString()  # fmt: skip
+            StoredResponse._suffix = (identity, suffix)
+        return self.raw + suffix
 
 
 class ForwardInstead(Exception):
@@ -104,6 +138,10 @@ class FrontEndMember:
         )
         notifications.origin = self.proposer.origin
         notifications.on_result = self.proposer.resolve
+        # The state file's size, read again after each applied batch (as the member's own
+        # db_size_bytes follows its commits), not stat'ed for every write.
+        self._file_bytes: int | None = None
+        notifications.applied_listeners.append(self._file_moved)
         self.notifications = notifications
         self.identity = pb.ResponseHeader()  # the member's ids and raft term (frontend.py refreshes it)
 
@@ -123,16 +161,23 @@ class FrontEndMember:
     def store(self) -> MVCCStore:
         return self.view.store
 
+    def _file_moved(self, _position: int) -> None:
+        self._file_bytes = None
+
     async def check_quota(self, cost: int) -> None:
         """The member's quota gate; near the quota the member decides (and raises the alarm)."""
         quota = self.config.quota_backend_bytes
-        # The file's size now (a stat: the front end sees no commits of its own to track it by).
-        if cost > 0 and quota > 0 and os.path.getsize(self.view.path) + cost >= quota:
+        if cost <= 0 or quota <= 0:
+            return
+        if self._file_bytes is None:  # as of the last applied batch, as the member's db_size_bytes
+            self._file_bytes = os.path.getsize(self.view.path)
+        if self._file_bytes + cost >= quota:
             raise ForwardInstead()
 
     async def propose(self, kind: Kind, request: Any, auth: Any = None) -> Any:
+        assert kind in RESPONSE_KINDS, kind
         raw = await self.proposer.propose_payload(kind, request.SerializeToString(), auth)
-        return RESPONSE_TYPES[kind].FromString(raw)
+        return StoredResponse(raw)
 
 
 LocalUnary = Callable[[bytes, Any, Forwarder], Any]

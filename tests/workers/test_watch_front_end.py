@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import lmdb
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from kvstore.mvcc.backend import STATE_FILE
 from kvstore.server import grpc_socket_path
 from kvstore.workers import member_socket_path
 from kvstore.workers.supervisor import metrics_dir_for
@@ -26,7 +28,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from proto.mvccpb import kv_pb2
 from tests.servers import ServerProcess, start_kvstore
-from tests.workers.test_workers import WAIT_S, front_ends_serving, wait_for
+from tests.workers.test_workers import WAIT_S, children, front_ends_serving, wait_for
 
 PREFIX = b"/w/"
 PREFIX_END = b"/w0"
@@ -300,5 +302,118 @@ def test_a_watch_created_after_a_write_starts_after_it(server: ServerProcess) ->
             after = kv.Put(pb.PutRequest(key=b"/w/%d" % i, value=b"after"), timeout=WAIT_S)
             [event] = stream.events(1)
             assert (event.kv.value, event.kv.mod_revision) == (b"after", after.header.revision)
+    finally:
+        stream.close()
+
+
+def test_a_front_end_with_no_stream_serves_an_old_revision_from_the_records(server: ServerProcess) -> None:
+    """With no stream open the feed reads no events back (it moves its counters and starts its
+    cache at the new revision): a watch created later from an older revision catches up from the
+    records, every event once and in order while writes go on, as the member answers it; one from
+    before a compaction made while no stream was open is cancelled with the compact revision."""
+    front, member = _channels(server)
+    kv = rpc.KVStub(member)
+    first = kv.Put(pb.PutRequest(key=b"/w/a", value=b"0"), timeout=WAIT_S).header.revision
+    for i in range(300):  # no stream open on either process meanwhile
+        rpc.KVStub(front if i % 2 else member).Put(pb.PutRequest(key=b"/w/%d" % (i % 11), value=b"%d" % i),
+                                                   timeout=WAIT_S)  # fmt: skip
+    compact = kv.DeleteRange(pb.DeleteRangeRequest(key=b"/w/1"), timeout=WAIT_S).header.revision
+    done = threading.Event()
+
+    def write_more() -> None:  # while the watch catches up: the live feed and the catch-up meet
+        for i in range(100):
+            rpc.KVStub(front if i % 2 else member).Put(pb.PutRequest(key=b"/w/%d" % (i % 5), value=b"m%d" % i),
+                                                       timeout=WAIT_S)  # fmt: skip
+        done.set()
+
+    streams = [Stream(front), Stream(member)]
+    writer = threading.Thread(target=write_more)
+    try:
+        streams[0].create(key=PREFIX, range_end=PREFIX_END, start_revision=first + 1, prev_kv=True)
+        writer.start()
+        streams[1].create(key=PREFIX, range_end=PREFIX_END, start_revision=first + 1, prev_kv=True)
+        got = [_summary(stream.events(301 + 100)) for stream in streams]
+        writer.join()
+        assert done.is_set()
+        assert [rev for _, _, _, rev, _ in got[0]] == list(range(first + 1, first + 402))
+        assert got[0] == got[1]
+    finally:
+        for stream in streams:
+            stream.close()
+    # A physical compaction while no stream is open: a watch from before it is cancelled.
+    rpc.KVStub(member).Compact(pb.CompactionRequest(revision=compact, physical=True), timeout=WAIT_S)
+    kv.Put(pb.PutRequest(key=b"/w/after", value=b"x"), timeout=WAIT_S)
+    later = Stream(front)
+    try:
+        later.send(create_request=pb.WatchCreateRequest(key=PREFIX, range_end=PREFIX_END, start_revision=compact - 1))
+        assert later.next().created
+        canceled = later.next()
+        assert canceled.canceled and canceled.compact_revision == compact, canceled
+        later.create(key=PREFIX, range_end=PREFIX_END, start_revision=compact + 1)
+        assert [e.kv.mod_revision for e in later.events(101)] == list(range(compact + 1, compact + 102))
+    finally:
+        later.close()
+
+
+def _active_readers(srv: ServerProcess, pid: int) -> list[str]:
+    """The read transactions process pid has open on the state file (LMDB's reader table)."""
+    env = lmdb.open(str(srv.work_dir / "state" / STATE_FILE), subdir=False, readonly=True, lock=True, max_dbs=32)
+    try:
+        rows = [line.split() for line in env.readers().splitlines()[1:]]
+    finally:
+        env.close()
+    return [row[2] for row in rows if len(row) == 3 and row[0] == str(pid) and row[2] != "-"]
+
+
+def test_a_front_end_holds_no_read_transaction_once_its_last_stream_closed() -> None:
+    """A read transaction pins the pages the applier would reuse: the feed's ends with the next
+    batch after the last stream closed (not at the next progress tick, 10 minutes by default),
+    and the view holds none from its start until a first range."""
+    server = start_kvstore("fereaders", {"workers": 2})  # etcd's default progress interval: 10 minutes
+    try:
+        _no_reader_after_the_last_stream(server)
+    finally:
+        server.stop()
+
+
+def _no_reader_after_the_last_stream(server: ServerProcess) -> None:
+    wait_for(lambda: front_ends_serving(server) == 1, "the front end to serve")
+    front, member = _channels(server)
+    assert server.proc is not None
+    [front_end] = children(server.proc.pid)
+    stream = Stream(front)
+    try:
+        stream.create(key=PREFIX, range_end=PREFIX_END)
+        rpc.KVStub(member).Put(pb.PutRequest(key=b"/w/r", value=b"1"), timeout=WAIT_S)
+        stream.events(1)
+        assert _active_readers(server, front_end), "the feed reads through one transaction while a stream is open"
+    finally:
+        stream.close()
+    _served_by(server, front_end=0, total=0)
+    for i in range(5):
+        rpc.KVStub(member).Put(pb.PutRequest(key=b"/w/r", value=b"%d" % i), timeout=WAIT_S)
+    wait_for(lambda: not _active_readers(server, front_end), "the front end to end its read transaction")
+
+
+@pytest.mark.parametrize("physical", [False, True])
+def test_a_front_end_with_no_stream_sends_the_delete_at_the_compact_revision(server: ServerProcess,
+                                                                             physical: bool) -> None:  # fmt: skip
+    """etcd (>= 3.5.15) sends a watch from the compact revision the delete made there; the records
+    no longer hold it (a compacted tombstone), so the feed keeps that revision's events before the
+    compaction's records go, also with no stream open (no cache then)."""
+    front, member = _channels(server)
+    kv = rpc.KVStub(member)
+    key = b"/w/c%d" % physical
+    kv.Put(pb.PutRequest(key=key, value=b"1"), timeout=WAIT_S)
+    kv.Put(pb.PutRequest(key=b"/w/j", value=b"1"), timeout=WAIT_S)
+    compact = kv.DeleteRange(pb.DeleteRangeRequest(key=key), timeout=WAIT_S).header.revision
+    kv.Compact(pb.CompactionRequest(revision=compact, physical=physical), timeout=WAIT_S)
+    after = kv.Put(pb.PutRequest(key=key, value=b"2"), timeout=WAIT_S).header.revision
+    stream = Stream(front)
+    try:
+        stream.create(key=key, start_revision=compact)
+        got = stream.events(2)
+        assert [(e.type, e.kv.mod_revision) for e in got] == [(kv_pb2.Event.DELETE, compact),
+                                                              (kv_pb2.Event.PUT, after)]  # fmt: skip
     finally:
         stream.close()
