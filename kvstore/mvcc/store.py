@@ -621,9 +621,7 @@ class WriteTxn:
             kv.version = 1
             self._live_delta += 1
             store.live_keys += 1
-        sub = self._sub
-        self._sub = sub + 1
-        store._write(key, kv, rev_bytes(revision, sub), False)
+        store._write(key, kv, self._next_rev(), False)
         old_lease = prev.lease if prev is not None else 0
         if old_lease != lease:
             store.leases.detach(old_lease, key)

@@ -52,15 +52,7 @@ def check_txn_ops(store: MVCCStore, branches: list[Ops]) -> None:
     ignore_* target) first, then every range revision."""
     puts: list[Any] = []
     ranges: list[Any] = []
-    if len(branches) == 1:  # no nested txn: the ops in order
-        for kind, sub in branches[0]:
-            if kind == "request_put":
-                puts.append(sub)
-            elif kind == "request_range":
-                ranges.append(sub)
-    else:
-        _collect(branches, iter(range(len(branches))), "request_put", puts)
-        _collect(branches, iter(range(len(branches))), "request_range", ranges)
+    _collect(branches, iter(range(len(branches))), puts, ranges)
     for put in puts:
         check_put(store, put)
     for r in ranges:
@@ -68,13 +60,15 @@ def check_txn_ops(store: MVCCStore, branches: list[Ops]) -> None:
             store.check_revision(r.revision)
 
 
-def _collect(branches: list[Ops], order: Iterator[int], want: str, found: list[Any]) -> None:
-    """The requests of kind `want` on the path, in op order (a nested txn's where it stands)."""
+def _collect(branches: list[Ops], order: Iterator[int], puts: list[Any], ranges: list[Any]) -> None:
+    """The puts and the ranges on the path, each in op order (a nested txn's where it stands)."""
     for kind, sub in branches[next(order)]:
-        if kind == "request_txn":
-            _collect(branches, order, want, found)
-        elif kind == want:
-            found.append(sub)
+        if kind == "request_put":
+            puts.append(sub)
+        elif kind == "request_range":
+            ranges.append(sub)
+        elif kind == "request_txn":
+            _collect(branches, order, puts, ranges)
 
 
 def check_put(store: MVCCStore, req: Any) -> None:

@@ -46,6 +46,7 @@ import msgpack
 from kvstore.auth.store import AuthStore
 from kvstore.member.config import MemberConfig
 from kvstore.mvcc.backend import DB_META, META_PHYSICAL_COMPACT, from_u64
+from kvstore.mvcc.keyindex import in_range
 from kvstore.mvcc.store import META_MVCC, MVCCStore, RevisionEvents
 from kvstore.statemachine import META_AUTH
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
@@ -81,13 +82,6 @@ class PinnedSnapshot:
             txn.abort()
 
 
-def _in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
-    """k in [key, range_end) in MVCCStore's terms (b"": key alone, b"\\0": every key from key on)."""
-    if not range_end:
-        return k == key
-    return k >= key and (range_end == EVERY_KEY or k < range_end)
-
-
 class FeedStore(MVCCStore):
     """The feed's store, with the events of the compact revision itself kept from before the
     compaction: the records no longer answer a delete there (a tombstone at or below the compact
@@ -103,7 +97,7 @@ class FeedStore(MVCCStore):
         kept = self.compact_events
         if kept is None or kept.revision != self.compact_revision or not start_rev <= kept.revision <= covered:
             return out, covered
-        events = [ev for ev in kept.events if _in_range(ev.kv.key, key, range_end)]
+        events = [ev for ev in kept.events if in_range(ev.kv.key, key, range_end)]
         if out and out[0].revision == kept.revision:
             out[0] = RevisionEvents(kept.revision, events)  # every event of that revision, in order
         elif events:
