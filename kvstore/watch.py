@@ -102,6 +102,7 @@ class Watcher:
     key: bytes
     range_end: bytes | None  # None: one key; b"": every key >= key
     next_rev: int  # the first revision it still needs
+    start_revision: int  # as asked (0: none); no progress reaches it before the store does (etcd #20221)
     prev_kv: bool
     no_put: bool
     no_delete: bool
@@ -253,6 +254,7 @@ class WatchStream:
             key=key,
             range_end=range_end,
             next_rev=creq.start_revision or store.revision + 1,
+            start_revision=creq.start_revision,
             prev_kv=creq.prev_kv,
             no_put=pb.WatchCreateRequest.NOPUT in filters,
             no_delete=pb.WatchCreateRequest.NODELETE in filters,
@@ -296,9 +298,14 @@ class WatchStream:
             )
         )
 
+    @staticmethod
+    def _synced(w: Watcher, current: int) -> bool:
+        """etcd's progressIfSync: every event up to now sent, and the start revision reached."""
+        return w.live and w.next_rev == current + 1 and current >= w.start_revision
+
     def _all_synced(self) -> bool:
         current = self.hub.store.revision
-        return all(w.live and w.next_rev == current + 1 for w in self.watchers.values())
+        return all(self._synced(w, current) for w in self.watchers.values())
 
     def _progress_request(self) -> None:
         # Answered only when every watcher has every event up to now (etcd >= 3.5.13);
@@ -311,7 +318,7 @@ class WatchStream:
         for w in self.watchers.values():
             if not w.progress_notify:
                 continue
-            if w.live and w.next_rev == current + 1 and not w.sent_since_tick:
+            if self._synced(w, current) and not w.sent_since_tick:
                 self._send(pb.WatchResponse(header=self.hub.header(current), watch_id=w.id))
             w.sent_since_tick = False
 

@@ -103,10 +103,17 @@ async def test_future_start_revision_gets_nothing_until_reached() -> None:
     s.handle(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
     n.hub.progress_tick()
     assert drained(s) == []
-    n.put(b"f")  # rev 3
+    n.put(b"f")  # rev 3: the watcher's next revision is the store's next, but its start is not reached
+    s.handle(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+    n.hub.progress_tick()
+    assert drained(s) == []
     n.put(b"f")  # rev 4
     (resp,) = drained(s)
     assert resp.events[0].kv.mod_revision == 4
+    n.hub.progress_tick()  # an event went out since the last tick
+    n.hub.progress_tick()
+    (progress,) = drained(s)
+    assert (progress.watch_id, progress.header.revision) == (0, 4)
 
 
 async def test_compacted_start_is_cancelled_with_compact_revision() -> None:
