@@ -159,9 +159,11 @@ def etcd_version(binary: str = "etcd") -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
-def _popen(cmd: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
+def _popen(
+    cmd: list[str], log: Path, append: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "ab" if append else "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
 
 def start_etcd(
@@ -211,8 +213,12 @@ def _state_dir(name: str) -> Path:
 
 
 def start_kvstore(
-    base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0,
-    partitions: str = "", members: int = 1,
+    base: Path,
+    name: str = "kvstore",
+    extra_args: list[str] | None = None,
+    journal_nodes: int = 0,
+    partitions: str = "",
+    members: int = 1,
 ) -> Server:
     """The project's server as `kvstore serve`: one member, its journal data on disk under base.
 

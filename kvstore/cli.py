@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 USAGE = """usage: kvstore <command> [options]
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "serve":
+        from kvstore.transport.grpc_core import core_environment
+
+        os.environ.update(core_environment(os.environ))  # before grpc is imported
         # The start-up imports make some 10^5 objects that all live: the collector's passes over them
         # (about 60, 20 ms) only delay the first answer after a restart (docs/benchmarks.md).
         gc.disable()

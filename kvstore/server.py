@@ -42,6 +42,7 @@ from kvstore.transport.tls import (
 )
 from kvstore.v3rpc.servicers import add_servicers, read_snapshot_file
 from kvstore.workers import member_socket_path
+from kvstore.workers.cpus import AFFINITY_MODES, pin_process, worker_cpus
 
 if TYPE_CHECKING:
     from kvstore.workers.supervisor import FrontEnds
@@ -242,7 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"{usable_cores()} here; with --partitions, the usable cores shared among the partitions; "
         "docs/workers.md)",
     )
+    p.add_argument(
+        "--worker-cpu-affinity",
+        choices=AFFINITY_MODES,
+        default="auto",
+        help="auto: when --workers equals the CPUs this process may run on, pin the member's process and each "
+        "front end to a CPU of its own (docs/workers.md); off: let the kernel place them (always with --partitions)",
+    )
     p.add_argument("--front-end-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
+    p.add_argument("--front-end-cpu", type=int, default=-1, help=argparse.SUPPRESS)  # set by --workers
     p.add_argument(
         "--restore-snapshot",
         default="",
@@ -468,7 +477,7 @@ async def run(args: argparse.Namespace) -> int:
     if workers > 1:
         from kvstore.workers.supervisor import FrontEnds
 
-        front_ends = FrontEnds(args.argv, workers - 1, member, front_end_secret)
+        front_ends = FrontEnds(args.argv, workers - 1, member, front_end_secret, cpus=args.worker_cpus)
     if front_ends is not None:
         await front_ends.listen(http_handler(member, gateway))  # the front ends' HTTP, notifications
     listeners, http_urls = await open_client_listeners(
@@ -596,9 +605,14 @@ def main(argv: list[str] | None = None) -> int:
         pass
     tune_for_serving()
     if args.front_end_index:
+        if args.front_end_cpu >= 0:
+            pin_process(args.front_end_cpu)
         from kvstore.workers.frontend import run_front_end
 
         return asyncio.run(run_front_end(args))
+    args.worker_cpus = worker_cpus(args.workers, args.worker_cpu_affinity)
+    if args.worker_cpus:
+        pin_process(args.worker_cpus[0])
     return asyncio.run(run(args))
 
 

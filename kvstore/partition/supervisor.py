@@ -46,7 +46,7 @@ POLL_INTERVAL_S = 0.2
 PER_PARTITION_DESTS = frozenset({
     "name", "data_dir", "state_dir", "listen_client_urls", "advertise_client_urls", "listen_client_http_urls",
     "listen_metrics_urls", "journal_log", "quota_backend_bytes", "initial_cluster_token", "partitions", "parent_pid",
-    "workers",
+    "workers", "worker_cpu_affinity",
 })  # fmt: skip
 
 
@@ -112,6 +112,8 @@ def partition_args(args: argparse.Namespace, plan: Plan, index: int) -> list[str
         f"--initial-cluster-token={args.initial_cluster_token}"
         + ("" if part.name == DEFAULT_PARTITION else f"-{part.name}"),
         f"--workers={partition_workers(args, plan)}",
+        # Every member would pin its processes to the same first CPUs: the kernel places them.
+        "--worker-cpu-affinity=off",
     ]
     if args.state_dir:
         out.append(f"--state-dir={os.path.join(args.state_dir, part.name)}")

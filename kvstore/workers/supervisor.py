@@ -47,8 +47,9 @@ def metrics_dir_for(state_dir: str) -> str:
 
 
 class FrontEnds:
-    def __init__(self, argv: list[str], count: int, member: Member, secret: str) -> None:
+    def __init__(self, argv: list[str], count: int, member: Member, secret: str, cpus: list[int] | None = None) -> None:
         self.argv = argv
+        self.cpus = cpus  # the CPU of each process (0: the member's), None: unpinned
         self.secret = secret  # vouches for the client certificates front ends verified
         self.count = count
         self.member = member
@@ -81,10 +82,11 @@ class FrontEnds:
         env = dict(os.environ)
         env[METRICS_DIR_ENV] = self.metrics_dir
         env[FRONT_END_SECRET_ENV] = self.secret  # in the environment: readable only by this user
+        pinned = [f"--front-end-cpu={self.cpus[index]}"] if self.cpus else []
         while not self._stopping:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "kvstore", "serve", *self.argv,
+                sys.executable, "-m", "kvstore", "serve", *self.argv, *pinned,
                 f"--front-end-index={index}", f"--parent-pid={os.getpid()}",
                 stdin=asyncio.subprocess.DEVNULL, env=env,
             )  # fmt: skip

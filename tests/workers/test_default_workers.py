@@ -76,3 +76,34 @@ def test_workers_1_is_the_single_process_member() -> None:
         assert front_ends_serving(srv) == 0
     finally:
         srv.stop()
+
+
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU masks of a process's threads."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_one_process_per_cpu_pins_each_to_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TEST_WORKERS_ENV, raising=False)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or usable_cores() != len(cpus):
+        pytest.skip("needs 2 or more CPUs and no smaller CPU quota")
+    srv = start_kvstore("pinned-workers")
+    try:
+        assert srv.proc is not None
+        wait_for(lambda: front_ends_serving(srv) == len(cpus) - 1, "every front end to serve")
+        masks = [thread_cpus(srv.proc.pid)] + [thread_cpus(pid) for pid in children(srv.proc.pid)]
+        # Every thread of a process on one CPU, every process on its own, the member's on the first.
+        assert all(len(m) == 1 and len(next(iter(m))) == 1 for m in masks), masks
+        placed = [min(next(iter(m))) for m in masks]
+        assert placed[0] == cpus[0] and sorted(placed) == cpus, placed
+        serves(srv.client_url, rpc.KVStub(srv.channel()))
+    finally:
+        srv.stop()
+    srv = start_kvstore("unpinned-workers", {"worker-cpu-affinity": "off"})
+    try:
+        assert srv.proc is not None
+        wait_for(lambda: front_ends_serving(srv) == len(cpus) - 1, "every front end to serve")
+        assert thread_cpus(srv.proc.pid) == {frozenset(cpus)}
+    finally:
+        srv.stop()

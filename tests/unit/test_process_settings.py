@@ -1,0 +1,39 @@
+"""What `kvstore serve` sets for its processes before it serves: gRPC core's experiments, CPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvstore.transport import grpc_core
+from kvstore.transport.grpc_core import core_environment
+from kvstore.workers import cpus
+from kvstore.workers.cpus import worker_cpus
+
+
+def test_the_legacy_listener_is_added_to_the_experiments_the_operator_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grpc_core, "_grpcio_version", lambda: (1, 85))
+    assert core_environment({}) == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+    assert core_environment({"GRPC_EXPERIMENTS": "monitoring_experiment"}) == {
+        "GRPC_EXPERIMENTS": "monitoring_experiment,-event_engine_listener"
+    }
+    # The operator's own choice about this experiment wins, either way.
+    assert core_environment({"GRPC_EXPERIMENTS": "event_engine_listener"}) == {}
+    assert core_environment({"GRPC_EXPERIMENTS": "x, -event_engine_listener"}) == {}
+
+
+@pytest.mark.parametrize("version", [None, (1, 59), (1, 86), (2, 0)])
+def test_a_grpcio_that_may_not_know_the_experiment_gets_nothing(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[int, int] | None
+) -> None:
+    monkeypatch.setattr(grpc_core, "_grpcio_version", lambda: version)
+    assert core_environment({}) == {}
+
+
+def test_processes_are_pinned_only_one_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {5, 3})
+    assert worker_cpus(2, "auto") == [3, 5]  # the member's process on the first
+    assert worker_cpus(2, "off") is None
+    assert worker_cpus(1, "auto") is None  # one process: the kernel moves it and grpc's threads freely
+    assert worker_cpus(3, "auto") is None  # more processes than CPUs
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert worker_cpus(2, "auto") is None  # fewer: the kernel places them
