@@ -213,12 +213,8 @@ def _state_dir(name: str) -> Path:
 
 
 def start_kvstore(
-    base: Path,
-    name: str = "kvstore",
-    extra_args: list[str] | None = None,
-    journal_nodes: int = 0,
-    partitions: str = "",
-    members: int = 1,
+    base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0,
+    partitions: str = "", members: int = 1,
 ) -> Server:
     """The project's server as `kvstore serve`: one member, its journal data on disk under base.
 
