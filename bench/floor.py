@@ -52,7 +52,6 @@ from bench import compare
 from bench.servers import Server, _popen, free_port, start_etcd, start_kvstore, wait_ready
 from kvstore.member import MemberConfig
 from kvstore.server import grpc_server_options
-from kvstore.transport.grpc_core import core_environment
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from proto.mvccpb import kv_pb2
@@ -152,8 +151,8 @@ def start_floor(base: Path, name: str, kind: str, value_bytes: int = VALUE_BYTES
     cmd = [sys.executable, "-m", "bench.floor", "serve", "--listen", f"127.0.0.1:{port}", "--kind", kind,
            "--value-bytes", str(value_bytes)]  # fmt: skip
     server.cmds.append(cmd)
-    # gRPC core's settings of `kvstore serve` (kvstore/cli.py): the floor differs from ours only in our code.
-    server.procs.append(_popen(cmd, log, env={**os.environ, **core_environment(os.environ)}))
+    # gRPC core's defaults: the floor owns its TCP port, where they serve it best (kvstore/transport/grpc_core.py).
+    server.procs.append(_popen(cmd, log))
     server.logs.append(log)
     try:
         wait_ready(server)  # its Range answers, which is what the readiness probe asks

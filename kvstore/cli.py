@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "serve":
-        from kvstore.transport.grpc_core import core_environment
+        from kvstore.transport.grpc_core import core_environment, grpc_behind_multiplexer
 
-        os.environ.update(core_environment(os.environ))  # before grpc is imported
+        # Before grpc is imported: it reads them then.
+        os.environ.update(core_environment(os.environ, grpc_behind_multiplexer(rest, os.environ)))
         # The start-up imports make some 10^5 objects that all live: the collector's passes over them
         # (about 60, 20 ms) only delay the first answer after a restart (docs/benchmarks.md).
         gc.disable()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvstore.transport import grpc_core
-from kvstore.transport.grpc_core import core_environment
+from kvstore.transport.grpc_core import core_environment, grpc_behind_multiplexer
 from kvstore.workers import cpus
 from kvstore.workers.cpus import worker_cpus
 
@@ -37,3 +37,15 @@ def test_processes_are_pinned_only_one_per_cpu(monkeypatch: pytest.MonkeyPatch) 
     assert worker_cpus(3, "auto") is None  # more processes than CPUs
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert worker_cpus(2, "auto") is None  # fewer: the kernel places them
+
+
+def test_only_grpc_behind_the_multiplexer_gets_the_legacy_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grpc_core, "_grpcio_version", lambda: (1, 85))
+    assert grpc_behind_multiplexer([], {})
+    assert grpc_behind_multiplexer(["--listen-client-http-urls="], {})
+    assert not grpc_behind_multiplexer(["--listen-client-http-urls=http://127.0.0.1:2380"], {})
+    assert not grpc_behind_multiplexer(["--name", "a", "--listen-client-http-urls", "http://127.0.0.1:2380"], {})
+    assert not grpc_behind_multiplexer([], {"ETCD_LISTEN_CLIENT_HTTP_URLS": "http://127.0.0.1:2380"})
+    tls = ["--listen-client-urls=https://127.0.0.1:2379", "--listen-client-http-urls=http://127.0.0.1:2380"]
+    assert grpc_behind_multiplexer(tls, {})  # the multiplexer terminates TLS
+    assert core_environment({}, behind_multiplexer=False) == {}
