@@ -15,8 +15,8 @@ GRPC_EXPERIMENTS_ENV = "GRPC_EXPERIMENTS"
 
 # Behind the client URL's multiplexer every gRPC connection reaches grpcio through a unix socket,
 # and there gRPC's EventEngine listener and the endpoints it accepts wake grpc's threads (eventfd
-# writes) far more often than the iomgr listener it replaced: a quarter more CPU per serializable
-# range (docs/benchmarks.md "gRPC's listener"). On TCP (gRPC owning the client port, with
+# writes) far more often than the iomgr listener it replaced: about a fifth more CPU per
+# serializable range (docs/benchmarks.md, session 7). On TCP (gRPC owning the client port, with
 # --listen-client-http-urls) the EventEngine is the faster one, so it stays there. Measured on
 # grpcio 1.85; other releases may not know the experiment (grpc logs "Unknown experiment"), so
 # only inside this range.

@@ -3,8 +3,8 @@
 With one process per CPU, the member's process and each front end are pinned to a CPU of
 their own, with every thread they have. Unpinned, the two processes of --workers 2 on two
 CPUs and grpc's threads in each keep waking each other across CPUs; pinned, a process's
-threads wake on the CPU they share, and the two serve about 1.15-1.3x more serializable ranges
-at less CPU per range (docs/benchmarks.md). With more processes than CPUs, or fewer, nothing
+threads wake on the CPU they share, and the two served 8-30 % more serializable ranges at less
+CPU per range (docs/benchmarks.md, session 7). With more processes than CPUs, or fewer, nothing
 is pinned: the kernel places them.
 """
 
