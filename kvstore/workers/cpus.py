@@ -11,7 +11,10 @@ is pinned: the kernel places them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+
+log = logging.getLogger("kvstore.workers")
 
 AFFINITY_MODES = ("auto", "off")
 
@@ -27,7 +30,11 @@ def worker_cpus(workers: int, mode: str) -> list[int] | None:
 
 
 def pin_process(cpu: int) -> None:
-    """Pin every thread of this process to cpu; threads started later inherit it."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-            os.sched_setaffinity(int(tid), {cpu})
+    """Pin every thread of this process to cpu; threads started later inherit it. A CPU the
+    process may no longer use (its cpuset changed since the member chose) leaves it unpinned."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), {cpu})
+    except OSError as err:
+        log.warning("not pinned to CPU %d: %s", cpu, err)

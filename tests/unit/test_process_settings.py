@@ -7,7 +7,7 @@ import pytest
 from kvstore.transport import grpc_core
 from kvstore.transport.grpc_core import core_environment, grpc_behind_multiplexer
 from kvstore.workers import cpus
-from kvstore.workers.cpus import worker_cpus
+from kvstore.workers.cpus import pin_process, worker_cpus
 
 
 def test_the_legacy_listener_is_added_to_the_experiments_the_operator_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,3 +49,11 @@ def test_only_grpc_behind_the_multiplexer_gets_the_legacy_listener(monkeypatch: 
     tls = ["--listen-client-urls=https://127.0.0.1:2379", "--listen-client-http-urls=http://127.0.0.1:2380"]
     assert grpc_behind_multiplexer(tls, {})  # the multiplexer terminates TLS
     assert core_environment({}, behind_multiplexer=False) == {}
+
+
+def test_a_cpu_the_process_may_not_use_leaves_it_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(tid: int, mask: set[int]) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(cpus.os, "sched_setaffinity", refuse)
+    pin_process(7)  # a warning, and the server goes on
