@@ -271,3 +271,25 @@ def test_a_token_from_one_connection_works_on_every_connection(two_workers: Serv
                 kv.Range(pb.RangeRequest(key=b"/auth/k", serializable=True), timeout=WAIT_S)
             refusals.add((refused.value.code(), refused.value.details()))
     assert len(refusals) == 1, refusals
+
+
+def test_a_txn_refused_for_the_quota_is_counted_by_neither_process() -> None:
+    """etcd refuses it before the MVCC store sees it: not in etcd_mvcc_txn_total. A front end hands a txn
+    near the quota to the member's process, which refuses it; neither may count it."""
+    srv = start_kvstore("workers-quota", {"workers": 2, "quota-backend-bytes": 1})
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        for ch in channels:
+            with pytest.raises(grpc.RpcError) as full:
+                rpc.KVStub(ch).Txn(pb.TxnRequest(
+                    success=[pb.RequestOp(request_put=pb.PutRequest(key=b"/q", value=b"v"))]), timeout=WAIT_S)
+            assert full.value.details() == "etcdserver: mvcc: database space exceeded"
+        assert front_end_handled(srv, "Txn") == 0  # each went on to the member's process
+        # A read-only txn is counted, once, wherever answered.
+        rpc.KVStub(channels[0]).Txn(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"/q"))]),
+                                    timeout=WAIT_S)  # fmt: skip
+        assert metric(srv, "etcd_mvcc_txn_total") == 1
+    finally:
+        for ch in channels:
+            ch.close()
+        srv.stop()
