@@ -14,6 +14,7 @@
 - watches.py: watch streams served by a front end (the member's hub, fed from the view)
 - view.py: the read-only view of the state file in another process
 - metrics.py: the front ends' counts, summed into the member's /metrics
+- cpus.py: the CPU each process is pinned to (one process per CPU)
 
 See docs/workers.md.
 """
