@@ -159,11 +159,9 @@ def etcd_version(binary: str = "etcd") -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
-def _popen(
-    cmd: list[str], log: Path, append: bool = False, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def _popen(cmd: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
     with open(log, "ab" if append else "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def start_etcd(
