@@ -3,13 +3,14 @@
 - supervisor.py (in the member's process, the applier): starts N-1 front-end
   processes, restarts one that dies, stops them with the member
 - frontend.py: a front-end process: accepts gRPC and HTTP on the same client
-  URLs (SO_REUSEPORT), answers ranges from its own read-only view of the state
+  URLs (SO_REUSEPORT), answers reads from its own read-only view of the state
   file, writes through the applier and watches from its own hub, forwards
   every other call to it
 - forward.py: the gRPC calls a front end passes on, as bytes
 - notify.py: the channel from the member's process to each front end (applied
   positions, read barriers, the front ends' appends and their results,
   compaction fences)
+- reads.py: Range and read-only Txn answered by a front end
 - writes.py: Put, DeleteRange and Txn proposed by a front end
 - watches.py: watch streams served by a front end (the member's hub, fed from the view)
 - view.py: the read-only view of the state file in another process

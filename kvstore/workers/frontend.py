@@ -3,10 +3,10 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers ranges (KV.Range, no token, auth off) from its read-only view of the
-  state file (kvstore/workers/view.py): a serializable one at once (what the
-  applier committed before the request arrived), a linearizable one after a
-  barrier shared by the front end's reads (kvstore/workers/notify.py);
+- answers ranges and read-only txns (no token, auth off) from its read-only
+  view of the state file (kvstore/workers/reads.py): a serializable one at once
+  (what the applier committed before the request arrived), a linearizable one
+  after a barrier shared by the front end's reads (kvstore/workers/notify.py);
 - proposes Put, DeleteRange and Txn with writes itself and answers with the
   applier's result (kvstore/workers/writes.py);
 - serves watch streams with the member's own hub, fed from the view after each
@@ -28,13 +28,10 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import grpc
 
-from journal import failpoints
-from kvstore.errors import EtcdError
 from kvstore.member import default_state_dir
 from kvstore.mvcc.backend import STATE_FILE, map_size_for
 from kvstore.server import (
@@ -47,77 +44,23 @@ from kvstore.server import (
     parse_urls,
 )
 from kvstore.transport.cmux import PeerIdentities
-from kvstore.v3rpc import validate
-from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers import member_socket_path
 from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
 from kvstore.workers.metrics import FrontEndMetrics
-from kvstore.workers.notify import ChannelDown, MemberNotifications, notify_socket_path
+from kvstore.workers.notify import MemberNotifications, notify_socket_path
+from kvstore.workers.reads import KV_RANGE, LocalReads
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
 from kvstore.workers.watches import LocalWatches, ViewFeed
-from kvstore.workers.writes import FrontEndMember, LocalWrites, has_token
+from kvstore.workers.writes import FrontEndMember, LocalWrites
 from proto.etcdserverpb import rpc_pb2 as pb
 
 log = logging.getLogger("kvstore.workers")
 
-KV_RANGE = "/etcdserverpb.KV/Range"
 MAINTENANCE_STATUS = "/etcdserverpb.Maintenance/Status"
 IDENTITY_REFRESH_S = 0.5  # as the member follows the journal's epoch
 MEMBER_WAIT_S = 30.0  # the member's socket answers within this at start, or the front end gives up
 HTTP_PIPE_CHUNK_BYTES = 64 * 1024
-
-
-class LocalRanges:
-    """KV.Range answered in the front end when it may be: no token, auth off. A linearizable one
-    first waits for a barrier shared by the front end's reads (kvstore/workers/notify.py)."""
-
-    def __init__(self, view: StateView, metrics: FrontEndMetrics, notifications: MemberNotifications) -> None:
-        self.view = view
-        self.metrics = metrics
-        self.notifications = notifications
-        self.header = pb.ResponseHeader()
-        self._parse = strict_parser(pb.RangeRequest)
-        self._forward: Any = None  # the forwarding call, made once
-        # Set when the front end stops (also when the member died: parent-death signal): from
-        # then on the member, or its successor, answers, never a view of a file it may rebuild.
-        self.stopping = False
-
-    async def __call__(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
-        started_s = time.monotonic()
-        msg = self._parse(request)
-        if self._forward is None:
-            self._forward = forwarder.unary_call(KV_RANGE)
-        if isinstance(msg, Malformed) or has_token(context) or self.stopping or self.view.auth_enabled:
-            return await forwarder.unary(self._forward, request, context)
-        try:
-            validate.check_range(msg)  # before the barrier, as the member's servicer does
-            if not msg.serializable and not failpoints.enabled("stale_read"):
-                if not self.notifications.up:
-                    return await forwarder.unary(self._forward, request, context)
-                await self.notifications.read_barrier()
-        except ChannelDown:
-            return await forwarder.unary(self._forward, request, context)
-        except EtcdError as err:
-            self.metrics.range_served(err.code, started_s)
-            await context.abort(err.code, err.message)
-        error: EtcdError | None = None
-        answer = b""
-        with self.view.reading() as store:
-            auth_enabled = self.view.auth_enabled  # then the member checks permissions
-            if not auth_enabled:
-                try:
-                    header = pb.ResponseHeader()
-                    header.CopyFrom(self.header)
-                    answer = store.range_encoded(msg, header)
-                except EtcdError as err:
-                    error = err
-        if auth_enabled:
-            return await forwarder.unary(self._forward, request, context)
-        self.metrics.range_served(error.code if error is not None else grpc.StatusCode.OK, started_s)
-        if error is not None:
-            await context.abort(error.code, error.message)
-        return answer
 
 
 async def _member_status(channel: grpc.aio.Channel) -> Any:
@@ -134,12 +77,12 @@ async def _wait_for_member(channel: grpc.aio.Channel) -> Any:
                 await asyncio.sleep(0.1)
 
 
-async def _follow_identity(channel: grpc.aio.Channel, ranges: LocalRanges, writer: FrontEndMember) -> None:
+async def _follow_identity(channel: grpc.aio.Channel, reads: LocalReads, writer: FrontEndMember) -> None:
     while True:
         await asyncio.sleep(IDENTITY_REFRESH_S)
         with contextlib.suppress(grpc.aio.AioRpcError):
             status = await _member_status(channel)
-            ranges.header = writer.identity = _identity(status.header)
+            reads.header = writer.identity = _identity(status.header)
 
 
 def _identity(header: Any) -> Any:
@@ -190,11 +133,11 @@ async def run_front_end(args: Any) -> int:
     view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
     metrics = FrontEndMetrics(args.metrics)
     notifications = MemberNotifications(notify_socket_path(state_dir))
-    ranges = LocalRanges(view, metrics, notifications)
-    ranges.header = _identity(status.header)
+    reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops)
+    reads.header = _identity(status.header)
     writer = FrontEndMember(member_config(args), view, notifications, metrics)
-    writer.identity = ranges.header
-    writes = LocalWrites(writer, metrics, client_cert_auth=bool(args.client_cert_auth))
+    writer.identity = reads.header
+    writes = LocalWrites(writer, metrics, reads.read_only_txn, client_cert_auth=bool(args.client_cert_auth))
     feed = ViewFeed(view, writer.config, lambda: writer.identity)
     watches = LocalWatches(feed, notifications, client_cert_auth=bool(args.client_cert_auth))
     identities = PeerIdentities()
@@ -202,7 +145,7 @@ async def run_front_end(args: Any) -> int:
         else None  # fmt: skip
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),
-        handlers=[Forwarder(channel, {KV_RANGE: ranges, **writes.handlers()}, identity, watches.handlers())],
+        handlers=[Forwarder(channel, {KV_RANGE: reads.range, **writes.handlers()}, identity, watches.handlers())],
     )
     own_socket = member_socket_path(state_dir, f"grpc-{index}")
     listeners, _ = await open_client_listeners(
@@ -214,7 +157,7 @@ async def run_front_end(args: Any) -> int:
     # at exit remove the socket only if it is still the one this process bound.
     own_inode = _inode(own_socket)
     loop = asyncio.get_running_loop()
-    follower = loop.create_task(_follow_identity(channel, ranges, writer))
+    follower = loop.create_task(_follow_identity(channel, reads, writer))
     notified = loop.create_task(notifications.run())
     progress = loop.create_task(feed.progress_loop())
     gauges = loop.create_task(feed.report_loop(metrics))
@@ -224,7 +167,7 @@ async def run_front_end(args: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    ranges.stopping = writes.stopping = watches.stopping = True
+    reads.stopping = writes.stopping = watches.stopping = True
     follower.cancel()
     notified.cancel()
     progress.cancel()

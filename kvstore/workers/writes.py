@@ -10,10 +10,11 @@ back over that channel; the servicer completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
 anything: calls with a token or a client certificate (their credentials live in
-the member's process), read-only txns, a write that may cross the quota (the
+the member's process), a write that may cross the quota (the
 member raises the NOSPACE alarm), and everything while the channel is down.
 Without a token nor a certificate the member proposes the entry with no
 credentials, and so does the front end: the applier checks permissions there.
+A read-only txn is a read: kvstore/workers/reads.py answers it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -181,14 +182,19 @@ class FrontEndMember:
 
 
 LocalUnary = Callable[[bytes, Any, Forwarder], Any]
+# A parsed read-only TxnRequest, its bytes, the call's context -> the response's bytes.
+ReadOnlyTxn = Callable[[Any, bytes, Any, Forwarder], Awaitable[bytes]]
 
 
 class LocalWrites:
     """The front end's handlers of KV.Put, KV.DeleteRange and KV.Txn."""
 
-    def __init__(self, member: FrontEndMember, metrics: FrontEndMetrics, *, client_cert_auth: bool) -> None:
+    def __init__(
+        self, member: FrontEndMember, metrics: FrontEndMetrics, read_only_txn: ReadOnlyTxn, *, client_cert_auth: bool
+    ) -> None:
         self.member = member
         self.metrics = metrics
+        self.read_only_txn = read_only_txn
         self.client_cert_auth = client_cert_auth
         self.kv = KV(member, NoCredentials())  # type: ignore[arg-type]  # the member's servicer, on the front end
         self.stopping = False
@@ -214,9 +220,9 @@ class LocalWrites:
         async def handle(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
             started_s = time.monotonic()
             msg = parse(request)
+            if name == "Txn" and not isinstance(msg, Malformed) and not txn_has_writes(msg):
+                return await self.read_only_txn(msg, request, context, forwarder)
             if isinstance(msg, Malformed) or not self._may_answer(context):
-                return await forward(request, context, forwarder)
-            if name == "Txn" and not txn_has_writes(msg):
                 return await forward(request, context, forwarder)
             try:
                 resp = await servicer(self.kv, msg, context)

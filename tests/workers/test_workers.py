@@ -177,6 +177,47 @@ def test_front_ends_answer_writes_as_the_member_does(two_workers: ServerProcess)
             ch.close()
 
 
+def test_front_ends_answer_read_only_txns_as_the_member_does(two_workers: ServerProcess) -> None:
+    """A read-only txn is a read: front ends answer it from their view (after a barrier unless every
+    range in it is serializable), with the member's results, header and errors."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        kvs = [rpc.KVStub(ch) for ch in channels]
+        before = front_end_handled(srv, "Txn")
+        txns_before = metric(srv, "etcd_mvcc_txn_total")
+        for i, kv in enumerate(kvs):
+            key = b"/ro/%d" % i
+            put = kv.Put(pb.PutRequest(key=key, value=b"v%d" % i), timeout=WAIT_S)
+            for serializable in (False, True):
+                other = kvs[(i + 1) % len(kvs)]
+                got = other.Txn(pb.TxnRequest(
+                    compare=[pb.Compare(key=key, target=pb.Compare.MOD, result=pb.Compare.EQUAL,
+                                        mod_revision=put.header.revision)],
+                    success=[pb.RequestOp(request_range=pb.RangeRequest(key=key, serializable=serializable))],
+                    failure=[pb.RequestOp(request_range=pb.RangeRequest(key=b"/none"))],
+                ), timeout=WAIT_S)  # fmt: skip
+                assert got.succeeded
+                assert [kv.value for kv in got.responses[0].response_range.kvs] == [b"v%d" % i]
+                assert got.header.revision >= put.header.revision
+                assert got.header.member_id == put.header.member_id != 0
+        # No op at all: answered (linearizable, as etcd), at the store's revision.
+        empty = kvs[0].Txn(pb.TxnRequest(), timeout=WAIT_S)
+        assert empty.succeeded and empty.header.revision >= CONNECTIONS + 1
+        served = front_end_handled(srv, "Txn") - before
+        assert served > 0, "no read-only txn reached a front end"
+        assert metric(srv, "etcd_mvcc_txn_total") - txns_before == 2 * CONNECTIONS + 1  # once, wherever answered
+        refusals = set()
+        for kv in kvs:
+            with pytest.raises(grpc.RpcError) as refused:
+                kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b""))]), timeout=WAIT_S)
+            refusals.add((refused.value.code(), refused.value.details()))
+        assert refusals == {(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")}, refusals
+    finally:
+        for ch in channels:
+            ch.close()
+
+
 def test_a_killed_front_end_is_restarted_and_the_other_connections_stay_up(two_workers: ServerProcess) -> None:
     srv = two_workers
     assert srv.proc is not None

@@ -1,0 +1,152 @@
+"""Reads answered in a front end: KV.Range and read-only KV.Txn.
+
+A read is answered from the front end's read-only view of the state file
+(kvstore/workers/view.py) when it may be: no token and auth off (permissions
+and tokens live in the member's process, which answers the rest). A
+serializable read is answered at once, with what the applier committed before
+it arrived; a linearizable one first waits for a barrier shared by the front
+end's reads (kvstore/workers/notify.py), as the member's own servicer waits
+for its own. A read-only txn is linearizable unless every range in it is
+serializable, as etcd decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from journal import failpoints
+from kvstore.errors import EtcdError
+from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc.txn import execute_txn
+from kvstore.v3rpc import validate
+from kvstore.v3rpc.servicers import Malformed, strict_parser
+from kvstore.workers.forward import Forwarder
+from kvstore.workers.metrics import FrontEndMetrics
+from kvstore.workers.notify import ChannelDown, MemberNotifications
+from kvstore.workers.view import StateView
+from kvstore.workers.writes import has_token
+from proto.etcdserverpb import rpc_pb2 as pb
+
+KV_RANGE = "/etcdserverpb.KV/Range"
+KV_TXN = "/etcdserverpb.KV/Txn"
+
+# Reads the view's store into the response's wire bytes, given the header to send (the member's ids).
+ReadFn = Callable[[MVCCStore, Any], bytes]
+
+
+def read_only_txn_is_serializable(request: Any) -> bool:
+    """etcd: a read-only txn skips the read barrier only if it has ranges and all are serializable."""
+    ops = (*request.success, *request.failure)
+    return bool(ops) and all(op.request_range.serializable for op in ops)
+
+
+class LocalReads:
+    def __init__(
+        self, view: StateView, metrics: FrontEndMetrics, notifications: MemberNotifications, *, max_txn_ops: int
+    ) -> None:
+        self.view = view
+        self.metrics = metrics
+        self.notifications = notifications
+        self.max_txn_ops = max_txn_ops
+        self.header = pb.ResponseHeader()  # the member's ids and raft term (frontend.py refreshes it)
+        self._parse_range = strict_parser(pb.RangeRequest)
+        self._forward_calls: dict[str, Any] = {}  # the forwarding call of each path, made once
+        # Set when the front end stops (also when the member died: parent-death signal): from
+        # then on the member, or its successor, answers, never a view of a file it may rebuild.
+        self.stopping = False
+
+    async def range(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        """The KV.Range handler."""
+        started_s = time.monotonic()
+        msg = self._parse_range(request)
+        if isinstance(msg, Malformed) or not self._may_answer(context):
+            return await self._forward(KV_RANGE, request, context, forwarder)
+        try:
+            validate.check_range(msg)  # before the barrier, as the member's servicer does
+        except EtcdError as err:
+            await self._refuse("Range", err, started_s, context)
+        return await self._answer(KV_RANGE, "Range", request, context, forwarder, msg.serializable,
+                                  lambda store, header: store.range_encoded(msg, header), started_s)  # fmt: skip
+
+    async def read_only_txn(self, msg: Any, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        """A parsed KV.Txn with no write in any branch (writes.py hands it over)."""
+        started_s = time.monotonic()
+        if not self._may_answer(context):
+            return await self._forward(KV_TXN, request, context, forwarder)
+        try:
+            validate.check_txn(msg, self.max_txn_ops)
+        except EtcdError as err:
+            await self._refuse("Txn", err, started_s, context)
+
+        def read(store: MVCCStore, header: Any) -> bytes:
+            txn = store.begin()  # a txn that writes nothing: the view is never written
+            resp = execute_txn(store, msg, txn)
+            txn.end()
+            resp.header.CopyFrom(header)
+            resp.header.revision = store.revision
+            data: bytes = resp.SerializeToString()
+            return data
+
+        serializable = read_only_txn_is_serializable(msg)
+        return await self._answer(KV_TXN, "Txn", request, context, forwarder, serializable, read, started_s)
+
+    def _may_answer(self, context: Any) -> bool:
+        return not (has_token(context) or self.stopping or self.view.auth_enabled)
+
+    async def _answer(
+        self,
+        path: str,
+        method: str,
+        request: bytes,
+        context: Any,
+        forwarder: Forwarder,
+        serializable: bool,
+        read: ReadFn,
+        started_s: float,
+    ) -> bytes:
+        if not serializable and not failpoints.enabled("stale_read"):
+            if not self.notifications.up:
+                return await self._forward(path, request, context, forwarder)
+            try:
+                await self.notifications.read_barrier()
+            except ChannelDown:
+                return await self._forward(path, request, context, forwarder)
+        error: EtcdError | None = None
+        answer = b""
+        with self.view.reading() as store:
+            auth_enabled = self.view.auth_enabled  # switched on meanwhile: the member checks permissions
+            if not auth_enabled:
+                try:
+                    header = pb.ResponseHeader()
+                    header.CopyFrom(self.header)
+                    answer = read(store, header)
+                except EtcdError as err:
+                    error = err
+        if auth_enabled:
+            return await self._forward(path, request, context, forwarder)
+        if method == "Txn":  # as the member's servicer counts a read-only txn past validation
+            self.metrics.count("etcd_mvcc_txn_total", 1)
+        if error is not None:
+            await self._refuse(method, error, started_s, context)
+        self._served(method, grpc.StatusCode.OK, started_s)
+        return answer
+
+    def _served(self, method: str, code: grpc.StatusCode, started_s: float) -> None:
+        if method == "Range":
+            self.metrics.range_served(code, started_s)
+        else:
+            self.metrics.served(method, code, started_s)
+
+    async def _refuse(self, method: str, err: EtcdError, started_s: float, context: Any) -> None:
+        self._served(method, err.code, started_s)
+        await context.abort(err.code, err.message)
+
+    async def _forward(self, path: str, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        call = self._forward_calls.get(path)
+        if call is None:
+            call = self._forward_calls[path] = forwarder.unary_call(path)
+        return await forwarder.unary(call, request, context)
