@@ -29,6 +29,7 @@ from kvstore.auth.tokens import TokenConfigError, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.gateway import LazyGateway
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
+from kvstore.member.config import PENDING_PROPOSALS_MAX
 from kvstore.statemachine import StateMachine
 from kvstore.transport.cmux import HttpHandler, PeerIdentities, serve_mux
 from kvstore.transport.http import http_handler, serve_http
@@ -437,6 +438,8 @@ def member_config(args: argparse.Namespace) -> MemberConfig:
         metrics=args.metrics,
         auth_token_ttl_s=args.auth_token_ttl,
         journal_exclusive=not args.journal_endpoints,  # make_journal's local journal, locked to this process
+        # etcd's "too many requests" is per member: --workers N processes admit a share each.
+        pending_proposals_max=max(1, PENDING_PROPOSALS_MAX // (args.workers or 1)),
     )
 
 

@@ -17,7 +17,7 @@ from kvstore.auth.tokens import AUTH_TOKEN_TTL_S_DEFAULT
 ETCD_VERSION = "3.7.0"
 CLUSTER_VERSION = "3.7.0"
 STORAGE_VERSION = "3.7.0"
-PENDING_PROPOSALS_MAX = 10_000  # beyond this etcd answers "too many requests"
+PENDING_PROPOSALS_MAX = 10_000  # per member (shared out among its processes); beyond it "too many requests"
 PROPOSAL_BATCH_ENTRIES_MAX = 1024
 # Appends of proposals in flight at once (fewer if the journal says so: the local journal, one
 # writer, takes 1); what arrives meanwhile waits in the outbox and goes
@@ -101,6 +101,8 @@ class MemberConfig:
     # appends to it). Every write is then acknowledged only after this member applied it, so a
     # linearizable read needs what is applied when it arrives, not the journal's committed position.
     journal_exclusive: bool = False
+    # This process's share of the member's PENDING_PROPOSALS_MAX (kvstore serve --workers N: 1/N each).
+    pending_proposals_max: int = PENDING_PROPOSALS_MAX
 
 
 def default_state_dir(data_dir: str) -> str:

@@ -162,6 +162,7 @@ class Member:
             on_contact=self.journal_contacted,
             counters=self.counters,
             log_fields=self._log_fields,
+            pending_max=config.pending_proposals_max,
         )
         # Simple tokens live in each member's memory, as in etcd (see kvstore.auth.tokens);
         # jwt is set when --auth-token is jwt,... and then issues every token.

@@ -47,8 +47,10 @@ class Proposer:
         on_contact: Callable[[], None],
         counters: dict[str, int],
         log_fields: Callable[[], dict[str, Any]],
+        pending_max: int = PENDING_PROPOSALS_MAX,
     ) -> None:
         self.journal = journal
+        self.pending_max = pending_max  # proposals awaiting their result; beyond it "too many requests
         self.log_name = log_name
         # Identifies this process's proposals in the journal; new per start so a
         # replayed entry from an earlier incarnation never resolves a new request.
@@ -68,7 +70,7 @@ class Proposer:
         self.stopping = False
 
     async def propose_payload(self, kind: Kind, payload: bytes, auth: AuthInfo | None = None) -> Any:
-        if len(self.pending) >= PENDING_PROPOSALS_MAX:
+        if len(self.pending) >= self.pending_max:
             raise fail(errors.TOO_MANY_REQUESTS)
         if self.stopping:
             raise fail(errors.STOPPED)

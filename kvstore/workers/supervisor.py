@@ -87,6 +87,8 @@ class FrontEnds:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kvstore", "serve", *self.argv, *pinned,
+                # The member's count, not one the child would work out again from its own CPU mask.
+                f"--workers={self.count + 1}",
                 f"--front-end-index={index}", f"--parent-pid={os.getpid()}",
                 stdin=asyncio.subprocess.DEVNULL, env=env,
             )  # fmt: skip

@@ -136,6 +136,7 @@ class FrontEndMember:
             on_contact=lambda: None,
             counters=self.counters,
             log_fields=dict,
+            pending_max=config.pending_proposals_max,
         )
         notifications.origin = self.proposer.origin
         notifications.on_result = self.proposer.resolve
