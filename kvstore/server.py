@@ -378,21 +378,28 @@ async def open_client_listeners(
     return listeners, []
 
 
-DATA_DIR_LOCK_FILE = "kvstore.lock"
+PID_FILE = "kvstore.pid"  # in the data directory: the member's PID, and the lock that makes it the only one
 
 
 def lock_data_dir(data_dir: str) -> int:
     """One process per data directory, as etcd locks its WAL: a second would append to the same
     journal and apply into the same state file. The lock lives as long as the process (the kernel
-    drops it when the process dies, kill -9 included); the descriptor is not inherited."""
+    drops it when the process dies, kill -9 included); the descriptor is not inherited.
+
+    The locked file holds the PID of the member's process (its front ends' parent, which SIGTERM
+    stops with them): the member's one PID file. A stale one after a kill -9 is not locked."""
     os.makedirs(data_dir, exist_ok=True)
-    path = os.path.join(data_dir, DATA_DIR_LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = os.path.join(data_dir, PID_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise SystemExit(f"kvstore: data directory {data_dir} is in use by another process (it holds {path})") from None
+        raise SystemExit(f"kvstore: data directory {data_dir} is in use by another process "
+                         f"(pid {holder or '?'} holds {path})") from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -452,7 +459,7 @@ async def run(args: argparse.Namespace) -> int:
     except (TokenConfigError, OSError, ValueError) as err:
         raise SystemExit(f"kvstore: --auth-token: {err}") from None
     imported = read_import(args.import_etcd_snapshot) if args.import_etcd_snapshot else None  # before any write
-    lock_data_dir(data_dir)
+    pid_file = lock_data_dir(data_dir)
     journal = make_journal(args, data_dir)
     member = Member(config, journal)
     member.jwt = token_options.jwt
@@ -525,6 +532,7 @@ async def run(args: argparse.Namespace) -> int:
         os.unlink(grpc_socket)
     await member.stop()
     await journal.close()
+    os.ftruncate(pid_file, 0)  # no PID to signal any more (the file stays: unlinking a lock file races)
     return 0
 
 

@@ -61,7 +61,7 @@ def test_a_second_process_on_a_data_dir_is_refused_with_a_clear_message(tmp_path
 
     fd = lock_data_dir(str(tmp_path / "d"))  # another open of the lock file conflicts as a process would
     try:
-        with pytest.raises(SystemExit, match="is in use by another process"):
+        with pytest.raises(SystemExit, match=f"is in use by another process \\(pid {os.getpid()} holds "):
             lock_data_dir(str(tmp_path / "d"))
     finally:
         os.close(fd)

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from kvstore.server import PID_FILE
 from kvstore.workers.supervisor import metrics_dir_for
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
@@ -266,11 +267,15 @@ def test_a_killed_front_end_is_restarted_and_the_other_connections_stay_up(two_w
 
 
 def test_sigterm_stops_every_process(two_workers: ServerProcess) -> None:
+    """The member's one PID file names the process whose SIGTERM stops them all."""
     srv = two_workers
     assert srv.proc is not None
     front_ends = children(srv.proc.pid)
-    srv.proc.send_signal(signal.SIGTERM)
+    assert front_ends
+    pid_file = srv.work_dir / "data" / PID_FILE
+    os.kill(int(pid_file.read_text()), signal.SIGTERM)
     assert srv.proc.wait(WAIT_S) == 0
+    assert pid_file.read_text() == ""  # nothing left to signal
     for pid in front_ends:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],  # noqa: E501
                  f"front end {pid} to exit")  # fmt: skip
