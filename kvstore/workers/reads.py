@@ -115,6 +115,8 @@ class LocalReads:
                 await self.notifications.read_barrier()
             except ChannelDown:
                 return await self._forward(path, request, context, forwarder)
+            except EtcdError as err:  # the member's answer: the barrier timed out
+                await self._refuse(method, err, started_s, context)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
