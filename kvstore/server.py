@@ -46,6 +46,7 @@ from kvstore.workers import member_socket_path
 from kvstore.workers.cpus import AFFINITY_MODES, pin_process, worker_cpus
 
 if TYPE_CHECKING:
+    from journal.client import JournalClient
     from kvstore.workers.supervisor import FrontEnds
 
 log = logging.getLogger("kvstore")
@@ -405,19 +406,24 @@ def lock_data_dir(data_dir: str) -> int:
 
 def make_journal(args: argparse.Namespace, data_dir: str) -> Journal:
     if args.journal_endpoints:
-        from journal.client import JournalClient
-
-        # A fresh client id per process: retries are deduplicated by (client id, sequence), and
-        # the sequence restarts with the process.
-        return JournalClient(
-            parse_urls(args.journal_endpoints),
-            client_id=f"member-{args.name}-{os.urandom(6).hex()}",
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-            ssl_context=journal_tls(args),
-        )
+        return remote_journal(args, "member")
     from journal.local import LocalJournal
 
     return LocalJournal(os.path.join(data_dir, "journal"), fsync=args.journal_fsync)
+
+
+def remote_journal(args: argparse.Namespace, role: str) -> JournalClient:
+    """A client of --journal-endpoints for one process of the member (role: member, front-end-N)."""
+    from journal.client import JournalClient
+
+    # A fresh client id per process: retries are deduplicated by (client id, sequence), and
+    # the sequence restarts with the process.
+    return JournalClient(
+        parse_urls(args.journal_endpoints),
+        client_id=f"{role}-{args.name}-{os.urandom(6).hex()}",
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+        ssl_context=journal_tls(args),
+    )
 
 
 def member_config(args: argparse.Namespace) -> MemberConfig:

@@ -42,6 +42,7 @@ from kvstore.server import (
     member_config,
     open_client_listeners,
     parse_urls,
+    remote_journal,
 )
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.workers import member_socket_path
@@ -135,7 +136,9 @@ async def run_front_end(args: Any) -> int:
     notifications = MemberNotifications(notify_socket_path(state_dir))
     reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops)
     reads.header = _identity(status.header)
-    writer = FrontEndMember(member_config(args), view, notifications, metrics)
+    # A remote journal takes the front end's appends itself: no hop through the member's process.
+    journal = remote_journal(args, f"front-end-{index}") if args.journal_endpoints else None
+    writer = FrontEndMember(member_config(args), view, notifications, metrics, journal)
     writer.identity = reads.header
     writes = LocalWrites(writer, metrics, reads.read_only_txn, client_cert_auth=bool(args.client_cert_auth))
     feed = ViewFeed(view, writer.config, lambda: writer.identity)
@@ -176,6 +179,8 @@ async def run_front_end(args: Any) -> int:
         listener.close()
     await server.stop(grace=1.0)
     writer.proposer.stop()
+    if journal is not None:
+        await journal.close()
     await channel.close()
     if own_inode is not None and _inode(own_socket) == own_inode:
         with contextlib.suppress(FileNotFoundError):

@@ -4,9 +4,12 @@ The member's own KV servicer (kvstore/v3rpc/servicers.py) runs here, unchanged,
 on a `FrontEndMember`: the same validation, request size and quota checks,
 then the same proposer (kvstore/member/proposer.py) builds the journal entry
 with the front end's own origin and sends the entries of one event-loop turn
-as one append, through the member's journal path on the notification channel
-(kvstore/workers/notify.py). The applier hands its result for (origin, seq)
-back over that channel; the servicer completes the header as the member does.
+as one append: straight to a remote journal (--journal-endpoints) with the
+front end's own journal client, or through the member's journal path on the
+notification channel (kvstore/workers/notify.py) to the embedded local
+journal, which only the member's process writes. Either way the applier
+hands its result for (origin, seq) back over that channel; the servicer
+completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
 anything: calls with a token or a client certificate (their credentials live in
@@ -29,7 +32,7 @@ import grpc
 
 from kvstore.errors import EtcdError
 from kvstore.member.config import MemberConfig
-from kvstore.member.proposer import Proposer
+from kvstore.member.proposer import Appends, Proposer
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
@@ -124,13 +127,21 @@ class FrontEndMember:
     """What the KV servicer uses of its member, in a front end."""
 
     def __init__(
-        self, config: MemberConfig, view: StateView, notifications: MemberNotifications, metrics: FrontEndMetrics
+        self,
+        config: MemberConfig,
+        view: StateView,
+        notifications: MemberNotifications,
+        metrics: FrontEndMetrics,
+        journal: Appends | None = None,
     ) -> None:
+        """journal: where the proposer appends (a remote journal's own client); by default the
+        member's journal path, over the notification channel (the embedded local journal has one
+        writer, the member's process)."""
         self.config = config
         self.view = view
         self.counters = _CountedCounters(metrics)
         self.proposer = Proposer(
-            notifications,
+            journal if journal is not None else notifications,
             config.log_name,
             timer=contextlib.nullcontext,
             on_contact=lambda: None,
