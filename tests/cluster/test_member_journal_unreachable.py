@@ -20,6 +20,7 @@ import pytest
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from tests.servers import JournalNodes, ServerProcess, make_temp_dir, start_kvstore
+from tests.workers.test_workers import CONNECTIONS, own_channel
 
 WAIT_S = 30.0  # generous bounds on waiting for a state change; no timing is asserted
 
@@ -72,13 +73,24 @@ def test_member_with_frozen_journal_answers_errors_and_health_false(
     url = f"{member.metrics_url}/health?serializable=true"  # type: ignore[attr-defined]
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.status == 200
-    # A write cannot commit: etcd's request timeout error, well before the client's own deadline.
-    with pytest.raises(grpc.RpcError) as err:
-        kv.Put(pb.PutRequest(key=b"/u/k", value=b"2"), timeout=60)
-    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
-    with pytest.raises(grpc.RpcError) as err:
-        kv.Range(pb.RangeRequest(key=b"/u/k"), timeout=60)  # linearizable: needs the journal
-    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+    # Nothing that needs the journal can be answered: etcd's request timeout error, well before the
+    # client's own deadline, from every process of the member (connections land on any of them).
+    read_only_txn = pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"/u/k"))])
+    channels = [own_channel(member) for _ in range(CONNECTIONS)]
+    try:
+        calls = []
+        for ch in channels:
+            stub = rpc.KVStub(ch)
+            calls += [
+                stub.Put.future(pb.PutRequest(key=b"/u/k", value=b"2"), timeout=60),
+                stub.Range.future(pb.RangeRequest(key=b"/u/k"), timeout=60),  # linearizable: needs the journal
+                stub.Txn.future(read_only_txn, timeout=60),  # linearizable too
+            ]
+        for call in calls:
+            assert (call.code(), call.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+    finally:
+        for ch in channels:
+            ch.close()
     # Serializable reads keep working from local state.
     got = kv.Range(pb.RangeRequest(key=b"/u/k", serializable=True), timeout=10)
     assert got.kvs[0].value == b"1"
