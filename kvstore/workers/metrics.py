@@ -2,7 +2,8 @@
 
 A front end counts what it answers itself (serializable ranges: etcd's
 grpc_server_started_total, grpc_server_handled_total, etcd_mvcc_range_total;
-the watches it serves: etcd_debugging_mvcc_watcher_total and _watch_stream_total)
+the watches it serves: etcd_debugging_mvcc_watcher_total and _watch_stream_total;
+its own appends to a remote journal: etcd_disk_wal_fsync_duration_seconds)
 with prometheus_client in multiprocess mode: the counters live in files in a
 directory the supervisor hands it (PROMETHEUS_MULTIPROC_DIR), which survive
 the process, so a restarted front end never makes a counter go back. The
@@ -23,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from kvstore.metrics import GRPC_BUCKETS_S, GRPC_CODE_NAMES
+from kvstore.metrics import DISK_BUCKETS_S, GRPC_BUCKETS_S, GRPC_CODE_NAMES
 
 # The member's counters a front end adds to (kvstore/workers/writes.py bumps them).
 FRONT_END_COUNTERS = (
@@ -48,6 +49,8 @@ class FrontEndMetrics:
         self.watchers = Gauge("etcd_debugging_mvcc_watcher_total", "", registry=None, multiprocess_mode="livesum")
         self.watch_streams = Gauge("etcd_debugging_mvcc_watch_stream_total", "", registry=None,
                                    multiprocess_mode="livesum")  # fmt: skip
+        # Its own appends to a remote journal: etcd's WAL fsync, as the member times its own.
+        self.wal_fsync = Histogram("etcd_disk_wal_fsync_duration_seconds", "", buckets=DISK_BUCKETS_S, registry=None)
         self.handling: Histogram | None = None  # --metrics extensive, as the member's
         self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
         if level == "extensive":

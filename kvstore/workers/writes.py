@@ -143,7 +143,8 @@ class FrontEndMember:
         self.proposer = Proposer(
             journal if journal is not None else notifications,
             config.log_name,
-            timer=contextlib.nullcontext,
+            # The member's process times the appends it makes for the front end (notify.py).
+            timer=metrics.wal_fsync.time if journal is not None else contextlib.nullcontext,
             on_contact=lambda: None,
             counters=self.counters,
             log_fields=dict,

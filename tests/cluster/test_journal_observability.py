@@ -16,6 +16,7 @@ import pytest
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from tests.servers import ROOT, JournalNodes, ServerProcess, free_port, make_temp_dir, start_kvstore
+from tests.workers.test_workers import CONNECTIONS, children, front_ends_serving, own_channel, wait_for
 
 WAIT_S = 30.0
 
@@ -62,9 +63,14 @@ Cluster = tuple[JournalNodes, dict[str, int], ServerProcess]
 
 def test_metrics_show_one_leader_positions_and_latencies(cluster: Cluster) -> None:
     _nodes, ports, member = cluster
-    kv = rpc.KVStub(member.channel())
-    for i in range(5):
-        kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v"), timeout=10)
+    # Over many connections: each lands on one of the member's processes, and front ends append too.
+    assert member.proc is not None
+    front_ends = len(children(member.proc.pid))
+    wait_for(lambda: front_ends_serving(member) == front_ends, "the front ends to serve")
+    channels = [own_channel(member) for _ in range(CONNECTIONS)]
+    for i, ch in enumerate(channels):
+        rpc.KVStub(ch).Put(pb.PutRequest(key=b"k%d" % i, value=b"v"), timeout=10)
+        ch.close()
     deadline = time.monotonic() + WAIT_S
     while True:  # positions are sampled once a second
         texts = {n: _scrape(p) for n, p in ports.items()}
@@ -86,10 +92,13 @@ def test_metrics_show_one_leader_positions_and_latencies(cluster: Cluster) -> No
     for peer in set("abc") - {leaders[0]}:
         assert _metric(lead, "kvstore_journal_peer_lag_entries", log="default", peer=peer) is not None, peer
     assert "# TYPE kvstore_journal_append_duration_seconds histogram" in lead
-    # the member's side: its durable writes are etcd's WAL fsync
     with urllib.request.urlopen(member.metrics_url + "/metrics", timeout=5) as r:  # type: ignore[attr-defined]
         member_text = r.read().decode()
-    assert (_metric(member_text, "etcd_disk_wal_fsync_duration_seconds_count") or 0) >= 5
+    # the member's side: its durable writes, and its front ends', are etcd's WAL fsync
+    fsyncs = _metric(member_text, "etcd_disk_wal_fsync_duration_seconds_count") or 0
+    assert fsyncs >= CONNECTIONS, fsyncs  # one put at a time: one append each
+    slowest = _metric(member_text, "etcd_disk_wal_fsync_duration_seconds_bucket", le="+Inf")
+    assert slowest == fsyncs, (slowest, fsyncs)
 
 
 def test_health_command_and_json_logs(cluster: Cluster) -> None:
