@@ -83,6 +83,12 @@ def txn_has_writes(req: Any) -> bool:
     return any(op.WhichOneof("request") != "request_range" for op in (*req.success, *req.failure))
 
 
+def read_only_txn_is_serializable(req: Any) -> bool:
+    """etcd: a read-only txn skips the read barrier only if it has ranges and all are serializable."""
+    ops = (*req.success, *req.failure)
+    return bool(ops) and all(op.request_range.serializable for op in ops)
+
+
 def execute_txn(store: MVCCStore, req: Any, txn: WriteTxn) -> Any:
     """Run a validated TxnRequest inside txn; return the TxnResponse (header revision set by caller)."""
     path, branches = txn_path(store, req)

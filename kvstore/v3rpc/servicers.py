@@ -20,7 +20,7 @@ from kvstore.errors import EtcdError, fail
 from kvstore.member import ETCD_VERSION, STORAGE_VERSION, Member, now_ms
 from kvstore.membership import as_pb
 from kvstore.mvcc.rangestream import CHUNK_KEYS_INITIAL, RangeStreamer, next_chunk_keys
-from kvstore.mvcc.txn import execute_txn, txn_has_writes
+from kvstore.mvcc.txn import execute_txn, read_only_txn_is_serializable, txn_has_writes
 from kvstore.statemachine import LEASE_GRANT_QUOTA_COST_BYTES, Kind, put_quota_cost, txn_quota_cost
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
@@ -92,8 +92,7 @@ class KV(rpc.KVServicer):
         if not txn_has_writes(request):
             self.m.counters["txns"] += 1
             # etcd answers read-only txns without consensus, after a read barrier unless all reads are serializable.
-            ops = (*request.success, *request.failure)
-            if not ops or not all(op.request_range.serializable for op in ops):
+            if not read_only_txn_is_serializable(request):
                 await self.m.linearizable_barrier()
             self.m.sm.auth.check_txn(self.authn.info(context), request)
             store = self.m.store

@@ -21,7 +21,7 @@ import grpc
 from journal import failpoints
 from kvstore.errors import EtcdError
 from kvstore.mvcc.store import MVCCStore
-from kvstore.mvcc.txn import execute_txn
+from kvstore.mvcc.txn import execute_txn, read_only_txn_is_serializable
 from kvstore.v3rpc import validate
 from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers.forward import Forwarder
@@ -36,12 +36,6 @@ KV_TXN = "/etcdserverpb.KV/Txn"
 
 # Reads the view's store into the response's wire bytes, given the header to send (the member's ids).
 ReadFn = Callable[[MVCCStore, Any], bytes]
-
-
-def read_only_txn_is_serializable(request: Any) -> bool:
-    """etcd: a read-only txn skips the read barrier only if it has ranges and all are serializable."""
-    ops = (*request.success, *request.failure)
-    return bool(ops) and all(op.request_range.serializable for op in ops)
 
 
 class LocalReads:
