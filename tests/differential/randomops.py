@@ -18,22 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from proto.etcdserverpb import rpc_pb2
-from tests.differential.harness import (
-    FROM_KEY,
-    LID,
-    PREFIX_END,
-    STREAM_RECV_TIMEOUT_S,
-    Mismatch,
-    PairPool,
-    Session,
+from tests.differential.harness import Mismatch, PairPool, run_steps
+from tests.differential.normalize import FROM_KEY, LID, PREFIX_END
+from tests.differential.session import STREAM_RECV_TIMEOUT_S, Session, Stream
+from tests.differential.steps import (
     Step,
-    Stream,
     cmp,
     op_del,
     op_put,
     op_range,
     op_txn,
-    run_steps,
     unary,
     watch_create,
     watch_open,

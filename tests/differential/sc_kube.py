@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    LID,
-    PREFIX_END,
-    R,
+from tests.differential.harness import scenario
+from tests.differential.normalize import LID, PREFIX_END, R
+from tests.differential.steps import (
     cmp,
     compact,
     grant,
@@ -13,7 +12,6 @@ from tests.differential.harness import (
     op_put,
     op_range,
     range_,
-    scenario,
     txn,
     unary,
     watch_create,

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    FROM_KEY,
-    LID,
-    PREFIX_END,
-    R,
-    delete,
-    expect36,
-    grant,
-    put,
-    range_,
-    scenario,
-    ttl,
-    unary,
-)
+from tests.differential.harness import scenario
+from tests.differential.normalize import FROM_KEY, LID, PREFIX_END, R
+from tests.differential.steps import delete, expect36, grant, put, range_, ttl, unary
 
 
 def _abc() -> list:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    LID,
-    PREFIX_END,
-    Lease,
+from tests.differential.harness import scenario
+from tests.differential.normalize import LID, PREFIX_END, Lease
+from tests.differential.steps import (
     delete,
     grant,
     keepalive_open,
@@ -14,7 +13,6 @@ from tests.differential.harness import (
     put,
     range_,
     revoke,
-    scenario,
     sleep,
     ttl,
     txn,

@@ -7,10 +7,9 @@ counts next to short keys and to each other, delete, txn, history, watch and lea
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    LID,
-    PREFIX_END,
-    R,
+from tests.differential.harness import scenario
+from tests.differential.normalize import LID, PREFIX_END, R
+from tests.differential.steps import (
     cmp,
     compact,
     delete,
@@ -21,7 +20,6 @@ from tests.differential.harness import (
     put,
     range_,
     revoke,
-    scenario,
     ttl,
     txn,
     watch_create,

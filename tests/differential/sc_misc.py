@@ -6,11 +6,10 @@ from typing import Any
 
 import grpc
 
-from tests.differential.harness import (
-    LID,
-    PREFIX_END,
-    R,
-    Session,
+from tests.differential.harness import scenario
+from tests.differential.normalize import LID, PREFIX_END, R, rpc_error
+from tests.differential.session import Session
+from tests.differential.steps import (
     Step,
     compact,
     custom,
@@ -20,8 +19,6 @@ from tests.differential.harness import (
     op_put,
     put,
     range_,
-    rpc_error,
-    scenario,
     txn,
     unary,
     watch_create,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.differential.harness import (
-    LID,
-    PREFIX_END,
-    R,
-    Session,
+from tests.differential.harness import scenario
+from tests.differential.normalize import LID, PREFIX_END, R
+from tests.differential.session import Session
+from tests.differential.steps import (
     compact,
     custom,
     delete,
@@ -18,7 +17,6 @@ from tests.differential.harness import (
     range_,
     restart,
     revoke,
-    scenario,
     txn,
     unary,
     watch_create,

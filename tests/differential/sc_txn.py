@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    FROM_KEY,
-    LID,
-    PREFIX_END,
-    R,
+from tests.differential.harness import scenario
+from tests.differential.normalize import FROM_KEY, LID, PREFIX_END, R
+from tests.differential.steps import (
     cmp,
     compact,
     delete,
@@ -18,7 +16,6 @@ from tests.differential.harness import (
     op_txn,
     put,
     range_,
-    scenario,
     txn,
 )
 

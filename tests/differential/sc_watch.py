@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from tests.differential.harness import (
-    FROM_KEY,
-    LID,
-    PREFIX_END,
-    R,
+from tests.differential.harness import scenario
+from tests.differential.normalize import FROM_KEY, LID, PREFIX_END, R
+from tests.differential.steps import (
     compact,
     delete,
     expect36,
@@ -15,7 +13,6 @@ from tests.differential.harness import (
     op_put,
     put,
     revoke,
-    scenario,
     stream_close,
     txn,
     watch_cancel,
@@ -344,7 +341,8 @@ def _many_puts(n: int) -> object:
     from typing import Any
 
     from proto.etcdserverpb import rpc_pb2
-    from tests.differential.harness import Session, custom
+    from tests.differential.session import Session
+    from tests.differential.steps import custom
 
     def run(s: Session) -> Any:
         last = 0

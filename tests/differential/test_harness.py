@@ -6,16 +6,10 @@ from typing import Any
 
 from proto.etcdserverpb import rpc_pb2
 from proto.mvccpb import kv_pb2
-from tests.differential.harness import (
-    Approx,
-    LeaseNames,
-    Session,
-    Step,
-    canonical_sorted_range,
-    prefix_end,
-    run_steps,
-    to_dict,
-)
+from tests.differential.harness import run_steps
+from tests.differential.normalize import Approx, LeaseNames, canonical_sorted_range, prefix_end, to_dict
+from tests.differential.session import Session
+from tests.differential.steps import Step
 
 
 def test_prefix_end() -> None:

@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from tests.differential.harness import PairPool, Stream
+from tests.differential.harness import PairPool
+from tests.differential.session import Stream
 
 PING_EVERY_MS = 6000
 IDLE_S = 20.0

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.differential.harness import TTL_TOLERANCE_S, LeaseNames
+from tests.differential.normalize import TTL_TOLERANCE_S, LeaseNames
 from tests.servers import ServerProcess, etcd_binary
 
 ETCDCTL = etcd_binary("etcdctl") or "etcdctl"

@@ -8,24 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.harness import (
-    LID,
-    Pair,
-    PairPool,
-    R,
-    Session,
-    compact,
-    delete,
-    grant,
-    op_put,
-    put,
-    range_,
-    render_mismatches,
-    run_steps,
-    txn,
-    unary,
-)
+from tests.differential.harness import Pair, PairPool, render_mismatches, run_steps
 from tests.differential.harness import Scenario as _Scenario
+from tests.differential.normalize import LID, R
+from tests.differential.session import Session
+from tests.differential.steps import compact, delete, grant, op_put, put, range_, txn, unary
 from tests.etcdctl.ctl import Ctl
 from tests.servers import ServerProcess, start_etcd, start_kvstore
 
