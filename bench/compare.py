@@ -70,15 +70,16 @@ DEFAULT_WORKLOADS = ["put", "put-1client", "range-l", "range-s", "txn-put", "wat
 ALL_TARGETS = ["etcd-1", "kvstore", "etcd-3", "kvstore-3"]
 # Partitioned targets (the `kube` plan, one member process per partition), run when asked for.
 PARTITIONED_TARGETS = {"kvstore-kube": 0, "kvstore-3-kube": 3}  # name -> journal nodes
-# One member served by several processes (`kvstore serve --workers N`), run when asked for.
-WORKERS_TARGETS = {"kvstore-w2": 2}  # name -> --workers
+# One member served by several processes (`kvstore serve --workers N`), run when asked for: on its
+# local journal, or on three journal nodes (where each front end appends to the journal itself).
+WORKERS_TARGETS = {"kvstore-w2": (2, 0), "kvstore-3-w2": (2, 3)}  # name -> (--workers, journal nodes)
 # Three members on one log of three journal nodes, all serving (the load is spread over their URLs).
 SPREAD_TARGETS = ["kvstore-3x3"]
 # (ours, etcd) pairs compared: one server alone, and three-way replication on each side.
 PAIRS = [("kvstore", "etcd-1"), ("kvstore-3", "etcd-3"), ("kvstore-3x3", "etcd-3"),
          ("kvstore-kube", "etcd-1"), ("kvstore-kube", "kvstore"),
          ("kvstore-3-kube", "etcd-3"), ("kvstore-3-kube", "kvstore-3"), ("kvstore-w2", "kvstore"),
-         ("kvstore-w2", "etcd-1")]  # fmt: skip
+         ("kvstore-w2", "etcd-1"), ("kvstore-3-w2", "kvstore-3"), ("kvstore-3-w2", "etcd-3")]  # fmt: skip
 QUICK_WORKLOADS = ["put", "range-l", "kube"]
 # --driver go: name -> Go driver arguments (after the common ones, so a preset's --clients/--conns win)
 GO_PRESETS: dict[str, list[str]] = {
@@ -512,8 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3)
                     targets.append(Target(name, server))
                 elif name in WORKERS_TARGETS:
-                    extra = [*shlex.split(ns.kvstore_args), f"--workers={WORKERS_TARGETS[name]}"]
-                    targets.append(Target(name, start_kvstore(work, name, extra)))
+                    workers, journal_nodes = WORKERS_TARGETS[name]
+                    extra = [*shlex.split(ns.kvstore_args), f"--workers={workers}"]
+                    targets.append(Target(name, start_kvstore(work, name, extra, journal_nodes=journal_nodes)))
                 elif name == "kvstore-3x3":
                     server = start_kvstore(work, name, shlex.split(ns.kvstore_args), journal_nodes=3, members=3)
                     targets.append(Target(name, server))
@@ -585,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                     "kvstore-3: the same member on a replicated journal of 3 `kvstore journal serve` nodes "
                     "(3 AZs on loopback, data on disk, fsync always)",
                     "kvstore-3x3: three such members on the one log, the load spread over their URLs",
+                    "kvstore-w2 / kvstore-3-w2: kvstore / kvstore-3 served by `--workers 2` (the member's "
+                    "process and one front end on the same client URL; on the journal nodes, each appends itself)",
                     "kvstore-kube / kvstore-3-kube: `kvstore serve --partitions kube` (5 member processes, one "
                     "per partition; local journals / one log each on the 3 journal nodes); the load tool routes "
                     "each operation with `--partitions kube` as kube-apiserver would",
