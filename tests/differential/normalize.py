@@ -52,16 +52,6 @@ class Lease:
     name: str
 
 
-def prefix_end(key: bytes) -> bytes:
-    """etcd's getPrefix: increment the last byte < 0xff and drop what follows; all 0xff -> "\\0"."""
-    b = bytearray(key)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\0"
-
-
 # Message types whose `key` / `range_end` fields carry keys that get the scenario prefix.
 KEYED_MESSAGES = {"RangeRequest", "PutRequest", "DeleteRangeRequest", "Compare", "WatchCreateRequest"}
 

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from bench.workloads import prefix_end
 from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from proto.mvccpb import kv_pb2
 from tests.differential.normalize import (
@@ -22,7 +23,6 @@ from tests.differential.normalize import (
     Lease,
     LeaseNames,
     R,
-    prefix_end,
     to_dict,
 )
 

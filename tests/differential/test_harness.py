@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.workloads import prefix_end
 from proto.etcdserverpb import rpc_pb2
 from proto.mvccpb import kv_pb2
 from tests.differential.harness import run_steps
-from tests.differential.normalize import Approx, LeaseNames, canonical_sorted_range, prefix_end, to_dict
+from tests.differential.normalize import Approx, LeaseNames, canonical_sorted_range, to_dict
 from tests.differential.session import Session
 from tests.differential.steps import Step
 

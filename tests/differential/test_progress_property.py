@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from bench.workloads import prefix_end
 from proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from tests.differential.harness import PairPool
-from tests.differential.normalize import prefix_end
 from tests.differential.session import Stream
 
 WRITES = 300

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from bench.workloads import prefix_end
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from proto.mvccpb import kv_pb2
@@ -81,10 +82,6 @@ class Output:
 
     def close(self) -> None:
         self._f.close()
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class Client(threading.Thread):
@@ -219,7 +216,7 @@ class Watcher(threading.Thread):
             requests: queue.Queue[pb.WatchRequest | None] = queue.Queue()
             create = pb.WatchCreateRequest(
                 key=self.prefix,
-                range_end=_prefix_end(self.prefix),
+                range_end=prefix_end(self.prefix),
                 start_revision=self.next_rev,
                 prev_kv=True,
                 progress_notify=True,
