@@ -4,14 +4,20 @@ certificate reload, ETCD_* variables, and the same behaviour from a real etcd wh
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -273,3 +279,125 @@ def test_tls_client_url_with_http_elsewhere(pki: PKI) -> None:
             urllib.request.urlopen(f"https://{srv.endpoint}/health", context=ctx, timeout=10)
     finally:
         srv.stop()
+
+
+def _watch_created(ch: grpc.Channel, key: bytes) -> tuple[Any, ...]:
+    """The first response to one watch create: created, or canceled with etcd's reason."""
+    sent = threading.Event()
+
+    def requests() -> Iterator[pb.WatchRequest]:
+        yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key, range_end=key[:-1] + b"0"))
+        sent.wait(20)
+
+    call = rpc.WatchStub(ch).Watch(requests(), timeout=20)
+    try:
+        first = next(call)
+        return (first.created, first.canceled, first.cancel_reason)
+    finally:
+        sent.set()
+        call.cancel()
+
+
+def _answers_as(ch: grpc.Channel) -> dict[str, tuple[Any, ...]]:
+    """Range (both consistencies), read-only txn, put and watch of /a/1 and /b: what each answers."""
+    kv = rpc.KVStub(ch)
+
+    def range_(key: bytes, serializable: bool) -> tuple[Any, ...]:
+        return tuple(x.value for x in kv.Range(pb.RangeRequest(key=key, serializable=serializable), timeout=20).kvs)
+
+    def txn(key: bytes) -> tuple[Any, ...]:
+        resp = kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=key))]), timeout=20)
+        return (resp.responses[0].response_range.count,)
+
+    def put(key: bytes) -> tuple[Any, ...]:
+        return (kv.Put(pb.PutRequest(key=key, value=b"v"), timeout=20).header.revision > 0,)
+
+    answers: dict[str, tuple[Any, ...]] = {}
+    for key in (b"/a/1", b"/b"):
+        calls: dict[str, Callable[[bytes], tuple[Any, ...]]] = {
+            "range": lambda k: range_(k, False),
+            "range s": lambda k: range_(k, True),
+            "txn": txn,
+            "put": put,
+            "watch": lambda k: _watch_created(ch, k),
+        }
+        for what, call in calls.items():
+            try:
+                answers[f"{what} {key.decode()}"] = ("ok", *call(key))
+            except grpc.RpcError as err:
+                answers[f"{what} {key.decode()}"] = (err.code().name, err.details())
+    return answers
+
+
+def _serializable_range_while_member_stopped(srv: ServerProcess, pki: PKI, cn: str, key: bytes) -> list[str]:
+    """With the member's process stopped (SIGSTOP), what serializable ranges over 12 connections of
+    `cn` answer: only a front end can answer, and only if it decides the call itself."""
+
+    def one() -> str:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.secure_channel(srv.endpoint, creds_for(pki, pki.client(cn)), options) as ch:
+            try:
+                rpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), timeout=3)
+                return "ok"
+            except grpc.RpcError as err:
+                return err.code().name
+
+    assert srv.proc is not None
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            return list(pool.map(lambda _: one(), range(12)))
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+
+
+def test_client_cert_user_in_every_process(pki: PKI) -> None:
+    """With --client-cert-auth and auth on, ranges (serializable and linearizable), read-only txns,
+    watches and puts run as the certificate's common name in every process of `--workers 2` (each
+    connection lands on one of them), and answer as a real etcd answers them."""
+    from proto.authpb import auth_pb2 as authpb
+
+    root_cert = pki.client("root")
+    results = []
+    for start, extra in ((start_etcd, ()), (start_kvstore, ("--workers=2",))):
+        srv = start(f"tls-cnw-{start.__name__}", flags=mtls_flags(pki), tls=(pki.ca, *root_cert), extra_args=extra)
+        try:
+            for key in (b"/a/1", b"/b"):
+                rpc.KVStub(srv.channel()).Put(pb.PutRequest(key=key, value=b"v"), timeout=20)
+            auth = rpc.AuthStub(srv.channel())
+            for method, request in (
+                ("UserAdd", pb.AuthUserAddRequest(name="root", password="pw")),
+                ("RoleAdd", pb.AuthRoleAddRequest(name="root")),
+                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
+                ("UserAdd", pb.AuthUserAddRequest(name="alice", password="pw")),
+                ("RoleAdd", pb.AuthRoleAddRequest(name="r")),
+                ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+                    name="r", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/", range_end=b"/a0"))),
+                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="r")),
+                ("AuthEnable", pb.AuthEnableRequest()),
+            ):  # fmt: skip
+                getattr(auth, method)(request, timeout=20)
+            seen: dict[tuple[str, str], set[tuple[Any, ...]]] = {}
+            for cn in ("root", "alice", "nobody"):
+                for _ in range(6):  # connections of their own: the kernel spreads them over the processes
+                    options = [("grpc.use_local_subchannel_pool", 1)]
+                    with grpc.secure_channel(srv.endpoint, creds_for(pki, pki.client(cn)), options) as ch:
+                        for what, answer in _answers_as(ch).items():
+                            seen.setdefault((cn, what), set()).add(answer)
+            results.append(seen)
+            if start is start_kvstore:
+                # 12 connections all on the member: 1 in 4096 (SO_REUSEPORT hashes each connection)
+                answered = _serializable_range_while_member_stopped(srv, pki, "alice", b"/a/1")
+                assert "ok" in answered, answered
+                denied = _serializable_range_while_member_stopped(srv, pki, "alice", b"/b")
+                assert "PERMISSION_DENIED" in denied, denied
+        finally:
+            srv.stop()
+    etcd, ours = results
+    denied = "etcdserver: permission denied"
+    assert ours == etcd
+    assert all(len(answers) == 1 for answers in ours.values()), ours  # every process answered alike
+    assert ours[("alice", "range s /a/1")] == {("ok", b"v")}
+    assert ours[("alice", "range s /b")] == {("PERMISSION_DENIED", denied)}
+    assert ours[("alice", "put /a/1")] == {("PERMISSION_DENIED", denied)}
+    assert ours[("nobody", "watch /a/1")] == {("ok", True, True, f"rpc error: code = PermissionDenied desc = {denied}")}

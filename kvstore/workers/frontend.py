@@ -3,7 +3,7 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers ranges and read-only txns (no token, auth off) from its read-only
+- answers ranges and read-only txns (without a token) from its read-only
   view of the state file (kvstore/workers/reads.py): a serializable one at once
   (what the applier committed before the request arrived), a linearizable one
   after a barrier shared by the front end's reads (kvstore/workers/notify.py);
@@ -11,6 +11,8 @@ It listens on the member's client URLs beside the member's own process
   applier's result (kvstore/workers/writes.py);
 - serves watch streams with the member's own hub, fed from the view after each
   applied batch (kvstore/workers/watches.py);
+- runs each of those calls as the member would (with --client-cert-auth as the
+  certificate's common name): the applier, or the read, checks its permissions;
 - forwards every other gRPC call to the member's process over its unix socket
   (kvstore/workers/forward.py): leases, calls with a token, auth,
   maintenance and cluster calls answer exactly as the member answers them;
@@ -134,16 +136,17 @@ async def run_front_end(args: Any) -> int:
     view = StateView(os.path.join(state_dir, STATE_FILE), map_size_for(args.quota_backend_bytes))
     metrics = FrontEndMetrics(args.metrics)
     notifications = MemberNotifications(notify_socket_path(state_dir))
-    reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops)
+    identities = PeerIdentities()
+    own_identities = identities if args.client_cert_auth else None  # who a call runs as (auth)
+    reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops, identities=own_identities)
     reads.header = _identity(status.header)
     # A remote journal takes the front end's appends itself: no hop through the member's process.
     journal = remote_journal(args, f"front-end-{index}") if args.journal_endpoints else None
     writer = FrontEndMember(member_config(args), view, notifications, metrics, journal)
     writer.identity = reads.header
-    writes = LocalWrites(writer, metrics, reads.read_only_txn, client_cert_auth=bool(args.client_cert_auth))
+    writes = LocalWrites(writer, metrics, reads.read_only_txn, own_identities)
     feed = ViewFeed(view, writer.config, lambda: writer.identity)
-    watches = LocalWatches(feed, notifications, client_cert_auth=bool(args.client_cert_auth))
-    identities = PeerIdentities()
+    watches = LocalWatches(feed, notifications, own_identities)
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
     server = grpc.aio.server(

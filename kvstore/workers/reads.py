@@ -1,13 +1,16 @@
 """Reads answered in a front end: KV.Range and read-only KV.Txn.
 
 A read is answered from the front end's read-only view of the state file
-(kvstore/workers/view.py) when it may be: no token and auth off (permissions
-and tokens live in the member's process, which answers the rest). A
-serializable read is answered at once, with what the applier committed before
-it arrived; a linearizable one first waits for a barrier shared by the front
-end's reads (kvstore/workers/notify.py), as the member's own servicer waits
-for its own. A read-only txn is linearizable unless every range in it is
-serializable, as etcd decides.
+(kvstore/workers/view.py) unless it carries a token (tokens live in the
+member's process, which answers those). A serializable read is answered at
+once, with what the applier committed before it arrived; a linearizable one
+first waits for a barrier shared by the front end's reads
+(kvstore/workers/notify.py), as the member's own servicer waits for its own.
+A read-only txn is linearizable unless every range in it is serializable, as
+etcd decides. With auth on, the read runs as the member would run it (with
+--client-cert-auth as the certificate's common name, else as no one) and its
+permissions are checked against the auth store in the same read transaction
+as the read itself.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from typing import Any
 import grpc
 
 from journal import failpoints
+from kvstore.auth.store import AuthInfo, AuthStore
 from kvstore.errors import EtcdError
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import execute_txn, read_only_txn_is_serializable
+from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
 from kvstore.v3rpc.servicers import Malformed, strict_parser
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import ChannelDown, MemberNotifications
 from kvstore.workers.view import StateView
-from kvstore.workers.writes import has_token
+from kvstore.workers.writes import CertificateCredentials, has_token
 from proto.etcdserverpb import rpc_pb2 as pb
 
 KV_RANGE = "/etcdserverpb.KV/Range"
@@ -36,13 +41,24 @@ KV_TXN = "/etcdserverpb.KV/Txn"
 
 # Reads the view's store into the response's wire bytes, given the header to send (the member's ids).
 ReadFn = Callable[[MVCCStore, Any], bytes]
+# Raises the EtcdError etcd answers when the caller may not make this read (auth on).
+PermitFn = Callable[[AuthStore, AuthInfo | None], None]
 
 
 class LocalReads:
     def __init__(
-        self, view: StateView, metrics: FrontEndMetrics, notifications: MemberNotifications, *, max_txn_ops: int
+        self,
+        view: StateView,
+        metrics: FrontEndMetrics,
+        notifications: MemberNotifications,
+        *,
+        max_txn_ops: int,
+        identities: PeerIdentities | None = None,
     ) -> None:
+        """identities: the front end's, with --client-cert-auth."""
         self.view = view
+        # Read inside the request's own read transaction: the auth revision the read is checked at.
+        self.credentials = CertificateCredentials(identities, lambda: view.auth.revision)
         self.metrics = metrics
         self.notifications = notifications
         self.max_txn_ops = max_txn_ops
@@ -64,7 +80,9 @@ class LocalReads:
         except EtcdError as err:
             await self._refuse("Range", err, started_s, context)
         return await self._answer(KV_RANGE, "Range", request, context, forwarder, msg.serializable,
-                                  lambda store, header: store.range_encoded(msg, header), started_s)  # fmt: skip
+                                  lambda store, header: store.range_encoded(msg, header),
+                                  lambda auth, info: auth.check_range(info, msg.key, msg.range_end),
+                                  started_s)  # fmt: skip
 
     async def read_only_txn(self, msg: Any, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
         """A parsed KV.Txn with no write in any branch (writes.py hands it over)."""
@@ -86,10 +104,11 @@ class LocalReads:
             return data
 
         serializable = read_only_txn_is_serializable(msg)
-        return await self._answer(KV_TXN, "Txn", request, context, forwarder, serializable, read, started_s)
+        return await self._answer(KV_TXN, "Txn", request, context, forwarder, serializable, read,
+                                  lambda auth, info: auth.check_txn(info, msg), started_s)  # fmt: skip
 
     def _may_answer(self, context: Any) -> bool:
-        return not (has_token(context) or self.stopping or self.view.auth_enabled)
+        return not (has_token(context) or self.stopping)
 
     async def _answer(
         self,
@@ -100,6 +119,7 @@ class LocalReads:
         forwarder: Forwarder,
         serializable: bool,
         read: ReadFn,
+        permit: PermitFn,
         started_s: float,
     ) -> bytes:
         if not serializable and not failpoints.enabled("stale_read"):
@@ -114,16 +134,15 @@ class LocalReads:
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
-            auth_enabled = self.view.auth_enabled  # switched on meanwhile: the member checks permissions
-            if not auth_enabled:
-                try:
-                    header = pb.ResponseHeader()
-                    header.CopyFrom(self.header)
-                    answer = read(store, header)
-                except EtcdError as err:
-                    error = err
-        if auth_enabled:
-            return await self._forward(path, request, context, forwarder)
+            try:
+                auth = self.view.auth
+                if auth.enabled:  # as the member's servicer: after the barrier, before the read
+                    permit(auth, self.credentials.info(context))
+                header = pb.ResponseHeader()
+                header.CopyFrom(self.header)
+                answer = read(store, header)
+            except EtcdError as err:
+                error = err
         if method == "Txn":  # as the member's servicer counts a read-only txn past validation
             self.metrics.count("etcd_mvcc_txn_total", 1)
         if error is not None:

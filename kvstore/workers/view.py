@@ -9,7 +9,7 @@ applier committed before the request began and never pins old pages while it
 is idle.
 
 What the store keeps on the heap between batches (revision, compact revision,
-live keys) and the auth switch are read again whenever the environment moved
+live keys) and the auth store are read again whenever the environment moved
 to a newer transaction. A defragment or a snapshot install replaces the file
 (kvstore/mvcc/backend.py `swap_in`): the path then names a new inode, and the
 view opens it (`state.mdb-lock` follows the applier's current lock file).
@@ -71,7 +71,7 @@ class StateView:
         self.backend = ReadOnlyBackend(path, map_size=map_size)
         self._inode = os.stat(path).st_ino
         self.store = MVCCStore(self.backend)
-        self.auth_enabled = False
+        self.auth = AuthStore()  # users, roles and the switch, as the applier last committed them
         self._txn_id = -1
         self._auth_raw: bytes | None = None
         # Called with the new backend when the file was replaced, before the old one closes
@@ -117,7 +117,13 @@ class StateView:
         auth_raw = backend.get_meta(META_AUTH)
         if auth_raw != self._auth_raw:
             self._auth_raw = auth_raw
-            self.auth_enabled = bool(auth_raw) and AuthStore.from_state(msgpack.unpackb(auth_raw, raw=False)).enabled
+            self.auth = AuthStore.from_state(msgpack.unpackb(auth_raw, raw=False)) if auth_raw else AuthStore()
+
+    def current_auth_revision(self) -> int:
+        """The auth revision the applier last committed (the member's Authenticator reads its own).
+        Not inside `reading()`: it reads through a transaction of its own."""
+        with self.reading():
+            return self.auth.revision
 
     def release(self) -> None:
         """End the read transaction: an idle front end pins no old pages."""

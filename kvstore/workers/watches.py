@@ -30,9 +30,11 @@ live watcher into a catching-up one (`WatchHub.rebind`, as the member does when 
 a snapshot): each then catches up from the records, or is cancelled with the compact
 revision, as etcd cancels a watcher that fell behind a compaction. Nothing is skipped silently.
 
-What the front end does not decide it forwards to the member's process at the stream's start:
-a call with a token, any call with --client-cert-auth, a call while auth is enabled, while
-the notification channel is down or while the front end stops.
+A watch created with auth on runs as the member would run it (with --client-cert-auth as the
+certificate's common name, else as no one), checked against the auth store of the feed's
+snapshot. What the front end does not decide it forwards to the member's process at the
+stream's start: a call with a token (tokens live there), any call while the notification
+channel is down or while the front end stops.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ from kvstore.mvcc.backend import DB_META, META_PHYSICAL_COMPACT, from_u64
 from kvstore.mvcc.keyindex import in_range
 from kvstore.mvcc.store import META_MVCC, MVCCStore, RevisionEvents
 from kvstore.statemachine import META_AUTH
+from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
 from kvstore.watch import WatchHub
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import ReadOnlyBackend, StateView
-from kvstore.workers.writes import NoCredentials, has_token
+from kvstore.workers.writes import CertificateCredentials, has_token
 from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH = "/etcdserverpb.Watch/Watch"
@@ -146,10 +149,6 @@ class ViewFeed:
         if raw != self._auth_raw:
             self._auth_raw = raw
             self.sm.auth = AuthStore.from_state(msgpack.unpackb(raw, raw=False)) if raw else AuthStore()
-
-    @property
-    def auth_enabled(self) -> bool:
-        return self.sm.auth.enabled
 
     def _file_replaced(self, backend: ReadOnlyBackend) -> None:
         """A defragment or a snapshot install: the old environment closes after this returns."""
@@ -264,11 +263,15 @@ class ViewFeed:
 class LocalWatches:
     """The front end's Watch: the member's servicer over the feed's hub, or forwarded."""
 
-    def __init__(self, feed: ViewFeed, notifications: MemberNotifications, *, client_cert_auth: bool) -> None:
+    def __init__(
+        self, feed: ViewFeed, notifications: MemberNotifications, identities: PeerIdentities | None = None
+    ) -> None:
+        """identities: the front end's, with --client-cert-auth (a watch runs as its certificate's
+        common name, at the auth revision the feed last read, as in the member)."""
         self.feed = feed
         self.notifications = notifications
-        self.client_cert_auth = client_cert_auth
-        self.servicer = Watch(feed, NoCredentials())  # type: ignore[arg-type]  # the feed is its member
+        credentials = CertificateCredentials(identities, lambda: feed.sm.auth.revision)
+        self.servicer = Watch(feed, credentials)  # type: ignore[arg-type]  # the feed is its member
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False
         notifications.applied_listeners.append(feed.applied)
@@ -278,10 +281,7 @@ class LocalWatches:
         return {WATCH: self.watch}
 
     def _may_serve(self, context: Any) -> bool:
-        if self.stopping or self.client_cert_auth or has_token(context) or not self.notifications.up:
-            return False
-        self.feed.advance()  # the auth switch as the applier last committed it
-        return not self.feed.auth_enabled
+        return not (self.stopping or has_token(context) or not self.notifications.up)
 
     async def watch(self, requests: AsyncIterator[bytes], context: Any, forwarder: Forwarder) -> None:
         if not self._may_serve(context):

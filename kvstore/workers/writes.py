@@ -12,11 +12,11 @@ hands its result for (origin, seq) back over that channel; the servicer
 completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
-anything: calls with a token or a client certificate (their credentials live in
-the member's process), a write that may cross the quota (the
-member raises the NOSPACE alarm), and everything while the channel is down.
-Without a token nor a certificate the member proposes the entry with no
-credentials, and so does the front end: the applier checks permissions there.
+anything: calls with a token (tokens live in the member's process), a write
+that may cross the quota (the member raises the NOSPACE alarm), and everything
+while the channel is down. The entry carries the credentials the member would
+give it: with --client-cert-auth the certificate's common name at the current
+auth revision, otherwise none; the applier checks permissions against them.
 A read-only txn is a read: kvstore/workers/reads.py answers it.
 """
 
@@ -30,12 +30,14 @@ from typing import Any
 
 import grpc
 
+from kvstore.auth.store import AuthInfo
 from kvstore.errors import EtcdError
 from kvstore.member.config import MemberConfig
 from kvstore.member.proposer import Appends, Proposer
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
+from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
 from kvstore.v3rpc.servicers import KV, Malformed, strict_parser
 from kvstore.workers.forward import Forwarder
@@ -101,11 +103,22 @@ class ForwardInstead(Exception):
     """The member's process answers this call (raised before anything was proposed)."""
 
 
-class NoCredentials:
-    """The front end takes only calls without a token or a certificate: no credentials."""
+class CertificateCredentials:
+    """Who a call a front end answers runs as, as the member's Authenticator names it
+    (kvstore/v3rpc/auth.py): with --client-cert-auth the common name of the connection's verified
+    client certificate, at the auth revision `auth_revision()` reads; otherwise no one. Calls with
+    a token never get here: tokens live in the member's process, which answers them."""
 
-    def info(self, context: Any) -> None:
-        return None
+    def __init__(self, identities: PeerIdentities | None, auth_revision: Callable[[], int]) -> None:
+        """identities: the front end's own (it terminates TLS); None without --client-cert-auth."""
+        self.identities = identities
+        self.auth_revision = auth_revision
+
+    def info(self, context: Any) -> AuthInfo | None:
+        if self.identities is None:
+            return None
+        name = self.identities.common_name(context.peer())
+        return AuthInfo(name, self.auth_revision()) if name else None
 
 
 class _CountedCounters(dict[str, int]):
@@ -203,13 +216,19 @@ class LocalWrites:
     """The front end's handlers of KV.Put, KV.DeleteRange and KV.Txn."""
 
     def __init__(
-        self, member: FrontEndMember, metrics: FrontEndMetrics, read_only_txn: ReadOnlyTxn, *, client_cert_auth: bool
+        self,
+        member: FrontEndMember,
+        metrics: FrontEndMetrics,
+        read_only_txn: ReadOnlyTxn,
+        identities: PeerIdentities | None = None,
     ) -> None:
+        """identities: the front end's, with --client-cert-auth (a call then runs as its certificate's
+        common name, at the auth revision the applier last committed: the member's own rule)."""
         self.member = member
         self.metrics = metrics
         self.read_only_txn = read_only_txn
-        self.client_cert_auth = client_cert_auth
-        self.kv = KV(member, NoCredentials())  # type: ignore[arg-type]  # the member's servicer, on the front end
+        credentials = CertificateCredentials(identities, member.view.current_auth_revision)
+        self.kv = KV(member, credentials)  # type: ignore[arg-type]  # the member's servicer, on the front end
         self.stopping = False
 
     def handlers(self) -> dict[str, LocalUnary]:
@@ -251,4 +270,4 @@ class LocalWrites:
         return handle
 
     def _may_answer(self, context: Any) -> bool:
-        return not (self.stopping or self.client_cert_auth or has_token(context) or not self.member.notifications.up)
+        return not (self.stopping or has_token(context) or not self.member.notifications.up)
