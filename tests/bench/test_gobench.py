@@ -62,6 +62,27 @@ def test_procs_sets_gomaxprocs(kvstore: Server) -> None:
     assert run_json(args)["procs"] == len(os.sched_getaffinity(0))  # Go's default: every usable core
 
 
+def test_mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """--cacert/--cert/--key: the driver speaks to an https:// URL that wants a client certificate."""
+    from tests.certs import make_pki
+    from tests.servers import start_kvstore as start_kvstore_tls
+
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    cert, key = pki.client("bench")
+    flags = {"cert-file": pki.server_cert, "key-file": pki.server_key, "trusted-ca-file": pki.ca,
+             "client-cert-auth": "true"}  # fmt: skip
+    server = start_kvstore_tls("gobench-mtls", flags=flags, tls=(pki.ca, cert, key))
+    try:
+        url = f"https://{server.endpoint}"
+        tls = ["--cacert", str(pki.ca), "--cert", str(cert), "--key", str(key)]
+        r = run_json(["put", "--endpoints", url, "--total", "50", "--clients", "4", *tls])
+        assert (r["ops"], r["errors"]) == (50, 0)
+        with pytest.raises(RuntimeError, match="first request"):  # no client certificate: refused
+            run_json(["put", "--endpoints", url, "--total", "5", "--cacert", str(pki.ca)])
+    finally:
+        server.stop()
+
+
 def test_unreachable_endpoint_fails_fast() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kvstore", "bench", "go", "put", "--endpoints", f"127.0.0.1:{free_port()}"],

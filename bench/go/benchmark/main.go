@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
+	"go.etcd.io/etcd/pkg/transport"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/grpclog"
 )
@@ -48,6 +49,7 @@ type options struct {
 	jsonOut     bool
 	seed        int64
 	procs       int
+	tls         transport.TLSInfo
 }
 
 type latencyMs struct {
@@ -155,6 +157,9 @@ func parseArgs(args []string) (options, error) {
 	fs.BoolVar(&o.verify, "verify", true, "range: count a Range that misses its key (or value size) as an error")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the result as one JSON object")
 	fs.Int64Var(&o.seed, "seed", 1, "random seed of the key choice")
+	fs.StringVar(&o.tls.TrustedCAFile, "cacert", "", "https:// endpoints: the CA that signed the server's certificate")
+	fs.StringVar(&o.tls.CertFile, "cert", "", "client certificate (mutual TLS: the server's --client-cert-auth)")
+	fs.StringVar(&o.tls.KeyFile, "key", "", "the client certificate's key")
 	fs.IntVar(&o.procs, "procs", 0, "GOMAXPROCS: OS threads running the driver's Go code at once (0: Go's default, every core)")
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fs.Usage()
@@ -208,13 +213,17 @@ func key(o options, i int) string {
 func run(o options) (result, error) {
 	quietLog := zap.NewProductionConfig()
 	quietLog.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	cfg := clientv3.Config{Endpoints: o.endpoints, DialTimeout: 5 * time.Second, LogConfig: &quietLog}
+	if !o.tls.Empty() || o.tls.TrustedCAFile != "" {
+		tlsConfig, err := o.tls.ClientConfig()
+		if err != nil {
+			return result{}, fmt.Errorf("TLS: %w", err)
+		}
+		cfg.TLS = tlsConfig
+	}
 	clients := make([]*clientv3.Client, o.conns)
 	for i := range clients {
-		c, err := clientv3.New(clientv3.Config{
-			Endpoints:   o.endpoints,
-			DialTimeout: 5 * time.Second,
-			LogConfig:   &quietLog,
-		})
+		c, err := clientv3.New(cfg)
 		if err != nil {
 			return result{}, fmt.Errorf("connect %v: %w", o.endpoints, err)
 		}
