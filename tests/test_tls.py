@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from proto.authpb import auth_pb2 as authpb
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 from tests.certs import PKI, make_pki
@@ -203,12 +204,26 @@ def test_tls_versions_and_ciphers(pki: PKI) -> None:
         srv.stop()
 
 
+def enable_auth_alice_reads_a(auth: rpc.AuthStub) -> None:
+    """Users root (the root role) and alice (may read /a/), then auth on; `auth` speaks as root."""
+    for method, request in (
+        ("UserAdd", pb.AuthUserAddRequest(name="root", password="pw")),
+        ("RoleAdd", pb.AuthRoleAddRequest(name="root")),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
+        ("UserAdd", pb.AuthUserAddRequest(name="alice", password="pw")),
+        ("RoleAdd", pb.AuthRoleAddRequest(name="r")),
+        ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+            name="r", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/", range_end=b"/a0"))),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="r")),
+        ("AuthEnable", pb.AuthEnableRequest()),
+    ):  # fmt: skip
+        getattr(auth, method)(request, timeout=20)
+
+
 def test_client_cert_common_name_is_the_auth_user(pki: PKI) -> None:
     """With --client-cert-auth, a request without a token runs as its certificate's CN, as etcd does;
     a token, when sent, wins. Same answers from a real etcd."""
     from google.protobuf.json_format import MessageToDict
-
-    from proto.authpb import auth_pb2 as authpb
 
     root_cert = pki.client("root")
     results = []
@@ -216,20 +231,7 @@ def test_client_cert_common_name_is_the_auth_user(pki: PKI) -> None:
         srv = start(f"tls-cn-{start.__name__}", flags=mtls_flags(pki), tls=(pki.ca, *root_cert))
         try:
             auth = rpc.AuthStub(srv.channel())
-            for method, request in (
-                ("UserAdd", pb.AuthUserAddRequest(name="root", password="pw")),
-                ("RoleAdd", pb.AuthRoleAddRequest(name="root")),
-                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
-                ("UserAdd", pb.AuthUserAddRequest(name="alice", password="pw")),
-                ("RoleAdd", pb.AuthRoleAddRequest(name="r")),
-                (
-                    "RoleGrantPermission",
-                    pb.AuthRoleGrantPermissionRequest(name="r", perm=authpb.Permission(key=b"/a/", range_end=b"/a0")),
-                ),
-                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="r")),
-                ("AuthEnable", pb.AuthEnableRequest()),
-            ):
-                getattr(auth, method)(request, timeout=20)
+            enable_auth_alice_reads_a(auth)
             seen = []
             for cn in ("root", "alice", "nobody"):
                 with grpc.secure_channel(srv.endpoint, creds_for(pki, pki.client(cn))) as ch:
@@ -355,8 +357,6 @@ def test_client_cert_user_in_every_process(pki: PKI) -> None:
     """With --client-cert-auth and auth on, ranges (serializable and linearizable), read-only txns,
     watches and puts run as the certificate's common name in every process of `--workers 2` (each
     connection lands on one of them), and answer as a real etcd answers them."""
-    from proto.authpb import auth_pb2 as authpb
-
     root_cert = pki.client("root")
     results = []
     for start, extra in ((start_etcd, ()), (start_kvstore, ("--workers=2",))):
@@ -364,19 +364,7 @@ def test_client_cert_user_in_every_process(pki: PKI) -> None:
         try:
             for key in (b"/a/1", b"/b"):
                 rpc.KVStub(srv.channel()).Put(pb.PutRequest(key=key, value=b"v"), timeout=20)
-            auth = rpc.AuthStub(srv.channel())
-            for method, request in (
-                ("UserAdd", pb.AuthUserAddRequest(name="root", password="pw")),
-                ("RoleAdd", pb.AuthRoleAddRequest(name="root")),
-                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
-                ("UserAdd", pb.AuthUserAddRequest(name="alice", password="pw")),
-                ("RoleAdd", pb.AuthRoleAddRequest(name="r")),
-                ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
-                    name="r", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/", range_end=b"/a0"))),
-                ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="r")),
-                ("AuthEnable", pb.AuthEnableRequest()),
-            ):  # fmt: skip
-                getattr(auth, method)(request, timeout=20)
+            enable_auth_alice_reads_a(rpc.AuthStub(srv.channel()))
             seen: dict[tuple[str, str], set[tuple[Any, ...]]] = {}
             for cn in ("root", "alice", "nobody"):
                 for _ in range(6):  # connections of their own: the kernel spreads them over the processes
