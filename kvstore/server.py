@@ -25,7 +25,7 @@ import grpc
 from journal.api import Journal
 from journal.gc_policy import freeze_start_up, tune_for_serving
 from journal.logs import LOG_FORMATS, LOGGERS, setup_logging
-from kvstore.auth.tokens import TokenConfigError, parse_auth_token
+from kvstore.auth.tokens import TokenConfigError, TokenOptions, parse_auth_token
 from kvstore.flags import GO_BOOL, apply_env_defaults
 from kvstore.gateway import LazyGateway
 from kvstore.member import REQUEST_TIMEOUT_MS, Member, MemberConfig, parse_duration_s
@@ -456,14 +456,19 @@ def member_config(args: argparse.Namespace) -> MemberConfig:
     )
 
 
+def auth_token_options(args: argparse.Namespace) -> TokenOptions:
+    """--auth-token, as the member and its front ends read it (a JWT's keys are read here)."""
+    try:
+        return parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
+    except (TokenConfigError, OSError, ValueError) as err:
+        raise SystemExit(f"kvstore: --auth-token: {err}") from None
+
+
 async def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or f"{args.name}.etcd"
     listen = parse_urls(args.listen_client_urls)
     config = member_config(args)
-    try:
-        token_options = parse_auth_token(args.auth_token, lambda text: parse_duration_s(text, default_unit_s=1.0))
-    except (TokenConfigError, OSError, ValueError) as err:
-        raise SystemExit(f"kvstore: --auth-token: {err}") from None
+    token_options = auth_token_options(args)
     imported = read_import(args.import_etcd_snapshot) if args.import_etcd_snapshot else None  # before any write
     pid_file = lock_data_dir(data_dir)
     journal = make_journal(args, data_dir)

@@ -158,6 +158,17 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @contextlib.contextmanager
+    def member_paused(self) -> Iterator[None]:
+        """SIGSTOP the server's own process (with `--workers N`, the member's: its front ends run on),
+        SIGCONT after: what a front end still answers meanwhile, it decided by itself."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     # -- clients -----------------------------------------------------------------------------------
     def credentials(self) -> grpc.ChannelCredentials | None:
         if self.tls is None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import shutil
-import signal
 import socket
 import ssl
 import threading
@@ -331,9 +329,9 @@ def _answers_as(ch: grpc.Channel) -> dict[str, tuple[Any, ...]]:
     return answers
 
 
-def _serializable_range_while_member_stopped(srv: ServerProcess, pki: PKI, cn: str, key: bytes) -> list[str]:
-    """With the member's process stopped (SIGSTOP), what serializable ranges over 12 connections of
-    `cn` answer: only a front end can answer, and only if it decides the call itself."""
+def _serializable_range_while_member_paused(srv: ServerProcess, pki: PKI, cn: str, key: bytes) -> list[str]:
+    """With the member's process stopped, what serializable ranges over 12 connections of `cn`
+    answer: only a front end can answer, and only if it decides the call itself."""
 
     def one() -> str:
         options = [("grpc.use_local_subchannel_pool", 1)]
@@ -344,13 +342,8 @@ def _serializable_range_while_member_stopped(srv: ServerProcess, pki: PKI, cn: s
             except grpc.RpcError as err:
                 return err.code().name
 
-    assert srv.proc is not None
-    os.kill(srv.proc.pid, signal.SIGSTOP)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            return list(pool.map(lambda _: one(), range(12)))
-    finally:
-        os.kill(srv.proc.pid, signal.SIGCONT)
+    with srv.member_paused(), concurrent.futures.ThreadPoolExecutor(12) as pool:
+        return list(pool.map(lambda _: one(), range(12)))
 
 
 def test_client_cert_user_in_every_process(pki: PKI) -> None:
@@ -375,9 +368,9 @@ def test_client_cert_user_in_every_process(pki: PKI) -> None:
             results.append(seen)
             if start is start_kvstore:
                 # 12 connections all on the member: 1 in 4096 (SO_REUSEPORT hashes each connection)
-                answered = _serializable_range_while_member_stopped(srv, pki, "alice", b"/a/1")
+                answered = _serializable_range_while_member_paused(srv, pki, "alice", b"/a/1")
                 assert "ok" in answered, answered
-                denied = _serializable_range_while_member_stopped(srv, pki, "alice", b"/b")
+                denied = _serializable_range_while_member_paused(srv, pki, "alice", b"/b")
                 assert "PERMISSION_DENIED" in denied, denied
         finally:
             srv.stop()

@@ -47,6 +47,14 @@ def password_matches(password: str, hashed: bytes) -> bool:
         return False
 
 
+def token_of(context: Any) -> str | None:
+    """The call's auth token (etcd's TokenFieldNameGRPC or TokenFieldNameSwagger metadata), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key in TOKEN_METADATA_KEYS:
+            return str(value)
+    return None
+
+
 class Authenticator:
     def __init__(self, member: Member, identities: PeerIdentities | None, client_cert_auth: bool) -> None:
         self.m = member
@@ -55,11 +63,7 @@ class Authenticator:
 
     def info(self, context: Any) -> AuthInfo | None:
         """etcd's AuthInfoFromCtx; raises "invalid auth token" for a token that names nobody."""
-        token: str | None = None
-        for key, value in context.invocation_metadata() or ():
-            if key in TOKEN_METADATA_KEYS:
-                token = value
-                break
+        token = token_of(context)
         auth = self.m.sm.auth
         if token is not None:
             if self.m.jwt is not None:

@@ -3,7 +3,7 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers ranges and read-only txns (without a token) from its read-only
+- answers ranges and read-only txns (without a simple token) from its read-only
   view of the state file (kvstore/workers/reads.py): a serializable one at once
   (what the applier committed before the request arrived), a linearizable one
   after a barrier shared by the front end's reads (kvstore/workers/notify.py);
@@ -11,10 +11,11 @@ It listens on the member's client URLs beside the member's own process
   applier's result (kvstore/workers/writes.py);
 - serves watch streams with the member's own hub, fed from the view after each
   applied batch (kvstore/workers/watches.py);
-- runs each of those calls as the member would (with --client-cert-auth as the
-  certificate's common name): the applier, or the read, checks its permissions;
+- runs each of those calls as the member would (a JWT's user; with
+  --client-cert-auth the certificate's common name): the applier, or the read,
+  checks its permissions;
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): leases, calls with a token, auth,
+  (kvstore/workers/forward.py): leases, calls with a simple token, auth,
   maintenance and cluster calls answer exactly as the member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
   member's HTTP endpoints, so the member stays one unit for its users.
@@ -37,6 +38,7 @@ import grpc
 from kvstore.member import default_state_dir
 from kvstore.mvcc.backend import STATE_FILE, map_size_for
 from kvstore.server import (
+    auth_token_options,
     client_tls,
     grpc_server_options,
     grpc_socket_path,
@@ -138,15 +140,17 @@ async def run_front_end(args: Any) -> int:
     notifications = MemberNotifications(notify_socket_path(state_dir))
     identities = PeerIdentities()
     own_identities = identities if args.client_cert_auth else None  # who a call runs as (auth)
-    reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops, identities=own_identities)
+    jwt = auth_token_options(args).jwt  # a JWT is checked in any process that has the public key
+    reads = LocalReads(view, metrics, notifications, max_txn_ops=args.max_txn_ops, identities=own_identities,
+                       jwt=jwt)  # fmt: skip
     reads.header = _identity(status.header)
     # A remote journal takes the front end's appends itself: no hop through the member's process.
     journal = remote_journal(args, f"front-end-{index}") if args.journal_endpoints else None
     writer = FrontEndMember(member_config(args), view, notifications, metrics, journal)
     writer.identity = reads.header
-    writes = LocalWrites(writer, metrics, reads.read_only_txn, own_identities)
+    writes = LocalWrites(writer, metrics, reads.read_only_txn, own_identities, jwt)
     feed = ViewFeed(view, writer.config, lambda: writer.identity)
-    watches = LocalWatches(feed, notifications, own_identities)
+    watches = LocalWatches(feed, notifications, own_identities, jwt)
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
     server = grpc.aio.server(

@@ -1,14 +1,14 @@
 """Reads answered in a front end: KV.Range and read-only KV.Txn.
 
 A read is answered from the front end's read-only view of the state file
-(kvstore/workers/view.py) unless it carries a token (tokens live in the
-member's process, which answers those). A serializable read is answered at
+(kvstore/workers/view.py) unless it carries a simple token (those live in
+the member's process, which answers them; a JWT is checked here). A serializable read is answered at
 once, with what the applier committed before it arrived; a linearizable one
 first waits for a barrier shared by the front end's reads
 (kvstore/workers/notify.py), as the member's own servicer waits for its own.
 A read-only txn is linearizable unless every range in it is serializable, as
-etcd decides. With auth on, the read runs as the member would run it (with
---client-cert-auth as the certificate's common name, else as no one) and its
+etcd decides. With auth on, the read runs as the member would run it (a JWT's
+user; with --client-cert-auth the certificate's common name; else no one) and its
 permissions are checked against the auth store in the same read transaction
 as the read itself.
 """
@@ -23,6 +23,7 @@ import grpc
 
 from journal import failpoints
 from kvstore.auth.store import AuthInfo, AuthStore
+from kvstore.auth.tokens import JWTTokens
 from kvstore.errors import EtcdError
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import execute_txn, read_only_txn_is_serializable
@@ -33,7 +34,7 @@ from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import ChannelDown, MemberNotifications
 from kvstore.workers.view import StateView
-from kvstore.workers.writes import CertificateCredentials, has_token
+from kvstore.workers.writes import FrontEndCredentials
 from proto.etcdserverpb import rpc_pb2 as pb
 
 KV_RANGE = "/etcdserverpb.KV/Range"
@@ -54,11 +55,12 @@ class LocalReads:
         *,
         max_txn_ops: int,
         identities: PeerIdentities | None = None,
+        jwt: JWTTokens | None = None,
     ) -> None:
-        """identities: the front end's, with --client-cert-auth."""
+        """identities: the front end's, with --client-cert-auth; jwt: --auth-token jwt's verifier."""
         self.view = view
         # Read inside the request's own read transaction: the auth revision the read is checked at.
-        self.credentials = CertificateCredentials(identities, lambda: view.auth.revision)
+        self.credentials = FrontEndCredentials(identities, lambda: view.auth.revision, jwt)
         self.metrics = metrics
         self.notifications = notifications
         self.max_txn_ops = max_txn_ops
@@ -108,7 +110,7 @@ class LocalReads:
                                   lambda auth, info: auth.check_txn(info, msg), started_s)  # fmt: skip
 
     def _may_answer(self, context: Any) -> bool:
-        return not (has_token(context) or self.stopping)
+        return self.credentials.answers_here(context) and not self.stopping
 
     async def _answer(
         self,
@@ -135,9 +137,12 @@ class LocalReads:
         answer = b""
         with self.view.reading() as store:
             try:
+                # As the member's servicer: after the barrier, before the read (a bad JWT is refused
+                # with auth off too, as the member's Authenticator refuses it).
+                info = self.credentials.info(context)
                 auth = self.view.auth
-                if auth.enabled:  # as the member's servicer: after the barrier, before the read
-                    permit(auth, self.credentials.info(context))
+                if auth.enabled:
+                    permit(auth, info)
                 header = pb.ResponseHeader()
                 header.CopyFrom(self.header)
                 answer = read(store, header)

@@ -30,11 +30,11 @@ live watcher into a catching-up one (`WatchHub.rebind`, as the member does when 
 a snapshot): each then catches up from the records, or is cancelled with the compact
 revision, as etcd cancels a watcher that fell behind a compaction. Nothing is skipped silently.
 
-A watch created with auth on runs as the member would run it (with --client-cert-auth as the
-certificate's common name, else as no one), checked against the auth store of the feed's
-snapshot. What the front end does not decide it forwards to the member's process at the
-stream's start: a call with a token (tokens live there), any call while the notification
-channel is down or while the front end stops.
+A watch created with auth on runs as the member would run it (a JWT's user; with
+--client-cert-auth the certificate's common name; else no one), checked against the auth store
+of the feed's snapshot. What the front end does not decide it forwards to the member's process
+at the stream's start: a call with a simple token (those live there), any call while the
+notification channel is down or while the front end stops.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from typing import Any
 import msgpack
 
 from kvstore.auth.store import AuthStore
+from kvstore.auth.tokens import JWTTokens
 from kvstore.member.config import MemberConfig
 from kvstore.mvcc.backend import DB_META, META_PHYSICAL_COMPACT, from_u64
 from kvstore.mvcc.keyindex import in_range
@@ -58,7 +59,7 @@ from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import ReadOnlyBackend, StateView
-from kvstore.workers.writes import CertificateCredentials, has_token
+from kvstore.workers.writes import FrontEndCredentials
 from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH = "/etcdserverpb.Watch/Watch"
@@ -264,14 +265,19 @@ class LocalWatches:
     """The front end's Watch: the member's servicer over the feed's hub, or forwarded."""
 
     def __init__(
-        self, feed: ViewFeed, notifications: MemberNotifications, identities: PeerIdentities | None = None
+        self,
+        feed: ViewFeed,
+        notifications: MemberNotifications,
+        identities: PeerIdentities | None = None,
+        jwt: JWTTokens | None = None,
     ) -> None:
         """identities: the front end's, with --client-cert-auth (a watch runs as its certificate's
-        common name, at the auth revision the feed last read, as in the member)."""
+        common name, at the auth revision the feed last read, as in the member); jwt: --auth-token
+        jwt's verifier."""
         self.feed = feed
         self.notifications = notifications
-        credentials = CertificateCredentials(identities, lambda: feed.sm.auth.revision)
-        self.servicer = Watch(feed, credentials)  # type: ignore[arg-type]  # the feed is its member
+        self.credentials = FrontEndCredentials(identities, lambda: feed.sm.auth.revision, jwt)
+        self.servicer = Watch(feed, self.credentials)  # type: ignore[arg-type]  # the feed is its member
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False
         notifications.applied_listeners.append(feed.applied)
@@ -281,7 +287,7 @@ class LocalWatches:
         return {WATCH: self.watch}
 
     def _may_serve(self, context: Any) -> bool:
-        return not (self.stopping or has_token(context) or not self.notifications.up)
+        return not (self.stopping or not self.credentials.answers_here(context) or not self.notifications.up)
 
     async def watch(self, requests: AsyncIterator[bytes], context: Any, forwarder: Forwarder) -> None:
         if not self._may_serve(context):

@@ -12,11 +12,12 @@ hands its result for (origin, seq) back over that channel; the servicer
 completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
-anything: calls with a token (tokens live in the member's process), a write
+anything: calls with a simple token (those live in the member's process), a write
 that may cross the quota (the member raises the NOSPACE alarm), and everything
 while the channel is down. The entry carries the credentials the member would
-give it: with --client-cert-auth the certificate's common name at the current
-auth revision, otherwise none; the applier checks permissions against them.
+give it (a JWT's user and revision; with --client-cert-auth the certificate's
+common name at the current auth revision; otherwise none), and the applier
+checks permissions against them.
 A read-only txn is a read: kvstore/workers/reads.py answers it.
 """
 
@@ -30,15 +31,17 @@ from typing import Any
 
 import grpc
 
+from kvstore import errors
 from kvstore.auth.store import AuthInfo
-from kvstore.errors import EtcdError
+from kvstore.auth.tokens import JWTTokens
+from kvstore.errors import EtcdError, fail
 from kvstore.member.config import MemberConfig
 from kvstore.member.proposer import Appends, Proposer
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
 from kvstore.transport.cmux import PeerIdentities
-from kvstore.v3rpc.auth import TOKEN_METADATA_KEYS
+from kvstore.v3rpc.auth import token_of
 from kvstore.v3rpc.servicers import KV, Malformed, strict_parser
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
@@ -55,11 +58,6 @@ COUNTER_METRICS = {
     "txns": "etcd_mvcc_txn_total",
     "proposals_failed": "etcd_server_proposals_failed_total",
 }
-
-
-def has_token(context: Any) -> bool:
-    """The call carries an auth token (tokens are checked in the member's process, where they live)."""
-    return any(key in TOKEN_METADATA_KEYS for key, _ in context.invocation_metadata() or ())
 
 
 class _FilledHeader:
@@ -103,18 +101,35 @@ class ForwardInstead(Exception):
     """The member's process answers this call (raised before anything was proposed)."""
 
 
-class CertificateCredentials:
+class FrontEndCredentials:
     """Who a call a front end answers runs as, as the member's Authenticator names it
-    (kvstore/v3rpc/auth.py): with --client-cert-auth the common name of the connection's verified
-    client certificate, at the auth revision `auth_revision()` reads; otherwise no one. Calls with
-    a token never get here: tokens live in the member's process, which answers them."""
+    (kvstore/v3rpc/auth.py): a token's user, or without one, with --client-cert-auth, the common
+    name of the connection's verified client certificate at the auth revision `auth_revision()`
+    reads; otherwise no one. Only JWTs can be checked here (--auth-token jwt: the public key
+    verifies them in any process); simple tokens live in the member's process, which answers
+    the calls that carry one (`answers_here`)."""
 
-    def __init__(self, identities: PeerIdentities | None, auth_revision: Callable[[], int]) -> None:
+    def __init__(
+        self, identities: PeerIdentities | None, auth_revision: Callable[[], int], jwt: JWTTokens | None = None
+    ) -> None:
         """identities: the front end's own (it terminates TLS); None without --client-cert-auth."""
         self.identities = identities
         self.auth_revision = auth_revision
+        self.jwt = jwt
+
+    def answers_here(self, context: Any) -> bool:
+        return self.jwt is not None or token_of(context) is None
 
     def info(self, context: Any) -> AuthInfo | None:
+        if self.jwt is None and self.identities is None:
+            return None  # the common case, on every read: no credentials a front end could check
+        token = token_of(context)
+        if token is not None:
+            assert self.jwt is not None, "a simple token's call is the member's"
+            claims = self.jwt.info(token)
+            if claims is None:
+                raise fail(errors.INVALID_AUTH_TOKEN)
+            return AuthInfo(*claims)
         if self.identities is None:
             return None
         name = self.identities.common_name(context.peer())
@@ -221,14 +236,16 @@ class LocalWrites:
         metrics: FrontEndMetrics,
         read_only_txn: ReadOnlyTxn,
         identities: PeerIdentities | None = None,
+        jwt: JWTTokens | None = None,
     ) -> None:
         """identities: the front end's, with --client-cert-auth (a call then runs as its certificate's
-        common name, at the auth revision the applier last committed: the member's own rule)."""
+        common name, at the auth revision the applier last committed: the member's own rule);
+        jwt: --auth-token jwt's verifier."""
         self.member = member
         self.metrics = metrics
         self.read_only_txn = read_only_txn
-        credentials = CertificateCredentials(identities, member.view.current_auth_revision)
-        self.kv = KV(member, credentials)  # type: ignore[arg-type]  # the member's servicer, on the front end
+        self.credentials = FrontEndCredentials(identities, member.view.current_auth_revision, jwt)
+        self.kv = KV(member, self.credentials)  # type: ignore[arg-type]  # the member's servicer, on the front end
         self.stopping = False
 
     def handlers(self) -> dict[str, LocalUnary]:
@@ -270,4 +287,4 @@ class LocalWrites:
         return handle
 
     def _may_answer(self, context: Any) -> bool:
-        return not (self.stopping or has_token(context) or not self.member.notifications.up)
+        return not (self.stopping or not self.credentials.answers_here(context) or not self.member.notifications.up)

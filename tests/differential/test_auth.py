@@ -325,3 +325,61 @@ def test_auth_state_survives_restart() -> None:
         assert status.enabled
     finally:
         srv.stop()
+
+
+def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
+    """--auth-token jwt with --workers 2: a front end checks a JWT itself (the public key verifies it
+    in any process), so it answers a token's reads with the member's process stopped: the token's
+    own, permission denied, or an invalid token, as the member would."""
+    import concurrent.futures
+
+    import jwt
+
+    from tests.servers import start_kvstore
+
+    priv, pub = _rsa_keys(tmp_path, "signer")
+    flags = {"auth-token": f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=10m"}
+    srv = start_kvstore("jwt-front-ends", flags=flags, extra_args=["--workers=2"])
+    try:
+        side = Side(srv)
+        side.kv.Put(pb.PutRequest(key=b"/a/1", value=b"v"), timeout=20)
+        for method, req in (
+            ("UserAdd", pb.AuthUserAddRequest(name="root", password=ROOT_PW)),
+            ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
+            ("UserAdd", pb.AuthUserAddRequest(name="alice", password=ALICE_PW)),
+            ("RoleAdd", pb.AuthRoleAddRequest(name="reader")),
+            ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+                name="reader", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/",
+                                                      range_end=b"/a0"))),
+            ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="reader")),
+            ("AuthEnable", pb.AuthEnableRequest()),
+        ):  # fmt: skip
+            getattr(side.auth, method)(req, timeout=20)
+        alice = side.token("alice", ALICE_PW)
+        forged = jwt.encode({"username": "root", "revision": 100, "exp": int(time.time()) + 600},
+                            _rsa_keys(tmp_path, "forger")[0].read_bytes(), algorithm="RS256")  # fmt: skip
+
+        def ranges(key: bytes, token: str) -> list[str]:
+            def one() -> str:
+                with grpc.insecure_channel(srv.endpoint, [("grpc.use_local_subchannel_pool", 1)]) as ch:
+                    try:
+                        resp = rpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), metadata=md(token),
+                                                    timeout=3)  # fmt: skip
+                        return f"ok {[kv.value for kv in resp.kvs]}"
+                    except grpc.RpcError as err:
+                        return f"{err.code().name} {err.details()}"
+
+            with srv.member_paused(), concurrent.futures.ThreadPoolExecutor(12) as pool:
+                return list(pool.map(lambda _: one(), range(12)))
+
+        # 12 connections all on the member's process: 1 in 4096 (SO_REUSEPORT hashes each one)
+        assert "ok [b'v']" in ranges(b"/a/1", alice)
+        assert "PERMISSION_DENIED etcdserver: permission denied" in ranges(b"/b", alice)
+        assert "UNAUTHENTICATED etcdserver: invalid auth token" in ranges(b"/a/1", forged)
+        # and what the member itself answers, when it runs again
+        with pytest.raises(grpc.RpcError) as err:
+            side.kv.Range(pb.RangeRequest(key=b"/a/1"), metadata=md(forged), timeout=20)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                           "etcdserver: invalid auth token")  # fmt: skip
+    finally:
+        srv.stop()
