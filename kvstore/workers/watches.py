@@ -55,11 +55,11 @@ from kvstore.statemachine import META_AUTH
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc.servicers import Malformed, Watch, strict_parser
 from kvstore.watch import WatchHub
+from kvstore.workers.credentials import FrontEndCredentials
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import ReadOnlyBackend, StateView
-from kvstore.workers.writes import FrontEndCredentials
 from proto.etcdserverpb import rpc_pb2 as pb
 
 WATCH = "/etcdserverpb.Watch/Watch"

@@ -31,18 +31,16 @@ from typing import Any
 
 import grpc
 
-from kvstore import errors
-from kvstore.auth.store import AuthInfo
 from kvstore.auth.tokens import JWTTokens
-from kvstore.errors import EtcdError, fail
+from kvstore.errors import EtcdError
 from kvstore.member.config import MemberConfig
 from kvstore.member.proposer import Appends, Proposer
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
 from kvstore.transport.cmux import PeerIdentities
-from kvstore.v3rpc.auth import token_of
 from kvstore.v3rpc.servicers import KV, Malformed, strict_parser
+from kvstore.workers.credentials import FrontEndCredentials
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications
@@ -99,41 +97,6 @@ class StoredResponse:
 
 class ForwardInstead(Exception):
     """The member's process answers this call (raised before anything was proposed)."""
-
-
-class FrontEndCredentials:
-    """Who a call a front end answers runs as, as the member's Authenticator names it
-    (kvstore/v3rpc/auth.py): a token's user, or without one, with --client-cert-auth, the common
-    name of the connection's verified client certificate at the auth revision `auth_revision()`
-    reads; otherwise no one. Only JWTs can be checked here (--auth-token jwt: the public key
-    verifies them in any process); simple tokens live in the member's process, which answers
-    the calls that carry one (`answers_here`)."""
-
-    def __init__(
-        self, identities: PeerIdentities | None, auth_revision: Callable[[], int], jwt: JWTTokens | None = None
-    ) -> None:
-        """identities: the front end's own (it terminates TLS); None without --client-cert-auth."""
-        self.identities = identities
-        self.auth_revision = auth_revision
-        self.jwt = jwt
-
-    def answers_here(self, context: Any) -> bool:
-        return self.jwt is not None or token_of(context) is None
-
-    def info(self, context: Any) -> AuthInfo | None:
-        if self.jwt is None and self.identities is None:
-            return None  # the common case, on every read: no credentials a front end could check
-        token = token_of(context)
-        if token is not None:
-            assert self.jwt is not None, "a simple token's call is the member's"
-            claims = self.jwt.info(token)
-            if claims is None:
-                raise fail(errors.INVALID_AUTH_TOKEN)
-            return AuthInfo(*claims)
-        if self.identities is None:
-            return None
-        name = self.identities.common_name(context.peer())
-        return AuthInfo(name, self.auth_revision()) if name else None
 
 
 class _CountedCounters(dict[str, int]):
