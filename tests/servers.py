@@ -16,6 +16,7 @@ only the processes this module started (tracked by pid, never by name).
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -37,6 +38,9 @@ TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else None
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 STDERR_TAIL_BYTES = 4000
+# Connections of `while_member_paused`: all 12 on the member's process of two is 1 in 4096 (SO_REUSEPORT
+# hashes each connection to one listener).
+PAUSED_CONNECTIONS = 12
 
 _ports_handed_out: set[int] = set()
 _live: dict[int, ServerProcess] = {}
@@ -158,14 +162,28 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    @contextlib.contextmanager
-    def member_paused(self) -> Iterator[None]:
-        """SIGSTOP the server's own process (with `--workers N`, the member's: its front ends run on),
-        SIGCONT after: what a front end still answers meanwhile, it decided by itself."""
+    def while_member_paused(
+        self, call: Callable[[grpc.Channel], str], credentials: grpc.ChannelCredentials | None = None
+    ) -> list[str]:
+        """`call` once on each of PAUSED_CONNECTIONS connections of its own, all at once, while the
+        server's own process (with `--workers N`, the member's) is stopped: what answers, a front end
+        decided by itself. An error reads "CODE details"."""
+
+        def one() -> str:
+            options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel
+            channel = (grpc.secure_channel(self.endpoint, credentials, options) if credentials is not None
+                       else grpc.insecure_channel(self.endpoint, options))  # fmt: skip
+            with channel:
+                try:
+                    return call(channel)
+                except grpc.RpcError as err:
+                    return f"{err.code().name} {err.details()}"
+
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
         try:
-            yield
+            with concurrent.futures.ThreadPoolExecutor(PAUSED_CONNECTIONS) as pool:
+                return list(pool.map(lambda _: one(), range(PAUSED_CONNECTIONS)))
         finally:
             os.kill(self.proc.pid, signal.SIGCONT)
 

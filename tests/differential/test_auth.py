@@ -331,8 +331,6 @@ def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
     """--auth-token jwt with --workers 2: a front end checks a JWT itself (the public key verifies it
     in any process), so it answers a token's reads with the member's process stopped: the token's
     own, permission denied, or an invalid token, as the member would."""
-    import concurrent.futures
-
     import jwt
 
     from tests.servers import start_kvstore
@@ -360,19 +358,13 @@ def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
                             _rsa_keys(tmp_path, "forger")[0].read_bytes(), algorithm="RS256")  # fmt: skip
 
         def ranges(key: bytes, token: str) -> list[str]:
-            def one() -> str:
-                with grpc.insecure_channel(srv.endpoint, [("grpc.use_local_subchannel_pool", 1)]) as ch:
-                    try:
-                        resp = rpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), metadata=md(token),
-                                                    timeout=3)  # fmt: skip
-                        return f"ok {[kv.value for kv in resp.kvs]}"
-                    except grpc.RpcError as err:
-                        return f"{err.code().name} {err.details()}"
+            def call(ch: grpc.Channel) -> str:
+                resp = rpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), metadata=md(token), timeout=3)
+                return f"ok {[kv.value for kv in resp.kvs]}"
 
-            with srv.member_paused(), concurrent.futures.ThreadPoolExecutor(12) as pool:
-                return list(pool.map(lambda _: one(), range(12)))
+            return srv.while_member_paused(call)
 
-        # 12 connections all on the member's process: 1 in 4096 (SO_REUSEPORT hashes each one)
+        # each on a connection of its own (tests/servers.py PAUSED_CONNECTIONS)
         assert "ok [b'v']" in ranges(b"/a/1", alice)
         assert "PERMISSION_DENIED etcdserver: permission denied" in ranges(b"/b", alice)
         assert "UNAUTHENTICATED etcdserver: invalid auth token" in ranges(b"/a/1", forged)
