@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import random
 import socket
 import ssl
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -96,10 +98,67 @@ class UnreachableNode(ConnectionError):
     attempt costs the whole timeout, so the node is tried last for a while (SUSPECT_MS)."""
 
 
+# Name lookups in flight, per event loop: (host, port) -> the one getaddrinfo every connect to
+# that address waits for (see _resolve).
+_lookups: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Future[list[Any]]]
+] = weakref.WeakKeyDictionary()
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """host's addresses, in getaddrinfo's order, from one lookup shared by every concurrent caller.
+
+    getaddrinfo runs in the loop's default executor (a few threads) and cannot be cancelled. The
+    name of a stopped or cut-off container does not resolve, slowly (Docker's DNS asks upstream):
+    when every connect attempt made its own lookup, the attempts to that node filled the
+    executor and the lookups of the live nodes queued behind them, so their connects timed out
+    too and the member lost the whole journal. One lookup per name at a time bounds that to a
+    thread per dead name.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return [host]  # a literal: nothing to look up
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    lookups = _lookups.setdefault(loop, {})
+    lookup = lookups.get((host, port))
+    if lookup is None:
+        lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        lookups[(host, port)] = lookup
+
+        def done(f: asyncio.Future[list[Any]]) -> None:
+            lookups.pop((host, port), None)
+            if not f.cancelled():
+                f.exception()  # retrieved: a caller may have stopped waiting (its timeout)
+
+        lookup.add_done_callback(done)
+    infos = await asyncio.shield(lookup)  # a caller's timeout leaves the lookup to the others
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
+    return addresses
+
+
+async def _connect_first(
+    addresses: list[str], port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the first of addresses that accepts one (as asyncio does for a name)."""
+    error: OSError | None = None
+    for ip in addresses:
+        try:
+            return await asyncio.open_connection(ip, port, ssl=ssl_context, server_hostname=server_hostname)
+        except OSError as e:
+            error = e
+    assert error is not None
+    raise error
+
+
 async def open_connection(
     addr: str, timeout_s: float, ssl_context: ssl.SSLContext | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """asyncio.open_connection to host:port, or UnreachableNode after timeout_s.
+    """asyncio.open_connection to host:port, or UnreachableNode after timeout_s (the name lookup
+    included) or when the name does not resolve.
 
     While no attempt has completed, a new one starts every CONNECT_ATTEMPT_MS (the
     earlier ones go on: a slow but live handshake still wins): a SYN lost in a cut
@@ -111,8 +170,14 @@ async def open_connection(
     attempts: list[asyncio.Task[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = []
     try:
         async with asyncio.timeout(timeout_s):
+            try:
+                addresses = await _resolve(host, port)
+            except socket.gaierror as e:  # gone from DNS (a stopped container): as good as cut off
+                raise UnreachableNode(f"{addr}: name not resolved ({e})") from None
+            # TLS still checks the certificate against the name, not the address
+            server_hostname = host if ssl_context is not None else None
             while True:
-                attempts.append(asyncio.create_task(asyncio.open_connection(host, port, ssl=ssl_context)))
+                attempts.append(asyncio.create_task(_connect_first(addresses, port, ssl_context, server_hostname)))
                 done, _ = await asyncio.wait(
                     attempts, timeout=CONNECT_ATTEMPT_MS / 1000, return_when=asyncio.FIRST_COMPLETED
                 )

@@ -35,6 +35,8 @@ UP_TIMEOUT_S = 240
 LIVENESS_TIMEOUT_S = 60.0  # how long a step may take before the test calls it stuck (not a speed bound)
 JOURNALS = ("journal-a", "journal-b", "journal-c")
 AZ_NETWORKS = ("az-a", "az-b", "az-c")
+FAILURE_LOG_LINES = 400  # of a member's log, in a failed liveness step's message
+FAILURE_LOG_CHARS_MAX = 60_000
 
 
 def _docker_unavailable() -> str:
@@ -133,8 +135,10 @@ def etcdctl(port: int, *args: str, timeout_s: float = 10) -> subprocess.Complete
     )  # fmt: skip
 
 
-def _etcdctl_until(port: int, args: tuple[str, ...], expected: str) -> float:
-    """Seconds until `etcdctl args` through this port prints expected (fails the test past LIVENESS_TIMEOUT_S)."""
+def _etcdctl_until(c: Cluster, member: str, args: tuple[str, ...], expected: str) -> float:
+    """Seconds until `etcdctl args` through member's port prints expected (fails the test past
+    LIVENESS_TIMEOUT_S, with the tail of the member's log: what it was doing meanwhile)."""
+    port = c.ports[member]
     start = time.monotonic()
     last = ""
     while time.monotonic() - start < LIVENESS_TIMEOUT_S:
@@ -148,16 +152,19 @@ def _etcdctl_until(port: int, args: tuple[str, ...], expected: str) -> float:
         last = r.stderr.strip() or repr(r.stdout)
         time.sleep(0.2)
     command = " ".join(args)
-    raise AssertionError(f"etcdctl {command} via 127.0.0.1:{port}: not {expected!r} for {LIVENESS_TIMEOUT_S}s: {last}")
+    logs = c.compose("logs", "--no-color", "--tail", str(FAILURE_LOG_LINES), member, check=False).stdout
+    raise AssertionError(f"etcdctl {command} via {member} (127.0.0.1:{port}): not {expected!r} for "
+                         f"{LIVENESS_TIMEOUT_S}s: {last}\n{member}'s log:\n"
+                         f"{logs[-FAILURE_LOG_CHARS_MAX:]}")  # fmt: skip
 
 
-def _put_until_ok(port: int, key: str) -> float:
-    return _etcdctl_until(port, ("put", key, "v"), "OK")
+def _put_until_ok(c: Cluster, member: str, key: str) -> float:
+    return _etcdctl_until(c, member, ("put", key, "v"), "OK")
 
 
-def _get_until(port: int, key: str, value: str) -> float:
+def _get_until(c: Cluster, member: str, key: str, value: str) -> float:
     """A linearizable get returning value."""
-    return _etcdctl_until(port, ("get", key, "--print-value-only"), value)
+    return _etcdctl_until(c, member, ("get", key, "--print-value-only"), value)
 
 
 def _journal_status(c: Cluster, via: str) -> dict[str, tuple[str, int]]:
@@ -245,11 +252,11 @@ def test_writes_go_on_when_the_journal_leader_stops(cluster: Cluster) -> None:
     leader = _leader(cluster)
     cluster.compose("stop", f"journal-{leader}")
     try:
-        took = _put_until_ok(cluster.ports["member-1"], "/after-leader-stop")
+        took = _put_until_ok(cluster, "member-1", "/after-leader-stop")
         print(f"first write after stopping journal-{leader}: {took:.2f}s")
         # The other member may still be leaving the stopped node (its stream and barrier time out):
         # it must serve the write within the same bound, not at its first try.
-        took = _get_until(cluster.ports["member-2"], "/after-leader-stop", "v")
+        took = _get_until(cluster, "member-2", "/after-leader-stop", "v")
         print(f"first read of it on member-2: {took:.2f}s")
         assert _leader(cluster) != leader
     finally:
@@ -264,9 +271,9 @@ def test_an_az_cut_off_and_reconnected(cluster: Cluster) -> None:
     for net in AZ_NETWORKS:
         subprocess.run(["docker", "network", "disconnect", cluster.network(net), node], check=True, timeout=60)
     try:
-        took = _put_until_ok(cluster.ports["member-1"], "/during-cut")
+        took = _put_until_ok(cluster, "member-1", "/during-cut")
         print(f"first write with AZ {az} cut off: {took:.2f}s")
-        _put_until_ok(cluster.ports["member-2"], "/during-cut-2")
+        _put_until_ok(cluster, "member-2", "/during-cut-2")
     finally:
         for net in AZ_NETWORKS:  # back, with the service's name on each network
             subprocess.run(["docker", "network", "connect", "--alias", f"journal-{az}", cluster.network(net), node],
@@ -293,7 +300,7 @@ def test_a_restarted_member_serves_again(cluster: Cluster) -> None:
     assert r.returncode == 0, r.stderr
     answer = json.loads(r.stdout)
     assert answer["kvs"][0]["value"] == "a2VwdA==" and answer["header"]["revision"] >= revision, answer  # "kept"
-    _put_until_ok(port, "/after-restart")
+    _put_until_ok(cluster, "member-1", "/after-restart")
 
 
 def test_prometheus_scrapes_every_target(cluster: Cluster) -> None:

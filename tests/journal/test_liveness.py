@@ -11,10 +11,13 @@ The outer asyncio timeouts only keep a broken build from hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +235,35 @@ async def test_a_refused_connect_fails_at_once() -> None:
     with pytest.raises(ConnectionRefusedError):
         # A refusal is an answer: not retried until the deadline, not an UnreachableNode.
         await asyncio.wait_for(open_connection(f"127.0.0.1:{port}", HANG_GUARD_S, None), HANG_GUARD_S)
+
+
+async def test_a_name_that_does_not_resolve_leaves_the_other_nodes_reachable(
+    silent: SilentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped container's name resolves slowly, then not at all (Docker's DNS asks upstream).
+    Connects to it, retried by every stream and probe, share one lookup at a time: they do not
+    fill the loop's few resolver threads, so a live node's name still resolves and connects at
+    once (it once cost a member every journal node for minutes: tests/docker)."""
+    real = socket.getaddrinfo
+    dead_lookups = []
+
+    def getaddrinfo(host: str, *args: Any, **kw: Any) -> Any:
+        if host == "gone.example":
+            dead_lookups.append(host)
+            time.sleep(1.5)  # in an executor thread, as a real slow lookup
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real("127.0.0.1" if host == "alive.example" else host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    port = silent.addr.rpartition(":")[2]
+    dead = [asyncio.create_task(open_connection("gone.example:7000", 1.0, None)) for _ in range(8)]
+    await asyncio.sleep(0.3)  # the dead name's lookups (and their retried attempts) under way
+    # within the liveness timeout, or UnreachableNode
+    _, writer = await asyncio.wait_for(open_connection(f"alive.example:{port}", 1.0, None), HANG_GUARD_S)
+    writer.close()
+    for task in dead:
+        with pytest.raises(UnreachableNode):
+            await asyncio.wait_for(task, HANG_GUARD_S)
+    assert dead_lookups == ["gone.example"], "one lookup shared by every connect to the name"
