@@ -37,40 +37,65 @@ def new_simple_token_prefix() -> str:
     return "".join(secrets.choice(_LETTERS) for _ in range(SIMPLE_TOKEN_PREFIX_CHARS))
 
 
+# What SimpleTokens tells its listeners (the front ends of --workers mirror the member's tokens):
+TOKEN_REGISTERED = 0  # (TOKEN_REGISTERED, token, username)
+TOKENS_REMOVED = 1  # (TOKENS_REMOVED, [token, ...]): expired, or revoked with their user or auth
+TokenChange = tuple[int, Any] | tuple[int, Any, Any]
+
+
 class SimpleTokens:
     def __init__(self, ttl_s: float = AUTH_TOKEN_TTL_S_DEFAULT, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, deadline)
+        self.listeners: list[Callable[[TokenChange], None]] = []
 
     def register(self, token: str, username: str) -> None:
-        self._expire()
+        self.expire()
         self._tokens[token] = (username, self._clock() + self.ttl_s)
+        self._tell((TOKEN_REGISTERED, token, username))
 
     def username(self, token: str) -> str | None:
         """The token's user, restarting its TTL; None when it is unknown or expired."""
         entry = self._tokens.get(token)
         now = self._clock()
-        if entry is None or entry[1] <= now:
-            self._tokens.pop(token, None)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            self._remove([token])
             return None
         self._tokens[token] = (entry[0], now + self.ttl_s)
         return entry[0]
 
+    def table(self) -> dict[str, str]:
+        """Every token not expired, and its user."""
+        now = self._clock()
+        return {t: user for t, (user, deadline) in self._tokens.items() if deadline > now}
+
     def invalidate_user(self, username: str) -> None:
-        for token in [t for t, (u, _) in self._tokens.items() if u == username]:
-            del self._tokens[token]
+        self._remove([t for t, (u, _) in self._tokens.items() if u == username])
 
     def clear(self) -> None:
-        self._tokens.clear()
+        self._remove(list(self._tokens))
 
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Forget the tokens whose TTL ran out (etcd's TTL keeper does it every second)."""
         now = self._clock()
-        for token in [t for t, (_, deadline) in self._tokens.items() if deadline <= now]:
+        self._remove([t for t, (_, deadline) in self._tokens.items() if deadline <= now])
+
+    def _remove(self, tokens: list[str]) -> None:
+        if not tokens:
+            return
+        for token in tokens:
             del self._tokens[token]
+        self._tell((TOKENS_REMOVED, tokens))
+
+    def _tell(self, change: TokenChange) -> None:
+        for listener in self.listeners:
+            listener(change)
 
 
 class JWTTokens:
@@ -138,3 +163,46 @@ def parse_auth_token(text: str, parse_duration_s: Callable[[str], float]) -> Tok
             private_key = f.read()
     ttl_s = parse_duration_s(opts["ttl"]) if "ttl" in opts else JWT_TTL_S_DEFAULT
     return TokenOptions("jwt", JWTTokens(method, public_key, private_key, ttl_s))
+
+
+class MirroredTokens:
+    """A front end's copy of its member's simple tokens (--workers: kvstore/workers/notify.py feeds
+    it). The member's process decides which tokens exist: it registers them when it applies an
+    Authenticate, revokes them with their user or auth, and expires them; each change reaches the
+    front ends before the APPLIED notification of the batch that made it. The uses a front end
+    answers are reported back (`take_touched`), so each use restarts the token's TTL in the
+    member, as a use in etcd restarts it."""
+
+    def __init__(self) -> None:
+        self.revision = 0  # the auth revision the table is as of: the member's own at that point
+        self._users: dict[str, str] = {}
+        self._touched: set[str] = set()
+
+    def reset(self, revision: int, table: dict[str, str]) -> None:
+        self.revision = revision
+        self._users = dict(table)
+        self._touched.clear()
+
+    def change(self, revision: int, changes: list[Any]) -> None:
+        self.revision = revision
+        for change in changes:
+            if change[0] == TOKEN_REGISTERED:
+                self._users[change[1]] = change[2]
+            else:
+                for token in change[1]:
+                    self._users.pop(token, None)
+                    self._touched.discard(token)
+
+    def user(self, token: str) -> str | None:
+        """The token's user (a use: it is touched), or None when the member has not told of it."""
+        username = self._users.get(token)
+        if username is not None:
+            self._touched.add(token)
+        return username
+
+    def take_touched(self) -> list[str]:
+        touched, self._touched = list(self._touched), set()
+        return touched
+
+    def __len__(self) -> int:
+        return len(self._users)

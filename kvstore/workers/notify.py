@@ -19,6 +19,13 @@ front end keeps one connection to it. Messages are msgpack arrays, in order:
 - member -> front end `[RESULT, seq, response bytes]` or `[RESULT, seq, code,
   message]`: what the applier computed for the front end's entry `seq` (by
   origin), sent after the batch's commit, before that batch's APPLIED.
+- member -> front end `[TOKENS, auth revision, {token: user}]` at connect, then
+  `[TOKEN_CHANGES, auth revision, [change, ...]]` (kvstore/auth/tokens.py) with a
+  batch's APPLIED, before it, when the batch registered or revoked simple tokens or
+  moved the auth revision, and after each expiry sweep (TOKEN_EXPIRY_INTERVAL_S) that
+  dropped some: the front end's MirroredTokens; front end -> member `[TOKEN_TOUCH,
+  [token, ...]]` (every TOKEN_TOUCH_INTERVAL_S): the tokens it answered calls with,
+  whose TTL the member restarts.
 - member -> front end `[FENCE, id]`, answered `[FENCED, id]`: before physical
   compaction removes records, the member waits (at most FENCE_WAIT_S) until
   every front end has handled the APPLIED notifications sent before the fence:
@@ -49,6 +56,7 @@ import msgpack
 
 from journal import failpoints
 from journal.api import JournalError
+from kvstore.auth.tokens import MirroredTokens, TokenChange
 from kvstore.errors import EtcdError
 from kvstore.member.rounds import SharedRounds
 from kvstore.workers import member_socket_path
@@ -68,6 +76,12 @@ APPEND_FAILED = 6
 RESULT = 7
 FENCE = 8
 FENCED = 9
+TOKENS = 10
+TOKEN_CHANGES = 11
+TOKEN_TOUCH = 12
+# etcd's TTL keeper checks every second; a front end's uses reach the member within a second
+TOKEN_EXPIRY_INTERVAL_S = 1.0
+TOKEN_TOUCH_INTERVAL_S = 1.0
 FENCE_WAIT_S = 1.0  # a front end slower than this to answer a fence: compaction goes on without it
 READ_CHUNK_BYTES = 64 * 1024
 RECONNECT_DELAY_S = 0.2
@@ -93,6 +107,8 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fences: dict[int, tuple[asyncio.StreamWriter, asyncio.Future[None]]] = {}
         self._fence_ids = itertools.count(1)
+        self._token_changes: list[TokenChange] = []  # not yet sent to the front ends
+        self._token_revision = 0  # the auth revision the front ends were last told
 
     async def listen(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -101,6 +117,9 @@ class Notifier:
         self.member.applied_listeners.append(self._applied)
         self.member.foreign_result = self._result
         self.member.before_physical_compaction = self.fence
+        self.member.auth_tokens.listeners.append(self._token_changed)
+        self._token_revision = self.member.sm.auth.revision
+        self._spawn(self._expire_tokens())
 
     async def fence(self) -> None:
         """Until every front end has handled every notification sent before now (or FENCE_WAIT_S)."""
@@ -141,9 +160,33 @@ class Notifier:
         # that client's next read, from any view, has the write.
         self._results.setdefault(writer, []).append(frame)
 
+    def _token_changed(self, change: TokenChange) -> None:
+        self._token_changes.append(change)
+
+    def _tokens_frame(self) -> bytes:
+        """The token changes not yet sent, as one frame (b"" when there are none and the auth
+        revision did not move)."""
+        revision = self.member.sm.auth.revision
+        if not self._token_changes and revision == self._token_revision:
+            return b""
+        changes, self._token_changes = self._token_changes, []
+        self._token_revision = revision
+        return msgpack.packb([TOKEN_CHANGES, revision, changes])  # type: ignore[no-any-return]
+
+    async def _expire_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_EXPIRY_INTERVAL_S)
+            self.member.auth_tokens.expire()
+            frame = self._tokens_frame()
+            if frame:
+                for writer in list(self._writers):
+                    writer.write(frame)
+
     def _applied(self, position: int) -> None:
         results, self._results = self._results, {}
-        frame = msgpack.packb([APPLIED, position])
+        # The batch's token changes first: a front end never answers with a token this batch
+        # revoked once it has read the batch's APPLIED.
+        frame = self._tokens_frame() + msgpack.packb([APPLIED, position])
         for writer in list(self._writers):
             if writer.transport.get_write_buffer_size() > NOTIFY_BUFFER_BYTES_MAX:
                 log.warning("a front end reads no notifications: closing its channel")
@@ -160,7 +203,10 @@ class Notifier:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
-        writer.write(msgpack.packb([APPLIED, self.member.sm.applied_position]))
+        # The tokens as of now (a change still unsent is sent again later: the mirror's updates
+        # are idempotent), then the position.
+        table = msgpack.packb([TOKENS, self.member.sm.auth.revision, self.member.auth_tokens.table()])
+        writer.write(table + msgpack.packb([APPLIED, self.member.sm.applied_position]))
         unpacker = msgpack.Unpacker()
         origin: int | None = None
         try:
@@ -177,6 +223,9 @@ class Notifier:
                         self._by_origin[origin] = writer
                     elif kind == FENCED:
                         self._fenced(message[1])
+                    elif kind == TOKEN_TOUCH:
+                        for token in message[1]:
+                            self.member.auth_tokens.username(token)  # a use: its TTL restarts
         except (ConnectionError, OSError):
             pass
         finally:
@@ -223,6 +272,8 @@ class Notifier:
             self.member.before_physical_compaction = None
         if self._applied in self.member.applied_listeners:
             self.member.applied_listeners.remove(self._applied)
+        if self._token_changed in self.member.auth_tokens.listeners:
+            self.member.auth_tokens.listeners.remove(self._token_changed)
         if self._server is not None:
             self._server.close()
         for writer in self._writers:
@@ -250,6 +301,7 @@ class MemberNotifications:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._rounds = SharedRounds(self._ask_barrier)
+        self.tokens = MirroredTokens()  # the member's simple tokens, as it tells them
 
     @property
     def up(self) -> bool:
@@ -265,11 +317,13 @@ class MemberNotifications:
                 continue
             self._writer = writer
             writer.write(msgpack.packb([HELLO, self.origin]))
+            touches = asyncio.get_running_loop().create_task(self._send_touches(writer))
             try:
                 await self._receive(reader)
             except (ConnectionError, OSError):
                 pass
             finally:
+                touches.cancel()
                 self._writer = None
                 writer.close()
                 self._down()
@@ -294,6 +348,10 @@ class MemberNotifications:
                         fence_listener()
                     if self._writer is not None:
                         self._writer.write(msgpack.packb([FENCED, message[1]]))
+                elif kind == TOKEN_CHANGES:
+                    self.tokens.change(message[1], message[2])
+                elif kind == TOKENS:
+                    self.tokens.reset(message[1], message[2])
                 elif kind in (APPENDED, APPEND_FAILED):
                     fut = self._appends.pop(message[1], None)
                     if fut is not None and not fut.done():
@@ -317,8 +375,17 @@ class MemberNotifications:
         for listener in self.applied_listeners:
             listener(self.applied)
 
+    async def _send_touches(self, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_TOUCH_INTERVAL_S)
+            touched = self.tokens.take_touched()
+            if touched and not writer.is_closing():
+                writer.write(msgpack.packb([TOKEN_TOUCH, touched]))
+
     def _down(self) -> None:
-        """The member went away: whoever waits here is answered by forwarding instead."""
+        """The member went away: whoever waits here is answered by forwarding instead (its
+        tokens went with it: a restarted member knows none, as a restarted etcd)."""
+        self.tokens.reset(0, {})
         if self._barrier is not None and not self._barrier.done():
             self._barrier.set_exception(ChannelDown())
         for _, _, fut in self._waiters:

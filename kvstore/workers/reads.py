@@ -60,7 +60,7 @@ class LocalReads:
         """identities: the front end's, with --client-cert-auth; jwt: --auth-token jwt's verifier."""
         self.view = view
         # Read inside the request's own read transaction: the auth revision the read is checked at.
-        self.credentials = FrontEndCredentials(identities, lambda: view.auth.revision, jwt)
+        self.credentials = FrontEndCredentials(identities, lambda: view.auth.revision, jwt, notifications.tokens)
         self.metrics = metrics
         self.notifications = notifications
         self.max_txn_ops = max_txn_ops

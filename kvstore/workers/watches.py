@@ -276,7 +276,7 @@ class LocalWatches:
         jwt's verifier."""
         self.feed = feed
         self.notifications = notifications
-        self.credentials = FrontEndCredentials(identities, lambda: feed.sm.auth.revision, jwt)
+        self.credentials = FrontEndCredentials(identities, lambda: feed.sm.auth.revision, jwt, notifications.tokens)
         self.servicer = Watch(feed, self.credentials)  # type: ignore[arg-type]  # the feed is its member
         self._parse = strict_parser(pb.WatchRequest)
         self.stopping = False

@@ -12,11 +12,12 @@ hands its result for (origin, seq) back over that channel; the servicer
 completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
-anything: calls with a simple token (those live in the member's process), a write
+anything: calls with a simple token its mirror of the member's tokens does not hold, a write
 that may cross the quota (the member raises the NOSPACE alarm), and everything
 while the channel is down. The entry carries the credentials the member would
-give it (a JWT's user and revision; with --client-cert-auth the certificate's
-common name at the current auth revision; otherwise none), and the applier
+give it (a JWT's user and revision; a simple token's user at the mirror's auth
+revision; with --client-cert-auth the certificate's common name at the current
+auth revision; otherwise none), and the applier
 checks permissions against them.
 A read-only txn is a read: kvstore/workers/reads.py answers it.
 """
@@ -207,7 +208,8 @@ class LocalWrites:
         self.member = member
         self.metrics = metrics
         self.read_only_txn = read_only_txn
-        self.credentials = FrontEndCredentials(identities, member.view.current_auth_revision, jwt)
+        self.credentials = FrontEndCredentials(identities, member.view.current_auth_revision, jwt,
+                                               member.notifications.tokens)  # fmt: skip
         self.kv = KV(member, self.credentials)  # type: ignore[arg-type]  # the member's servicer, on the front end
         self.stopping = False
 

@@ -327,6 +327,22 @@ def test_auth_state_survives_restart() -> None:
         srv.stop()
 
 
+def _reader_alice(side: Side) -> None:
+    """/a/1 = v, then root, and alice who may read /a/ only, and auth on."""
+    side.kv.Put(pb.PutRequest(key=b"/a/1", value=b"v"), timeout=20)
+    for method, req in (
+        ("UserAdd", pb.AuthUserAddRequest(name="root", password=ROOT_PW)),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
+        ("UserAdd", pb.AuthUserAddRequest(name="alice", password=ALICE_PW)),
+        ("RoleAdd", pb.AuthRoleAddRequest(name="reader")),
+        ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+            name="reader", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/", range_end=b"/a0"))),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="reader")),
+        ("AuthEnable", pb.AuthEnableRequest()),
+    ):  # fmt: skip
+        getattr(side.auth, method)(req, timeout=20)
+
+
 def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
     """--auth-token jwt with --workers 2: a front end checks a JWT itself (the public key verifies it
     in any process), so it answers a token's reads with the member's process stopped: the token's
@@ -340,19 +356,7 @@ def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
     srv = start_kvstore("jwt-front-ends", flags=flags, extra_args=["--workers=2"])
     try:
         side = Side(srv)
-        side.kv.Put(pb.PutRequest(key=b"/a/1", value=b"v"), timeout=20)
-        for method, req in (
-            ("UserAdd", pb.AuthUserAddRequest(name="root", password=ROOT_PW)),
-            ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root")),
-            ("UserAdd", pb.AuthUserAddRequest(name="alice", password=ALICE_PW)),
-            ("RoleAdd", pb.AuthRoleAddRequest(name="reader")),
-            ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
-                name="reader", perm=authpb.Permission(permType=authpb.Permission.READ, key=b"/a/",
-                                                      range_end=b"/a0"))),
-            ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="alice", role="reader")),
-            ("AuthEnable", pb.AuthEnableRequest()),
-        ):  # fmt: skip
-            getattr(side.auth, method)(req, timeout=20)
+        _reader_alice(side)
         alice = side.token("alice", ALICE_PW)
         forged = jwt.encode({"username": "root", "revision": 100, "exp": int(time.time()) + 600},
                             _rsa_keys(tmp_path, "forger")[0].read_bytes(), algorithm="RS256")  # fmt: skip
@@ -373,5 +377,54 @@ def test_jwt_checked_in_front_ends(tmp_path: Path) -> None:
             side.kv.Range(pb.RangeRequest(key=b"/a/1"), metadata=md(forged), timeout=20)
         assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED,
                                                            "etcdserver: invalid auth token")  # fmt: skip
+    finally:
+        srv.stop()
+
+
+def test_simple_tokens_checked_in_front_ends() -> None:
+    """--workers 2 with etcd's default simple tokens: each front end holds the member's tokens
+    (told over the notification channel), so it answers a token's reads with the member's
+    process stopped; a token the member revoked (a new password) or has never issued, it leaves
+    to the member. With the member's process stopped, what a connection to it (or forwarded to
+    it) is answered is DEADLINE_EXCEEDED."""
+    from tests.servers import start_kvstore
+
+    srv = start_kvstore("simple-token-front-ends", extra_args=["--workers=2"])
+    try:
+        side = Side(srv)
+        _reader_alice(side)
+        alice = side.token("alice", ALICE_PW)
+        root = side.token("root", ROOT_PW)
+
+        def ranges(key: bytes, token: str) -> list[str]:
+            def call(ch: grpc.Channel) -> str:
+                resp = rpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), metadata=md(token), timeout=3)
+                return f"ok {[kv.value for kv in resp.kvs]}"
+
+            return srv.while_member_paused(call)
+
+        waited = "DEADLINE_EXCEEDED Deadline Exceeded"
+
+        def answered_here(answers: list[str], answer: str) -> bool:
+            """Some connections answered `answer` (a front end decided), the others waited."""
+            return answer in answers and set(answers) <= {answer, waited}
+
+        time.sleep(0.5)  # the front ends read the batch's token changes (sent before the answer)
+        # each on a connection of its own (tests/servers.py PAUSED_CONNECTIONS)
+        assert answered_here(ranges(b"/a/1", alice), "ok [b'v']")
+        assert answered_here(ranges(b"/b", alice), "PERMISSION_DENIED etcdserver: permission denied")
+        assert set(ranges(b"/a/1", "nobody.7")) == {waited}
+        side.auth.UserChangePassword(pb.AuthUserChangePasswordRequest(name="alice", password="new"),
+                                     metadata=md(root), timeout=20)  # fmt: skip
+        time.sleep(0.5)
+        assert set(ranges(b"/a/1", alice)) == {waited}, "revoked in every front end"
+        # and what the member itself answers, when it runs again
+        with pytest.raises(grpc.RpcError) as err:
+            side.kv.Range(pb.RangeRequest(key=b"/a/1"), metadata=md(alice), timeout=20)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                           "etcdserver: invalid auth token")  # fmt: skip
+        renewed = side.token("alice", "new")
+        time.sleep(0.5)
+        assert answered_here(ranges(b"/a/1", renewed), "ok [b'v']")
     finally:
         srv.stop()

@@ -3,13 +3,21 @@ checks where the state machine applies entries."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
 from kvstore import errors
 from kvstore.auth.permcache import READ, READWRITE, WRITE, UnifiedPermissions, valid_permission_range
 from kvstore.auth.store import Authenticated, AuthInfo, AuthStore, StaleCheck
-from kvstore.auth.tokens import SimpleTokens, new_simple_token_prefix, parse_auth_token
+from kvstore.auth.tokens import (
+    TOKEN_REGISTERED,
+    MirroredTokens,
+    SimpleTokens,
+    new_simple_token_prefix,
+    parse_auth_token,
+)
 from kvstore.errors import EtcdError
 from kvstore.statemachine import Kind, StateMachine, encode_entry
 from proto.authpb import auth_pb2 as authpb
@@ -169,6 +177,37 @@ def test_simple_tokens_expire_unless_used() -> None:
     assert tokens.username("t1") is None
     prefix = new_simple_token_prefix()
     assert len(prefix) == 16 and prefix.isalpha()
+
+
+def test_a_mirror_follows_the_member_tokens_changes() -> None:
+    """What a front end holds (MirroredTokens) is what the member's SimpleTokens told it, in order;
+    a use in the front end is a touch the member's TTL restarts with."""
+    now = [0.0]
+    tokens = SimpleTokens(ttl_s=10, clock=lambda: now[0])
+    changes: list[Any] = []
+    tokens.listeners.append(changes.append)
+    mirror = MirroredTokens()
+    mirror.reset(3, tokens.table())
+    tokens.register("t1", "alice")
+    tokens.register("t2", "alice")
+    tokens.register("t3", "bob")
+    mirror.change(3, changes)
+    changes.clear()
+    assert (mirror.user("t1"), mirror.user("t3"), mirror.user("nope")) == ("alice", "bob", None)
+    now[0] = 8
+    for token in mirror.take_touched():  # the front end's touches, as the member handles them
+        tokens.username(token)
+    assert mirror.take_touched() == []
+    now[0] = 12
+    tokens.expire()  # t2 was not used: expired; t1 and t3 were, in the front end
+    tokens.invalidate_user("bob")
+    mirror.change(4, changes)
+    changes.clear()
+    assert (mirror.user("t1"), mirror.user("t2"), mirror.user("t3"), mirror.revision) == ("alice", None, None, 4)
+    mirror.change(4, [(TOKEN_REGISTERED, "t1", "alice")])  # sent again after a reset: no harm
+    tokens.clear()
+    mirror.change(5, changes)
+    assert len(mirror) == 0 and len(tokens) == 0
 
 
 def test_auth_token_option_parsing(tmp_path: object) -> None:
