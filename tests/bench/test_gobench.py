@@ -83,6 +83,24 @@ def test_mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
         server.stop()
 
 
+def test_user_authenticates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """--user name:password: with auth on, every call carries the token the driver was given."""
+    server = start_kvstore(tmp_path_factory.mktemp("auth"))
+    try:
+        with grpc.insecure_channel(server.endpoints[0].split("://", 1)[1]) as ch:
+            auth = rpc_pb2_grpc.AuthStub(ch)
+            auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=20)
+            auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=20)
+            auth.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=20)
+        args = ["put", "--endpoints", server.endpoints[0], "--prefix", "/gauth/", "--total", "30", "--clients", "4"]
+        r = run_json([*args, "--user", "root:pw"])
+        assert (r["ops"], r["errors"]) == (30, 0)
+        with pytest.raises(RuntimeError, match="first request"):  # without a user: refused
+            run_json(args)
+    finally:
+        server.stop()
+
+
 def test_unreachable_endpoint_fails_fast() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kvstore", "bench", "go", "put", "--endpoints", f"127.0.0.1:{free_port()}"],

@@ -49,6 +49,7 @@ type options struct {
 	jsonOut     bool
 	seed        int64
 	procs       int
+	user        string
 	tls         transport.TLSInfo
 }
 
@@ -160,6 +161,7 @@ func parseArgs(args []string) (options, error) {
 	fs.StringVar(&o.tls.TrustedCAFile, "cacert", "", "https:// endpoints: the CA that signed the server's certificate")
 	fs.StringVar(&o.tls.CertFile, "cert", "", "client certificate (mutual TLS: the server's --client-cert-auth)")
 	fs.StringVar(&o.tls.KeyFile, "key", "", "the client certificate's key")
+	fs.StringVar(&o.user, "user", "", "name:password: authenticate (etcd's simple or JWT token on every call), as etcd's benchmark --user")
 	fs.IntVar(&o.procs, "procs", 0, "GOMAXPROCS: OS threads running the driver's Go code at once (0: Go's default, every core)")
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fs.Usage()
@@ -214,6 +216,13 @@ func run(o options) (result, error) {
 	quietLog := zap.NewProductionConfig()
 	quietLog.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
 	cfg := clientv3.Config{Endpoints: o.endpoints, DialTimeout: 5 * time.Second, LogConfig: &quietLog}
+	if o.user != "" {
+		name, password, found := strings.Cut(o.user, ":")
+		if !found {
+			return result{}, fmt.Errorf("--user is name:password")
+		}
+		cfg.Username, cfg.Password = name, password
+	}
 	if !o.tls.Empty() || o.tls.TrustedCAFile != "" {
 		tlsConfig, err := o.tls.ClientConfig()
 		if err != nil {
