@@ -3,20 +3,21 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers ranges and read-only txns (without a simple token) from its read-only
-  view of the state file (kvstore/workers/reads.py): a serializable one at once
+- answers ranges and read-only txns from its read-only view of the state
+  file (kvstore/workers/reads.py): a serializable one at once
   (what the applier committed before the request arrived), a linearizable one
   after a barrier shared by the front end's reads (kvstore/workers/notify.py);
 - proposes Put, DeleteRange and Txn with writes itself and answers with the
   applier's result (kvstore/workers/writes.py);
 - serves watch streams with the member's own hub, fed from the view after each
   applied batch (kvstore/workers/watches.py);
-- runs each of those calls as the member would (a JWT's user; with
-  --client-cert-auth the certificate's common name): the applier, or the read,
-  checks its permissions;
+- runs each of those calls as the member would (a JWT's user; a simple token's
+  user from its mirror of the member's tokens; with --client-cert-auth the
+  certificate's common name): the applier, or the read, checks its permissions;
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): leases, calls with a simple token, auth,
-  maintenance and cluster calls answer exactly as the member answers them;
+  (kvstore/workers/forward.py): leases, calls with a simple token its mirror
+  does not hold, auth, maintenance and cluster calls answer exactly as the
+  member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
   member's HTTP endpoints, so the member stays one unit for its users.
 

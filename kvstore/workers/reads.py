@@ -1,16 +1,17 @@
 """Reads answered in a front end: KV.Range and read-only KV.Txn.
 
 A read is answered from the front end's read-only view of the state file
-(kvstore/workers/view.py) unless it carries a simple token (those live in the
-member's process, which answers them; a JWT is checked here). A serializable
-read is answered at once, with what the applier committed before it arrived;
-a linearizable one first waits for a barrier shared by the front end's reads
+(kvstore/workers/view.py); a JWT is checked here, a simple token looked up in
+the front end's mirror of the member's tokens (one the mirror does not hold is
+forwarded to the member's process, which answers it). A serializable read is
+answered at once, with what the applier committed before it arrived; a
+linearizable one first waits for a barrier shared by the front end's reads
 (kvstore/workers/notify.py), as the member's own servicer waits for its own.
 A read-only txn is linearizable unless every range in it is serializable, as
 etcd decides. With auth on, the read runs as the member would run it (a JWT's
-user; with --client-cert-auth the certificate's common name; else no one),
-and its permissions are checked against the auth store in the same read
-transaction as the read itself.
+user; a simple token's user; with --client-cert-auth the certificate's common
+name; else no one), and its permissions are checked against the auth store in
+the same read transaction as the read itself.
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ live watcher into a catching-up one (`WatchHub.rebind`, as the member does when 
 a snapshot): each then catches up from the records, or is cancelled with the compact
 revision, as etcd cancels a watcher that fell behind a compaction. Nothing is skipped silently.
 
-A watch created with auth on runs as the member would run it (a JWT's user; with
+A watch created with auth on runs as the member would run it (a JWT's user; a simple token's
+user; with
 --client-cert-auth the certificate's common name; else no one), checked against the auth store
 of the feed's snapshot. What the front end does not decide it forwards to the member's process
-at the stream's start: a call with a simple token (those live there), any call while the
+at the stream's start: a call with a simple token its mirror does not hold, any call while the
 notification channel is down or while the front end stops.
 """
 
