@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,12 @@ class MemberConfig:
     journal_exclusive: bool = False
     # This process's share of the member's PENDING_PROPOSALS_MAX (kvstore serve --workers N: 1/N each).
     pending_proposals_max: int = PENDING_PROPOSALS_MAX
+
+
+def new_lease_id() -> int:
+    """A lease ID for a grant that names none: chosen by whoever proposes it (any process of a
+    member); the applier refuses one that exists, as etcd does."""
+    return random.getrandbits(62) | (1 << 61)  # positive, and never 0
 
 
 def default_state_dir(data_dir: str) -> str:

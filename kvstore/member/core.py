@@ -64,6 +64,7 @@ from kvstore.member.config import (
     batch_parts,
     default_state_dir,
     id64,
+    new_lease_id,
     now_ms,
     parse_duration_s,
 )
@@ -611,7 +612,7 @@ class Member:
         return random.getrandbits(63) | 1
 
     def new_lease_id(self) -> int:
-        return random.getrandbits(62) | (1 << 61)  # positive, and never 0
+        return new_lease_id()
 
     async def _lease_expiry_loop(self) -> None:
         while True:

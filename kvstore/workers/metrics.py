@@ -1,7 +1,7 @@
 """The front ends' counts, summed into the member's /metrics.
 
-A front end counts what it answers itself (serializable ranges: etcd's
-grpc_server_started_total, grpc_server_handled_total, etcd_mvcc_range_total;
+A front end counts what it answers itself (its ranges, writes and lease calls:
+etcd's grpc_server_started_total, grpc_server_handled_total; etcd_mvcc_range_total;
 the watches it serves: etcd_debugging_mvcc_watcher_total and _watch_stream_total;
 its own appends to a remote journal: etcd_disk_wal_fsync_duration_seconds)
 with prometheus_client in multiprocess mode: the counters live in files in a
@@ -52,7 +52,7 @@ class FrontEndMetrics:
         # Its own appends to a remote journal: etcd's WAL fsync, as the member times its own.
         self.wal_fsync = Histogram("etcd_disk_wal_fsync_duration_seconds", "", buckets=DISK_BUCKETS_S, registry=None)
         self.handling: Histogram | None = None  # --metrics extensive, as the member's
-        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
         if level == "extensive":
             self.handling = Histogram("grpc_server_handling_seconds", "", labels, buckets=GRPC_BUCKETS_S, registry=None)
 
@@ -60,12 +60,21 @@ class FrontEndMetrics:
         self.served("Range", code, started_s)
         self.ranges.inc()
 
-    def served(self, kv_method: str, code: grpc.StatusCode, started_s: float) -> None:
-        """One unary KV call the front end answered itself (started_s: its time.monotonic() at start)."""
-        children = self._children.get((kv_method, code))
+    def served(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started_s: float,
+        *,
+        service: str = "etcdserverpb.KV",
+        grpc_type: str = "unary",
+    ) -> None:
+        """One call the front end answered itself (started_s: its time.monotonic() at start)."""
+        key = (grpc_type, service, method, code)
+        children = self._children.get(key)
         if children is None:  # each labelled child looked up once, not per call
-            labels = ("unary", "etcdserverpb.KV", kv_method)
-            children = self._children[(kv_method, code)] = (
+            labels = (grpc_type, service, method)
+            children = self._children[key] = (
                 self.started.labels(*labels),
                 self.handled.labels(*labels, GRPC_CODE_NAMES[code]),
                 None if self.handling is None else self.handling.labels(*labels),

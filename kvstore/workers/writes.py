@@ -1,7 +1,8 @@
-"""Writes answered in a front end: Put, DeleteRange and Txn with writes.
+"""Writes answered in a front end: Put, DeleteRange, Txn with writes, and the
+lease calls that are journal entries (LeaseGrant, LeaseRevoke, LeaseKeepAlive).
 
-The member's own KV servicer (kvstore/v3rpc/servicers.py) runs here, unchanged,
-on a `FrontEndMember`: the same validation, request size and quota checks,
+The member's own KV and Lease servicers (kvstore/v3rpc/servicers.py) run here,
+unchanged, on a `FrontEndMember`: the same validation, request size and quota checks,
 then the same proposer (kvstore/member/proposer.py) builds the journal entry
 with the front end's own origin and sends the entries of one event-loop turn
 as one append: straight to a remote journal (--journal-endpoints) with the
@@ -19,7 +20,8 @@ give it (a JWT's user and revision; a simple token's user at the mirror's auth
 revision; with --client-cert-auth the certificate's common name at the current
 auth revision; otherwise none), and the applier
 checks permissions against them.
-A read-only txn is a read: kvstore/workers/reads.py answers it.
+A read-only txn is a read: kvstore/workers/reads.py answers it. LeaseTimeToLive and
+LeaseLeases are forwarded, and only the member's process proposes the expiry of a lease.
 """
 
 from __future__ import annotations
@@ -27,20 +29,20 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from kvstore.auth.tokens import JWTTokens
 from kvstore.errors import EtcdError
-from kvstore.member.config import MemberConfig
+from kvstore.member.config import MemberConfig, new_lease_id
 from kvstore.member.proposer import Appends, Proposer
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
 from kvstore.transport.cmux import PeerIdentities
-from kvstore.v3rpc.servicers import KV, Malformed, strict_parser
+from kvstore.v3rpc.servicers import KV, Lease, Malformed, strict_parser
 from kvstore.workers.credentials import FrontEndCredentials
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
@@ -48,8 +50,12 @@ from kvstore.workers.notify import MemberNotifications
 from kvstore.workers.view import StateView
 from proto.etcdserverpb import rpc_pb2 as pb
 
-# Put, DeleteRange and Txn responses all carry their header in field 1 (what StoredResponse relies on).
-RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN})
+# Their responses all carry their header in field 1 (what StoredResponse relies on).
+RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN, Kind.LEASE_GRANT, Kind.LEASE_REVOKE,
+                            Kind.LEASE_KEEPALIVE})  # fmt: skip
+KV_SERVICE = "etcdserverpb.KV"
+LEASE_SERVICE = "etcdserverpb.Lease"
+LEASE_KEEPALIVE = f"/{LEASE_SERVICE}/LeaseKeepAlive"
 # The member's counters the servicer bumps, and the metric each one is in /metrics.
 COUNTER_METRICS = {
     "puts": "etcd_mvcc_put_total",
@@ -167,6 +173,9 @@ class FrontEndMember:
     def store(self) -> MVCCStore:
         return self.view.store
 
+    def new_lease_id(self) -> int:
+        return new_lease_id()
+
     def _file_moved(self, _position: int) -> None:
         self._file_bytes = None
 
@@ -192,7 +201,8 @@ ReadOnlyTxn = Callable[[Any, bytes, Any, Forwarder], Awaitable[bytes]]
 
 
 class LocalWrites:
-    """The front end's handlers of KV.Put, KV.DeleteRange and KV.Txn."""
+    """The front end's handlers of KV.Put, KV.DeleteRange, KV.Txn, Lease.LeaseGrant, Lease.LeaseRevoke
+    and the Lease.LeaseKeepAlive stream."""
 
     def __init__(
         self,
@@ -210,20 +220,53 @@ class LocalWrites:
         self.read_only_txn = read_only_txn
         self.credentials = FrontEndCredentials(identities, member.view.current_auth_revision, jwt,
                                                member.notifications.tokens)  # fmt: skip
-        self.kv = KV(member, self.credentials)  # type: ignore[arg-type]  # the member's servicer, on the front end
+        # The member's servicers, on the front end.
+        self.kv = KV(member, self.credentials)  # type: ignore[arg-type]
+        self.lease = Lease(member, self.credentials)  # type: ignore[arg-type]
+        self._parse_keepalive = strict_parser(pb.LeaseKeepAliveRequest)
         self.stopping = False
 
     def handlers(self) -> dict[str, LocalUnary]:
-        return {
-            "/etcdserverpb.KV/Put": self._handler("Put", pb.PutRequest, KV.Put),
-            "/etcdserverpb.KV/DeleteRange": self._handler("DeleteRange", pb.DeleteRangeRequest, KV.DeleteRange),
-            "/etcdserverpb.KV/Txn": self._handler("Txn", pb.TxnRequest, KV.Txn),
-        }
+        answered = (
+            (KV_SERVICE, "Put", pb.PutRequest, self.kv, KV.Put),
+            (KV_SERVICE, "DeleteRange", pb.DeleteRangeRequest, self.kv, KV.DeleteRange),
+            (KV_SERVICE, "Txn", pb.TxnRequest, self.kv, KV.Txn),
+            (LEASE_SERVICE, "LeaseGrant", pb.LeaseGrantRequest, self.lease, Lease.LeaseGrant),
+            (LEASE_SERVICE, "LeaseRevoke", pb.LeaseRevokeRequest, self.lease, Lease.LeaseRevoke),
+        )
+        return {f"/{service}/{name}": self._handler(service, name, *rest) for service, name, *rest in answered}
 
-    def _handler(self, name: str, request_type: Any, method: Any) -> LocalUnary:
+    def stream_handlers(self) -> dict[str, Any]:
+        return {LEASE_KEEPALIVE: self.keep_alive}
+
+    async def keep_alive(self, requests: AsyncIterator[bytes], context: Any, forwarder: Forwarder) -> None:
+        """Lease.LeaseKeepAlive: each renewal proposed here, answered with the applier's TTL."""
+        if not self._may_answer(context):
+            async for response in forwarder.forward_stream(LEASE_KEEPALIVE, requests, context):
+                await context.write(response)
+            return
+        started_s = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            async for resp in self.lease.LeaseKeepAlive(self._keepalive_requests(requests, context), context):
+                await context.write(resp)
+        except BaseException:
+            code = context.code() or grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.metrics.served("LeaseKeepAlive", code, started_s, service=LEASE_SERVICE, grpc_type="bidi_stream")
+
+    async def _keepalive_requests(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+        async for raw in requests:
+            msg = self._parse_keepalive(raw)
+            if isinstance(msg, Malformed):
+                await msg.abort(context)
+            yield msg
+
+    def _handler(self, service: str, name: str, request_type: Any, target: Any, method: Any) -> LocalUnary:
         parse = strict_parser(request_type)
         servicer = method.__wrapped__  # without the wrapper that aborts: the code is counted here
-        path = f"/etcdserverpb.KV/{name}"
+        path = f"/{service}/{name}"
         forward_call: list[Any] = []
 
         async def forward(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
@@ -239,13 +282,13 @@ class LocalWrites:
             if isinstance(msg, Malformed) or not self._may_answer(context):
                 return await forward(request, context, forwarder)
             try:
-                resp = await servicer(self.kv, msg, context)
+                resp = await servicer(target, msg, context)
             except ForwardInstead:
                 return await forward(request, context, forwarder)
             except EtcdError as err:
-                self.metrics.served(name, err.code, started_s)
+                self.metrics.served(name, err.code, started_s, service=service)
                 await context.abort(err.code, err.message)
-            self.metrics.served(name, grpc.StatusCode.OK, started_s)
+            self.metrics.served(name, grpc.StatusCode.OK, started_s, service=service)
             data: bytes = resp.SerializeToString()
             return data
 

@@ -178,6 +178,52 @@ def test_front_ends_answer_writes_as_the_member_does(two_workers: ServerProcess)
             ch.close()
 
 
+def test_front_ends_answer_lease_calls_as_the_member_does(two_workers: ServerProcess) -> None:
+    """LeaseGrant, LeaseRevoke and LeaseKeepAlive proposed by a front end: the applier's answers and
+    errors from every connection, each call counted once in the member's /metrics."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    try:
+        for i, ch in enumerate(channels):
+            kv, lease = rpc.KVStub(ch), rpc.LeaseStub(ch)
+            granted = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=WAIT_S)
+            assert granted.ID > 0 and granted.TTL == 60 and granted.header.member_id != 0
+            named = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30, ID=1000 + i), timeout=WAIT_S)
+            assert named.ID == 1000 + i and named.header.revision >= granted.header.revision
+            with pytest.raises(grpc.RpcError) as exists:
+                lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30, ID=1000 + i), timeout=WAIT_S)
+            assert (exists.value.code(), exists.value.details()) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "etcdserver: lease already exists",
+            )
+            put = kv.Put(pb.PutRequest(key=b"/lease/%d" % i, value=b"v", lease=granted.ID), timeout=WAIT_S)
+            renewals = lease.LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=granted.ID),
+                                                  pb.LeaseKeepAliveRequest(ID=424242)]), timeout=WAIT_S)  # fmt: skip
+            renewed, unknown = list(renewals)
+            assert (renewed.ID, renewed.TTL) == (granted.ID, 60) and renewed.header.revision >= put.header.revision
+            assert renewed.header.member_id == granted.header.member_id
+            assert (unknown.ID, unknown.TTL) == (424242, 0)  # etcd answers a lease it does not hold with TTL 0
+            revoked = lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted.ID), timeout=WAIT_S)
+            assert revoked.header.revision == put.header.revision + 1  # the attached key's delete
+            assert kv.Range(pb.RangeRequest(key=b"/lease/%d" % i), timeout=WAIT_S).kvs == []
+            with pytest.raises(grpc.RpcError) as gone:
+                lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted.ID), timeout=WAIT_S)
+            assert (gone.value.code(), gone.value.details()) == (
+                grpc.StatusCode.NOT_FOUND,
+                "etcdserver: requested lease not found",
+            )
+        for method in ("LeaseGrant", "LeaseRevoke", "LeaseKeepAlive"):
+            assert front_end_handled(srv, method) > 0, f"no {method} reached a front end"
+        grants = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseGrant",'
+                        'grpc_service="etcdserverpb.Lease",grpc_type="unary"}')  # fmt: skip
+        streams = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseKeepAlive",'
+                         'grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"}')  # fmt: skip
+        assert (grants, streams) == (2 * CONNECTIONS, CONNECTIONS)  # counted once, wherever answered
+    finally:
+        for ch in channels:
+            ch.close()
+
+
 def test_front_ends_answer_read_only_txns_as_the_member_does(two_workers: ServerProcess) -> None:
     """A read-only txn is a read: front ends answer it from their view (after a barrier unless every
     range in it is serializable), with the member's results, header and errors."""
