@@ -89,8 +89,10 @@ GO_PRESETS: dict[str, list[str]] = {
     "range-s": ["range", "--consistency", "s"],
     "range-l-1client": ["range", "--consistency", "l", "--clients", "1", "--conns", "1"],
     "range-s-1client": ["range", "--consistency", "s", "--clients", "1", "--conns", "1"],
+    # etcd's benchmark lease-keepalive: one lease per client, each renewal a keepalive stream of its own.
+    "lease-keepalive": ["lease-keepalive"],
 }
-GO_DEFAULT_WORKLOADS = list(GO_PRESETS)
+GO_DEFAULT_WORKLOADS = [w for w in GO_PRESETS if w != "lease-keepalive"]  # the earlier runs' set
 GO_KEY_SPACE = 10_000
 _go_populated: set[str] = set()  # targets whose key space the Go driver has written (once per target)
 # Labels that are not one client operation each (sub-steps or server pushes): left out of "*".

@@ -1,4 +1,4 @@
-"""`kvstore bench go put|range ...`: the Go load driver (bench/go/benchmark), compiled on first use.
+"""`kvstore bench go put|range|lease-keepalive ...`: the Go load driver (bench/go/benchmark), compiled on first use.
 
 It uses etcd's Go client the way etcd's tools/benchmark does, and takes a fraction of the Python load
 tool's CPU per request, so on a small machine it measures the server rather than the driver.
@@ -17,9 +17,9 @@ from bench.gobuild import cached_build, go_missing
 
 DRIVER_SRC = Path(__file__).resolve().parent / "go" / "benchmark"
 
-USAGE = """usage: kvstore bench go put|range [--endpoints URLS] [--conns N] [--clients N]
-                          [--total N | --seconds S] [--key-size B] [--val-size B] [--key-space N]
-                          [--consistency l|s] [--json] ...
+USAGE = """usage: kvstore bench go put|range|lease-keepalive [--endpoints URLS] [--conns N] [--clients N]
+              [--total N | --seconds S] [--key-size B] [--val-size B] [--key-space N]
+              [--consistency l|s] [--json] ...
        kvstore bench go --build      (compile the driver into the cache and print its path)
        kvstore bench go put --help   (every flag)
 

@@ -56,6 +56,24 @@ def test_range_reads_the_populated_keys(kvstore: Server, consistency: str) -> No
     assert len(_keys(kvstore, b"/grange/")) == 40
 
 
+def test_lease_keepalive_renews_one_lease_per_client(kvstore: Server) -> None:
+    with grpc.insecure_channel(kvstore.endpoints[0].split("://", 1)[1]) as ch:
+        before = set(_lease_ids(ch))
+        r = run_json(["lease-keepalive", "--endpoints", kvstore.endpoints[0], "--total", "200", "--clients", "4",
+                      "--conns", "2"])  # fmt: skip
+        # The driver counts a renewal that answers another TTL than its grant's as an error.
+        assert (r["ops"], r["errors"], r["workload"]) == (200, 0, "lease-keepalive"), r.get("first_error")
+        granted = set(_lease_ids(ch)) - before
+        assert len(granted) == 4
+        ttls = [rpc_pb2_grpc.LeaseStub(ch).LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=i), timeout=10)
+                for i in granted]  # fmt: skip
+        assert {t.grantedTTL for t in ttls} == {100}
+
+
+def _lease_ids(ch: grpc.Channel) -> list[int]:
+    return [s.ID for s in rpc_pb2_grpc.LeaseStub(ch).LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=10).leases]
+
+
 def test_procs_sets_gomaxprocs(kvstore: Server) -> None:
     args = ["put", "--endpoints", kvstore.endpoints[0], "--prefix", "/gprocs/", "--total", "20"]
     assert run_json([*args, "--procs", "1"])["procs"] == 1

@@ -1,6 +1,8 @@
 // Command benchmark drives an etcd v3 endpoint (ours or a real etcd) with etcd's Go client, as etcd's own
 // tools/benchmark does: --conns gRPC connections (one clientv3.Client each), --clients closed-loop clients
-// spread over them round-robin, put or range of --key-size keys and --val-size values. Because it is Go, it
+// spread over them round-robin, put or range of --key-size keys and --val-size values, or lease-keepalive:
+// each client grants one lease, then renews it with KeepAliveOnce (a keepalive stream per renewal), as etcd's
+// benchmark lease-keepalive does. Because it is Go, it
 // takes far less CPU per request than the Python load tool, so on a small machine the server gets the cores.
 //
 // It is built by `kvstore bench go ...` (bench/gobench.py) against Debian's golang-etcd-server-dev sources
@@ -29,6 +31,9 @@ import (
 
 // populateClientsMax bounds the concurrency of the range workload's key load before the run.
 const populateClientsMax = 64
+
+// leaseTTLS is the TTL of the lease-keepalive workload's leases (etcd's benchmark grants 100 s).
+const leaseTTLS = 100
 
 type options struct {
 	workload    string
@@ -138,7 +143,7 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 func parseArgs(args []string) (options, error) {
 	fs := flag.NewFlagSet("benchmark", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: benchmark put|range [flags]")
+		fmt.Fprintln(fs.Output(), "usage: benchmark put|range|lease-keepalive [flags]")
 		fs.PrintDefaults()
 	}
 	var o options
@@ -165,7 +170,7 @@ func parseArgs(args []string) (options, error) {
 	fs.IntVar(&o.procs, "procs", 0, "GOMAXPROCS: OS threads running the driver's Go code at once (0: Go's default, every core)")
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fs.Usage()
-		return o, fmt.Errorf("the first argument is the workload: put or range")
+		return o, fmt.Errorf("the first argument is the workload: put, range or lease-keepalive")
 	}
 	o.workload = args[0]
 	if err := fs.Parse(args[1:]); err != nil {
@@ -180,8 +185,8 @@ func parseArgs(args []string) (options, error) {
 		}
 	}
 	switch {
-	case o.workload != "put" && o.workload != "range":
-		return o, fmt.Errorf("unknown workload %q (put or range)", o.workload)
+	case o.workload != "put" && o.workload != "range" && o.workload != "lease-keepalive":
+		return o, fmt.Errorf("unknown workload %q (put, range or lease-keepalive)", o.workload)
 	case len(o.endpoints) == 0:
 		return o, fmt.Errorf("--endpoints is empty")
 	case o.conns < 1 || o.clients < 1:
@@ -253,6 +258,18 @@ func run(o options) (result, error) {
 			return result{}, err
 		}
 	}
+	leases := make([]clientv3.LeaseID, o.clients)
+	if o.workload == "lease-keepalive" { // one lease per client, granted before the run
+		for ci := range leases {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			granted, err := clients[ci%len(clients)].Grant(ctx, leaseTTLS)
+			cancel()
+			if err != nil {
+				return result{}, fmt.Errorf("lease grant: %w", err)
+			}
+			leases[ci] = granted.ID
+		}
+	}
 	var rangeOpts []clientv3.OpOption
 	if o.consistency == "s" {
 		rangeOpts = append(rangeOpts, clientv3.WithSerializable())
@@ -294,6 +311,12 @@ func run(o options) (result, error) {
 				var err error
 				if o.workload == "put" {
 					_, err = c.Put(ctx, key(o, i), value)
+				} else if o.workload == "lease-keepalive" {
+					var resp *clientv3.LeaseKeepAliveResponse
+					resp, err = c.KeepAliveOnce(ctx, leases[ci])
+					if err == nil && resp.TTL != leaseTTLS {
+						err = fmt.Errorf("keepalive of lease %x answered TTL %d, want %d", leases[ci], resp.TTL, leaseTTLS)
+					}
 				} else {
 					var resp *clientv3.GetResponse
 					resp, err = c.Get(ctx, key(o, i), rangeOpts...)
