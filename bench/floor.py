@@ -36,15 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import os
 import shlex
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,20 +161,11 @@ def start_floor(base: Path, name: str, kind: str, value_bytes: int = VALUE_BYTES
     return server
 
 
-@contextlib.contextmanager
-def python_path(tree: str) -> Iterator[None]:
-    """Processes started inside run their Python code from another source tree (they inherit PYTHONPATH)."""
+def source_tree(tree: str) -> Path:
+    """The --baseline-tree, checked: a checkout of this project."""
     if not (Path(tree) / "kvstore" / "server.py").is_file():
         raise SystemExit(f"kvstore bench floor: --baseline-tree {tree}: no kvstore/server.py there")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    return Path(tree).resolve()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -244,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.baseline_tree and BASELINE_TARGET not in wanted:
         wanted.append(BASELINE_TARGET)
     known = [*FLOOR_TARGETS, *([BASELINE_TARGET] if ns.baseline_tree else [])]
-    bad = [w for w in workloads if w not in compare.PRESETS] + [t for t in wanted if t not in known]
+    presets = compare.GO_PRESETS if ns.driver == "go" else compare.PRESETS
+    bad = [w for w in workloads if w not in presets] + [t for t in wanted if t not in known]
     if bad:
         print(f"kvstore bench floor: unknown workloads or targets {bad}", file=sys.stderr)
         return 2
@@ -272,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 http = f"--listen-client-http-urls=http://127.0.0.1:{free_port()}"
                 server = start_kvstore(work, name, [http, *shlex.split(ns.kvstore_args)])
             elif name == BASELINE_TARGET:
-                with python_path(ns.baseline_tree):
-                    server = start_kvstore(work, name, shlex.split(ns.kvstore_args))
+                tree = source_tree(ns.baseline_tree)
+                server = start_kvstore(work, name, shlex.split(ns.kvstore_args), source_tree=tree)
             else:
                 server = start_etcd(work, 1, name, ns.etcd)
             targets.append(compare.Target(name, server))

@@ -91,6 +91,7 @@ class Server:
     data_dirs: list[Path] = field(default_factory=list)  # durable data: kept at stop, see remove_data()
     load_args: list[str] = field(default_factory=list)  # how the load tool reaches it (default: --endpoints)
     cmds: list[list[str]] = field(default_factory=list)  # each process's command line (for relaunch)
+    source_tree: Path | None = None  # where its Python code comes from (default: this tree)
 
     def pids(self) -> list[int]:
         """Every process of the server: those started here and their children (partition members)."""
@@ -124,7 +125,8 @@ class Server:
     def relaunch(self) -> None:
         """Start every process again with its original command line (after kill9 or stop); logs append."""
         assert not any(p.poll() is None for p in self.procs), "stop the server first"
-        self.procs = [_popen(cmd, log, append=True) for cmd, log in zip(self.cmds, self.logs, strict=True)]
+        self.procs = [_popen(cmd, log, append=True, tree=self.source_tree)
+                      for cmd, log in zip(self.cmds, self.logs, strict=True)]  # fmt: skip
 
     def remove_data(self) -> None:
         """Delete the data directories (after stop): a compare run leaves hundreds of MB of WAL otherwise."""
@@ -159,9 +161,12 @@ def etcd_version(binary: str = "etcd") -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
-def _popen(cmd: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
+def _popen(cmd: list[str], log: Path, append: bool = False, tree: Path | None = None) -> subprocess.Popen[bytes]:
+    """tree: run `python -m ...` from that source tree: its directory, first on sys.path, is the
+    working directory (PYTHONPATH alone comes after it), and PYTHONPATH for the processes it starts."""
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
     with open(log, "ab" if append else "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tree, env=env)
 
 
 def start_etcd(
@@ -212,7 +217,7 @@ def _state_dir(name: str) -> Path:
 
 def start_kvstore(
     base: Path, name: str = "kvstore", extra_args: list[str] | None = None, journal_nodes: int = 0,
-    partitions: str = "", members: int = 1,
+    partitions: str = "", members: int = 1, source_tree: Path | None = None,
 ) -> Server:
     """The project's server as `kvstore serve`: one member, its journal data on disk under base.
 
@@ -223,6 +228,7 @@ def start_kvstore(
     each with its own local journal or its own log on the journal nodes; the load tool routes.
     members: with journal_nodes=3, that many members tail the one log (each its own client URL, listed in
     `endpoints`): the counterpart of a 3-member etcd with every member serving.
+    source_tree: run every process from that source tree (a checkout of another commit).
     Each member is one process (`--workers 1`) unless extra_args say otherwise: a target's name says
     its processes (kvstore-w2), whatever the machine's cores (`kvstore serve`'s default).
     """
@@ -247,6 +253,7 @@ def start_kvstore(
             health_urls=[p.client_urls[0] for p in assign_urls(plan, [metrics]).partitions],
             load_args=["--endpoints", url, "--partitions", partitions],
         )
+    server.source_tree = source_tree
     try:
         ids = "abcde"[:journal_nodes]
         for i, node in enumerate(ids):
@@ -261,7 +268,7 @@ def start_kvstore(
                 "--data-dir", str(base / f"{name}-journal-{node}"),
             ]  # fmt: skip
             server.cmds.append(cmd)
-            server.procs.append(_popen(cmd, log))
+            server.procs.append(_popen(cmd, log, tree=source_tree))
             server.logs.append(log)
         journal = ["--journal-endpoints", ",".join(f"127.0.0.1:{p}" for p in jports)] if journal_nodes else []
         for i in range(members):
@@ -293,7 +300,7 @@ def start_kvstore(
             if not any(a.startswith("--workers") for a in cmd):
                 cmd.append("--workers=1")
             server.cmds.append(cmd)
-            server.procs.append(_popen(cmd, log))
+            server.procs.append(_popen(cmd, log, tree=source_tree))
             server.logs.append(log)
         wait_ready(server)
     except BaseException:

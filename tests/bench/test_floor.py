@@ -4,6 +4,7 @@ drives floor, floor-raw, ours and a real etcd side by side into a report (proves
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 
 from bench.floor import VALUE_BYTES, main, start_floor
 from bench.gobuild import go_missing
+from bench.servers import _popen
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -66,3 +68,15 @@ def test_floor_run_with_the_go_driver(tmp_path: Path) -> None:
             row = next(line for line in every_run.splitlines() if line.startswith(f"| 1 | {workload} | {target} |"))
             assert row.endswith("| 0 |"), row
     assert "run failed" not in report
+
+
+def test_a_server_from_another_source_tree_runs_that_trees_code(tmp_path: Path) -> None:
+    """--baseline-tree: `python -m kvstore` started from this checkout would import this checkout's
+    kvstore first (the working directory comes before PYTHONPATH), so the baseline is run from its tree."""
+    tree = tmp_path / "tree"
+    (tree / "kvstore").mkdir(parents=True)
+    (tree / "kvstore" / "__init__.py").write_text("")
+    (tree / "kvstore" / "__main__.py").write_text("import kvstore\nprint(kvstore.__file__)\n")
+    log = tmp_path / "out.log"
+    assert _popen([sys.executable, "-m", "kvstore"], log, tree=tree).wait(timeout=30) == 0
+    assert log.read_text().strip() == str(tree / "kvstore" / "__init__.py")
