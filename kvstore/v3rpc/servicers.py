@@ -261,24 +261,35 @@ class Lease(rpc.LeaseServicer):
     @unary
     async def LeaseTimeToLive(self, request: Any, context: Any) -> Any:
         await self.m.linearizable_barrier()
-        resp = pb.LeaseTimeToLiveResponse(ID=request.ID)
-        lease = self.m.store.leases.get(request.ID)
-        if lease is None:
-            resp.TTL = -1
-        else:
-            resp.TTL = lease.remaining_s(now_ms())
-            resp.grantedTTL = lease.ttl_s
-            if request.keys:
-                resp.keys.extend(sorted(lease.keys))
+        resp = lease_time_to_live(self.m.store, request)
         fill(self.m, resp.header)
         return resp
 
     @unary
     async def LeaseLeases(self, request: Any, context: Any) -> Any:
         await self.m.linearizable_barrier()
-        resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in self.m.store.leases.ids()])
+        resp = lease_leases(self.m.store)
         fill(self.m, resp.header)
         return resp
+
+
+def lease_time_to_live(store: Any, request: Any) -> Any:
+    """LeaseTimeToLive's answer from the store (the member's, or a front end's view), header to fill."""
+    resp = pb.LeaseTimeToLiveResponse(ID=request.ID)
+    lease = store.leases.get(request.ID)
+    if lease is None:
+        resp.TTL = -1
+    else:
+        resp.TTL = lease.remaining_s(now_ms())
+        resp.grantedTTL = lease.ttl_s
+        if request.keys:
+            resp.keys.extend(sorted(lease.keys))
+    return resp
+
+
+def lease_leases(store: Any) -> Any:
+    """LeaseLeases's answer from the store, header to fill."""
+    return pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in store.leases.ids()])
 
 
 class Cluster(rpc.ClusterServicer):

@@ -3,8 +3,8 @@
 It listens on the member's client URLs beside the member's own process
 (SO_REUSEPORT: the kernel spreads new connections over the listeners) and:
 
-- answers ranges and read-only txns from its read-only view of the state
-  file (kvstore/workers/reads.py): a serializable one at once
+- answers ranges, read-only txns and lease reads from its read-only view of
+  the state file (kvstore/workers/reads.py): a serializable one at once
   (what the applier committed before the request arrived), a linearizable one
   after a barrier shared by the front end's reads (kvstore/workers/notify.py);
 - proposes Put, DeleteRange, Txn with writes, LeaseGrant, LeaseRevoke and
@@ -16,7 +16,7 @@ It listens on the member's client URLs beside the member's own process
   user from its mirror of the member's tokens; with --client-cert-auth the
   certificate's common name): the applier, or the read, checks its permissions;
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): lease reads, calls with a simple token its mirror
+  (kvstore/workers/forward.py): compaction, calls with a simple token its mirror
   does not hold, auth, maintenance and cluster calls answer exactly as the
   member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the
@@ -55,7 +55,7 @@ from kvstore.workers import member_socket_path
 from kvstore.workers.forward import FORWARD_CHANNEL_OPTIONS, Forwarder, certificate_identity
 from kvstore.workers.metrics import FrontEndMetrics
 from kvstore.workers.notify import MemberNotifications, notify_socket_path
-from kvstore.workers.reads import KV_RANGE, LocalReads
+from kvstore.workers.reads import LocalReads
 from kvstore.workers.supervisor import FRONT_END_SECRET_ENV
 from kvstore.workers.view import StateView
 from kvstore.workers.watches import LocalWatches, ViewFeed
@@ -155,7 +155,7 @@ async def run_front_end(args: Any) -> int:
     watches = LocalWatches(feed, notifications, own_identities, jwt)
     identity = certificate_identity(identities, os.environ.get(FRONT_END_SECRET_ENV, "")) if args.client_cert_auth \
         else None  # fmt: skip
-    local = {KV_RANGE: reads.range, **writes.handlers()}
+    local = {**reads.handlers(), **writes.handlers()}
     local_streams = {**watches.handlers(), **writes.stream_handlers()}
     server = grpc.aio.server(
         options=grpc_server_options(args.max_request_bytes, reuse_port=True),

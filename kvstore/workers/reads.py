@@ -1,4 +1,5 @@
-"""Reads answered in a front end: KV.Range and read-only KV.Txn.
+"""Reads answered in a front end: KV.Range, read-only KV.Txn, Lease.LeaseTimeToLive and
+Lease.LeaseLeases.
 
 A read is answered from the front end's read-only view of the state file
 (kvstore/workers/view.py); a JWT is checked here, a simple token looked up in
@@ -11,7 +12,8 @@ A read-only txn is linearizable unless every range in it is serializable, as
 etcd decides. With auth on, the read runs as the member would run it (a JWT's
 user; a simple token's user; with --client-cert-auth the certificate's common
 name; else no one), and its permissions are checked against the auth store in
-the same read transaction as the read itself.
+the same read transaction as the read itself. Lease reads are linearizable and
+check no credentials, as the member's Lease servicer.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import execute_txn, read_only_txn_is_serializable
 from kvstore.transport.cmux import PeerIdentities
 from kvstore.v3rpc import validate
-from kvstore.v3rpc.servicers import Malformed, strict_parser
+from kvstore.v3rpc.servicers import Malformed, lease_leases, lease_time_to_live, strict_parser
 from kvstore.workers.credentials import FrontEndCredentials
 from kvstore.workers.forward import Forwarder
 from kvstore.workers.metrics import FrontEndMetrics
@@ -40,6 +42,8 @@ from proto.etcdserverpb import rpc_pb2 as pb
 
 KV_RANGE = "/etcdserverpb.KV/Range"
 KV_TXN = "/etcdserverpb.KV/Txn"
+LEASE_TIME_TO_LIVE = "/etcdserverpb.Lease/LeaseTimeToLive"
+LEASE_LEASES = "/etcdserverpb.Lease/LeaseLeases"
 
 # Reads the view's store into the response's wire bytes, given the header to send (the member's ids).
 ReadFn = Callable[[MVCCStore, Any], bytes]
@@ -67,6 +71,8 @@ class LocalReads:
         self.max_txn_ops = max_txn_ops
         self.header = pb.ResponseHeader()  # the member's ids and raft term (frontend.py refreshes it)
         self._parse_range = strict_parser(pb.RangeRequest)
+        self._parse_time_to_live = strict_parser(pb.LeaseTimeToLiveRequest)
+        self._parse_leases = strict_parser(pb.LeaseLeasesRequest)
         self._forward_calls: dict[str, Any] = {}  # the forwarding call of each path, made once
         # Set when the front end stops (also when the member died: parent-death signal): from
         # then on the member, or its successor, answers, never a view of a file it may rebuild.
@@ -110,6 +116,35 @@ class LocalReads:
         return await self._answer(KV_TXN, "Txn", request, context, forwarder, serializable, read,
                                   lambda auth, info: auth.check_txn(info, msg), started_s)  # fmt: skip
 
+    def handlers(self) -> dict[str, Callable[[bytes, Any, Forwarder], Any]]:
+        return {KV_RANGE: self.range, LEASE_TIME_TO_LIVE: self.lease_time_to_live, LEASE_LEASES: self.lease_leases}
+
+    async def lease_time_to_live(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        msg = self._parse_time_to_live(request)
+        return await self._lease_read(LEASE_TIME_TO_LIVE, msg, request, context, forwarder,
+                                      lambda store: lease_time_to_live(store, msg))  # fmt: skip
+
+    async def lease_leases(self, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
+        msg = self._parse_leases(request)
+        return await self._lease_read(LEASE_LEASES, msg, request, context, forwarder, lease_leases)
+
+    async def _lease_read(
+        self, path: str, msg: Any, request: bytes, context: Any, forwarder: Forwarder, answer: Callable[[Any], Any]
+    ) -> bytes:
+        if isinstance(msg, Malformed) or self.stopping:
+            return await self._forward(path, request, context, forwarder)
+
+        def read(store: MVCCStore, header: Any) -> bytes:
+            resp = answer(store)
+            resp.header.CopyFrom(header)
+            resp.header.revision = store.revision
+            data: bytes = resp.SerializeToString()
+            return data
+
+        method = path.rpartition("/")[2]
+        return await self._answer(path, method, request, context, forwarder, False, read, None,
+                                  time.monotonic(), service="etcdserverpb.Lease")  # fmt: skip
+
     def _may_answer(self, context: Any) -> bool:
         return self.credentials.answers_here(context) and not self.stopping
 
@@ -122,9 +157,11 @@ class LocalReads:
         forwarder: Forwarder,
         serializable: bool,
         read: ReadFn,
-        permit: PermitFn,
+        permit: PermitFn | None,
         started_s: float,
+        service: str = "etcdserverpb.KV",
     ) -> bytes:
+        """permit: None for a read that checks no credentials (a lease's)."""
         if not serializable and not failpoints.enabled("stale_read"):
             if not self.notifications.up:
                 return await self._forward(path, request, context, forwarder)
@@ -133,17 +170,18 @@ class LocalReads:
             except ChannelDown:
                 return await self._forward(path, request, context, forwarder)
             except EtcdError as err:  # the member's answer: the barrier timed out
-                await self._refuse(method, err, started_s, context)
+                await self._refuse(method, err, started_s, context, service)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
             try:
                 # As the member's servicer: after the barrier, before the read (a bad JWT is refused
                 # with auth off too, as the member's Authenticator refuses it).
-                info = self.credentials.info(context)
-                auth = self.view.auth
-                if auth.enabled:
-                    permit(auth, info)
+                if permit is not None:
+                    info = self.credentials.info(context)
+                    auth = self.view.auth
+                    if auth.enabled:
+                        permit(auth, info)
                 header = pb.ResponseHeader()
                 header.CopyFrom(self.header)
                 answer = read(store, header)
@@ -152,18 +190,20 @@ class LocalReads:
         if method == "Txn":  # as the member's servicer counts a read-only txn past validation
             self.metrics.count("etcd_mvcc_txn_total", 1)
         if error is not None:
-            await self._refuse(method, error, started_s, context)
-        self._served(method, grpc.StatusCode.OK, started_s)
+            await self._refuse(method, error, started_s, context, service)
+        self._served(method, grpc.StatusCode.OK, started_s, service)
         return answer
 
-    def _served(self, method: str, code: grpc.StatusCode, started_s: float) -> None:
+    def _served(self, method: str, code: grpc.StatusCode, started_s: float, service: str = "etcdserverpb.KV") -> None:
         if method == "Range":
             self.metrics.range_served(code, started_s)
         else:
-            self.metrics.served(method, code, started_s)
+            self.metrics.served(method, code, started_s, service=service)
 
-    async def _refuse(self, method: str, err: EtcdError, started_s: float, context: Any) -> None:
-        self._served(method, err.code, started_s)
+    async def _refuse(
+        self, method: str, err: EtcdError, started_s: float, context: Any, service: str = "etcdserverpb.KV"
+    ) -> None:
+        self._served(method, err.code, started_s, service)
         await context.abort(err.code, err.message)
 
     async def _forward(self, path: str, request: bytes, context: Any, forwarder: Forwarder) -> bytes:

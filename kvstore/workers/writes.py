@@ -20,8 +20,8 @@ give it (a JWT's user and revision; a simple token's user at the mirror's auth
 revision; with --client-cert-auth the certificate's common name at the current
 auth revision; otherwise none), and the applier
 checks permissions against them.
-A read-only txn is a read: kvstore/workers/reads.py answers it. LeaseTimeToLive and
-LeaseLeases are forwarded, and only the member's process proposes the expiry of a lease.
+A read-only txn is a read: kvstore/workers/reads.py answers it, as it answers
+LeaseTimeToLive and LeaseLeases. Only the member's process proposes the expiry of a lease.
 """
 
 from __future__ import annotations

@@ -179,8 +179,9 @@ def test_front_ends_answer_writes_as_the_member_does(two_workers: ServerProcess)
 
 
 def test_front_ends_answer_lease_calls_as_the_member_does(two_workers: ServerProcess) -> None:
-    """LeaseGrant, LeaseRevoke and LeaseKeepAlive proposed by a front end: the applier's answers and
-    errors from every connection, each call counted once in the member's /metrics."""
+    """LeaseGrant, LeaseRevoke and LeaseKeepAlive proposed by a front end, LeaseTimeToLive and LeaseLeases
+    read from its view: the member's answers and errors from every connection, each call counted once
+    in the member's /metrics."""
     srv = two_workers
     channels = [own_channel(srv) for _ in range(CONNECTIONS)]
     try:
@@ -203,16 +204,23 @@ def test_front_ends_answer_lease_calls_as_the_member_does(two_workers: ServerPro
             assert (renewed.ID, renewed.TTL) == (granted.ID, 60) and renewed.header.revision >= put.header.revision
             assert renewed.header.member_id == granted.header.member_id
             assert (unknown.ID, unknown.TTL) == (424242, 0)  # etcd answers a lease it does not hold with TTL 0
+            ttl = lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=granted.ID, keys=True), timeout=WAIT_S)
+            assert (ttl.ID, ttl.grantedTTL, ttl.keys) == (granted.ID, 60, [b"/lease/%d" % i]) and 55 <= ttl.TTL <= 60
+            assert ttl.header.revision == put.header.revision and ttl.header.member_id == granted.header.member_id
+            listed = {s.ID for s in lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=WAIT_S).leases}
+            assert {granted.ID, 1000 + i} <= listed
             revoked = lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted.ID), timeout=WAIT_S)
             assert revoked.header.revision == put.header.revision + 1  # the attached key's delete
             assert kv.Range(pb.RangeRequest(key=b"/lease/%d" % i), timeout=WAIT_S).kvs == []
+            gone_ttl = lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=granted.ID), timeout=WAIT_S)
+            assert (gone_ttl.TTL, gone_ttl.header.revision) == (-1, revoked.header.revision)
             with pytest.raises(grpc.RpcError) as gone:
                 lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted.ID), timeout=WAIT_S)
             assert (gone.value.code(), gone.value.details()) == (
                 grpc.StatusCode.NOT_FOUND,
                 "etcdserver: requested lease not found",
             )
-        for method in ("LeaseGrant", "LeaseRevoke", "LeaseKeepAlive"):
+        for method in ("LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"):
             assert front_end_handled(srv, method) > 0, f"no {method} reached a front end"
         grants = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseGrant",'
                         'grpc_service="etcdserverpb.Lease",grpc_type="unary"}')  # fmt: skip
