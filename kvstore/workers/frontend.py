@@ -7,16 +7,16 @@ It listens on the member's client URLs beside the member's own process
   the state file (kvstore/workers/reads.py): a serializable one at once
   (what the applier committed before the request arrived), a linearizable one
   after a barrier shared by the front end's reads (kvstore/workers/notify.py);
-- proposes Put, DeleteRange, Txn with writes, LeaseGrant, LeaseRevoke and
-  each LeaseKeepAlive itself and answers with the applier's result
-  (kvstore/workers/writes.py);
+- proposes Put, DeleteRange, Txn with writes, Compact, LeaseGrant,
+  LeaseRevoke and each LeaseKeepAlive itself and answers with the applier's
+  result (kvstore/workers/writes.py);
 - serves watch streams with the member's own hub, fed from the view after each
   applied batch (kvstore/workers/watches.py);
 - runs each of those calls as the member would (a JWT's user; a simple token's
   user from its mirror of the member's tokens; with --client-cert-auth the
   certificate's common name): the applier, or the read, checks its permissions;
 - forwards every other gRPC call to the member's process over its unix socket
-  (kvstore/workers/forward.py): compaction, calls with a simple token its mirror
+  (kvstore/workers/forward.py): a physical compaction, calls with a simple token its mirror
   does not hold, auth, maintenance and cluster calls answer exactly as the
   member answers them;
 - pipes HTTP/1.1 connections (/health, /metrics, the JSON gateway) to the

@@ -1,5 +1,5 @@
-"""Writes answered in a front end: Put, DeleteRange, Txn with writes, and the
-lease calls that are journal entries (LeaseGrant, LeaseRevoke, LeaseKeepAlive).
+"""Writes answered in a front end: Put, DeleteRange, Txn with writes, Compact, and
+the lease calls that are journal entries (LeaseGrant, LeaseRevoke, LeaseKeepAlive).
 
 The member's own KV and Lease servicers (kvstore/v3rpc/servicers.py) run here,
 unchanged, on a `FrontEndMember`: the same validation, request size and quota checks,
@@ -13,15 +13,16 @@ hands its result for (origin, seq) back over that channel; the servicer
 completes the header as the member does.
 
 What the front end does not decide alone it forwards, before proposing
-anything: calls with a simple token its mirror of the member's tokens does not hold, a write
-that may cross the quota (the member raises the NOSPACE alarm), and everything
-while the channel is down. The entry carries the credentials the member would
-give it (a JWT's user and revision; a simple token's user at the mirror's auth
-revision; with --client-cert-auth the certificate's common name at the current
-auth revision; otherwise none), and the applier
-checks permissions against them.
-A read-only txn is a read: kvstore/workers/reads.py answers it, as it answers
-LeaseTimeToLive and LeaseLeases. Only the member's process proposes the expiry of a lease.
+anything: calls with a simple token its mirror of the member's tokens does not
+hold, a write that may cross the quota (the member raises the NOSPACE alarm), a
+physical Compact (answered once the member's compactor removed the records),
+and everything while the channel is down. The entry carries the credentials the
+member would give it (a JWT's user and revision; a simple token's user at the
+mirror's auth revision; with --client-cert-auth the certificate's common name
+at the current auth revision; otherwise none), and the applier checks
+permissions against them. A read-only txn is a read: kvstore/workers/reads.py
+answers it, as it answers LeaseTimeToLive and LeaseLeases. Only the member's
+process proposes the expiry of a lease.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from kvstore.workers.view import StateView
 from proto.etcdserverpb import rpc_pb2 as pb
 
 # Their responses all carry their header in field 1 (what StoredResponse relies on).
-RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN, Kind.LEASE_GRANT, Kind.LEASE_REVOKE,
-                            Kind.LEASE_KEEPALIVE})  # fmt: skip
+RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN, Kind.COMPACT, Kind.LEASE_GRANT,
+                            Kind.LEASE_REVOKE, Kind.LEASE_KEEPALIVE})  # fmt: skip
 KV_SERVICE = "etcdserverpb.KV"
 LEASE_SERVICE = "etcdserverpb.Lease"
 LEASE_KEEPALIVE = f"/{LEASE_SERVICE}/LeaseKeepAlive"
@@ -201,8 +202,8 @@ ReadOnlyTxn = Callable[[Any, bytes, Any, Forwarder], Awaitable[bytes]]
 
 
 class LocalWrites:
-    """The front end's handlers of KV.Put, KV.DeleteRange, KV.Txn, Lease.LeaseGrant, Lease.LeaseRevoke
-    and the Lease.LeaseKeepAlive stream."""
+    """The front end's handlers of KV.Put, KV.DeleteRange, KV.Txn, KV.Compact, Lease.LeaseGrant,
+    Lease.LeaseRevoke and the Lease.LeaseKeepAlive stream."""
 
     def __init__(
         self,
@@ -231,6 +232,7 @@ class LocalWrites:
             (KV_SERVICE, "Put", pb.PutRequest, self.kv, KV.Put),
             (KV_SERVICE, "DeleteRange", pb.DeleteRangeRequest, self.kv, KV.DeleteRange),
             (KV_SERVICE, "Txn", pb.TxnRequest, self.kv, KV.Txn),
+            (KV_SERVICE, "Compact", pb.CompactionRequest, self.kv, KV.Compact),
             (LEASE_SERVICE, "LeaseGrant", pb.LeaseGrantRequest, self.lease, Lease.LeaseGrant),
             (LEASE_SERVICE, "LeaseRevoke", pb.LeaseRevokeRequest, self.lease, Lease.LeaseRevoke),
         )
@@ -280,6 +282,8 @@ class LocalWrites:
             if name == "Txn" and not isinstance(msg, Malformed) and not txn_has_writes(msg):
                 return await self.read_only_txn(msg, request, context, forwarder)
             if isinstance(msg, Malformed) or not self._may_answer(context):
+                return await forward(request, context, forwarder)
+            if name == "Compact" and msg.physical:  # answered once the member's compactor is done
                 return await forward(request, context, forwarder)
             try:
                 resp = await servicer(target, msg, context)

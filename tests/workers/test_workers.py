@@ -232,6 +232,38 @@ def test_front_ends_answer_lease_calls_as_the_member_does(two_workers: ServerPro
             ch.close()
 
 
+def test_front_ends_answer_compactions_as_the_member_does(two_workers: ServerProcess) -> None:
+    """Compact proposed by a front end: the applier's answers and errors from every connection; a
+    physical one is the member's (answered once its compactor removed the records)."""
+    srv = two_workers
+    channels = [own_channel(srv) for _ in range(CONNECTIONS)]
+    compacted = "etcdserver: mvcc: required revision has been compacted"
+    try:
+        for i, ch in enumerate(channels):
+            kv = rpc.KVStub(ch)
+            put = kv.Put(pb.PutRequest(key=b"/compact/%d" % i, value=b"v"), timeout=WAIT_S)
+            done = kv.Compact(pb.CompactionRequest(revision=put.header.revision), timeout=WAIT_S)
+            assert done.header.revision == put.header.revision and done.header.member_id == put.header.member_id
+            rev = put.header.revision
+            for call, request, message in (
+                (kv.Compact, pb.CompactionRequest(revision=rev), compacted),
+                (kv.Compact, pb.CompactionRequest(revision=rev + 100),
+                 "etcdserver: mvcc: required revision is a future revision"),
+                (kv.Range, pb.RangeRequest(key=b"/compact/", revision=rev - 1), compacted),
+            ):  # fmt: skip
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=WAIT_S)
+                assert (err.value.code(), err.value.details()) == (grpc.StatusCode.OUT_OF_RANGE, message)
+        last = rpc.KVStub(channels[0]).Put(pb.PutRequest(key=b"/compact/last", value=b"v"), timeout=WAIT_S)
+        for ch in channels[:4]:  # a physical one from any connection
+            rpc.KVStub(ch).Compact(pb.CompactionRequest(revision=last.header.revision, physical=True), timeout=WAIT_S)
+            last = rpc.KVStub(ch).Put(pb.PutRequest(key=b"/compact/last", value=b"v"), timeout=WAIT_S)
+        assert front_end_handled(srv, "Compact") > 0, "no Compact reached a front end"
+    finally:
+        for ch in channels:
+            ch.close()
+
+
 def test_front_ends_answer_read_only_txns_as_the_member_does(two_workers: ServerProcess) -> None:
     """A read-only txn is a read: front ends answer it from their view (after a barrier unless every
     range in it is serializable), with the member's results, header and errors."""
