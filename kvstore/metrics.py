@@ -269,7 +269,7 @@ class _GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return time.perf_counter()
 
         def end(t0: float, context: Any, error: BaseException | None) -> None:
-            code = _status_code(context, error)
+            code = status_code(context, error)
             counter = handled.get(code)
             if counter is None:
                 counter = handled[code] = m.grpc_handled.labels(*labels, GRPC_CODE_NAMES[code])
@@ -321,7 +321,8 @@ class _GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-def _status_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
+def status_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with (error: what its handler raised, if anything)."""
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     code = context.code()

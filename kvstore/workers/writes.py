@@ -39,6 +39,7 @@ from kvstore.auth.tokens import JWTTokens
 from kvstore.errors import EtcdError
 from kvstore.member.config import MemberConfig, new_lease_id
 from kvstore.member.proposer import Appends, Proposer
+from kvstore.metrics import status_code
 from kvstore.mvcc.store import MVCCStore
 from kvstore.mvcc.txn import txn_has_writes
 from kvstore.statemachine import Kind
@@ -248,15 +249,16 @@ class LocalWrites:
                 await context.write(response)
             return
         started_s = time.monotonic()
-        code = grpc.StatusCode.OK
+        error: BaseException | None = None
         try:
             async for resp in self.lease.LeaseKeepAlive(self._keepalive_requests(requests, context), context):
                 await context.write(resp)
-        except BaseException:
-            code = context.code() or grpc.StatusCode.CANCELLED
+        except BaseException as e:
+            error = e
             raise
         finally:
-            self.metrics.served("LeaseKeepAlive", code, started_s, service=LEASE_SERVICE, grpc_type="bidi_stream")
+            self.metrics.served("LeaseKeepAlive", status_code(context, error), started_s, service=LEASE_SERVICE,
+                                grpc_type="bidi_stream")  # fmt: skip
 
     async def _keepalive_requests(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
         async for raw in requests:

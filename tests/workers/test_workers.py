@@ -220,13 +220,22 @@ def test_front_ends_answer_lease_calls_as_the_member_does(two_workers: ServerPro
                 grpc.StatusCode.NOT_FOUND,
                 "etcdserver: requested lease not found",
             )
+            # A request that does not parse (ID as a length-delimited field): gogoproto's refusal, and the
+            # stream's status counted.
+            raw_keepalive = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")
+            with pytest.raises(grpc.RpcError) as malformed:
+                list(raw_keepalive(iter([b"\x0a\x01x"]), timeout=WAIT_S))
+            assert malformed.value.code() == grpc.StatusCode.INTERNAL
+            assert malformed.value.details().startswith("grpc: error unmarshalling request"), malformed.value.details()
         for method in ("LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"):
             assert front_end_handled(srv, method) > 0, f"no {method} reached a front end"
         grants = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseGrant",'
                         'grpc_service="etcdserverpb.Lease",grpc_type="unary"}')  # fmt: skip
         streams = metric(srv, 'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseKeepAlive",'
                          'grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"}')  # fmt: skip
-        assert (grants, streams) == (2 * CONNECTIONS, CONNECTIONS)  # counted once, wherever answered
+        refused = metric(srv, 'grpc_server_handled_total{grpc_code="Internal",grpc_method="LeaseKeepAlive",'
+                         'grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"}')  # fmt: skip
+        assert (grants, streams, refused) == (2 * CONNECTIONS, CONNECTIONS, CONNECTIONS)  # once, wherever answered
     finally:
         for ch in channels:
             ch.close()
