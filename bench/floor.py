@@ -25,8 +25,8 @@ the ratios ours / floor:
 Target kvstore-direct (on request) is `kvstore serve --listen-client-http-urls ...`: gRPC owns the
 client port, with no multiplexer piping each connection to it (HTTP is on its own URL, etcd's split).
 
-`--baseline-tree DIR` adds the target kvstore-base: `kvstore serve` with PYTHONPATH=DIR (e.g. a
-`git worktree` of the commit before a change), so a change is measured against its parent in one run.
+`--baseline-tree DIR` adds the target kvstore-base: `kvstore serve` run in DIR with PYTHONPATH=DIR (e.g.
+a `git worktree` of the commit before a change), so a change is measured against its parent in one run.
 
 Txn is answered too (one fixed Put response per success op), only because the load tool writes
 the range workload's keys with Txns before it measures; the other KV methods are UNIMPLEMENTED.
@@ -172,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvstore bench floor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--workloads", default=",".join(FLOOR_WORKLOADS), help=f"from: {', '.join(compare.PRESETS)}")
+    p.add_argument("--workloads", default=",".join(FLOOR_WORKLOADS),
+                   help=f"from: {', '.join(compare.PRESETS)}; with --driver go: {', '.join(compare.GO_PRESETS)}")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma-separated, from {FLOOR_TARGETS}")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--rounds", type=int, default=3)
