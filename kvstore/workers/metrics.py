@@ -52,27 +52,21 @@ class FrontEndMetrics:
         # Its own appends to a remote journal: etcd's WAL fsync, as the member times its own.
         self.wal_fsync = Histogram("etcd_disk_wal_fsync_duration_seconds", "", buckets=DISK_BUCKETS_S, registry=None)
         self.handling: Histogram | None = None  # --metrics extensive, as the member's
-        self._children: dict[tuple[str, str, str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any, Any]] = {}
         if level == "extensive":
             self.handling = Histogram("grpc_server_handling_seconds", "", labels, buckets=GRPC_BUCKETS_S, registry=None)
 
     def range_served(self, code: grpc.StatusCode, started_s: float) -> None:
-        self.served("Range", code, started_s)
+        self.served("/etcdserverpb.KV/Range", code, started_s)
         self.ranges.inc()
 
-    def served(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        started_s: float,
-        *,
-        service: str = "etcdserverpb.KV",
-        grpc_type: str = "unary",
-    ) -> None:
-        """One call the front end answered itself (started_s: its time.monotonic() at start)."""
-        key = (grpc_type, service, method, code)
+    def served(self, full_method: str, code: grpc.StatusCode, started_s: float, grpc_type: str = "unary") -> None:
+        """One call of full_method ("/etcdserverpb.KV/Put") the front end answered itself (started_s:
+        its time.monotonic() at start)."""
+        key = (full_method, code)
         children = self._children.get(key)
         if children is None:  # each labelled child looked up once, not per call
+            service, _, method = full_method.lstrip("/").rpartition("/")
             labels = (grpc_type, service, method)
             children = self._children[key] = (
                 self.started.labels(*labels),

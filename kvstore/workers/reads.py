@@ -87,8 +87,8 @@ class LocalReads:
         try:
             validate.check_range(msg)  # before the barrier, as the member's servicer does
         except EtcdError as err:
-            await self._refuse("Range", err, started_s, context)
-        return await self._answer(KV_RANGE, "Range", request, context, forwarder, msg.serializable,
+            await self._refuse(KV_RANGE, err, started_s, context)
+        return await self._answer(KV_RANGE, request, context, forwarder, msg.serializable,
                                   lambda store, header: store.range_encoded(msg, header),
                                   lambda auth, info: auth.check_range(info, msg.key, msg.range_end),
                                   started_s)  # fmt: skip
@@ -101,19 +101,16 @@ class LocalReads:
         try:
             validate.check_txn(msg, self.max_txn_ops)
         except EtcdError as err:
-            await self._refuse("Txn", err, started_s, context)
+            await self._refuse(KV_TXN, err, started_s, context)
 
         def read(store: MVCCStore, header: Any) -> bytes:
             txn = store.begin()  # a txn that writes nothing: the view is never written
             resp = execute_txn(store, msg, txn)
             txn.end()
-            resp.header.CopyFrom(header)
-            resp.header.revision = store.revision
-            data: bytes = resp.SerializeToString()
-            return data
+            return _encoded(resp, header, store)
 
         serializable = read_only_txn_is_serializable(msg)
-        return await self._answer(KV_TXN, "Txn", request, context, forwarder, serializable, read,
+        return await self._answer(KV_TXN, request, context, forwarder, serializable, read,
                                   lambda auth, info: auth.check_txn(info, msg), started_s)  # fmt: skip
 
     def handlers(self) -> dict[str, Callable[[bytes, Any, Forwarder], Any]]:
@@ -133,17 +130,9 @@ class LocalReads:
     ) -> bytes:
         if isinstance(msg, Malformed) or self.stopping:
             return await self._forward(path, request, context, forwarder)
-
-        def read(store: MVCCStore, header: Any) -> bytes:
-            resp = answer(store)
-            resp.header.CopyFrom(header)
-            resp.header.revision = store.revision
-            data: bytes = resp.SerializeToString()
-            return data
-
-        method = path.rpartition("/")[2]
-        return await self._answer(path, method, request, context, forwarder, False, read, None,
-                                  time.monotonic(), service="etcdserverpb.Lease")  # fmt: skip
+        return await self._answer(path, request, context, forwarder, False,
+                                  lambda store, header: _encoded(answer(store), header, store), None,
+                                  time.monotonic())  # fmt: skip
 
     def _may_answer(self, context: Any) -> bool:
         return self.credentials.answers_here(context) and not self.stopping
@@ -151,7 +140,6 @@ class LocalReads:
     async def _answer(
         self,
         path: str,
-        method: str,
         request: bytes,
         context: Any,
         forwarder: Forwarder,
@@ -159,7 +147,6 @@ class LocalReads:
         read: ReadFn,
         permit: PermitFn | None,
         started_s: float,
-        service: str = "etcdserverpb.KV",
     ) -> bytes:
         """permit: None for a read that checks no credentials (a lease's)."""
         if not serializable and not failpoints.enabled("stale_read"):
@@ -170,7 +157,7 @@ class LocalReads:
             except ChannelDown:
                 return await self._forward(path, request, context, forwarder)
             except EtcdError as err:  # the member's answer: the barrier timed out
-                await self._refuse(method, err, started_s, context, service)
+                await self._refuse(path, err, started_s, context)
         error: EtcdError | None = None
         answer = b""
         with self.view.reading() as store:
@@ -187,23 +174,21 @@ class LocalReads:
                 answer = read(store, header)
             except EtcdError as err:
                 error = err
-        if method == "Txn":  # as the member's servicer counts a read-only txn past validation
+        if path == KV_TXN:  # as the member's servicer counts a read-only txn past validation
             self.metrics.count("etcd_mvcc_txn_total", 1)
         if error is not None:
-            await self._refuse(method, error, started_s, context, service)
-        self._served(method, grpc.StatusCode.OK, started_s, service)
+            await self._refuse(path, error, started_s, context)
+        self._served(path, grpc.StatusCode.OK, started_s)
         return answer
 
-    def _served(self, method: str, code: grpc.StatusCode, started_s: float, service: str = "etcdserverpb.KV") -> None:
-        if method == "Range":
+    def _served(self, path: str, code: grpc.StatusCode, started_s: float) -> None:
+        if path == KV_RANGE:
             self.metrics.range_served(code, started_s)
         else:
-            self.metrics.served(method, code, started_s, service=service)
+            self.metrics.served(path, code, started_s)
 
-    async def _refuse(
-        self, method: str, err: EtcdError, started_s: float, context: Any, service: str = "etcdserverpb.KV"
-    ) -> None:
-        self._served(method, err.code, started_s, service)
+    async def _refuse(self, path: str, err: EtcdError, started_s: float, context: Any) -> None:
+        self._served(path, err.code, started_s)
         await context.abort(err.code, err.message)
 
     async def _forward(self, path: str, request: bytes, context: Any, forwarder: Forwarder) -> bytes:
@@ -211,3 +196,11 @@ class LocalReads:
         if call is None:
             call = self._forward_calls[path] = forwarder.unary_call(path)
         return await forwarder.unary(call, request, context)
+
+
+def _encoded(resp: Any, header: Any, store: MVCCStore) -> bytes:
+    """A response read from the view, with the member's header at the view's revision, as bytes."""
+    resp.header.CopyFrom(header)
+    resp.header.revision = store.revision
+    data: bytes = resp.SerializeToString()
+    return data

@@ -55,9 +55,7 @@ from proto.etcdserverpb import rpc_pb2 as pb
 # Their responses all carry their header in field 1 (what StoredResponse relies on).
 RESPONSE_KINDS = frozenset({Kind.PUT, Kind.DELETE_RANGE, Kind.TXN, Kind.COMPACT, Kind.LEASE_GRANT,
                             Kind.LEASE_REVOKE, Kind.LEASE_KEEPALIVE})  # fmt: skip
-KV_SERVICE = "etcdserverpb.KV"
-LEASE_SERVICE = "etcdserverpb.Lease"
-LEASE_KEEPALIVE = f"/{LEASE_SERVICE}/LeaseKeepAlive"
+LEASE_KEEPALIVE = "/etcdserverpb.Lease/LeaseKeepAlive"
 # The member's counters the servicer bumps, and the metric each one is in /metrics.
 COUNTER_METRICS = {
     "puts": "etcd_mvcc_put_total",
@@ -230,14 +228,14 @@ class LocalWrites:
 
     def handlers(self) -> dict[str, LocalUnary]:
         answered = (
-            (KV_SERVICE, "Put", pb.PutRequest, self.kv, KV.Put),
-            (KV_SERVICE, "DeleteRange", pb.DeleteRangeRequest, self.kv, KV.DeleteRange),
-            (KV_SERVICE, "Txn", pb.TxnRequest, self.kv, KV.Txn),
-            (KV_SERVICE, "Compact", pb.CompactionRequest, self.kv, KV.Compact),
-            (LEASE_SERVICE, "LeaseGrant", pb.LeaseGrantRequest, self.lease, Lease.LeaseGrant),
-            (LEASE_SERVICE, "LeaseRevoke", pb.LeaseRevokeRequest, self.lease, Lease.LeaseRevoke),
+            ("/etcdserverpb.KV/Put", pb.PutRequest, self.kv, KV.Put),
+            ("/etcdserverpb.KV/DeleteRange", pb.DeleteRangeRequest, self.kv, KV.DeleteRange),
+            ("/etcdserverpb.KV/Txn", pb.TxnRequest, self.kv, KV.Txn),
+            ("/etcdserverpb.KV/Compact", pb.CompactionRequest, self.kv, KV.Compact),
+            ("/etcdserverpb.Lease/LeaseGrant", pb.LeaseGrantRequest, self.lease, Lease.LeaseGrant),
+            ("/etcdserverpb.Lease/LeaseRevoke", pb.LeaseRevokeRequest, self.lease, Lease.LeaseRevoke),
         )
-        return {f"/{service}/{name}": self._handler(service, name, *rest) for service, name, *rest in answered}
+        return {path: self._handler(path, *rest) for path, *rest in answered}
 
     def stream_handlers(self) -> dict[str, Any]:
         return {LEASE_KEEPALIVE: self.keep_alive}
@@ -257,8 +255,7 @@ class LocalWrites:
             error = e
             raise
         finally:
-            self.metrics.served("LeaseKeepAlive", status_code(context, error), started_s, service=LEASE_SERVICE,
-                                grpc_type="bidi_stream")  # fmt: skip
+            self.metrics.served(LEASE_KEEPALIVE, status_code(context, error), started_s, "bidi_stream")
 
     async def _keepalive_requests(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
         async for raw in requests:
@@ -267,10 +264,10 @@ class LocalWrites:
                 await msg.abort(context)
             yield msg
 
-    def _handler(self, service: str, name: str, request_type: Any, target: Any, method: Any) -> LocalUnary:
+    def _handler(self, path: str, request_type: Any, target: Any, method: Any) -> LocalUnary:
         parse = strict_parser(request_type)
         servicer = method.__wrapped__  # without the wrapper that aborts: the code is counted here
-        path = f"/{service}/{name}"
+        name = path.rpartition("/")[2]
         forward_call: list[Any] = []
 
         async def forward(request: bytes, context: Any, forwarder: Forwarder) -> bytes:
@@ -292,9 +289,9 @@ class LocalWrites:
             except ForwardInstead:
                 return await forward(request, context, forwarder)
             except EtcdError as err:
-                self.metrics.served(name, err.code, started_s, service=service)
+                self.metrics.served(path, err.code, started_s)
                 await context.abort(err.code, err.message)
-            self.metrics.served(name, grpc.StatusCode.OK, started_s, service=service)
+            self.metrics.served(path, grpc.StatusCode.OK, started_s)
             data: bytes = resp.SerializeToString()
             return data
 
