@@ -36,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.journal_procs import ProcCluster
 from bench.runner import pids_cpu_s
 from journal.client import JournalClient
-from tests.journal.procs import ProcCluster
 
 
 @dataclass

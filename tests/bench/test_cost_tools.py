@@ -4,6 +4,9 @@ baseline tree (this checkout itself), reports a figure per workload and tree (pr
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,16 @@ def test_journal_append_reports_cpu_and_syscalls(tmp_path: Path) -> None:
     ]  # fmt: skip
     for p in points:
         assert p["appends"] > 0 and p["nodes_cpu_us"] > 0 and p["leader_syscalls"] > 0
+
+
+@pytest.mark.parametrize("tool", ["compare", "floor", "go", "member-cpu", "journal-append", "scale"])
+def test_every_bench_tool_starts_from_the_installed_command(tool: str, tmp_path: Path) -> None:
+    """As a user runs it: the `kvstore` console script, outside the checkout (no test module on sys.path)."""
+    kvstore = shutil.which("kvstore")
+    if kvstore is None:
+        pytest.skip("the kvstore command is not installed (pip install -e .)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([kvstore, "bench", tool, "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout

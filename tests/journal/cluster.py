@@ -1,25 +1,13 @@
-"""Helpers for journal cluster tests: free ports, in-process nodes."""
+"""Helpers for journal cluster tests: in-process nodes (free ports are bench.servers')."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
+from bench.servers import free_ports
 from journal.client import JournalClient
 from journal.node import JournalNode, NodeConfig, PeerSpec
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class InProcessCluster:

@@ -14,7 +14,7 @@ import pytest
 
 from journal.client import JournalClient
 from tests.journal.appender import Load, verify
-from tests.journal.procs import NodeProc, ProcCluster
+from bench.journal_procs import NodeProc, ProcCluster
 
 LOG = "faults"
 

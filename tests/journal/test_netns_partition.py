@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.journal.procs import _STARTED, NodeProc
+from bench.journal_procs import _STARTED, NodeProc
 
 PREFIX = f"kvj{os.getpid() % 100000}"
 AZS = ("a", "b", "c")

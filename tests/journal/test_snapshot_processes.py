@@ -14,7 +14,7 @@ from pathlib import Path
 from journal.api import SnapshotStream
 from journal.client import JournalClient, _Conn
 from journal.wire import FRAME_BYTES_MAX_DEFAULT
-from tests.journal.procs import ProcCluster
+from bench.journal_procs import ProcCluster
 
 LOG = "snap"
 PIECE_BYTES = 1024 * 1024

@@ -13,7 +13,7 @@ from journal.api import JournalError
 from journal.client import JournalClient
 from kvstore.transport.tls import TLSInfo, build_client_context
 from tests.certs import PKI, make_pki
-from tests.journal.procs import ProcCluster
+from bench.journal_procs import ProcCluster
 
 
 def peer_flags(pki: PKI) -> list[str]:

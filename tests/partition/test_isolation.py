@@ -12,7 +12,7 @@ import pytest
 
 from bench.isolation import Flood, Renewals, alarms, write_plan
 from proto.etcdserverpb import rpc_pb2 as pb
-from tests.journal.procs import ProcCluster
+from bench.journal_procs import ProcCluster
 from tests.partition.procs import Partitioned
 from tests.servers import make_temp_dir
 

@@ -25,7 +25,7 @@ import pytest
 from kvstore.partition.plan import kube_plan
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.journal.procs import ProcCluster
+from bench.journal_procs import ProcCluster
 from tests.partition.procs import Partitioned, alive
 from tests.partition.test_plan import parse_flags
 from tests.servers import make_temp_dir

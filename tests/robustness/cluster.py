@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.journal.cluster import free_ports
-from tests.journal.procs import _STARTED, FaultableProc, NodeProc
+from bench.journal_procs import _STARTED, FaultableProc, NodeProc
 from tests.journal.test_netns_partition import ip, netns_unavailable
 from tests.servers import suite_workers_args
 

@@ -1,4 +1,5 @@
-"""Journal node processes for fault tests: start, kill -9, SIGSTOP/SIGCONT, restart.
+"""Journal node processes for the fault tests and `kvstore bench journal-append`: start, kill -9,
+SIGSTOP/SIGCONT, restart.
 
 Only processes started here are ever signalled (by pid), and they are all
 killed at exit even if a test fails half way.
@@ -17,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.servers import free_ports
 from journal.client import JournalClient
-from tests.journal.cluster import free_ports
 
 _STARTED: set[subprocess.Popen[bytes]] = set()
 
