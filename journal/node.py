@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from journal import replication as r
-from journal.client import HEARTBEAT_MS, _Conn, set_liveness_options
+from journal.connection import HEARTBEAT_MS, NodeConnection, set_liveness_options
 from journal.frame_out import FrameOut
 from journal.local import (
     LOG_NAME_BYTES_MAX,
@@ -196,7 +196,8 @@ class JournalNode:
         self._peer_addr = {p.node_id: p.addr for p in config.peers}
         self._peer_addr[config.node_id] = config.advertise or config.listen
         self._peer_conns = {
-            p.node_id: _Conn(p.addr, config.frame_bytes_max, ssl_context=config.client_ssl) for p in config.peers
+            p.node_id: NodeConnection(p.addr, config.frame_bytes_max, ssl_context=config.client_ssl)
+            for p in config.peers
         }
         self._core_config_peers = (
             r.Peer(config.node_id, config.az),
@@ -674,7 +675,7 @@ class JournalNode:
         return result
 
     async def _h_ping(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {}  # a client's liveness probe (journal.client._Conn)
+        return {}  # a client's liveness probe (journal.connection.NodeConnection)
 
     _handlers: dict[str, Any] = {
         "ping": _h_ping,

@@ -8,7 +8,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from journal.client import SilentConnection, open_connection, read_or_silent, set_liveness_options
+from journal.connection import SilentConnection, open_connection, read_or_silent, set_liveness_options
 from journal.wire import encode_frame
 
 log = logging.getLogger(__name__)

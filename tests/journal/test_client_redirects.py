@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from journal.api import Unavailable
-from journal.client import JournalClient, RemoteError
+from journal.client import JournalClient
+from journal.connection import RemoteError
 
 LEADER, FOLLOWER, OTHER_FOLLOWER = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.journal_procs import NodeProc, ProcCluster
 from journal.client import JournalClient
 from tests.journal.appender import Load, verify
-from bench.journal_procs import NodeProc, ProcCluster
 
 LOG = "faults"
 

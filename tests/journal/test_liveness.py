@@ -22,15 +22,8 @@ from typing import Any
 import pytest
 
 from journal.api import Unavailable
-from journal.client import (
-    DEDUP_WINDOW,
-    JournalClient,
-    SilentConnection,
-    UnreachableNode,
-    _Conn,
-    open_connection,
-    read_or_silent,
-)
+from journal.client import DEDUP_WINDOW, JournalClient
+from journal.connection import NodeConnection, SilentConnection, UnreachableNode, open_connection, read_or_silent
 from journal.peer_link import PeerLink, PeerSpec
 from journal.wire import FrameDecoder, encode_frame
 from tests.journal.cluster import InProcessCluster
@@ -70,7 +63,7 @@ async def silent() -> AsyncIterator[SilentServer]:
 
 
 async def test_unary_call_to_a_silent_node_fails_with_a_connection_error(silent: SilentServer) -> None:
-    conn = _Conn(silent.addr, 1 << 20, liveness_timeout_ms=300)
+    conn = NodeConnection(silent.addr, 1 << 20, liveness_timeout_ms=300)
     try:
         async with asyncio.timeout(HANG_GUARD_S):
             with pytest.raises(ConnectionError, match="silent"):

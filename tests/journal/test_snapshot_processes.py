@@ -11,10 +11,11 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from journal.api import SnapshotStream
-from journal.client import JournalClient, _Conn
-from journal.wire import FRAME_BYTES_MAX_DEFAULT
 from bench.journal_procs import ProcCluster
+from journal.api import SnapshotStream
+from journal.client import JournalClient
+from journal.connection import NodeConnection
+from journal.wire import FRAME_BYTES_MAX_DEFAULT
 
 LOG = "snap"
 PIECE_BYTES = 1024 * 1024
@@ -44,7 +45,7 @@ def expected_crc() -> int:
 
 
 async def info_of(addr: str) -> tuple[int, int, int] | None:
-    c = _Conn(addr, FRAME_BYTES_MAX_DEFAULT)
+    c = NodeConnection(addr, FRAME_BYTES_MAX_DEFAULT)
     try:
         a = await c.call("snap_info", {"log": LOG}, 5.0)
     finally:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from journal.api import JournalError, Snapshot, SnapshotFile, SnapshotStream, read_all
-from journal.client import JournalClient, RemoteError, _Conn
+from journal.client import JournalClient
+from journal.connection import NodeConnection, RemoteError
 from journal.local import LocalJournal
 from journal.snapshots import (
     SNAPSHOT_CHUNK_BYTES,
@@ -205,7 +206,7 @@ async def test_local_corruption_is_detected_and_leftovers_removed(tmp_path: Path
 async def node_infos(cl: InProcessCluster, log: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for n in cl.nodes:
-        c = _Conn(cl.addr(n), FRAME_BYTES_MAX)
+        c = NodeConnection(cl.addr(n), FRAME_BYTES_MAX)
         try:
             a = await c.call("snap_info", {"log": log}, 5.0)
             out[n] = None if a["position"] is None else (a["position"], a["size"], a["crc32"])
@@ -285,7 +286,7 @@ async def test_chunks_resume_by_offset_and_bad_uploads_are_refused(cluster: InPr
     await c.append("s", [b"e"] * 10)
     await c.close()
     leader = await cluster.leader("s")
-    conn = _Conn(cluster.addr(leader), FRAME_BYTES_MAX)
+    conn = NodeConnection(cluster.addr(leader), FRAME_BYTES_MAX)
     data = b"0123456789" * 1000
     try:
         import zlib

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.journal_procs import ProcCluster
 from journal.api import JournalError
 from journal.client import JournalClient
 from kvstore.transport.tls import TLSInfo, build_client_context
 from tests.certs import PKI, make_pki
-from bench.journal_procs import ProcCluster
 
 
 def peer_flags(pki: PKI) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.isolation import Flood, Renewals, alarms, write_plan
-from proto.etcdserverpb import rpc_pb2 as pb
 from bench.journal_procs import ProcCluster
+from proto.etcdserverpb import rpc_pb2 as pb
 from tests.partition.procs import Partitioned
 from tests.servers import make_temp_dir
 

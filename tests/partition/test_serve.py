@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.journal_procs import ProcCluster
 from kvstore.partition.plan import kube_plan
 from proto.etcdserverpb import rpc_pb2 as pb
 from proto.etcdserverpb import rpc_pb2_grpc as rpc
-from bench.journal_procs import ProcCluster
 from tests.partition.procs import Partitioned, alive
 from tests.partition.test_plan import parse_flags
 from tests.servers import make_temp_dir

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.journal.cluster import free_ports
 from bench.journal_procs import _STARTED, FaultableProc, NodeProc
+from tests.journal.cluster import free_ports
 from tests.journal.test_netns_partition import ip, netns_unavailable
 from tests.servers import suite_workers_args
 
