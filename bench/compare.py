@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,14 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.histogram import Histogram
-from bench.runner import host_cpu_ticks, pids_cpu_s
+from bench.runner import client_connections, host_cpu_ticks, pids_cpu_s
 from bench.servers import Server, etcd_binary, etcd_version, start_etcd, start_kvstore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_OVERHEAD_TIMEOUT_S = 180.0
+# When the Go driver's connections are counted per process of a several-process target (--workers N):
+# after they are made, well before the run ends.
+CONNECTIONS_SAMPLE_S = 2.0
 IDLE_SAMPLE_S = 3.0
 ROUNDS_MAX = 100
 CONSOLE = Console(stderr=True)  # progress and log lines; the report goes to stdout
@@ -113,6 +117,9 @@ class Run:
     host_busy: float
     stall_ms: float = 0.0  # longest span with no completion (100 ms resolution)
     counters: dict[str, int] = field(default_factory=dict)
+    # The driver's connections held by each process of a one-URL, several-process target (the member's
+    # process first), sampled during the run: the kernel's SO_REUSEPORT split, which moves throughput.
+    connections: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -275,13 +282,26 @@ def run_once_go(target: Target, workload: str, rnd: int, common: list[str], dura
     pids = target.server.pids()
     tool_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before, host_before = pids_cpu_s(pids), host_cpu_ticks()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + RUN_OVERHEAD_TIMEOUT_S)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    connections: list[int] = []
+    try:
+        port = _single_port(target.server.endpoints)
+        if len(pids) > 1 and port is not None:
+            try:
+                proc.wait(timeout=min(CONNECTIONS_SAMPLE_S, duration_s / 2))
+            except subprocess.TimeoutExpired:
+                connections = client_connections(pids, port)
+        stdout, stderr = proc.communicate(timeout=duration_s + RUN_OVERHEAD_TIMEOUT_S)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     server_s, host_after = pids_cpu_s(pids) - server_before, host_cpu_ticks()
     tool_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise RuntimeError(f"{target.name} {workload}: Go driver failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    out.write_text(proc.stdout)
-    r: dict[str, Any] = json.loads(proc.stdout)
+        raise RuntimeError(f"{target.name} {workload}: Go driver failed ({proc.returncode}):\n{stderr[-3000:]}")
+    out.write_text(stdout)
+    r: dict[str, Any] = json.loads(stdout)
     tool_s = (tool_after.ru_utime + tool_after.ru_stime) - (tool_before.ru_utime + tool_before.ru_stime)
     busy, total = host_after[0] - host_before[0], host_after[1] - host_before[1]
     ops = int(r["ops"])
@@ -296,7 +316,15 @@ def run_once_go(target: Target, workload: str, rnd: int, common: list[str], dura
         server_cpu_us_per_op=server_s / ops * 1e6 if ops else 0.0,
         tool_cores=tool_s / float(r["seconds"]) if r["seconds"] else 0.0,
         host_busy=busy / total if total else 0.0,
+        connections=connections,
     )
+
+
+def _single_port(endpoints: list[str]) -> int | None:
+    """The port of a target's one client URL (None with several: each is its own process)."""
+    if len(endpoints) != 1:
+        return None
+    return urllib.parse.urlsplit(endpoints[0] if "://" in endpoints[0] else f"//{endpoints[0]}").port
 
 
 def _fmt(x: float, kind: str) -> str:
@@ -435,16 +463,22 @@ def render_report(
     out.append("")
     out.append("## Every run")
     out.append("")
+    if any(r.connections for r in runs):
+        out.append(
+            f"Connections per process: the driver's connections each process of a several-process target held "
+            f"{CONNECTIONS_SAMPLE_S:g} s into the run, the member's process first (the kernel's SO_REUSEPORT split)."
+        )
+        out.append("")
     out.append(
         "| round | workload | target | throughput | p50 ms | p99 ms | server CPU µs/op | tool cores | "
-        "longest stall ms | errors |"
+        "longest stall ms | errors | connections per process |"
     )
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         out.append(
             f"| {r.round} | {r.workload} | {r.target} | {_fmt(r.throughput, '')} | {_fmt(r.p50_us, 'ms')} | "
             f"{_fmt(r.p99_us, 'ms')} | {r.server_cpu_us_per_op:,.0f} | {r.tool_cores:.2f} | {r.stall_ms:.0f} | "
-            f"{r.errors} |"
+            f"{r.errors} | {' / '.join(map(str, r.connections))} |"
         )
     out.append("")
     return "\n".join(out)

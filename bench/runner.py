@@ -72,6 +72,41 @@ def host_cpu_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
+TCP_ESTABLISHED = "01"  # the state column of /proc/net/tcp
+
+
+def client_connections(pids: list[int], port: int) -> list[int]:
+    """Established TCP connections on local port held by each of pids, in pids' order (Linux /proc;
+    zeros elsewhere): how the kernel split a load's connections over the processes of one server."""
+    owner: dict[str, int] = {}  # socket inode -> index in pids
+    for i, pid in enumerate(pids):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith("socket:["):
+                owner[link[len("socket:[") : -1]] = i
+    counts = [0] * len(pids)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl, local address:port, remote, state, ..., inode (the 10th)
+            if fields[3] == TCP_ESTABLISHED and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                index = owner.get(fields[9])
+                if index is not None:
+                    counts[index] += 1
+    return counts
+
+
 def _conns_for(opts: Options, proc_index: int) -> list[Conn]:
     eps = opts.endpoints
     tls = (opts.cacert, opts.cert, opts.key)

@@ -116,3 +116,29 @@ def test_default_pytest_run_does_not_collect_the_micro_benchmarks() -> None:
     assert cfg["testpaths"] == ["tests"]
     assert "--benchmark-skip" in cfg["addopts"]
     assert (root / "bench" / "micro" / "conftest.py").exists()
+
+
+def test_client_connections_counts_each_process_s_established_connections_on_the_port() -> None:
+    """How `compare` reports the kernel's split of the driver's connections over a member's processes."""
+    import os
+    import socket
+    import subprocess
+
+    from bench.runner import client_connections
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    accepted = [listener.accept()[0] for _ in clients]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # The accepted ends are on the port; the clients' ends only have it as their remote port.
+        assert client_connections([other.pid, os.getpid()], port) == [0, 3]
+        accepted[0].close()
+        clients[0].close()
+        assert client_connections([os.getpid()], port) == [2]
+    finally:
+        other.kill()
+        other.wait()
+        for s in [*clients, *accepted, listener]:
+            s.close()
